@@ -1,0 +1,5 @@
+from .config import ModelConfig, ModelLoadError
+from .embedded import ModelPreparationError, embedded_model_path
+from .engine import Generation, LLMEngine
+from .kv_chunk import LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, FingerprintMismatch, KVChunk, KVChunkError
+from .sampling import SamplingParams

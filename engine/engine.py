@@ -1,0 +1,205 @@
+"""LLMEngine: loads a checkpoint, prefills KV chunks and generates at batch size 1 over composed chunks."""
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .config import ModelLoadError
+from .embedded import embedded_model_path
+from .kv_chunk import FORMAT_VERSION, LEVEL_QUERY, KVChunk
+from .loader import checkpoint_files, load_model
+from .model import AttentionContext, KVBuffer
+from .sampling import Sampler, SamplingParams
+from .tokenizer import TextStream, Tokenizer
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+MODES = ("cached", "full")
+
+
+def resolve_dtype(dtype, device: str) -> torch.dtype:
+    if dtype is None:
+        return torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of fp32, bf16, fp16")
+    return DTYPES[dtype]
+
+
+@dataclass
+class Generation:
+    """An answer being generated: iterate for text deltas; then text, token_ids, finish_reason and timings hold."""
+    _deltas: Iterator[str]
+    prompt_tokens: int
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None   # "stop" (EOS or stop string) or "length"
+    ttft_s: float = 0.0
+    decode_s: float = 0.0
+
+    def __iter__(self) -> Iterator[str]:
+        for delta in self._deltas:
+            self.text += delta
+            yield delta
+
+    def result(self) -> "Generation":
+        for _ in self:
+            pass
+        return self
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = len(self.token_ids) - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+
+class LLMEngine:
+    def __init__(self, model_path: Path | str | None = None, device: str | None = None, dtype=None,
+                 use_custom_kernels: bool = True):
+        self.model_path = Path(model_path) if model_path else embedded_model_path()
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = load_model(self.model_path, self.dtype, self.device)
+        self.model.use_custom_kernels = use_custom_kernels
+        self.config = self.model.config
+        self.tokenizer = Tokenizer(self.model_path, self.config.eos_token_ids)
+        self.model_id = _model_identity(self.model_path)
+
+    @property
+    def use_custom_kernels(self) -> bool:
+        return self.model.use_custom_kernels
+
+    @use_custom_kernels.setter
+    def use_custom_kernels(self, value: bool) -> None:
+        self.model.use_custom_kernels = value
+
+    def fingerprint(self, system_prompt: str) -> str:
+        """Identity of stored chunks: weights, tokenizer, dtype, system prompt and chunk-format version."""
+        key = json.dumps([self.model_id, str(self.dtype), system_prompt, FORMAT_VERSION])
+        return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+    def kv_bytes_per_token(self) -> int:
+        return self.config.kv_bytes_per_token(torch.finfo(self.dtype).bits // 8)
+
+    def _context(self, chunks: list[KVChunk], capacity: int) -> tuple[AttentionContext, int]:
+        """Lays the chunks at consecutive positions from 0; returns the context and the next free position."""
+        shifts, position = [], 0
+        for chunk in chunks:
+            if chunk.keys.dtype != self.dtype:
+                raise ValueError(f"chunk dtype {chunk.keys.dtype} does not match the engine dtype {self.dtype}")
+            shifts.append(position - chunk.start)
+            position += chunk.length
+        own = KVBuffer.empty(self.config, capacity, self.dtype, self.device)
+        ctx = AttentionContext(
+            keys=[c.keys.to(self.device) for c in chunks], values=[c.values.to(self.device) for c in chunks],
+            shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own,
+        )
+        return ctx, position
+
+    def _check_length(self, total: int) -> None:
+        if total > self.config.max_position:
+            raise ValueError(f"sequence of {total} tokens exceeds the model's {self.config.max_position} positions")
+
+    def prefill_chunk(self, token_ids: list[int], context: list[KVChunk], level: int, fingerprint: str) -> KVChunk:
+        """KV of token_ids placed right after the context chunks (laid consecutively from 0), attending to them."""
+        if not token_ids:
+            raise ValueError("cannot prefill an empty token sequence")
+        ctx, start = self._context(context, len(token_ids))
+        self._check_length(start + len(token_ids))
+        ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
+        positions = torch.arange(start, start + len(token_ids), device=self.device)
+        self.model(ids, positions, ctx)
+        return KVChunk(level=level, token_ids=list(token_ids), start=start, keys=ctx.own.keys.clone(),
+                       values=ctx.own.values.clone(), fingerprint=fingerprint)
+
+    def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached") -> torch.Tensor:
+        """Logits of every token of token_ids after the chunks ([n, vocab], fp32); for tests and evaluation."""
+        ctx, ids, positions = self._prefill_inputs(chunks, token_ids, mode, 0)
+        return self.model(ids, positions, ctx, all_logits=True)[-len(token_ids):]
+
+    def _prefill_inputs(self, chunks, token_ids, mode, max_new_tokens):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if mode == "full":
+            token_ids = [t for c in chunks for t in c.token_ids] + list(token_ids)
+            chunks = []
+        if not token_ids:
+            raise ValueError("nothing to prefill: the prompt is empty")
+        ctx, start = self._context(chunks, len(token_ids) + max_new_tokens)
+        self._check_length(start + len(token_ids) + max_new_tokens)
+        ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
+        positions = torch.arange(start, start + len(token_ids), device=self.device)
+        return ctx, ids, positions
+
+    def stream(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
+               chunks: list[KVChunk] = (), mode: str = "cached") -> Generation:
+        """Generates after [chunks..., token_ids]; `cached` reuses the chunks' KV, `full` prefills everything."""
+        ctx, ids, positions = self._prefill_inputs(list(chunks), token_ids, mode, params.max_new_tokens)
+        generation = Generation(_deltas=iter(()), prompt_tokens=int(positions[-1]) + 1)
+        generation._deltas = self._decode_loop(generation, ctx, ids, positions, params)
+        return generation
+
+    def generate(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
+                 chunks: list[KVChunk] = (), mode: str = "cached") -> Generation:
+        return self.stream(token_ids, params, chunks, mode).result()
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        return self.tokenizer.encode(self.tokenizer.chat(messages))
+
+    def _decode_loop(self, generation: Generation, ctx: AttentionContext, ids, positions, params: SamplingParams):
+        sampler = Sampler(params, torch.device(self.device))
+        text = TextStream(self.tokenizer, params.stop)
+        eos = self.tokenizer.eos_token_ids
+        began = time.perf_counter()
+        logits = self.model(ids, positions, ctx)
+        position = int(positions[-1]) + 1
+        while True:
+            token = int(sampler(logits[-1]))
+            if not generation.token_ids:
+                generation.ttft_s = time.perf_counter() - began
+                decode_began = time.perf_counter()
+            generation.token_ids.append(token)
+            if token in eos:
+                generation.finish_reason = "stop"
+                break
+            delta, stopped = text.push(token)
+            if delta:
+                yield delta
+            if stopped:
+                generation.finish_reason = "stop"
+                break
+            if len(generation.token_ids) >= params.max_new_tokens:
+                generation.finish_reason = "length"
+                break
+            logits = self.model(torch.tensor([token], device=self.device),
+                                torch.tensor([position], device=self.device), ctx)
+            position += 1
+        generation.decode_s = time.perf_counter() - decode_began
+        tail = text.finish()
+        if tail:
+            yield tail
+
+
+def _model_identity(folder: Path) -> str:
+    """Cheap identity of the weights and tokenizer: file sizes, safetensors headers and sampled blocks."""
+    digest = hashlib.sha256()
+    for file in checkpoint_files(folder):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as f:
+            for offset in range(0, size, max(1, size // 16)):
+                f.seek(offset)
+                digest.update(f.read(1 << 16))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"):
+        path = folder / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+__all__ = ["LLMEngine", "Generation", "SamplingParams", "ModelLoadError", "LEVEL_QUERY"]

@@ -1,0 +1,104 @@
+"""KVChunk: the keys and values of one token sequence at its canonical positions, and its safetensors file."""
+import hashlib
+import json
+import os
+import struct
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_tensors, save as save_tensors
+
+FORMAT_VERSION = 1
+LEVEL_SYSTEM, LEVEL_DOCUMENT, LEVEL_QUERY = 0, 1, 2
+
+
+class KVChunkError(ValueError):
+    """A stored chunk that must not be used: unreadable, truncated, corrupted or from another model."""
+
+
+class FingerprintMismatch(KVChunkError):
+    pass
+
+
+@dataclass
+class KVChunk:
+    level: int
+    token_ids: list[int]
+    start: int             # canonical position of the first token
+    keys: torch.Tensor     # [layers, n, kv_heads, head_dim], rotated at positions start..start+n-1
+    values: torch.Tensor
+    fingerprint: str
+
+    @property
+    def length(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.values.nbytes
+
+    @property
+    def device(self) -> torch.device:
+        return self.keys.device
+
+    def to(self, device, non_blocking: bool = False) -> "KVChunk":
+        return replace(self, keys=self.keys.to(device, non_blocking=non_blocking),
+                       values=self.values.to(device, non_blocking=non_blocking))
+
+    def checksum(self) -> str:
+        digest = hashlib.sha256()
+        for tensor in (self.keys, self.values):
+            digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+        digest.update(json.dumps([self.level, self.start, self.token_ids, self.fingerprint]).encode())
+        return digest.hexdigest()
+
+    def save(self, path: Path) -> None:
+        """Atomic write: temporary file, fsync, rename; the file carries a checksum of data and metadata."""
+        path = Path(path)
+        metadata = {
+            "format_version": str(FORMAT_VERSION), "level": str(self.level), "start": str(self.start),
+            "token_ids": json.dumps(self.token_ids), "fingerprint": self.fingerprint, "checksum": self.checksum(),
+        }
+        data = save_tensors({"keys": self.keys.contiguous().cpu(), "values": self.values.contiguous().cpu()},
+                            metadata=metadata)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: str, device="cpu") -> "KVChunk":
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise KVChunkError(f"cannot read KV chunk {path}: {exc}") from None
+        try:
+            (header_len,) = struct.unpack("<Q", data[:8])
+            if 8 + header_len > len(data):
+                raise ValueError("header runs past the end of the file")
+            metadata = json.loads(data[8:8 + header_len])["__metadata__"]
+            tensors = load_tensors(data)
+            chunk = cls(
+                level=int(metadata["level"]), token_ids=json.loads(metadata["token_ids"]),
+                start=int(metadata["start"]), keys=tensors["keys"], values=tensors["values"],
+                fingerprint=metadata["fingerprint"],
+            )
+            version, checksum = int(metadata["format_version"]), metadata["checksum"]
+        except Exception as exc:
+            raise KVChunkError(f"KV chunk {path} is truncated or corrupted: {exc}") from None
+        if version != FORMAT_VERSION:
+            raise FingerprintMismatch(f"KV chunk {path} has format version {version}, expected {FORMAT_VERSION}")
+        if chunk.checksum() != checksum:
+            raise KVChunkError(f"KV chunk {path} is corrupted: checksum mismatch")
+        if chunk.fingerprint != fingerprint:
+            raise FingerprintMismatch(
+                f"KV chunk {path} was made with fingerprint {chunk.fingerprint}, the running model, system prompt "
+                f"and dtype have {fingerprint}"
+            )
+        if chunk.keys.shape != chunk.values.shape or chunk.keys.shape[1] != chunk.length:
+            raise KVChunkError(f"KV chunk {path} has inconsistent shapes {tuple(chunk.keys.shape)}")
+        return chunk.to(device)

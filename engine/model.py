@@ -1,0 +1,169 @@
+"""The decoder: Llama, Qwen2 (qkv bias) and Qwen3 (q/k RMSNorm) as one model with config switches.
+
+Attention runs over a list of KV chunks (each read in place, its position shift applied by rotating the
+query) followed by the request's own KV buffer, which receives the keys and values of the new tokens.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels.chunk_attention import chunk_attention
+from kernels.fused_rmsnorm_qkv import rmsnorm_qkv
+
+from .config import ModelConfig
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return rms_norm(x, self.weight, self.eps)
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim: int, theta: float, max_position: int):
+        super().__init__()
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        freqs = torch.outer(torch.arange(max_position, dtype=torch.float32), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos", emb.cos(), persistent=False)
+        self.register_buffer("sin", emb.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x [..., n, heads, D] rotated to positions [..., n]."""
+        cos = self.cos[positions].unsqueeze(-2).to(x.dtype)
+        sin = self.sin[positions].unsqueeze(-2).to(x.dtype)
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + rotated * sin
+
+
+@dataclass
+class KVBuffer:
+    """The request's own (level-2) keys and values: [layers, capacity, kv_heads, head_dim], filled to `length`."""
+    keys: torch.Tensor
+    values: torch.Tensor
+    length: int = 0
+
+    @classmethod
+    def empty(cls, config: ModelConfig, capacity: int, dtype, device) -> "KVBuffer":
+        shape = (config.num_layers, capacity, config.num_kv_heads, config.head_dim)
+        return cls(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+
+    @property
+    def capacity(self) -> int:
+        return self.keys.shape[1]
+
+
+@dataclass
+class AttentionContext:
+    """What the new tokens attend to: context chunks (per-layer keys/values and position shifts), then `own`."""
+    keys: list[torch.Tensor]      # each [layers, n_c, kv_heads, D], rotated at the chunk's canonical positions
+    values: list[torch.Tensor]
+    shifts: torch.Tensor          # [C] int64, placed start - canonical start
+    own: KVBuffer
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.config, self.layer = config, layer
+        self.qkv_proj = nn.Linear(config.hidden_size, config.qkv_dim, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
+        if config.qk_norm:
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+
+    def forward(self, x, norm: RMSNorm, positions, ctx: AttentionContext, rotary: Rotary, use_custom_kernels: bool):
+        c = self.config
+        q, k, v = rmsnorm_qkv(
+            x, norm.weight, norm.eps, self.qkv_proj.weight, self.qkv_proj.bias, c.num_heads, c.num_kv_heads,
+            c.head_dim,
+            self.q_norm.weight if c.qk_norm else None, self.k_norm.weight if c.qk_norm else None, c.rms_norm_eps,
+            impl=None if use_custom_kernels else "ref",
+        )
+        n = x.shape[0]
+        own, start = ctx.own, ctx.own.length
+        own.keys[self.layer, start:start + n] = rotary(k, positions)
+        own.values[self.layer, start:start + n] = v
+        query_positions = torch.cat((positions.unsqueeze(0) - ctx.shifts.unsqueeze(1), positions.unsqueeze(0)))
+        queries = rotary(q.unsqueeze(0).expand(query_positions.shape[0], -1, -1, -1), query_positions)
+        keys = [chunk[self.layer] for chunk in ctx.keys] + [own.keys[self.layer, :start + n]]
+        values = [chunk[self.layer] for chunk in ctx.values] + [own.values[self.layer, :start + n]]
+        out = chunk_attention(queries, keys, values, c.head_dim ** -0.5, impl=None if use_custom_kernels else "ref")
+        return self.o_proj(out.reshape(n, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, positions, ctx, rotary, use_custom_kernels):
+        x = x + self.self_attn(x, self.input_layernorm, positions, ctx, rotary, use_custom_kernels)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    # checkpoint tensor name fragment -> (our parameter name fragment, shard index); shards are laid out in order
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
+        "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rotary = Rotary(config.head_dim, config.rope_theta, config.max_position)
+        self.use_custom_kernels = True
+
+    def shard_sizes(self, packed: str) -> list[int]:
+        c = self.config
+        if packed == "qkv_proj":
+            return [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]
+        return [c.intermediate_size, c.intermediate_size]
+
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, ctx: AttentionContext,
+                all_logits: bool = False) -> torch.Tensor:
+        """Runs the new tokens, appends their KV to ctx.own and returns logits (last token unless all_logits)."""
+        n = input_ids.shape[0]
+        if ctx.own.length + n > ctx.own.capacity:
+            raise ValueError(f"KV buffer overflow: {ctx.own.length} + {n} tokens > capacity {ctx.own.capacity}")
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, positions, ctx, self.rotary, self.use_custom_kernels)
+        ctx.own.length += n
+        if not all_logits:
+            x = x[-1:]
+        return self.lm_head(self.norm(x)).float()

@@ -1,0 +1,1 @@
+"""cascade-rag: retrieval, storage, serving and the CLI (imports stay light; heavy modules load on use)."""
