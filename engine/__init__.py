@@ -3,3 +3,4 @@ from .embedded import ModelPreparationError, embedded_model_path
 from .engine import Generation, LLMEngine
 from .kv_chunk import LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, FingerprintMismatch, KVChunk, KVChunkError
 from .sampling import SamplingParams
+from .chunk_cache import ChunkCache, TieredChunkCache
