@@ -43,11 +43,11 @@ class ModelConfig:
                 f"unsupported architecture {arch!r} (architectures {raw.get('architectures')}); "
                 f"supported model_type values: {', '.join(SUPPORTED_ARCHITECTURES)}"
             )
-        rope = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type != "default":
-            raise ModelLoadError(f"unsupported rope scaling type {rope_type!r}; only 'default' RoPE is supported")
-        theta = rope.get("rope_theta", raw.get("rope_theta", 10000.0))
+        for rope in (raw.get("rope_scaling") or {}, raw.get("rope_parameters") or {}):
+            rope_type = rope.get("rope_type", rope.get("type", "default"))
+            if rope_type != "default":
+                raise ModelLoadError(f"unsupported rope scaling type {rope_type!r}; only 'default' RoPE is supported")
+        theta = (raw.get("rope_parameters") or {}).get("rope_theta", raw.get("rope_theta", 10000.0))
         try:
             heads = raw["num_attention_heads"]
             hidden = raw["hidden_size"]

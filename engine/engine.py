@@ -86,9 +86,13 @@ class LLMEngine:
     def kv_bytes_per_token(self) -> int:
         return self.config.kv_bytes_per_token(torch.finfo(self.dtype).bits // 8)
 
-    def _context(self, chunks: list[KVChunk], capacity: int) -> tuple[AttentionContext, int]:
-        """Lays the chunks at consecutive positions from 0; returns the context and the next free position."""
-        shifts, position = [], 0
+    def _context(self, chunks: list[KVChunk], capacity: int, start: int | None = None) -> tuple[AttentionContext, int]:
+        """Lays the chunks at consecutive positions ending at `start` (default: from 0); returns the context and
+        the next free position."""
+        total = sum(c.length for c in chunks)
+        if start is not None and start < total:
+            raise ValueError(f"start {start} leaves no room for {total} context tokens before it")
+        shifts, position = [], 0 if start is None else start - total
         for chunk in chunks:
             if chunk.keys.dtype != self.dtype:
                 raise ValueError(f"chunk dtype {chunk.keys.dtype} does not match the engine dtype {self.dtype}")
@@ -105,17 +109,19 @@ class LLMEngine:
         if total > self.config.max_position:
             raise ValueError(f"sequence of {total} tokens exceeds the model's {self.config.max_position} positions")
 
-    def prefill_chunk(self, token_ids: list[int], context: list[KVChunk], level: int, fingerprint: str) -> KVChunk:
-        """KV of token_ids placed right after the context chunks (laid consecutively from 0), attending to them."""
+    def prefill_chunk(self, token_ids: list[int], context: list[KVChunk], level: int, fingerprint: str,
+                      start: int | None = None) -> KVChunk:
+        """KV of token_ids at canonical position `start` (default: the context's total length), attending to the
+        context chunks laid consecutively right before it."""
         if not token_ids:
             raise ValueError("cannot prefill an empty token sequence")
-        ctx, start = self._context(context, len(token_ids))
+        ctx, start = self._context(context, len(token_ids), start)
         self._check_length(start + len(token_ids))
         ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
         positions = torch.arange(start, start + len(token_ids), device=self.device)
         self.model(ids, positions, ctx)
-        return KVChunk(level=level, token_ids=list(token_ids), start=start, keys=ctx.own.keys.clone(),
-                       values=ctx.own.values.clone(), fingerprint=fingerprint)
+        return KVChunk(level=level, token_ids=list(token_ids), start=start, keys=ctx.own.keys,
+                       values=ctx.own.values, fingerprint=fingerprint)
 
     def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached") -> torch.Tensor:
         """Logits of every token of token_ids after the chunks ([n, vocab], fp32); for tests and evaluation."""
