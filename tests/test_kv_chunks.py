@@ -1,0 +1,155 @@
+"""KV chunks: exact composition, exact position shifts, persistence, and the LRU tiers."""
+import random
+
+import pytest
+import torch
+
+from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, ChunkCache, FingerprintMismatch, KVChunk, KVChunkError, LLMEngine,
+                    SamplingParams, TieredChunkCache)
+from kernels.chunk_attention import chunk_attention
+
+SYSTEM, DOCS, QUESTION = [1, 5, 9, 14], [[20 + i for i in range(n)] for n in (7, 1, 12)], [300, 301, 302, 303, 304]
+
+
+def sequential_chunks(engine, system, docs, fp="fp"):
+    chunks = [engine.prefill_chunk(system, [], LEVEL_SYSTEM, fp)]
+    for doc in docs:
+        chunks.append(engine.prefill_chunk(doc, list(chunks), LEVEL_DOCUMENT, fp))
+    return chunks
+
+
+def assert_composition_exact(engine, system, docs, question):
+    chunks = sequential_chunks(engine, system, docs)
+    cached = engine.logits(chunks, question, mode="cached")
+    full = engine.logits(chunks, question, mode="full")
+    assert (cached - full).abs().max().item() <= 1e-4
+    params = SamplingParams(max_new_tokens=32)
+    a = engine.generate(question, params, chunks, mode="cached").token_ids
+    b = engine.generate(question, params, chunks, mode="full").token_ids
+    assert a == b and len(a) >= 1
+
+
+def test_sequential_composition_is_exact_on_tiny_models(tiny_checkpoint):
+    assert_composition_exact(LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32"), SYSTEM, DOCS, QUESTION)
+
+
+@pytest.mark.slow
+def test_sequential_composition_is_exact_on_embedded_model(embedded_path):
+    engine = LLMEngine(embedded_path, device="cpu", dtype="fp32")
+    tok = engine.tokenizer
+    text = tok.chat([{"role": "system", "content": "SPLIT"}, {"role": "user", "content": "Q"}])
+    system = tok.encode(text.split("SPLIT")[0] + "Answer from the documents.\n")
+    docs = [tok.encode(d) for d in ("The lighthouse of Varn was built in 1841 by Ada Ilse.\n",
+                                    "Varn is a small island town famous for its herring.\n")]
+    question = tok.encode("<|im_end|>\n<|im_start|>user\nWho built the lighthouse of Varn?<|im_end|>\n"
+                          "<|im_start|>assistant\n")
+    chunks = sequential_chunks(engine, system, docs)
+    assert (engine.logits(chunks, question, "cached") - engine.logits(chunks, question, "full")).abs().max() <= 1e-4
+    params = SamplingParams(max_new_tokens=32)
+    cached = engine.generate(question, params, chunks, mode="cached")
+    assert cached.token_ids == engine.generate(question, params, chunks, mode="full").token_ids
+
+
+def test_shifted_chunk_equals_chunk_prefilled_at_the_new_position(tiny_checkpoint):
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    a = engine.prefill_chunk(DOCS[2], [level0], LEVEL_DOCUMENT, "fp")
+    b_start = a.start + 37
+    b = engine.prefill_chunk(DOCS[2], [level0], LEVEL_DOCUMENT, "fp", start=b_start)
+    assert (a.start, b.start) == (len(SYSTEM), b_start)
+    assert (a.values - b.values).abs().max() <= 1e-4  # values do not depend on absolute position
+    c = engine.config
+    torch.manual_seed(0)
+    q = torch.randn(3, c.num_heads, c.head_dim)
+    positions = torch.arange(b_start + a.length, b_start + a.length + 3)
+    rotary = engine.model.rotary
+    for layer in range(c.num_layers):
+        shifted = chunk_attention(rotary(q, positions - (b_start - a.start))[None], [a.keys[layer]],
+                                  [a.values[layer]], c.head_dim ** -0.5)
+        native = chunk_attention(rotary(q, positions)[None], [b.keys[layer]], [b.values[layer]], c.head_dim ** -0.5)
+        assert (shifted - native).abs().max().item() <= 1e-4
+
+
+def test_composition_in_any_order_uses_consecutive_positions(tiny_checkpoint):
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    docs = [engine.prefill_chunk(d, [level0], LEVEL_DOCUMENT, "fp") for d in DOCS]
+    assert {d.start for d in docs} == {len(SYSTEM)}
+    generation = engine.generate(QUESTION, SamplingParams(max_new_tokens=4), [level0, docs[2], docs[0]])
+    assert generation.prompt_tokens == len(SYSTEM) + len(DOCS[2]) + len(DOCS[0]) + len(QUESTION)
+    # single-document composition is exact: the document saw exactly level 0, as in the full prefill
+    cached = engine.logits([level0, docs[1]], QUESTION, "cached")
+    assert (cached - engine.logits([level0, docs[1]], QUESTION, "full")).abs().max() <= 1e-4
+
+
+@pytest.fixture
+def chunk(tiny_checkpoint):
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="bf16")
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp-a")
+    return engine.prefill_chunk(DOCS[0], [level0], LEVEL_DOCUMENT, "fp-a")
+
+
+def test_persistence_round_trip_is_bit_identical(chunk, tmp_path):
+    path = tmp_path / "c.safetensors"
+    chunk.save(path)
+    loaded = KVChunk.load(path, "fp-a")
+    assert torch.equal(loaded.keys.view(torch.int16), chunk.keys.view(torch.int16))
+    assert torch.equal(loaded.values.view(torch.int16), chunk.values.view(torch.int16))
+    assert (loaded.level, loaded.start, loaded.token_ids, loaded.fingerprint) == (
+        chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint)
+    assert loaded.keys.dtype == torch.bfloat16
+
+
+def test_bad_chunk_files_are_refused(chunk, tmp_path):
+    path = tmp_path / "c.safetensors"
+    chunk.save(path)
+    with pytest.raises(FingerprintMismatch, match="fingerprint"):
+        KVChunk.load(path, "fp-b")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(KVChunkError, match="truncated or corrupted"):
+        KVChunk.load(path, "fp-a")
+    for offset in (len(data) - 5, len(data) // 2, 20):
+        flipped = bytearray(data)
+        flipped[offset] ^= 0x10
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(KVChunkError):
+            KVChunk.load(path, "fp-a")
+    with pytest.raises(KVChunkError, match="cannot read"):
+        KVChunk.load(tmp_path / "absent.safetensors", "fp-a")
+
+
+def fake_chunk(n_tokens: int) -> KVChunk:
+    t = torch.zeros(2, n_tokens, 1, 4)
+    return KVChunk(LEVEL_DOCUMENT, list(range(n_tokens)), 0, t, t.clone(), "fp")
+
+
+def test_lru_never_exceeds_budget_and_evicts_least_recent():
+    rng = random.Random(0)
+    cache = ChunkCache(budget_bytes=4000)
+    for step in range(500):
+        key = f"k{rng.randrange(30)}"
+        if rng.random() < 0.5:
+            cache.get(key)
+        else:
+            cache.put(key, fake_chunk(rng.randrange(1, 40)))
+        assert cache.used_bytes <= cache.budget_bytes
+        assert cache.used_bytes == sum(c.nbytes for c in cache._chunks.values())
+    assert cache.stats.evictions > 0 and cache.stats.hits > 0 and cache.stats.misses > 0
+    small = ChunkCache(budget_bytes=3 * fake_chunk(10).nbytes)
+    for key in "abc":
+        small.put(key, fake_chunk(10))
+    small.get("a")
+    small.put("d", fake_chunk(10))
+    assert "b" not in small and all(k in small for k in "acd")
+    assert not small.put("huge", fake_chunk(1000)) and "huge" not in small
+
+
+def test_tiered_cache_reports_tiers():
+    tiers = TieredChunkCache("cpu", device_bytes=10 * fake_chunk(10).nbytes)
+    loads = []
+    chunk, tier = tiers.get("x", lambda: loads.append(1) or fake_chunk(10))
+    assert tier == "disk" and loads == [1]
+    chunk, tier = tiers.get("x", lambda: loads.append(1) or fake_chunk(10))
+    assert tier == "cpu" and loads == [1]
+    assert set(tiers.tiers()) == {"cpu"}
