@@ -1,0 +1,130 @@
+"""Ingestion inputs: documents from .txt/.md/.jsonl files, folders and records, with errors named by place."""
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+SUFFIXES = (".txt", ".md", ".jsonl")
+
+
+@dataclass
+class Document:
+    id: str
+    title: str
+    text: str
+    source: str | None = None
+
+
+@dataclass
+class InputError:
+    where: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass(frozen=True)
+class Fields:
+    """JSONL field names of the id, title and text."""
+    id: str = "id"
+    title: str = "title"
+    text: str = "text"
+
+
+@dataclass
+class IngestReport:
+    added: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    errors: list[InputError] = field(default_factory=list)
+    passages: int = 0          # passages written in this run
+    prefilled: int = 0         # of which KV chunks were computed (the rest were already on disk)
+    tokens: int = 0
+    kv_bytes: int = 0
+    seconds: float = 0.0
+    began: float = field(default_factory=time.perf_counter)
+
+    @property
+    def documents(self) -> int:
+        return len(self.added) + len(self.updated)
+
+    def summary(self) -> str:
+        rate = self.prefilled / self.seconds if self.seconds else 0.0
+        line = (f"{self.documents} documents ingested ({len(self.added)} new, {len(self.updated)} updated, "
+                f"{len(self.unchanged)} unchanged), {self.passages} passages, {self.tokens} tokens, "
+                f"KV {self.kv_bytes / 2**20:.1f} MiB, {self.seconds:.1f} s ({rate:.2f} passages/s prefilled)")
+        if self.errors:
+            line += f"; {len(self.errors)} inputs failed"
+        return line
+
+
+def read_paths(paths: Iterable[Path | str], fields: Fields = Fields()) -> Iterator[Document | InputError]:
+    """Documents from files and folders (recursively: .txt, .md, .jsonl). A file's id is its path inside the
+    folder given, or its name when given directly; a JSONL file holds one record a line."""
+    for root in map(Path, paths):
+        if root.is_dir():
+            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
+            for file in files:
+                yield from read_file(file, file.relative_to(root).as_posix(), fields)
+        elif root.exists():
+            if root.suffix.lower() not in SUFFIXES:
+                yield InputError(str(root), f"unsupported file type {root.suffix or '(none)'!r}; "
+                                            f"use {', '.join(SUFFIXES)}")
+            else:
+                yield from read_file(root, root.name, fields)
+        else:
+            yield InputError(str(root), "no such file or folder")
+
+
+def read_file(path: Path, doc_id: str, fields: Fields) -> Iterator[Document | InputError]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        yield InputError(str(path), f"cannot read: {exc}")
+        return
+    if path.suffix.lower() == ".jsonl":
+        yield from read_jsonl(text.splitlines(), str(path), fields)
+    else:
+        yield from records([{"id": doc_id, "title": _title(path, text), "text": text}], Fields(), str(path),
+                           source=str(path))
+
+
+def read_jsonl(lines: Iterable[str], where: str, fields: Fields) -> Iterator[Document | InputError]:
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield InputError(f"{where}:{number}", f"invalid JSON: {exc.msg}")
+            continue
+        yield from records([record], fields, f"{where}:{number}", source=where)
+
+
+def records(items: Iterable[dict], fields: Fields = Fields(), where: str = "record",
+            source: str | None = None) -> Iterator[Document | InputError]:
+    """Documents from dicts with id, title (optional) and text fields; numbered by position in `where`."""
+    for number, record in enumerate(items, 1):
+        place = where if where != "record" else f"record {number}"
+        if not isinstance(record, dict):
+            yield InputError(place, "not a JSON object")
+            continue
+        doc_id, title, text = record.get(fields.id), record.get(fields.title) or "", record.get(fields.text)
+        if doc_id is None or str(doc_id).strip() == "":
+            yield InputError(place, f"missing document id (field {fields.id!r})")
+        elif not isinstance(text, str):
+            yield InputError(place, f"document {doc_id}: missing text (field {fields.text!r})")
+        elif not text.strip():
+            yield InputError(place, f"document {doc_id}: empty text")
+        else:
+            yield Document(str(doc_id), str(title).strip(), text.strip(), source)
+
+
+def _title(path: Path, text: str) -> str:
+    if path.suffix.lower() == ".md":
+        for line in text.splitlines():
+            if line.startswith("# "):
+                return line[2:].strip()
+    return path.stem

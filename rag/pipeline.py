@@ -1,0 +1,391 @@
+"""RAG: ingest, delete, retrieve and ask over one data directory. Safe to call from threads: one lock serialises
+the engine, one the writers, and a document becomes visible to queries only once its passages, vectors and chunks
+are all stored."""
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, KVChunkError, LLMEngine, SamplingParams
+from engine.kv_chunk import FORMAT_VERSION
+
+from .chunking import split_passages
+from .ingest import Document, Fields, IngestReport, InputError, read_paths, records
+from .prompt import DEFAULT_SYSTEM_PROMPT, PromptTemplate
+from .store import Passage, Store, StoreError, chunk_key
+from .vector_index import VectorIndex
+
+log = logging.getLogger("cascade_rag")
+DEFAULT_DATA_DIR = "./cascade-data"
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("CASCADE_RAG_DATA") or DEFAULT_DATA_DIR)
+
+
+@dataclass
+class Source:
+    doc_id: str
+    title: str
+    score: float
+    passage_id: int
+    text: str
+
+
+@dataclass
+class Answer:
+    question: str
+    mode: str
+    sources: list[Source]
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    retrieval_s: float = 0.0
+    chunks_s: float = 0.0              # fetching (or recomputing) the level-1 chunks
+    ttft_s: float = 0.0                # prefill of the rest and the first token, as the engine measures it
+    first_token_s: float = 0.0         # from the call to the first text, retrieval and chunks included
+    total_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    tiers: dict[str, int] = field(default_factory=dict)   # chunks served from gpu / cpu / disk / recomputed
+    warnings: list[str] = field(default_factory=list)
+
+
+class AnswerStream:
+    """Iterate for text deltas; `answer` holds text, sources and timings (complete once iteration ends).
+    Consume it or call close(): the engine is held while it runs."""
+
+    def __init__(self, answer: Answer, deltas: Iterator[str]):
+        self.answer, self._deltas = answer, deltas
+
+    def __iter__(self) -> Iterator[str]:
+        return self._deltas
+
+    def result(self) -> Answer:
+        for _ in self._deltas:
+            pass
+        return self.answer
+
+    def close(self) -> None:
+        self._deltas.close()
+
+
+def _crash_point(name: str) -> None:
+    """Fault injection for the crash-safety tests: CASCADE_RAG_CRASH_AT=name:n exits at the n-th pass here."""
+    spec = os.environ.get("CASCADE_RAG_CRASH_AT", "")
+    if spec.split(":")[0] != name:
+        return
+    _crash_point.hits = getattr(_crash_point, "hits", 0) + 1
+    if _crash_point.hits >= int(spec.split(":")[1] if ":" in spec else 1):
+        os._exit(137)
+
+
+class RAG:
+    def __init__(self, data_dir: Path | str | None = None, *, model: Path | str | None = None,
+                 device: str | None = None, dtype: str | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+                 embedder: str | None = None, index: str | None = None, passage_tokens: int = 256,
+                 overlap: int = 32, cache_bytes: int | None = None, cpu_cache_bytes: int = 8 << 30):
+        self.store = Store(data_dir or default_data_dir())
+        self.model_path, self.system_prompt, self.embedder_path = model, system_prompt, embedder
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        # bf16 matrix products are slow on CPUs without bf16 units; fp32 there unless asked otherwise
+        self.dtype = dtype or ("fp32" if self.device == "cpu" else "bf16")
+        self.passage_tokens, self.overlap = passage_tokens, overlap
+        self.index_kind = index or (self.store.manifest() or {}).get("index", "flat")
+        self.cache_bytes = cache_bytes if cache_bytes is not None else (2 << 30 if self.device == "cpu" else 8 << 30)
+        self.cpu_cache_bytes = cpu_cache_bytes
+        self._engine: LLMEngine | None = None
+        self._embedder = None
+        self._index: VectorIndex | None = None
+        self._engine_lock = threading.RLock()   # the model, the level-0 chunk and the chunk cache
+        self._state_lock = threading.RLock()    # the store's rows and the vector index, changed together
+        self._write_lock = threading.Lock()     # one ingestion or deletion at a time
+
+    # --- models, loaded on first use ---------------------------------------------------------------------------
+    @property
+    def engine(self) -> LLMEngine:
+        with self._engine_lock:
+            if self._engine is None:
+                from engine import TieredChunkCache
+                engine = LLMEngine(self.model_path, device=self.device, dtype=self.dtype)
+                self.template = PromptTemplate.from_tokenizer(engine.tokenizer, self.system_prompt)
+                self.fingerprint = engine.fingerprint(self.system_prompt)
+                self._check_manifest("fingerprint", self.fingerprint, "the model, its dtype or the system prompt")
+                self.level0 = engine.prefill_chunk(engine.tokenizer.encode(self.template.level0), [], LEVEL_SYSTEM,
+                                                   self.fingerprint)
+                self.cache = TieredChunkCache(self.device, self.cache_bytes, self.cpu_cache_bytes)
+                self._engine = engine
+            return self._engine
+
+    @property
+    def embedder(self):
+        with self._engine_lock:
+            if self._embedder is None:
+                from .embedder import Embedder
+                embedder = Embedder(self.embedder_path)
+                self._check_manifest("embedder", embedder.name, "the embedder")
+                self._check_manifest("dim", embedder.dim, "the embedder")
+                self._embedder = embedder
+            return self._embedder
+
+    def _check_manifest(self, key: str, value, what: str) -> None:
+        manifest = self.store.manifest()
+        if manifest is not None and manifest.get(key) != value and self.store.counts()["documents"]:
+            raise StoreError(
+                f"data directory {self.store.dir} was built with another {key} ({manifest.get(key)}, model "
+                f"{manifest.get('model')}, dtype {manifest.get('dtype')}); {what} differ now: use the same "
+                f"--model/--dtype/embedder or another --data-dir")
+
+    def _write_manifest(self) -> None:
+        engine, embedder = self.engine, self.embedder
+        manifest = {"model": str(engine.model_path), "model_id": engine.model_id, "dtype": self.dtype,
+                    "fingerprint": self.fingerprint, "system_prompt": self.system_prompt,
+                    "chunk_format": FORMAT_VERSION, "embedder": embedder.name, "dim": embedder.dim,
+                    "index": self.index_kind, "kv_bytes_per_token": engine.kv_bytes_per_token()}
+        if self.store.manifest() != manifest:
+            self.store.write_manifest(manifest)
+
+    # --- the vector index --------------------------------------------------------------------------------------
+    def _current_index(self) -> VectorIndex | None:
+        """The index of the store's current generation: in memory, from its file, or rebuilt from the vectors."""
+        with self._state_lock:
+            generation = self.store.generation()
+            if self._index is not None and self._index.generation == generation:
+                return self._index
+            manifest = self.store.manifest()
+            if manifest is None:
+                return None
+            dim = manifest["dim"]
+            index = VectorIndex.load(self.store.dir, dim, self.index_kind, generation)
+            if index is None:
+                generation, ids, vectors = self.store.vectors()
+                index = VectorIndex.build(dim, self.index_kind, generation, ids, vectors)
+                if self.store.is_writer:
+                    index.save(self.store.dir)
+            self._index = index
+            return index
+
+    def _apply_to_index(self, removed: list[int], added: list[int], vectors, generation: int) -> None:
+        index = self._index
+        if index is None or index.generation != generation - 1 or (removed and not index.supports_remove):
+            self._index = None
+            self._current_index()
+            return
+        if removed:
+            index.remove(removed)
+        if added:
+            index.add(added, vectors)
+        index.generation = generation
+
+    # --- ingestion ---------------------------------------------------------------------------------------------
+    def ingest(self, paths: Iterable[Path | str] = (), documents: Iterable[dict | Document] = (),
+               fields: Fields = Fields(), progress: bool = False) -> IngestReport:
+        """Ingests files and folders (.txt, .md, .jsonl) and records ({id, title, text} or Document). Unchanged
+        documents are skipped, changed ones replaced; bad inputs are reported in the result, not raised."""
+        documents = list(documents)
+        items = list(read_paths(paths, fields)) + [d for d in documents if isinstance(d, Document)]
+        items += records([d for d in documents if not isinstance(d, Document)], fields)
+        return self.ingest_documents(items, progress)
+
+    def ingest_documents(self, items: list[Document | InputError], progress: bool = False) -> IngestReport:
+        with self._write_lock:
+            self.store.lock_for_writing()
+            self._write_manifest()  # loads the models first
+            report = IngestReport()
+            plan, seen = [], set()
+            for item in items:
+                if isinstance(item, InputError):
+                    report.errors.append(item)
+                elif item.id in seen:
+                    report.errors.append(InputError(item.source or "input", f"document {item.id} given twice; "
+                                                                             f"the first one was kept"))
+                else:
+                    seen.add(item.id)
+                    digest = self._content_hash(item)
+                    if self.store.document_hash(item.id) == digest:
+                        report.unchanged.append(item.id)
+                    else:
+                        plan.append((item, digest, self._passages(item)))
+            from tqdm import tqdm
+            bar = tqdm(total=sum(len(p) for _, _, p in plan), unit="passage", disable=not progress,
+                       file=sys.stderr, dynamic_ncols=True)
+            for document, digest, passages in plan:
+                self._ingest_one(document, digest, passages, report, bar)
+            bar.close()
+            self.store.collect_garbage()
+            if self._current_index() is not None:
+                self._index.save(self.store.dir)
+            report.seconds = time.perf_counter() - report.began
+            return report
+
+    def _content_hash(self, document: Document) -> str:
+        key = [document.title, document.text, self.passage_tokens, self.overlap]
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()
+
+    def _passages(self, document: Document) -> list[tuple[str, list[int]]]:
+        tok = self._engine.tokenizer
+        texts = split_passages(document.text, lambda s: len(tok.encode(s)), tok.encode, tok.decode,
+                               self.passage_tokens, self.overlap)
+        return [(text, tok.encode(self.template.passage(document.title, text))) for text in texts]
+
+    def _ingest_one(self, document: Document, digest: str, passages, report: IngestReport, bar) -> None:
+        vectors = self._embedder.encode([f"{document.title}. {text}" if document.title else text
+                                         for text, _ in passages])
+        rows = []
+        for text, ids in passages:
+            key = chunk_key(self.fingerprint, ids)
+            if not self.store.has_chunk(key):
+                # batch-1 prefill: the engine has no batched prefill_chunk yet (on a GPU, batches would raise
+                # throughput)
+                with self._engine_lock:
+                    chunk = self._engine.prefill_chunk(ids, [self.level0], LEVEL_DOCUMENT, self.fingerprint)
+                self.store.save_chunk(key, chunk)
+                report.prefilled += 1
+                _crash_point("chunk_saved")
+            rows.append((text, ids, key, vectors[len(rows)]))
+            report.tokens += len(ids)
+            report.kv_bytes += len(ids) * self._engine.kv_bytes_per_token()
+            bar.update(1)
+        _crash_point("before_commit")
+        with self._state_lock:
+            existed = self.store.document_hash(document.id) is not None
+            removed, added = self.store.put_document(document.id, document.title, document.source, digest, rows)
+            self._apply_to_index(removed, added, vectors, self.store.generation())
+        (report.updated if existed else report.added).append(document.id)
+        report.passages += len(rows)
+        _crash_point("committed")
+
+    def delete(self, doc_ids: Iterable[str]) -> list[str]:
+        """Deletes documents with their passages, vectors and chunks; returns the ids that existed."""
+        with self._write_lock:
+            self.store.lock_for_writing()
+            with self._state_lock:
+                deleted, removed = self.store.delete_documents(list(doc_ids))
+                if deleted and self.store.manifest() is not None:
+                    self._apply_to_index(removed, [], None, self.store.generation())
+                    self._index.save(self.store.dir)
+            self.store.collect_garbage()
+            return deleted
+
+    # --- answering ---------------------------------------------------------------------------------------------
+    def retrieve(self, question: str, top_k: int = 4) -> list[Source]:
+        return [source for source, _ in self._retrieve(question, top_k)]
+
+    def _retrieve(self, question: str, top_k: int) -> list[tuple[Source, Passage]]:
+        if not question.strip():
+            raise ValueError("the question is empty")
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if self._current_index() is None:
+            return []
+        vector = self.embedder.encode([question])[0]
+        with self._state_lock:
+            hits = self._current_index().search(vector, top_k)
+            passages = self.store.passages([pid for pid, _ in hits])
+        return [(Source(p.doc_id, p.title, score, pid, p.text), p)
+                for pid, score in hits if (p := passages.get(pid)) is not None]
+
+    def ask(self, question: str, top_k: int = 4, mode: str = "cached",
+            params: SamplingParams = SamplingParams(max_new_tokens=128)) -> AnswerStream:
+        """Retrieves the top_k passages now and returns a stream that composes level 0, their chunks and the
+        question (`cached`: stored KV; `full`: one prefill of the same tokens) and generates the answer."""
+        if mode not in ("cached", "full"):
+            raise ValueError(f"unknown mode {mode!r}; choose cached or full")
+        began = time.perf_counter()
+        engine = self.engine
+        hits = self._retrieve(question, top_k)
+        answer = Answer(question, mode, [s for s, _ in hits], retrieval_s=time.perf_counter() - began)
+        return AnswerStream(answer, self._answer(answer, [p for _, p in hits], params, began))
+
+    def _answer(self, answer: Answer, passages: list[Passage], params: SamplingParams, began: float):
+        engine = self._engine
+        with self._engine_lock:
+            loaded = time.perf_counter()
+            chunks = [self.level0] + [self._chunk(p, answer) if answer.mode == "cached" else
+                                      _tokens_only(p, self.level0.length, self.fingerprint) for p in passages]
+            answer.chunks_s = time.perf_counter() - loaded
+            ids = engine.tokenizer.encode(self.template.query(answer.question))
+            generation = engine.stream(ids, params, chunks, answer.mode)
+            answer.prompt_tokens = generation.prompt_tokens
+            for delta in generation:
+                if not answer.text:
+                    answer.first_token_s = time.perf_counter() - began
+                answer.text += delta
+                yield delta
+        answer.text = generation.text
+        answer.token_ids, answer.finish_reason = generation.token_ids, generation.finish_reason
+        answer.ttft_s, answer.decode_tokens_per_s = generation.ttft_s, generation.decode_tokens_per_s
+        answer.total_s = time.perf_counter() - began
+
+    def _chunk(self, passage: Passage, answer: Answer) -> KVChunk:
+        recomputed = []
+
+        def load() -> KVChunk:
+            try:
+                return self.store.load_chunk(passage.chunk_key, self.fingerprint, "cpu")
+            except KVChunkError as exc:
+                message = f"{exc}; recomputing it"
+            except FileNotFoundError:
+                message = f"KV chunk of passage {passage.pid} ({passage.doc_id}) is missing; recomputing it"
+            log.warning(message)
+            answer.warnings.append(message)
+            recomputed.append(True)
+            chunk = self._engine.prefill_chunk(passage.token_ids, [self.level0], LEVEL_DOCUMENT, self.fingerprint)
+            try:
+                self.store.save_chunk(passage.chunk_key, chunk)
+            except OSError as exc:
+                log.warning(f"could not store the recomputed chunk: {exc}")
+            return chunk
+
+        chunk, tier = self.cache.get(passage.chunk_key, load)
+        tier = "recomputed" if recomputed else tier
+        answer.tiers[tier] = answer.tiers.get(tier, 0) + 1
+        return chunk
+
+    # --- state -------------------------------------------------------------------------------------------------
+    def documents(self) -> list[dict]:
+        return self.store.documents()
+
+    def stats(self) -> dict:
+        files = self.store.chunk_files()
+        stats = dict(self.store.counts(), chunk_files=len(files), chunk_bytes=sum(f.stat().st_size for f in files))
+        if self._engine is not None:
+            stats["cache"] = {name: dict(vars(tier.stats), chunks=len(tier), bytes=tier.used_bytes)
+                              for name, tier in self.cache.tiers().items()}
+        return stats
+
+    def check(self) -> list[str]:
+        """Inconsistencies between rows, chunk files and the vector index (empty when consistent)."""
+        problems = []
+        keys = self.store.chunk_keys()
+        on_disk = {p.stem for p in self.store.chunk_files()}
+        problems += [f"passage chunk {k} has no file" for k in sorted(keys - on_disk)]
+        problems += [f"chunk file {k} belongs to no passage" for k in sorted(on_disk - keys)]
+        generation, ids, _ = self.store.vectors()
+        index = self._current_index()
+        if index is not None and sorted(index.ids().tolist()) != ids.tolist():
+            problems.append(f"vector index holds {len(index)} vectors, the store {len(ids)}")
+        return problems
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "RAG":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _tokens_only(passage: Passage, start: int, fingerprint: str) -> KVChunk:
+    """A chunk with token ids and no KV: `full` mode prefills the tokens itself and never reads stored KV."""
+    empty = torch.empty(0)
+    return KVChunk(LEVEL_DOCUMENT, passage.token_ids, start, empty, empty, fingerprint)

@@ -1,0 +1,79 @@
+"""FAISS inner-product index over passage vectors, keyed by int64 passage ids, saved by write-then-rename."""
+import os
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+INDEX_TYPES = ("flat", "hnsw")
+
+
+class VectorIndex:
+    def __init__(self, dim: int, kind: str = "flat", generation: int = 0):
+        if kind not in INDEX_TYPES:
+            raise ValueError(f"unknown index type {kind!r}; choose one of {', '.join(INDEX_TYPES)}")
+        self.dim, self.kind, self.generation = dim, kind, generation
+        inner = faiss.IndexFlatIP(dim) if kind == "flat" else faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        self.index = faiss.IndexIDMap2(inner)
+
+    @classmethod
+    def build(cls, dim: int, kind: str, generation: int, ids: np.ndarray, vectors: np.ndarray | None) -> "VectorIndex":
+        index = cls(dim, kind, generation)
+        if vectors is not None and len(ids):
+            index.add(ids, vectors)
+        return index
+
+    def __len__(self) -> int:
+        return self.index.ntotal
+
+    def ids(self) -> np.ndarray:
+        return faiss.vector_to_array(self.index.id_map)
+
+    def add(self, ids, vectors: np.ndarray) -> None:
+        self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    @property
+    def supports_remove(self) -> bool:
+        return self.kind == "flat"  # HNSW graphs cannot drop nodes: the caller rebuilds from the stored vectors
+
+    def remove(self, ids) -> None:
+        self.index.remove_ids(np.asarray(ids, dtype=np.int64))
+
+    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        if len(self) == 0 or k < 1:
+            return []
+        scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(k, len(self)))
+        return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+
+    # The file name carries the store generation it reflects; a file of another generation is stale.
+    @staticmethod
+    def path_for(folder: Path, kind: str, generation: int) -> Path:
+        return Path(folder) / f"index-{kind}.{generation}.faiss"
+
+    def save(self, folder: Path) -> Path:
+        path = self.path_for(folder, self.kind, self.generation)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        faiss.write_index(self.index, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        for old in Path(folder).glob("index-*.faiss"):
+            if old != path:
+                old.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, folder: Path, dim: int, kind: str, generation: int) -> "VectorIndex | None":
+        """The saved index of exactly this generation, or None when it is missing, stale or unreadable."""
+        path = cls.path_for(folder, kind, generation)
+        if not path.exists():
+            return None
+        try:
+            loaded = faiss.read_index(str(path))
+        except RuntimeError:
+            return None
+        if not isinstance(loaded, faiss.IndexIDMap2) or loaded.d != dim:
+            return None
+        index = cls(dim, kind, generation)
+        index.index = loaded
+        return index
