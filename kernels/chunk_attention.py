@@ -1,0 +1,221 @@
+"""Attention of one request's queries over a list of KV chunks read in place (no concatenation).
+
+Chunk c holds keys[c], values[c] of shape [n_c, Hkv, D] (rows may have any stride, each row's [Hkv, D] is
+contiguous); the queries q[c] ([Nq, Hq, D]) are the request's queries already rotated for chunk c's
+position shift. The last chunk is the request's own (level-2) chunk and is causal: with L its length, query i
+sees its key j iff j <= i + L - Nq. Every other chunk is fully visible. One online softmax runs over all
+chunks (running max and sum, one normalisation at the end).
+
+Zero copy: the kernel gets the base pointers keys[0] and values[0] and a small int64 chunk table holding,
+for every chunk, the element offset of its first K and V row from those bases, its K and V row strides and
+the cumulative lengths. Chunks live in separate allocations, so the offsets are differences of raw
+addresses; this works on the GPU (one virtual address space) and under TRITON_INTERPRET=1 with CPU
+tensors, which the interpreter reads in place through their addresses.
+
+Decode (flash-decoding): the global concatenated KV range [0, T) is cut into S splits so that
+row tiles x KV heads x splits fill the GPU; each program walks the chunks overlapping its split, writes an
+unnormalised partial (acc, m, l) and a second kernel merges the splits by log-sum-exp. The query heads
+sharing one KV head (and, at prefill, the queries) are the rows of each tl.dot, so K and V are read once
+per KV head and row tile.
+"""
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+def chunk_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
+                        scale: float) -> torch.Tensor:
+    num_q, hq = q.shape[1], q.shape[2]
+    group = hq // keys[0].shape[1]
+    scores = [torch.einsum("qhd,khd->hqk", q[c].float(), k.float().repeat_interleave(group, dim=1))
+              for c, k in enumerate(keys)]
+    s = torch.cat(scores, dim=-1) * scale
+    own = keys[-1].shape[0]
+    i = torch.arange(num_q, device=q.device)[:, None]
+    j = torch.arange(own, device=q.device)[None, :]
+    s[..., s.shape[-1] - own:].masked_fill_(j > i + own - num_q, float("-inf"))
+    v = torch.cat([v.float().repeat_interleave(group, dim=1) for v in values])
+    return torch.einsum("hqk,khd->qhd", torch.softmax(s, dim=-1), v).to(q.dtype)
+
+
+@triton.jit
+def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_o_ptr, part_ml_ptr,
+                 num_chunks, num_q, split_len, total_len, qk_scale, stride_qc, stride_qn, stride_qh,
+                 HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr, DOT_F32: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    pid_m = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qi = rows // GROUP
+    head = kv_head * GROUP + rows % GROUP
+    row_ok = qi < num_q
+    d = tl.arange(0, HEAD_DIM)
+    q_rows = q_ptr + qi[:, None] * stride_qn + head[:, None] * stride_qh + d[None, :]
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, total_len)
+
+    cum_ptr = table_ptr + 4 * num_chunks
+    own_len = tl.load(cum_ptr + num_chunks) - tl.load(cum_ptr + num_chunks - 1)
+    causal_limit = qi + (own_len - num_q)
+
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for c in range(num_chunks):
+        chunk_start = tl.load(cum_ptr + c)
+        chunk_end = tl.load(cum_ptr + c + 1)
+        k_off = tl.load(table_ptr + c)
+        v_off = tl.load(table_ptr + num_chunks + c)
+        k_stride = tl.load(table_ptr + 2 * num_chunks + c)
+        v_stride = tl.load(table_ptr + 3 * num_chunks + c)
+        if ALIGNED:
+            k_off = tl.multiple_of(k_off, 16)
+            v_off = tl.multiple_of(v_off, 16)
+            k_stride = tl.multiple_of(k_stride, 16)
+            v_stride = tl.multiple_of(v_stride, 16)
+        start = tl.maximum(lo, chunk_start)
+        end = tl.minimum(hi, chunk_end)
+        q = tl.load(q_rows + c * stride_qc, mask=(qi < tl.where(start < end, num_q, 0))[:, None], other=0.0)
+        if DOT_F32:
+            q = q.to(tl.float32)
+        limit = tl.where(c == num_chunks - 1, causal_limit, total_len)
+        k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
+        v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
+        for n0 in range(start, end, BLOCK_N):
+            pos = n0 + tl.arange(0, BLOCK_N)
+            j = pos - chunk_start
+            in_range = pos < end
+            k = tl.load(k_rows + j[:, None] * k_stride, mask=in_range[:, None], other=0.0)
+            v = tl.load(v_rows + j[:, None] * v_stride, mask=in_range[:, None], other=0.0)
+            if DOT_F32:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+            visible = in_range[None, :] & (j[None, :] <= limit[:, None])
+            s = tl.where(visible, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+
+    out_rows = qi * HQ + head
+    if SPLIT:
+        n_rows = num_q * HQ
+        part = split * n_rows + out_rows
+        tl.store(part_o_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None])
+        tl.store(part_ml_ptr + part, m_i, mask=row_ok)
+        tl.store(part_ml_ptr + tl.num_programs(2) * n_rows + part, l_i, mask=row_ok)
+    else:
+        o = acc / l_i[:, None]
+        tl.store(out_ptr + out_rows[:, None] * HEAD_DIM + d[None, :], o.to(out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None])
+
+
+@triton.jit
+def _merge_kernel(part_o_ptr, part_ml_ptr, out_ptr, num_splits, n_rows,
+                  HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+    row = tl.program_id(0)
+    s = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, HEAD_DIM)
+    ok = s < num_splits
+    m = tl.load(part_ml_ptr + s * n_rows + row, mask=ok, other=float("-inf"))
+    l = tl.load(part_ml_ptr + (num_splits + s) * n_rows + row, mask=ok, other=0.0)
+    o = tl.load(part_o_ptr + (s * n_rows + row)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+    w = tl.exp2(m - tl.max(m, 0))
+    out = tl.sum(o * w[:, None], 0) / tl.sum(l * w, 0)
+    tl.store(out_ptr + row * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty))
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
+    num_chunks, num_q, hq, head_dim = q.shape
+    hkv = keys[0].shape[1]
+    group = hq // hkv
+    assert hq % hkv == 0 and head_dim in (64, 128) and len(keys) == len(values) == num_chunks
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    k0, v0 = keys[0], values[0]
+    size = k0.element_size()
+    lengths = [k.shape[0] for k in keys]
+    cum = [0]
+    for n in lengths:
+        cum.append(cum[-1] + n)
+    total = cum[-1]
+    kb, vb = k0.data_ptr(), v0.data_ptr()
+    offsets = [k.data_ptr() - kb for k in keys] + [v.data_ptr() - vb for v in values]
+    strides = [k.stride(0) for k in keys] + [v.stride(0) for v in values]
+    for t in (*keys, *values):
+        assert t.dtype == q.dtype and t.shape[1:] == (hkv, head_dim) and t.stride(1) == head_dim and t.stride(2) == 1
+    assert all(o % size == 0 for o in offsets)
+    offsets = [o // size for o in offsets]
+    aligned = (kb % 16 == 0 and vb % 16 == 0 and all(o % 16 == 0 for o in offsets)
+               and all(s % 16 == 0 for s in strides))
+    device = q.device
+    if device.type == "cuda":
+        table = torch.tensor(offsets + strides + cum, dtype=torch.int64, pin_memory=True)
+        table = table.to(device, non_blocking=True)
+    else:
+        table = torch.tensor(offsets + strides + cum, dtype=torch.int64, device=device)
+
+    rows = num_q * group
+    block_m = min(64, max(16, triton.next_power_of_2(rows)))
+    m_tiles = triton.cdiv(rows, block_m)
+    block_n = 64
+    if num_splits is None:
+        num_splits = triton.cdiv(2 * _num_sms(device), m_tiles * hkv)
+        num_splits = max(1, min(num_splits, triton.cdiv(total, 256)))
+    split_len = max(1, triton.cdiv(total, num_splits))
+    num_splits = max(1, triton.cdiv(total, split_len))
+    out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=device)
+    split = num_splits > 1
+    if split:
+        part_o = torch.empty((num_splits, num_q * hq, head_dim), dtype=torch.float32, device=device)
+        part_ml = torch.empty((2, num_splits, num_q * hq), dtype=torch.float32, device=device)
+    else:
+        part_o = part_ml = out
+    fp32 = q.dtype == torch.float32
+    _attn_kernel[(m_tiles, hkv, num_splits)](
+        q, k0, v0, table, out, part_o, part_ml,
+        num_chunks, num_q, split_len, total, scale * LOG2E, q.stride(0), q.stride(1), q.stride(2),
+        HQ=hq, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split, ALIGNED=aligned,
+        DOT_F32=_interpreting(), PRECISION="ieee" if fp32 else "tf32", num_warps=4, num_stages=3,
+    )
+    if split:
+        _merge_kernel[(num_q * hq,)](part_o, part_ml, out, num_splits, num_q * hq,
+                                     HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4)
+    return out
+
+
+def chunk_attention(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], scale: float,
+                    impl: str | None = None, num_splits: int | None = None) -> torch.Tensor:
+    """q [C, Nq, Hq, D], keys[c]/values[c] [n_c, Hkv, D] -> [Nq, Hq, D] in q's dtype.
+
+    impl: None (Triton on CUDA, the reference elsewhere), "triton" (also on CPU under TRITON_INTERPRET=1) or
+    "ref". num_splits forces the number of KV splits of the Triton path.
+    """
+    if impl is None:
+        impl = "triton" if q.is_cuda else "ref"
+    if impl == "ref":
+        return chunk_attention_ref(q, keys, values, scale)
+    if not q.is_cuda and not _interpreting():
+        raise RuntimeError("the Triton chunk attention needs CUDA tensors or TRITON_INTERPRET=1")
+    return _chunk_attention_triton(q, keys, values, scale, num_splits)
