@@ -1,0 +1,196 @@
+"""The `cascade-rag` command: ingest, ask, delete, eval, demo (and bench, served by rag.bench)."""
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SAMPLES = Path(__file__).resolve().parent.parent / "samples"
+
+
+class CLIError(Exception):
+    pass
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="Hugging Face checkpoint folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: fp32 on CPU, bf16 on GPU")
+
+
+def add_data_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, help="data directory (default: $CASCADE_RAG_DATA or ./cascade-data)")
+
+
+def add_answer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--top-k", type=int, default=4, help="passages to retrieve (default 4)")
+    p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default 128)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int)
+
+
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="cascade-rag", description="Retrieval-augmented generation over "
+                                   "persistent per-passage KV chunks.")
+    sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="ingest .txt/.md/.jsonl files and folders")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    add_data_dir(p)
+    p.add_argument("--passage-tokens", type=int, default=256, help="passage size in tokens (default 256)")
+    p.add_argument("--overlap", type=int, default=32, help="tokens repeated between passages (default 32)")
+    p.add_argument("--index", choices=["flat", "hnsw"], help="vector index type (default flat)")
+    p.add_argument("--id-field", default="id", help="JSONL field of the document id (default id)")
+    p.add_argument("--title-field", default="title", help="JSONL field of the title (default title)")
+    p.add_argument("--text-field", default="text", help="JSONL field of the text (default text)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_model_options(p)
+
+    p = sub.add_parser("ask", help="answer a question from the ingested documents")
+    p.add_argument("question")
+    add_data_dir(p)
+    add_answer_options(p)
+    p.add_argument("--mode", choices=["cached", "full"], default="cached",
+                   help="cached: stored KV chunks (default); full: one prefill of the same tokens")
+    add_model_options(p)
+
+    p = sub.add_parser("delete", help="delete documents by id")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    add_data_dir(p)
+
+    p = sub.add_parser("eval", help="exact match, F1, recall@k and time to first token on a QA set")
+    p.add_argument("--questions", type=Path, required=True, help="JSONL: id, question, answers, gold_doc_ids")
+    p.add_argument("--corpus", type=Path, required=True, help="JSONL: id, title, text")
+    p.add_argument("--data-dir", type=Path, help="data directory to ingest into (default: a scratch one)")
+    p.add_argument("--limit", type=int, help="first N questions only")
+    p.add_argument("--distractors", type=int, help="ingest only the gold passages of the questions plus N others "
+                                                   "sampled with --sample-seed (default: the whole corpus)")
+    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--modes", default="cached,full", help="comma-separated (default cached,full)")
+    p.add_argument("--output", type=Path, help="write the results as JSON here")
+    p.add_argument("--passage-tokens", type=int, default=256)
+    p.add_argument("--overlap", type=int, default=32)
+    add_answer_options(p)
+    p.set_defaults(max_tokens=32)
+    add_model_options(p)
+
+    p = sub.add_parser("demo", help="ingest samples/ into a scratch directory and answer sample questions")
+    p.add_argument("--max-tokens", type=int, default=64)
+    add_model_options(p)
+
+    p = sub.add_parser("bench", help="our engine against transformers on this device (rag/bench.py)")
+    add_model_options(p)
+    if argv and argv[0] == "bench":  # rag.bench (heavy) is imported only for its own command
+        from . import bench
+        getattr(bench, "add_arguments", lambda _: None)(p)
+    return root
+
+
+def open_rag(args, **extra):
+    from .pipeline import RAG
+    return RAG(args.data_dir, model=getattr(args, "model", None), device=getattr(args, "device", None),
+               dtype=getattr(args, "dtype", None), **extra)
+
+
+def sampling(args):
+    from engine import SamplingParams
+    return SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
+                          seed=args.seed)
+
+
+def cmd_ingest(args) -> int:
+    from .ingest import Fields
+    fields = Fields(args.id_field, args.title_field, args.text_field)
+    with open_rag(args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap) as rag:
+        report = rag.ingest(args.paths, fields=fields, progress=not args.quiet)
+    for error in report.errors:
+        print(f"cascade-rag: error: {error}", file=sys.stderr)
+    print(report.summary())
+    return 1 if report.errors else 0
+
+
+def print_answer(stream, out=sys.stdout) -> None:
+    for delta in stream:
+        out.write(delta)
+        out.flush()
+    a = stream.answer
+    out.write("\n\nSources:\n")
+    for rank, s in enumerate(a.sources, 1):
+        out.write(f"  {rank}. {s.doc_id}  [{s.title}]  score {s.score:.3f}\n")
+    if not a.sources:
+        out.write("  (none: the data directory has no documents)\n")
+    tiers = ", ".join(f"{n} {tier}" for tier, n in sorted(a.tiers.items())) or "none"
+    out.write(f"Timings ({a.mode}): retrieval {a.retrieval_s * 1e3:.0f} ms, chunks {a.chunks_s * 1e3:.0f} ms, "
+              f"time to first token {a.first_token_s * 1e3:.0f} ms (prefill {a.ttft_s * 1e3:.0f} ms, "
+              f"{a.prompt_tokens} prompt tokens), decode {a.decode_tokens_per_s:.1f} tokens/s; chunks from: {tiers}\n")
+
+
+def cmd_ask(args) -> int:
+    with open_rag(args) as rag:
+        print_answer(rag.ask(args.question, top_k=args.top_k, mode=args.mode, params=sampling(args)))
+    return 0
+
+
+def cmd_delete(args) -> int:
+    with open_rag(args) as rag:
+        deleted = rag.delete(args.ids)
+    missing = [i for i in args.ids if i not in deleted]
+    print(f"deleted {len(deleted)} documents" + (f": {', '.join(deleted)}" if deleted else ""))
+    if missing:
+        print(f"cascade-rag: error: no such documents: {', '.join(missing)}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def cmd_demo(args) -> int:
+    import json
+    import tempfile
+    from engine import SamplingParams
+    from .pipeline import RAG
+    questions = [json.loads(line) for line in (SAMPLES / "questions.jsonl").read_text().splitlines() if line]
+    with tempfile.TemporaryDirectory(prefix="cascade-rag-demo-") as data_dir:
+        with RAG(data_dir, model=args.model, device=args.device, dtype=args.dtype) as rag:
+            print(f"ingesting {SAMPLES / 'docs'} into {data_dir} ...")
+            print(rag.ingest([SAMPLES / "docs"], progress=True).summary())
+            for q in questions[:3]:
+                print(f"\nQ: {q['question']}\nA: ", end="")
+                print_answer(rag.ask(q["question"], params=SamplingParams(max_new_tokens=args.max_tokens)))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .evaluate import main as evaluate_main
+    return evaluate_main(args)
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+    return bench.main(args) or 0
+
+
+COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "delete": cmd_delete, "demo": cmd_demo, "eval": cmd_eval,
+            "bench": cmd_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser(argv).parse_args(argv)
+    logging.basicConfig(format="cascade-rag: warning: %(message)s", level=logging.WARNING)
+    from engine import KVChunkError, ModelLoadError
+    from engine.embedded import ModelPreparationError
+    from .store import StoreError
+    try:
+        return COMMANDS[args.command](args)
+    except (CLIError, ValueError, OSError, StoreError, ModelLoadError, ModelPreparationError, KVChunkError) as exc:
+        print(f"cascade-rag: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("cascade-rag: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
