@@ -47,8 +47,8 @@ def chunk_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[
 def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_o_ptr, part_ml_ptr,
                  num_chunks, num_q, split_len, total_len, qk_scale, stride_qc, stride_qn, stride_qh,
                  HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr, DOT_F32: tl.constexpr,
-                 PRECISION: tl.constexpr):
+                 BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
+                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -64,11 +64,16 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_o_ptr, part_ml_pt
     cum_ptr = table_ptr + 4 * num_chunks
     own_len = tl.load(cum_ptr + num_chunks) - tl.load(cum_ptr + num_chunks - 1)
     causal_limit = qi + (own_len - num_q)
+    # the chunks overlapping [lo, hi): those ending after lo and starting before hi
+    idx = tl.arange(0, CHUNKS_P2)
+    cum = tl.load(cum_ptr + idx, mask=idx <= num_chunks, other=0)
+    first = tl.sum(((idx >= 1) & (idx <= num_chunks) & (cum <= lo)).to(tl.int32), 0)
+    last = tl.sum(((idx < num_chunks) & (cum < hi)).to(tl.int32), 0)
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for c in range(num_chunks):
+    for c in range(first, last):
         chunk_start = tl.load(cum_ptr + c)
         chunk_end = tl.load(cum_ptr + c + 1)
         k_off = tl.load(table_ptr + c)
@@ -146,6 +151,34 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+# decode tuning (bench_kernels --tune): KV block, warps, pipeline depth, programs per SM, shortest split
+TUNING = dict(block_n=64, num_warps=4, num_stages=3, programs_per_sm=2, min_split=256)
+
+
+def _chunk_table(keys, values, hkv, head_dim, dtype):
+    """[K offsets, V offsets, K row strides, V row strides, cumulative lengths] in elements, and alignment."""
+    size = keys[0].element_size()
+    kb, vb = keys[0].data_ptr(), values[0].data_ptr()
+    k_offs, v_offs, k_strides, v_strides, cum = [], [], [], [], [0]
+    for k, v in zip(keys, values):
+        ks, vs, k_stride, v_stride = k.shape, v.shape, k.stride(), v.stride()
+        if (k.dtype is not dtype or v.dtype is not dtype or ks[0] != vs[0] or ks[1] != hkv or vs[1] != hkv
+                or ks[2] != head_dim or vs[2] != head_dim or k_stride[1] != head_dim or v_stride[1] != head_dim
+                or k_stride[2] != 1 or v_stride[2] != 1):
+            raise ValueError("keys and values must be [n, Hkv, D] in q's dtype with contiguous rows")
+        k_offs.append(k.data_ptr() - kb)
+        v_offs.append(v.data_ptr() - vb)
+        k_strides.append(k_stride[0])
+        v_strides.append(v_stride[0])
+        cum.append(cum[-1] + ks[0])
+    offsets = [o // size for o in k_offs + v_offs]
+    strides = k_strides + v_strides
+    if any(o * size != b for o, b in zip(offsets, k_offs + v_offs)):
+        raise ValueError("chunk addresses must be whole elements apart")
+    aligned = (kb | vb) % 16 == 0 and all(x % 16 == 0 for x in offsets + strides)
+    return offsets + strides + cum, aligned
+
+
 def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     num_chunks, num_q, hq, head_dim = q.shape
     hkv = keys[0].shape[1]
@@ -153,36 +186,22 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     assert hq % hkv == 0 and head_dim in (64, 128) and len(keys) == len(values) == num_chunks
     if q.stride(-1) != 1:
         q = q.contiguous()
-    k0, v0 = keys[0], values[0]
-    size = k0.element_size()
-    lengths = [k.shape[0] for k in keys]
-    cum = [0]
-    for n in lengths:
-        cum.append(cum[-1] + n)
-    total = cum[-1]
-    kb, vb = k0.data_ptr(), v0.data_ptr()
-    offsets = [k.data_ptr() - kb for k in keys] + [v.data_ptr() - vb for v in values]
-    strides = [k.stride(0) for k in keys] + [v.stride(0) for v in values]
-    for t in (*keys, *values):
-        assert t.dtype == q.dtype and t.shape[1:] == (hkv, head_dim) and t.stride(1) == head_dim and t.stride(2) == 1
-    assert all(o % size == 0 for o in offsets)
-    offsets = [o // size for o in offsets]
-    aligned = (kb % 16 == 0 and vb % 16 == 0 and all(o % 16 == 0 for o in offsets)
-               and all(s % 16 == 0 for s in strides))
+    table, aligned = _chunk_table(keys, values, hkv, head_dim, q.dtype)
+    total = table[-1]
     device = q.device
     if device.type == "cuda":
-        table = torch.tensor(offsets + strides + cum, dtype=torch.int64, pin_memory=True)
-        table = table.to(device, non_blocking=True)
+        table = torch.tensor(table, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
     else:
-        table = torch.tensor(offsets + strides + cum, dtype=torch.int64, device=device)
+        table = torch.tensor(table, dtype=torch.int64)
 
     rows = num_q * group
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
     m_tiles = triton.cdiv(rows, block_m)
-    block_n = 64
+    cfg = TUNING
+    block_n = cfg["block_n"]
     if num_splits is None:
-        num_splits = triton.cdiv(2 * _num_sms(device), m_tiles * hkv)
-        num_splits = max(1, min(num_splits, triton.cdiv(total, 256)))
+        num_splits = triton.cdiv(cfg["programs_per_sm"] * _num_sms(device), m_tiles * hkv)
+        num_splits = max(1, min(num_splits, triton.cdiv(total, cfg["min_split"])))
     split_len = max(1, triton.cdiv(total, num_splits))
     num_splits = max(1, triton.cdiv(total, split_len))
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=device)
@@ -194,10 +213,12 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
         part_o = part_ml = out
     fp32 = q.dtype == torch.float32
     _attn_kernel[(m_tiles, hkv, num_splits)](
-        q, k0, v0, table, out, part_o, part_ml,
+        q, keys[0], values[0], table, out, part_o, part_ml,
         num_chunks, num_q, split_len, total, scale * LOG2E, q.stride(0), q.stride(1), q.stride(2),
-        HQ=hq, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, SPLIT=split, ALIGNED=aligned,
-        DOT_F32=_interpreting(), PRECISION="ieee" if fp32 else "tf32", num_warps=4, num_stages=3,
+        HQ=hq, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
+        CHUNKS_P2=triton.next_power_of_2(num_chunks + 1), SPLIT=split, ALIGNED=aligned,
+        DOT_F32=_interpreting(), PRECISION="ieee" if fp32 else "tf32",
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if split:
         _merge_kernel[(num_q * hq,)](part_o, part_ml, out, num_splits, num_q * hq,

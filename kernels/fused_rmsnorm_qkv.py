@@ -12,6 +12,8 @@ import triton
 import triton.language as tl
 
 MAX_TRITON_ROWS = 16
+# bench_kernels --tune: heads per program (None: 128 features), hidden block, warps
+TUNING = dict(heads=None, block_k=64, num_warps=4)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -89,15 +91,16 @@ def _rmsnorm_qkv_triton(x, norm_weight, eps, w_qkv, bias, num_q_heads, num_kv_he
     qkv_dim = (num_q_heads + 2 * num_kv_heads) * head_dim
     assert w_qkv.shape == (qkv_dim, hidden) and w_qkv.stride(1) == 1 and x.stride(1) == 1
     out = torch.empty((n, qkv_dim), dtype=w_qkv.dtype, device=x.device)
-    heads = max(1, 128 // head_dim)
+    cfg = TUNING
+    heads = cfg["heads"] or max(1, 128 // head_dim)
     grid = (triton.cdiv(num_q_heads + 2 * num_kv_heads, heads), n)
     _rmsnorm_qkv_kernel[grid](
         x, norm_weight, w_qkv, bias if bias is not None else out,
         q_norm_weight if q_norm_weight is not None else out, k_norm_weight if k_norm_weight is not None else out,
         out, hidden, qkv_dim, eps, qk_eps, x.stride(0), w_qkv.stride(0), out.stride(0),
-        NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, HEADS=heads, BLOCK_K=64,
+        NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, HEADS=heads, BLOCK_K=cfg["block_k"],
         HAS_BIAS=bias is not None, Q_NORM=q_norm_weight is not None, K_NORM=k_norm_weight is not None,
-        num_warps=4,
+        num_warps=cfg["num_warps"],
     )
     q, k, v = out.split([num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
     return q.view(n, num_q_heads, head_dim), k.view(n, num_kv_heads, head_dim), v.view(n, num_kv_heads, head_dim)
