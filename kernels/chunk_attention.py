@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import launch
+
 LOG2E = 1.4426950408889634
 
 
@@ -43,9 +45,9 @@ def chunk_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[
     return torch.einsum("hqk,khd->qhd", torch.softmax(s, dim=-1), v).to(q.dtype)
 
 
-@triton.jit
-def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_o_ptr, part_ml_ptr,
-                 num_chunks, num_q, split_len, total_len, qk_scale, stride_qc, stride_qn, stride_qh,
+@triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
+def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
+                 num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
                  HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
                  DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
@@ -57,25 +59,25 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_o_ptr, part_ml_pt
     head = kv_head * GROUP + rows % GROUP
     row_ok = qi < num_q
     d = tl.arange(0, HEAD_DIM)
-    q_rows = q_ptr + qi[:, None] * stride_qn + head[:, None] * stride_qh + d[None, :]
+    q_rows = q_ptr + (qi * HQ + head)[:, None] * HEAD_DIM + d[None, :]
     lo = split * split_len
     hi = tl.minimum(lo + split_len, total_len)
 
-    cum_ptr = table_ptr + 4 * num_chunks
-    own_len = tl.load(cum_ptr + num_chunks) - tl.load(cum_ptr + num_chunks - 1)
+    start_ptr = table_ptr + 4 * num_chunks  # chunk starts; the last chunk ends at total_len
+    own_len = total_len - tl.load(start_ptr + num_chunks - 1)
     causal_limit = qi + (own_len - num_q)
     # the chunks overlapping [lo, hi): those ending after lo and starting before hi
     idx = tl.arange(0, CHUNKS_P2)
-    cum = tl.load(cum_ptr + idx, mask=idx <= num_chunks, other=0)
-    first = tl.sum(((idx >= 1) & (idx <= num_chunks) & (cum <= lo)).to(tl.int32), 0)
-    last = tl.sum(((idx < num_chunks) & (cum < hi)).to(tl.int32), 0)
+    starts = tl.load(start_ptr + idx, mask=idx < num_chunks, other=total_len)
+    first = tl.sum(((idx >= 1) & (idx <= num_chunks) & (starts <= lo)).to(tl.int32), 0)
+    last = tl.sum(((idx < num_chunks) & (starts < hi)).to(tl.int32), 0)
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for c in range(first, last):
-        chunk_start = tl.load(cum_ptr + c)
-        chunk_end = tl.load(cum_ptr + c + 1)
+        chunk_start = tl.load(start_ptr + c)
+        chunk_end = tl.where(c == num_chunks - 1, total_len, tl.load(start_ptr + tl.minimum(c + 1, num_chunks - 1)))
         k_off = tl.load(table_ptr + c)
         v_off = tl.load(table_ptr + num_chunks + c)
         k_stride = tl.load(table_ptr + 2 * num_chunks + c)
@@ -116,25 +118,26 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_o_ptr, part_ml_pt
     if SPLIT:
         n_rows = num_q * HQ
         part = split * n_rows + out_rows
-        tl.store(part_o_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None])
-        tl.store(part_ml_ptr + part, m_i, mask=row_ok)
-        tl.store(part_ml_ptr + tl.num_programs(2) * n_rows + part, l_i, mask=row_ok)
+        ml_ptr = part_ptr + tl.num_programs(2) * n_rows * HEAD_DIM
+        tl.store(part_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None])
+        tl.store(ml_ptr + part, m_i, mask=row_ok)
+        tl.store(ml_ptr + tl.num_programs(2) * n_rows + part, l_i, mask=row_ok)
     else:
         o = acc / l_i[:, None]
         tl.store(out_ptr + out_rows[:, None] * HEAD_DIM + d[None, :], o.to(out_ptr.dtype.element_ty),
                  mask=row_ok[:, None])
 
 
-@triton.jit
-def _merge_kernel(part_o_ptr, part_ml_ptr, out_ptr, num_splits, n_rows,
-                  HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+@triton.jit(do_not_specialize=["num_splits", "n_rows"])
+def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
     row = tl.program_id(0)
+    ml_ptr = part_ptr + num_splits * n_rows * HEAD_DIM
     s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, HEAD_DIM)
     ok = s < num_splits
-    m = tl.load(part_ml_ptr + s * n_rows + row, mask=ok, other=float("-inf"))
-    l = tl.load(part_ml_ptr + (num_splits + s) * n_rows + row, mask=ok, other=0.0)
-    o = tl.load(part_o_ptr + (s * n_rows + row)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+    m = tl.load(ml_ptr + s * n_rows + row, mask=ok, other=float("-inf"))
+    l = tl.load(ml_ptr + (num_splits + s) * n_rows + row, mask=ok, other=0.0)
+    o = tl.load(part_ptr + (s * n_rows + row)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
     w = tl.exp2(m - tl.max(m, 0))
     out = tl.sum(o * w[:, None], 0) / tl.sum(l * w, 0)
     tl.store(out_ptr + row * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty))
@@ -155,11 +158,17 @@ def _interpreting() -> bool:
 TUNING = dict(block_n=64, num_warps=4, num_stages=3, programs_per_sm=2, min_split=256)
 
 
-def _chunk_table(keys, values, hkv, head_dim, dtype):
-    """[K offsets, V offsets, K row strides, V row strides, cumulative lengths] in elements, and alignment."""
+_tables = {}
+
+
+def _chunk_table(keys, values, hkv, head_dim, dtype, device):
+    """The device table [K offsets, V offsets, K row strides, V row strides, chunk starts] in elements, the
+    total length and whether every offset and stride is a multiple of 16. The table leaves out the total
+    (which grows with the request's own chunk at every decode step) so that it is cached."""
     size = keys[0].element_size()
     kb, vb = keys[0].data_ptr(), values[0].data_ptr()
-    k_offs, v_offs, k_strides, v_strides, cum = [], [], [], [], [0]
+    k_offs, v_offs, k_strides, v_strides, starts = [], [], [], [], []
+    total = 0
     for k, v in zip(keys, values):
         ks, vs, k_stride, v_stride = k.shape, v.shape, k.stride(), v.stride()
         if (k.dtype is not dtype or v.dtype is not dtype or ks[0] != vs[0] or ks[1] != hkv or vs[1] != hkv
@@ -170,13 +179,23 @@ def _chunk_table(keys, values, hkv, head_dim, dtype):
         v_offs.append(v.data_ptr() - vb)
         k_strides.append(k_stride[0])
         v_strides.append(v_stride[0])
-        cum.append(cum[-1] + ks[0])
+        starts.append(total)
+        total += ks[0]
     offsets = [o // size for o in k_offs + v_offs]
-    strides = k_strides + v_strides
     if any(o * size != b for o, b in zip(offsets, k_offs + v_offs)):
         raise ValueError("chunk addresses must be whole elements apart")
-    aligned = (kb | vb) % 16 == 0 and all(x % 16 == 0 for x in offsets + strides)
-    return offsets + strides + cum, aligned
+    content = tuple(offsets + k_strides + v_strides + starts)
+    aligned = (kb | vb) % 16 == 0 and all(x % 16 == 0 for x in content)
+    table = _tables.get((device, content))
+    if table is None:
+        if len(_tables) > 4096:
+            _tables.clear()
+        if device.type == "cuda":
+            table = torch.tensor(content, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
+        else:
+            table = torch.tensor(content, dtype=torch.int64)
+        _tables[(device, content)] = table
+    return table, total, aligned
 
 
 def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
@@ -184,15 +203,11 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     hkv = keys[0].shape[1]
     group = hq // hkv
     assert hq % hkv == 0 and head_dim in (64, 128) and len(keys) == len(values) == num_chunks
-    if q.stride(-1) != 1:
+    if q.stride()[1:] != (hq * head_dim, head_dim, 1):
         q = q.contiguous()
-    table, aligned = _chunk_table(keys, values, hkv, head_dim, q.dtype)
-    total = table[-1]
     device = q.device
-    if device.type == "cuda":
-        table = torch.tensor(table, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
-    else:
-        table = torch.tensor(table, dtype=torch.int64)
+    table, total, aligned = _chunk_table(keys, values, hkv, head_dim, q.dtype, device)
+    assert total < 2 ** 31
 
     rows = num_q * group
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
@@ -206,23 +221,20 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     num_splits = max(1, triton.cdiv(total, split_len))
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=device)
     split = num_splits > 1
+    n_rows = num_q * hq
+    part = torch.empty(num_splits * n_rows * (head_dim + 2), dtype=torch.float32, device=device) if split else out
+    chunks_p2 = triton.next_power_of_2(num_chunks + 1)
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    args = (q, keys[0], values[0], table, out, part, num_chunks, num_q, split_len, total, scale * LOG2E,
+            q.stride(0), hq, group, head_dim, block_m, block_n, chunks_p2, split, aligned, _interpreting(), precision)
+    key = ("attn", device.index, q.dtype, q.data_ptr() % 16 == 0, hq, group, head_dim, block_m, block_n, chunks_p2,
+           split, aligned, cfg["num_warps"], cfg["num_stages"])
+    launch(_attn_kernel, (m_tiles, hkv, num_splits), args, key, num_warps=cfg["num_warps"],
+           num_stages=cfg["num_stages"])
     if split:
-        part_o = torch.empty((num_splits, num_q * hq, head_dim), dtype=torch.float32, device=device)
-        part_ml = torch.empty((2, num_splits, num_q * hq), dtype=torch.float32, device=device)
-    else:
-        part_o = part_ml = out
-    fp32 = q.dtype == torch.float32
-    _attn_kernel[(m_tiles, hkv, num_splits)](
-        q, keys[0], values[0], table, out, part_o, part_ml,
-        num_chunks, num_q, split_len, total, scale * LOG2E, q.stride(0), q.stride(1), q.stride(2),
-        HQ=hq, GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n,
-        CHUNKS_P2=triton.next_power_of_2(num_chunks + 1), SPLIT=split, ALIGNED=aligned,
-        DOT_F32=_interpreting(), PRECISION="ieee" if fp32 else "tf32",
-        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-    )
-    if split:
-        _merge_kernel[(num_q * hq,)](part_o, part_ml, out, num_splits, num_q * hq,
-                                     HEAD_DIM=head_dim, BLOCK_S=triton.next_power_of_2(num_splits), num_warps=4)
+        block_s = triton.next_power_of_2(num_splits)
+        launch(_merge_kernel, (n_rows,), (part, out, num_splits, n_rows, head_dim, block_s),
+               ("merge", device.index, q.dtype, head_dim, block_s), num_warps=4)
     return out
 
 

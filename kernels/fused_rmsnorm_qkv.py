@@ -11,6 +11,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from kernels import launch
+
 MAX_TRITON_ROWS = 16
 # bench_kernels --tune: heads per program (None: 128 features), hidden block, warps
 TUNING = dict(heads=None, block_k=64, num_warps=4)
@@ -34,32 +36,32 @@ def rmsnorm_qkv_ref(x, norm_weight, eps, w_qkv, bias, num_q_heads, num_kv_heads,
     return q, k, v
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_x"])
 def _rmsnorm_qkv_kernel(x_ptr, norm_w_ptr, w_ptr, bias_ptr, q_norm_ptr, k_norm_ptr, out_ptr,
-                        hidden, qkv_dim, eps, qk_eps, stride_x, stride_w, stride_o,
-                        NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                        HEADS: tl.constexpr, BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr,
-                        Q_NORM: tl.constexpr, K_NORM: tl.constexpr):
+                        eps, qk_eps, stride_x, HIDDEN: tl.constexpr, NUM_Q_HEADS: tl.constexpr,
+                        NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, HEADS: tl.constexpr,
+                        BLOCK_K: tl.constexpr, HAS_BIAS: tl.constexpr, Q_NORM: tl.constexpr, K_NORM: tl.constexpr):
     pid = tl.program_id(0)
     row = tl.program_id(1)
     x_row = x_ptr + row * stride_x
     k_idx = tl.arange(0, BLOCK_K)
 
     sq = tl.zeros([BLOCK_K], tl.float32)
-    for k0 in range(0, hidden, BLOCK_K):
-        x = tl.load(x_row + k0 + k_idx, mask=k0 + k_idx < hidden, other=0.0).to(tl.float32)
+    for k0 in range(0, HIDDEN, BLOCK_K):
+        x = tl.load(x_row + k0 + k_idx, mask=k0 + k_idx < HIDDEN, other=0.0).to(tl.float32)
         sq += x * x
-    rstd = tl.rsqrt(tl.sum(sq, 0) / hidden + eps)
+    rstd = tl.rsqrt(tl.sum(sq, 0) / HIDDEN + eps)
 
     f = pid * HEADS * HEAD_DIM + tl.arange(0, HEADS * HEAD_DIM)
+    qkv_dim = (NUM_Q_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM
     f_ok = f < qkv_dim
     acc = tl.zeros([HEADS * HEAD_DIM, BLOCK_K], tl.float32)
-    for k0 in range(0, hidden, BLOCK_K):
-        k_ok = k0 + k_idx < hidden
+    for k0 in range(0, HIDDEN, BLOCK_K):
+        k_ok = k0 + k_idx < HIDDEN
         x = tl.load(x_row + k0 + k_idx, mask=k_ok, other=0.0)
         nw = tl.load(norm_w_ptr + k0 + k_idx, mask=k_ok, other=0.0)
         h = (nw * (x.to(tl.float32) * rstd).to(x.dtype)).to(w_ptr.dtype.element_ty)
-        w = tl.load(w_ptr + f[:, None] * stride_w + k0 + k_idx[None, :], mask=f_ok[:, None] & k_ok[None, :],
+        w = tl.load(w_ptr + f[:, None] * HIDDEN + k0 + k_idx[None, :], mask=f_ok[:, None] & k_ok[None, :],
                     other=0.0)
         acc += w.to(tl.float32) * h.to(tl.float32)[None, :]
     y = tl.sum(acc, 1)
@@ -82,26 +84,26 @@ def _rmsnorm_qkv_kernel(x_ptr, norm_w_ptr, w_ptr, bias_ptr, q_norm_ptr, k_norm_p
             kw = tl.load(k_norm_ptr + d).to(tl.float32)
             yh = tl.where(is_k[:, None], normed * kw[None, :], yh)
         y = tl.reshape(yh, [HEADS * HEAD_DIM]).to(out_ptr.dtype.element_ty)
-    tl.store(out_ptr + row * stride_o + f, y, mask=f_ok)
+    tl.store(out_ptr + row * qkv_dim + f, y, mask=f_ok)
 
 
 def _rmsnorm_qkv_triton(x, norm_weight, eps, w_qkv, bias, num_q_heads, num_kv_heads, head_dim,
                         q_norm_weight, k_norm_weight, qk_eps):
     n, hidden = x.shape
     qkv_dim = (num_q_heads + 2 * num_kv_heads) * head_dim
-    assert w_qkv.shape == (qkv_dim, hidden) and w_qkv.stride(1) == 1 and x.stride(1) == 1
+    assert w_qkv.shape == (qkv_dim, hidden) and w_qkv.is_contiguous() and x.stride(1) == 1
     out = torch.empty((n, qkv_dim), dtype=w_qkv.dtype, device=x.device)
     cfg = TUNING
     heads = cfg["heads"] or max(1, 128 // head_dim)
     grid = (triton.cdiv(num_q_heads + 2 * num_kv_heads, heads), n)
-    _rmsnorm_qkv_kernel[grid](
-        x, norm_weight, w_qkv, bias if bias is not None else out,
-        q_norm_weight if q_norm_weight is not None else out, k_norm_weight if k_norm_weight is not None else out,
-        out, hidden, qkv_dim, eps, qk_eps, x.stride(0), w_qkv.stride(0), out.stride(0),
-        NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim, HEADS=heads, BLOCK_K=cfg["block_k"],
-        HAS_BIAS=bias is not None, Q_NORM=q_norm_weight is not None, K_NORM=k_norm_weight is not None,
-        num_warps=cfg["num_warps"],
-    )
+    has_bias, q_norm, k_norm = bias is not None, q_norm_weight is not None, k_norm_weight is not None
+    pointers = (x, norm_weight, w_qkv, bias if has_bias else out, q_norm_weight if q_norm else out,
+                k_norm_weight if k_norm else out, out)
+    args = pointers + (eps, qk_eps, x.stride(0), hidden, num_q_heads, num_kv_heads, head_dim, heads, cfg["block_k"],
+                       has_bias, q_norm, k_norm)
+    key = ("rmsnorm_qkv", x.device.index, tuple(p.dtype for p in pointers),
+           tuple(p.data_ptr() % 16 == 0 for p in pointers), args[10:], cfg["num_warps"])
+    launch(_rmsnorm_qkv_kernel, grid, args, key, num_warps=cfg["num_warps"])
     q, k, v = out.split([num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
     return q.view(n, num_q_heads, head_dim), k.view(n, num_kv_heads, head_dim), v.view(n, num_kv_heads, head_dim)
 

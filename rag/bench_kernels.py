@@ -2,22 +2,28 @@
 
 Chunk attention at decode (Qwen3-0.6B: 16 q heads, 8 KV heads, head_dim 128, bf16) over contexts split into
 chunks plus a small level-2 chunk, against SDPA over the pre-concatenated KV; fused RMSNorm + QKV at one row
-against the unfused PyTorch ops. Times are medians of triton.testing.do_bench (CUDA events, L2 flushed).
+against the unfused PyTorch ops (RMSNorm, F.linear, q/k RMSNorm).
+
+GPU time: many calls, each over its own copy of the inputs (together over 256 MB, so the 50 MB L2 holds none
+of them), captured in one CUDA graph and replayed; the median replay over the number of calls. Host time:
+wall time per call of back-to-back eager calls, which is what a call costs when the host is the bottleneck.
 """
 import argparse
 import itertools
 import json
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 import triton
-import triton.testing
 
+import kernels
 from kernels import chunk_attention as ca
 from kernels import fused_rmsnorm_qkv as fr
 
 PEAK_BYTES_PER_S = 3.0e12
+SWEEP_BYTES = 256 << 20
 HQ, HKV, D = 16, 8, 128
 OWN = 37  # tokens in the request's own (level-2) chunk
 CONTEXTS = [(1024, 4), (4096, 8), (16384, 16), (32768, 16)]  # (total KV length, context chunks)
@@ -27,56 +33,95 @@ RMSNORM_SHAPES = {  # name: (hidden, Hq, Hkv, D, bias, q/k norm)
 }
 
 
-def median_s(fn, rep=200) -> float:
-    return triton.testing.do_bench(fn, warmup=25, rep=rep, return_mode="median") * 1e-3
+def gpu_s(calls, reps=15) -> float:
+    """GPU seconds per call of the list `calls`, captured in one CUDA graph."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for call in calls:
+            call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for call in calls:
+            call()
+    graph.replay()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e-3 / len(calls))
+    del graph
+    return statistics.median(times)
 
 
-def host_s(fn, n=300) -> float:
-    """Wall time per call of back-to-back calls: the host's launch cost when it exceeds the GPU time."""
-    fn()
+def host_s(call, n=300) -> float:
+    call()
     torch.cuda.synchronize()
     began = time.perf_counter()
     for _ in range(n):
-        fn()
+        call()
     torch.cuda.synchronize()
     return (time.perf_counter() - began) / n
 
 
-def decode_case(total: int, chunks: int):
+def copies(nbytes: int) -> int:
+    return max(2, min(64, SWEEP_BYTES // nbytes))
+
+
+def decode_case(total: int, chunks: int, seed: int):
     g = torch.Generator().manual_seed(total)
     weights = torch.rand(chunks, generator=g) + 0.5
     lengths = (weights / weights.sum() * (total - OWN)).long()
     lengths[-1] += total - OWN - lengths.sum()
+    torch.manual_seed(seed)
     layers = 2  # each chunk is stored [layers, n, Hkv, D]; attention reads layer 1 in place
-    keys = [torch.randn(layers, int(n), HKV, D, device="cuda", dtype=torch.bfloat16)[1] for n in lengths]
-    values = [torch.randn(layers, int(n), HKV, D, device="cuda", dtype=torch.bfloat16)[1] for n in lengths]
-    own_k = torch.randn(layers, 512, HKV, D, device="cuda", dtype=torch.bfloat16)
-    own_v = torch.randn(layers, 512, HKV, D, device="cuda", dtype=torch.bfloat16)
+
+    def stored(n):
+        return torch.randn(layers, n, HKV, D, device="cuda", dtype=torch.bfloat16)[1]
+    keys, values = [stored(int(n)) for n in lengths], [stored(int(n)) for n in lengths]
+    own_k, own_v = (torch.randn(layers, 512, HKV, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     keys.append(own_k[1, :OWN])
     values.append(own_v[1, :OWN])
     q = torch.randn(1, 1, HQ, D, device="cuda", dtype=torch.bfloat16).expand(chunks + 1, -1, -1, -1)
     return q, keys, values
 
 
-def bench_decode(total: int, chunks: int) -> dict:
-    q, keys, values = decode_case(total, chunks)
+def decode_calls(total: int, chunks: int):
+    """Our call and the two SDPA calls (GQA, and heads repeated beforehand) for each copy of the inputs."""
     scale = D ** -0.5
-    ours = lambda: ca.chunk_attention(q, keys, values, scale)  # noqa: E731
-    k = torch.cat(keys).transpose(0, 1).unsqueeze(0).contiguous()  # [1, Hkv, T, D]
-    v = torch.cat(values).transpose(0, 1).unsqueeze(0).contiguous()
-    qs = q[0].transpose(0, 1).unsqueeze(0)  # [1, Hq, 1, D]
-    k_rep, v_rep = k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1)
-    sdpa_gqa = lambda: F.scaled_dot_product_attention(qs, k, v, scale=scale, enable_gqa=True)  # noqa: E731
-    sdpa_rep = lambda: F.scaled_dot_product_attention(qs, k_rep, v_rep, scale=scale)  # noqa: E731
-    error = (ours().float() - sdpa_gqa()[0].transpose(0, 1).float()).abs().max().item()
-    t, t_gqa, t_rep = median_s(ours), median_s(sdpa_gqa), median_s(sdpa_rep)
+    ours, gqa, rep = [], [], []
+    for i in range(copies(2 * total * HKV * D * 2)):
+        q, keys, values = decode_case(total, chunks, seed=i)
+        k = torch.cat(keys).transpose(0, 1).unsqueeze(0).contiguous()  # [1, Hkv, T, D]
+        v = torch.cat(values).transpose(0, 1).unsqueeze(0).contiguous()
+        qs = q[0].transpose(0, 1).unsqueeze(0)  # [1, Hq, 1, D]
+        k_rep, v_rep = k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1)
+        ours.append(lambda q=q, keys=keys, values=values: ca.chunk_attention(q, keys, values, scale))
+        gqa.append(lambda qs=qs, k=k, v=v: F.scaled_dot_product_attention(qs, k, v, scale=scale, enable_gqa=True))
+        rep.append(lambda qs=qs, k=k_rep, v=v_rep: F.scaled_dot_product_attention(qs, k, v, scale=scale))
+    return ours, gqa, rep
+
+
+def bench_decode(total: int, chunks: int) -> dict:
+    ours, gqa, rep = decode_calls(total, chunks)
+    error = (ours[0]().float() - gqa[0]()[0].transpose(0, 1).float()).abs().max().item()
+    t, t_gqa, t_rep = gpu_s(ours), gpu_s(gqa), gpu_s(rep)
+    host = host_s(ours[0])
+    kernels.FAST_LAUNCH = False
+    host_plain = host_s(ours[0])
+    kernels.FAST_LAUNCH = True
     nbytes = 2 * total * HKV * D * 2
     return dict(context=total, chunks=chunks + 1, us=t * 1e6, tb_per_s=nbytes / t / 1e12,
                 peak_fraction=nbytes / t / PEAK_BYTES_PER_S, sdpa_gqa_us=t_gqa * 1e6, sdpa_repeat_us=t_rep * 1e6,
-                speedup_vs_sdpa=min(t_gqa, t_rep) / t, host_us=host_s(ours) * 1e6, max_abs_err=error)
+                speedup_vs_sdpa=min(t_gqa, t_rep) / t, host_us=host * 1e6, host_plain_launch_us=host_plain * 1e6,
+                sdpa_host_us=host_s(gqa[0]) * 1e6, max_abs_err=error)
 
 
-def rmsnorm_case(hidden, hq, hkv, d, bias, qk):
+def rmsnorm_args(hidden, hq, hkv, d, bias, qk):
     qkv_dim = (hq + 2 * hkv) * d
 
     def rand(*shape, mean=0.0, std=1.0):
@@ -86,52 +131,60 @@ def rmsnorm_case(hidden, hq, hkv, d, bias, qk):
             rand(d, mean=1, std=0.1) if qk else None, rand(d, mean=1, std=0.1) if qk else None, 1e-6)
 
 
+def rmsnorm_calls(name: str):
+    shape = RMSNORM_SHAPES[name]
+    sets = [rmsnorm_args(*shape) for _ in range(copies(shape[0] * (shape[1] + 2 * shape[2]) * shape[3] * 2))]
+    fused = [lambda a=a: fr.rmsnorm_qkv(*a, impl="triton") for a in sets]
+    unfused = [lambda a=a: fr.rmsnorm_qkv_ref(*a) for a in sets]
+    return sets, fused, unfused
+
+
 def bench_rmsnorm(name: str) -> dict:
-    args = rmsnorm_case(*RMSNORM_SHAPES[name])
-    fused = lambda: fr.rmsnorm_qkv(*args, impl="triton")  # noqa: E731
-    unfused = lambda: fr.rmsnorm_qkv_ref(*args)  # noqa: E731
-    error = max((a.float() - b.float()).abs().max().item() for a, b in zip(fused(), unfused()))
-    t, t_ref = median_s(fused), median_s(unfused)
-    nbytes = args[3].numel() * 2
-    return dict(model=name, hidden=args[0].shape[1], us=t * 1e6, unfused_us=t_ref * 1e6, speedup=t_ref / t,
-                tb_per_s=nbytes / t / 1e12, host_us=host_s(fused) * 1e6, unfused_host_us=host_s(unfused) * 1e6,
-                max_abs_err=error)
+    sets, fused, unfused = rmsnorm_calls(name)
+    error = max((a.float() - b.float()).abs().max().item() for a, b in zip(fused[0](), unfused[0]()))
+    t, t_ref = gpu_s(fused), gpu_s(unfused)
+    host = host_s(fused[0])
+    kernels.FAST_LAUNCH = False
+    host_plain = host_s(fused[0])
+    kernels.FAST_LAUNCH = True
+    nbytes = sets[0][3].numel() * 2
+    return dict(model=name, hidden=sets[0][0].shape[1], us=t * 1e6, unfused_us=t_ref * 1e6, speedup=t_ref / t,
+                tb_per_s=nbytes / t / 1e12, host_us=host * 1e6, host_plain_launch_us=host_plain * 1e6,
+                unfused_host_us=host_s(unfused[0]) * 1e6, host_speedup=host_s(unfused[0]) / host, max_abs_err=error)
 
 
 def tune() -> dict:
-    """Sweep the decode and GEMV launch settings; print the best per size and return everything."""
+    """Sweep the launch settings by GPU time; print the best per size and return everything."""
     results = {"decode": [], "rmsnorm": []}
     default = dict(ca.TUNING)
     for total, chunks in CONTEXTS:
-        q, keys, values = decode_case(total, chunks)
+        ours = decode_calls(total, chunks)[0]
         rows = []
-        for bn, nw, ns, pps in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4), (1, 2, 4)):
+        for bn, nw, ns, pps in itertools.product((32, 64, 128), (2, 4, 8), (2, 3, 4), (1, 2, 4, 8)):
             ca.TUNING.update(block_n=bn, num_warps=nw, num_stages=ns, programs_per_sm=pps)
             try:
-                t = median_s(lambda: ca.chunk_attention(q, keys, values, 0.1), rep=40)
+                rows.append(dict(context=total, **ca.TUNING, us=gpu_s(ours, reps=5) * 1e6))
             except Exception as e:  # out of shared memory and the like
-                print(f"tune decode {total} {ca.TUNING}: {type(e).__name__}")
-                continue
-            rows.append(dict(context=total, **ca.TUNING, us=t * 1e6))
+                print(f"tune decode {total} {ca.TUNING}: {type(e).__name__}: {str(e)[:100]}")
         rows.sort(key=lambda r: r["us"])
-        print("best decode", total, rows[:3], flush=True)
+        print("best decode", total, [(r["block_n"], r["num_warps"], r["num_stages"], r["programs_per_sm"],
+                                      round(r["us"], 1)) for r in rows[:5]], flush=True)
         results["decode"] += rows
-    ca.TUNING.clear()
-    ca.TUNING.update(default)
+        ca.TUNING.update(default)
+        print("default", round(gpu_s(ours, reps=5) * 1e6, 1), flush=True)
     default = dict(fr.TUNING)
-    for name in RMSNORM_SHAPES:
-        args = rmsnorm_case(*RMSNORM_SHAPES[name])
+    for name, shape in RMSNORM_SHAPES.items():
+        fused = rmsnorm_calls(name)[1]
         rows = []
         for heads, bk, nw in itertools.product((1, 2, 4), (64, 128, 256), (2, 4, 8)):
-            if heads * args[7] * bk > 256 * 32 * nw:  # more than 256 accumulator registers a thread
+            if heads * shape[3] * bk > 256 * 32 * nw:  # more than 256 accumulator registers a thread
                 continue
             fr.TUNING.update(heads=heads, block_k=bk, num_warps=nw)
-            t = median_s(lambda: fr.rmsnorm_qkv(*args, impl="triton"), rep=40)
-            rows.append(dict(model=name, **fr.TUNING, us=t * 1e6))
+            rows.append(dict(model=name, **fr.TUNING, us=gpu_s(fused, reps=5) * 1e6))
         rows.sort(key=lambda r: r["us"])
-        print("best rmsnorm", name, rows[:3], flush=True)
+        print("best rmsnorm", name, [(r["heads"], r["block_k"], r["num_warps"], round(r["us"], 2)) for r in rows[:5]],
+              flush=True)
         results["rmsnorm"] += rows
-    fr.TUNING.clear()
     fr.TUNING.update(default)
     return results
 
@@ -149,20 +202,25 @@ def main() -> None:
     report["rmsnorm_qkv"] = [bench_rmsnorm(name) for name in RMSNORM_SHAPES]
 
     print(f"\n{device}, torch {torch.__version__}, triton {triton.__version__}\n")
-    print("Chunk attention, decode, Qwen3-0.6B shape (16/8 heads, D=128), bf16, 1 query\n")
-    print("| context | chunks | ours (us) | GB/s | of 3.0 TB/s | SDPA gqa (us) | SDPA repeat (us) | vs best SDPA "
-          "| host us/call |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("Chunk attention, decode (1 query), Qwen3-0.6B shape (16 q / 8 KV heads, D=128), bf16. GPU us: CUDA-graph "
+          "replay, L2 cold; host us: eager call\n")
+    print("| context | chunks | ours GPU us | GB/s | of 3.0 TB/s | SDPA gqa GPU us | SDPA repeat GPU us | speedup vs best "
+          "SDPA | ours host us | (plain Triton launch) | SDPA host us |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in report["decode"]:
         print(f"| {r['context']} | {r['chunks']} | {r['us']:.1f} | {r['tb_per_s'] * 1e3:.0f} | "
               f"{r['peak_fraction']:.0%} | {r['sdpa_gqa_us']:.1f} | {r['sdpa_repeat_us']:.1f} | "
-              f"{r['speedup_vs_sdpa']:.2f}x | {r['host_us']:.1f} |")
+              f"{r['speedup_vs_sdpa']:.2f}x | {r['host_us']:.1f} | {r['host_plain_launch_us']:.1f} | "
+              f"{r['sdpa_host_us']:.1f} |")
     print("\nFused RMSNorm + QKV (+ bias / q,k norm), 1 row, bf16\n")
-    print("| model | hidden | fused (us) | unfused (us) | speedup | weight GB/s | host us/call fused | unfused |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | hidden | fused GPU us | unfused GPU us | speedup | weight GB/s | fused host us | "
+          "(plain Triton launch) | unfused host us | host speedup |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in report["rmsnorm_qkv"]:
         print(f"| {r['model']} | {r['hidden']} | {r['us']:.1f} | {r['unfused_us']:.1f} | {r['speedup']:.2f}x | "
-              f"{r['tb_per_s'] * 1e3:.0f} | {r['host_us']:.1f} | {r['unfused_host_us']:.1f} |")
+              f"{r['tb_per_s'] * 1e3:.0f} | {r['host_us']:.1f} | {r['host_plain_launch_us']:.1f} | "
+              f"{r['unfused_host_us']:.1f} | {r['host_speedup']:.2f}x |")
+    print("\nmax abs error vs PyTorch:", [round(r["max_abs_err"], 4) for r in report["decode"] + report["rmsnorm_qkv"]])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

@@ -50,6 +50,7 @@ def check_attention(case, dtype, device, atol):
     q = torch.randn(len(lengths), nq, hq, d, dtype=dtype, device=device)
     scale = d ** -0.5
     out = ca.chunk_attention(q, keys, values, scale, impl="triton", num_splits=splits)
+    assert torch.equal(out, ca.chunk_attention(q, keys, values, scale, impl="triton", num_splits=splits))
     ref = ca.chunk_attention_ref(q.float(), [k.float() for k in keys], [v.float() for v in values], scale)
     assert out.shape == (nq, hq, d) and out.dtype == dtype
     assert torch.isfinite(out).all()
@@ -103,6 +104,7 @@ def check_rmsnorm_qkv(case, dtype, device, atol):
             rand(qkv_dim, std=0.5) if bias else None, hq, hkv, d,
             rand(d, mean=1, std=0.5) if qk else None, rand(d, mean=1, std=0.5) if qk else None, 1e-6)
     got = fr.rmsnorm_qkv(*args, impl="triton")
+    assert all(torch.equal(a, b) for a, b in zip(got, fr.rmsnorm_qkv(*args, impl="triton")))  # cached launch
     ref = fr.rmsnorm_qkv_ref(*args)
     for g, r, heads in zip(got, ref, (hq, hkv, hkv)):
         assert g.shape == (n, heads, d) and g.dtype == dtype
