@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch; CUDA machines already have torch and can set TORCH_SPEC= to keep theirs.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench proto clean
 
 setup: $(VENV)/.installed
 
@@ -23,6 +23,9 @@ demo: setup
 
 bench: setup
 	$(VENV)/bin/cascade-rag bench
+
+proto: setup
+	$(PY) -m rag.proto_gen.generate
 
 clean:
 	rm -rf $(VENV) build *.egg-info
