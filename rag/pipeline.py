@@ -198,7 +198,8 @@ class RAG:
     def ingest_documents(self, items: list[Document | InputError], progress: bool = False) -> IngestReport:
         with self._write_lock:
             self.store.lock_for_writing()
-            self._write_manifest()  # loads the models first
+            if any(isinstance(item, Document) for item in items):
+                self._write_manifest()  # loads the models first
             report = IngestReport()
             plan, seen = [], set()
             for item in items:
@@ -279,11 +280,15 @@ class RAG:
     def retrieve(self, question: str, top_k: int = 4) -> list[Source]:
         return [source for source, _ in self._retrieve(question, top_k)]
 
-    def _retrieve(self, question: str, top_k: int) -> list[tuple[Source, Passage]]:
+    @staticmethod
+    def _check_query(question: str, top_k: int) -> None:
         if not question.strip():
             raise ValueError("the question is empty")
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
+
+    def _retrieve(self, question: str, top_k: int) -> list[tuple[Source, Passage]]:
+        self._check_query(question, top_k)
         if self._current_index() is None:
             return []
         vector = self.embedder.encode([question])[0]
@@ -299,6 +304,7 @@ class RAG:
         question (`cached`: stored KV; `full`: one prefill of the same tokens) and generates the answer."""
         if mode not in ("cached", "full"):
             raise ValueError(f"unknown mode {mode!r}; choose cached or full")
+        self._check_query(question, top_k)
         began = time.perf_counter()
         engine = self.engine
         hits = self._retrieve(question, top_k)
@@ -329,12 +335,13 @@ class RAG:
         recomputed = []
 
         def load() -> KVChunk:
-            try:
-                return self.store.load_chunk(passage.chunk_key, self.fingerprint, "cpu")
-            except KVChunkError as exc:
-                message = f"{exc}; recomputing it"
-            except FileNotFoundError:
+            if not self.store.has_chunk(passage.chunk_key):
                 message = f"KV chunk of passage {passage.pid} ({passage.doc_id}) is missing; recomputing it"
+            else:
+                try:
+                    return self.store.load_chunk(passage.chunk_key, self.fingerprint, "cpu")
+                except KVChunkError as exc:
+                    message = f"{exc}; recomputing it"
             log.warning(message)
             answer.warnings.append(message)
             recomputed.append(True)
