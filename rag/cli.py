@@ -1,4 +1,4 @@
-"""The `cascade-rag` command: ingest, ask, delete, eval, demo (and bench, served by rag.bench)."""
+"""The `cascade-rag` command: ingest, ask, delete, eval, demo, serve, health (and bench, served by rag.bench)."""
 import argparse
 import logging
 import os
@@ -33,6 +33,13 @@ def add_answer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
 
 
+def add_server_options(p: argparse.ArgumentParser, token: bool = True) -> None:
+    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify a TLS server with")
+    if token:
+        p.add_argument("--token", default=os.environ.get("CASCADE_RAG_TOKEN"),
+                       help="bearer token (default: $CASCADE_RAG_TOKEN)")
+
+
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cascade-rag", description="Retrieval-augmented generation over "
                                    "persistent per-passage KV chunks.")
@@ -57,6 +64,8 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["cached", "full"], default="cached",
                    help="cached: stored KV chunks (default); full: one prefill of the same tokens")
     add_model_options(p)
+    p.add_argument("--server", metavar="HOST:PORT", help="ask a running `cascade-rag serve` over gRPC instead")
+    add_server_options(p)
 
     p = sub.add_parser("delete", help="delete documents by id")
     p.add_argument("ids", nargs="+", metavar="ID")
@@ -78,7 +87,26 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.set_defaults(max_tokens=32)
     add_model_options(p)
 
-    p = sub.add_parser("demo", help="ingest samples/ into a scratch directory and answer sample questions")
+    p = sub.add_parser("serve", help="serve the gRPC API (proto/cascade_rag/v1) over a data directory")
+    add_data_dir(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=50051, help="default 50051; 0 picks a free port")
+    p.add_argument("--max-queue", type=int, default=8, help="requests waiting for the engine before "
+                                                            "RESOURCE_EXHAUSTED (default 8)")
+    p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may "
+                                                                     "finish (default 30)")
+    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every call but health "
+                                   "(default: $CASCADE_RAG_TOKEN)")
+    p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
+    p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
+    add_model_options(p)
+
+    p = sub.add_parser("health", help="exit 0 when a server answers SERVING to the gRPC health check")
+    p.add_argument("--server", metavar="HOST:PORT", default="127.0.0.1:50051")
+    p.add_argument("--service", default="", help="a service name (default: the whole server)")
+    add_server_options(p, token=False)
+
+    p = sub.add_parser("demo", help="serve samples/ from a scratch directory and answer sample questions over gRPC")
     p.add_argument("--max-tokens", type=int, default=64)
     add_model_options(p)
 
@@ -130,6 +158,9 @@ def print_answer(stream, out=sys.stdout) -> None:
 
 
 def cmd_ask(args) -> int:
+    if args.server:
+        from .client import ask
+        return ask(args)
     with open_rag(args) as rag:
         print_answer(rag.ask(args.question, top_k=args.top_k, mode=args.mode, params=sampling(args)))
     return 0
@@ -146,19 +177,8 @@ def cmd_delete(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    import json
-    import tempfile
-    from engine import SamplingParams
-    from .pipeline import RAG
-    questions = [json.loads(line) for line in (SAMPLES / "questions.jsonl").read_text().splitlines() if line]
-    with tempfile.TemporaryDirectory(prefix="cascade-rag-demo-") as data_dir:
-        with RAG(data_dir, model=args.model, device=args.device, dtype=args.dtype) as rag:
-            print(f"ingesting {SAMPLES / 'docs'} into {data_dir} ...")
-            print(rag.ingest([SAMPLES / "docs"], progress=True).summary())
-            for q in questions[:3]:
-                print(f"\nQ: {q['question']}\nA: ", end="")
-                print_answer(rag.ask(q["question"], params=SamplingParams(max_new_tokens=args.max_tokens)))
-    return 0
+    from .demo import main as demo_main
+    return demo_main(args)
 
 
 def cmd_eval(args) -> int:
@@ -171,8 +191,18 @@ def cmd_bench(args) -> int:
     return bench.main(args) or 0
 
 
+def cmd_serve(args) -> int:
+    from .server import serve
+    return serve(args)
+
+
+def cmd_health(args) -> int:
+    from .client import check_health
+    return check_health(args)
+
+
 COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "delete": cmd_delete, "demo": cmd_demo, "eval": cmd_eval,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "serve": cmd_serve, "health": cmd_health}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,134 @@
+"""The gRPC client of a cascade-rag server (`cascade-rag ask --server`, `cascade-rag health`, the demo)."""
+import sys
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from .ingest import Document
+from .proto_gen import cascade_rag_pb2 as pb
+from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
+
+MODES = {"cached": pb.MODE_CACHED, "full": pb.MODE_FULL}
+MAX_MESSAGE_BYTES = 16 << 20
+
+
+class Client:
+    def __init__(self, server: str, token: str | None = None, tls_ca: Path | str | None = None):
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+        if tls_ca:
+            credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
+            self.channel = grpc.secure_channel(server, credentials, options)
+        else:
+            self.channel = grpc.insecure_channel(server, options)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.answer = pb_grpc.AnswerStub(self.channel)
+        self.documents = pb_grpc.DocumentsStub(self.channel)
+        self.info_stub = pb_grpc.InfoStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def query(self, question: str, top_k: int = 0, max_tokens: int = 0, temperature: float = 0.0,
+              top_p: float = 0.0, seed: int | None = None, mode: str = "cached", timeout: float | None = None):
+        """The response stream (iterate for QueryResponse messages; .cancel() stops it)."""
+        request = pb.QueryRequest(question=question, top_k=top_k, max_tokens=max_tokens, temperature=temperature,
+                                  top_p=top_p, seed=seed, mode=MODES[mode])
+        return self.answer.Query(request, timeout=timeout, metadata=self.metadata)
+
+    def retrieve(self, question: str, top_k: int = 0, timeout: float | None = None) -> pb.RetrieveResponse:
+        return self.answer.Retrieve(pb.RetrieveRequest(question=question, top_k=top_k), timeout=timeout,
+                                    metadata=self.metadata)
+
+    def ingest(self, documents: Iterable[Document | dict], batch_size: int = 32,
+               timeout: float | None = None) -> pb.IngestDocumentsResponse:
+        """Streams the documents in batches; the server answers once all of them are stored."""
+        def batches() -> Iterator[pb.IngestDocumentsRequest]:
+            batch = []
+            for d in documents:
+                d = d if isinstance(d, dict) else vars(d)
+                batch.append(pb.Document(id=str(d.get("id", "")), title=d.get("title") or "", text=d.get("text") or "",
+                                         source=d.get("source") or ""))
+                if len(batch) == batch_size:
+                    yield pb.IngestDocumentsRequest(documents=batch)
+                    batch = []
+            if batch:
+                yield pb.IngestDocumentsRequest(documents=batch)
+        return self.documents.IngestDocuments(batches(), timeout=timeout, metadata=self.metadata)
+
+    def delete(self, ids: list[str], timeout: float | None = None) -> list[str]:
+        return list(self.documents.DeleteDocuments(pb.DeleteDocumentsRequest(ids=ids), timeout=timeout,
+                                                   metadata=self.metadata).deleted_ids)
+
+    def list_documents(self, page_size: int = 0, page_token: str = "") -> pb.ListDocumentsResponse:
+        return self.documents.ListDocuments(pb.ListDocumentsRequest(page_size=page_size, page_token=page_token),
+                                            metadata=self.metadata)
+
+    def info(self) -> pb.GetInfoResponse:
+        return self.info_stub.GetInfo(pb.GetInfoRequest(), metadata=self.metadata)
+
+    def health(self, service: str = "", timeout: float | None = 5.0) -> str:
+        """SERVING, NOT_SERVING, ... of the service ('' is the whole server)."""
+        reply = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def print_stream(responses, mode: str = "cached", out=sys.stdout) -> pb.QueryResult | None:
+    """Writes the text as it streams, then the sources and timings; returns the final result."""
+    result = None
+    for response in responses:
+        if response.HasField("result"):
+            result = response.result
+        else:
+            out.write(response.text)
+            out.flush()
+    if result is None:
+        return None
+    out.write("\n\nSources:\n")
+    for rank, s in enumerate(result.sources, 1):
+        out.write(f"  {rank}. {s.document_id}  [{s.title}]  score {s.score:.3f}\n")
+    if not result.sources:
+        out.write("  (none: the server holds no documents)\n")
+    t, tiers = result.timings, result.chunk_tiers
+    used = ", ".join(f"{getattr(tiers, n)} {n}" for n in ("gpu", "cpu", "disk", "recomputed") if getattr(tiers, n))
+    out.write(f"Timings ({mode}): queue {t.queue_time_ns / 1e6:.0f} ms, retrieval {t.retrieval_time_ns / 1e6:.0f} ms, "
+              f"chunks {t.chunks_time_ns / 1e6:.0f} ms, time to first token {t.time_to_first_token_ns / 1e6:.0f} ms "
+              f"(prefill {t.prefill_time_ns / 1e6:.0f} ms, {result.usage.prompt_tokens} prompt tokens), "
+              f"decode {t.decode_tokens_per_second:.1f} tokens/s, {result.usage.completion_tokens} tokens, "
+              f"{pb.FinishReason.Name(result.finish_reason).removeprefix('FINISH_REASON_').lower()}; "
+              f"chunks from: {used or 'none'}\n")
+    return result
+
+
+def ask(args) -> int:
+    """`cascade-rag ask --server HOST:PORT`."""
+    with Client(args.server, args.token, args.tls_ca) as client:
+        stream = client.query(args.question, top_k=args.top_k, max_tokens=args.max_tokens,
+                              temperature=args.temperature, top_p=args.top_p, seed=args.seed, mode=args.mode)
+        try:
+            print_stream(stream, args.mode)
+        except grpc.RpcError as exc:
+            print(f"\ncascade-rag: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def check_health(args) -> int:
+    """`cascade-rag health --server HOST:PORT`: exit status 0 when the server is SERVING."""
+    with Client(args.server, tls_ca=args.tls_ca) as client:
+        try:
+            status = client.health(args.service)
+        except grpc.RpcError as exc:
+            print(f"cascade-rag: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
