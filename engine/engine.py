@@ -60,7 +60,7 @@ class Generation:
 
 class LLMEngine:
     def __init__(self, model_path: Path | str | None = None, device: str | None = None, dtype=None,
-                 use_custom_kernels: bool = True):
+                 use_custom_kernels: bool = True, use_cuda_graphs: bool = True, graph_own_tokens: int = 4096):
         self.model_path = Path(model_path) if model_path else embedded_model_path()
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = resolve_dtype(dtype, self.device)
@@ -69,6 +69,10 @@ class LLMEngine:
         self.config = self.model.config
         self.tokenizer = Tokenizer(self.model_path, self.config.eos_token_ids)
         self.model_id = _model_identity(self.model_path)
+        self.graphs = None
+        if use_cuda_graphs and self.device.startswith("cuda"):
+            from .cuda_graph import GraphDecoder
+            self.graphs = GraphDecoder(self.model, graph_own_tokens, self.dtype, self.device)
 
     @property
     def use_custom_kernels(self) -> bool:
@@ -86,9 +90,10 @@ class LLMEngine:
     def kv_bytes_per_token(self) -> int:
         return self.config.kv_bytes_per_token(torch.finfo(self.dtype).bits // 8)
 
-    def _context(self, chunks: list[KVChunk], capacity: int, start: int | None = None) -> tuple[AttentionContext, int]:
+    def _context(self, chunks: list[KVChunk], capacity: int, start: int | None = None,
+                 own: KVBuffer | None = None) -> tuple[AttentionContext, int]:
         """Lays the chunks at consecutive positions ending at `start` (default: from 0); returns the context and
-        the next free position."""
+        the next free position. The new tokens' KV goes to `own` (emptied) or a fresh buffer of `capacity`."""
         total = sum(c.length for c in chunks)
         if start is not None and start < total:
             raise ValueError(f"start {start} leaves no room for {total} context tokens before it")
@@ -98,7 +103,9 @@ class LLMEngine:
                 raise ValueError(f"chunk dtype {chunk.keys.dtype} does not match the engine dtype {self.dtype}")
             shifts.append(position - chunk.start)
             position += chunk.length
-        own = KVBuffer.empty(self.config, capacity, self.dtype, self.device)
+        if own is None:
+            own = KVBuffer.empty(self.config, capacity, self.dtype, self.device)
+        own.length = 0
         ctx = AttentionContext(
             keys=[c.keys.to(self.device) for c in chunks], values=[c.values.to(self.device) for c in chunks],
             shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own,
@@ -125,10 +132,10 @@ class LLMEngine:
 
     def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached") -> torch.Tensor:
         """Logits of every token of token_ids after the chunks ([n, vocab], fp32); for tests and evaluation."""
-        ctx, ids, positions = self._prefill_inputs(chunks, token_ids, mode, 0)
+        ctx, ids, positions = self._prefill_inputs(list(chunks), token_ids, mode, 0)
         return self.model(ids, positions, ctx, all_logits=True)[-len(token_ids):]
 
-    def _prefill_inputs(self, chunks, token_ids, mode, max_new_tokens):
+    def _prefill_inputs(self, chunks, token_ids, mode, max_new_tokens, own=None):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if mode == "full":
@@ -136,7 +143,7 @@ class LLMEngine:
             chunks = []
         if not token_ids:
             raise ValueError("nothing to prefill: the prompt is empty")
-        ctx, start = self._context(chunks, len(token_ids) + max_new_tokens)
+        ctx, start = self._context(chunks, len(token_ids) + max_new_tokens, own=own)
         self._check_length(start + len(token_ids) + max_new_tokens)
         ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
         positions = torch.arange(start, start + len(token_ids), device=self.device)
@@ -144,10 +151,19 @@ class LLMEngine:
 
     def stream(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
                chunks: list[KVChunk] = (), mode: str = "cached") -> Generation:
-        """Generates after [chunks..., token_ids]; `cached` reuses the chunks' KV, `full` prefills everything."""
-        ctx, ids, positions = self._prefill_inputs(list(chunks), token_ids, mode, params.max_new_tokens)
+        """Generates after [chunks..., token_ids]; `cached` reuses the chunks' KV, `full` prefills everything.
+
+        At batch size 1 one generation runs at a time: starting another abandons the previous one."""
+        chunks = list(chunks)
+        own_tokens = len(token_ids) + params.max_new_tokens + (sum(c.length for c in chunks) if mode == "full" else 0)
+        graphs = self.graphs if self.graphs is not None and self.graphs.fits(
+            chunks if mode == "cached" else [], own_tokens) else None
+        ctx, ids, positions = self._prefill_inputs(chunks, token_ids, mode, params.max_new_tokens,
+                                                   own=graphs.own if graphs else None)
+        if graphs:
+            graphs.prepare([] if mode == "full" else chunks, ctx.shifts.tolist(), own_tokens)
         generation = Generation(_deltas=iter(()), prompt_tokens=int(positions[-1]) + 1)
-        generation._deltas = self._decode_loop(generation, ctx, ids, positions, params)
+        generation._deltas = self._decode_loop(generation, ctx, ids, positions, params, graphs)
         return generation
 
     def generate(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
@@ -157,15 +173,17 @@ class LLMEngine:
     def chat_ids(self, messages: list[dict]) -> list[int]:
         return self.tokenizer.encode(self.tokenizer.chat(messages))
 
-    def _decode_loop(self, generation: Generation, ctx: AttentionContext, ids, positions, params: SamplingParams):
+    def _decode_loop(self, generation: Generation, ctx: AttentionContext, ids, positions, params: SamplingParams,
+                     graphs=None):
         sampler = Sampler(params, torch.device(self.device))
         text = TextStream(self.tokenizer, params.stop)
         eos = self.tokenizer.eos_token_ids
         began = time.perf_counter()
         logits = self.model(ids, positions, ctx)
-        position = int(positions[-1]) + 1
+        position = positions[-1:] + 1
         while True:
-            token = int(sampler(logits[-1]))
+            token_tensor = sampler(logits[-1])
+            token = int(token_tensor)  # the one host synchronisation per token: it is streamed out
             if not generation.token_ids:
                 generation.ttft_s = time.perf_counter() - began
                 decode_began = time.perf_counter()
@@ -182,9 +200,12 @@ class LLMEngine:
             if len(generation.token_ids) >= params.max_new_tokens:
                 generation.finish_reason = "length"
                 break
-            logits = self.model(torch.tensor([token], device=self.device),
-                                torch.tensor([position], device=self.device), ctx)
-            position += 1
+            if graphs is not None:
+                logits = graphs.step(token_tensor, position, ctx.own.length)
+                ctx.own.length += 1
+            else:
+                logits = self.model(token_tensor.view(1), position, ctx)
+            position = position + 1
         generation.decode_s = time.perf_counter() - decode_began
         tail = text.finish()
         if tail:

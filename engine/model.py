@@ -4,6 +4,7 @@ Attention runs over a list of KV chunks (each read in place, its position shift 
 query) followed by the request's own KV buffer, which receives the keys and values of the new tokens.
 """
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -72,6 +73,7 @@ class AttentionContext:
     values: list[torch.Tensor]
     shifts: torch.Tensor          # [C] int64, placed start - canonical start
     own: KVBuffer
+    plan: Callable | None = None  # plan(layer, queries) -> attention output over a prebuilt chunk table (CUDA graphs)
 
 
 class Attention(nn.Module):
@@ -84,7 +86,8 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
             self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
 
-    def forward(self, x, norm: RMSNorm, positions, ctx: AttentionContext, rotary: Rotary, use_custom_kernels: bool):
+    def forward(self, x, norm: RMSNorm, positions, slots, ctx: AttentionContext, rotary: Rotary,
+                use_custom_kernels: bool):
         c = self.config
         q, k, v = rmsnorm_qkv(
             x, norm.weight, norm.eps, self.qkv_proj.weight, self.qkv_proj.bias, c.num_heads, c.num_kv_heads,
@@ -92,15 +95,19 @@ class Attention(nn.Module):
             self.q_norm.weight if c.qk_norm else None, self.k_norm.weight if c.qk_norm else None, c.rms_norm_eps,
             impl=None if use_custom_kernels else "ref",
         )
-        n = x.shape[0]
-        own, start = ctx.own, ctx.own.length
-        own.keys[self.layer, start:start + n] = rotary(k, positions)
-        own.values[self.layer, start:start + n] = v
+        n, own = x.shape[0], ctx.own
+        own.keys[self.layer].index_copy_(0, slots, rotary(k, positions))
+        own.values[self.layer].index_copy_(0, slots, v)
         query_positions = torch.cat((positions.unsqueeze(0) - ctx.shifts.unsqueeze(1), positions.unsqueeze(0)))
         queries = rotary(q.unsqueeze(0).expand(query_positions.shape[0], -1, -1, -1), query_positions)
-        keys = [chunk[self.layer] for chunk in ctx.keys] + [own.keys[self.layer, :start + n]]
-        values = [chunk[self.layer] for chunk in ctx.values] + [own.values[self.layer, :start + n]]
-        out = chunk_attention(queries, keys, values, c.head_dim ** -0.5, impl=None if use_custom_kernels else "ref")
+        if ctx.plan is not None:
+            out = ctx.plan(self.layer, queries)
+        else:
+            end = own.length + n
+            keys = [chunk[self.layer] for chunk in ctx.keys] + [own.keys[self.layer, :end]]
+            values = [chunk[self.layer] for chunk in ctx.values] + [own.values[self.layer, :end]]
+            out = chunk_attention(queries, keys, values, c.head_dim ** -0.5,
+                                  impl=None if use_custom_kernels else "ref")
         return self.o_proj(out.reshape(n, -1))
 
 
@@ -123,8 +130,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, positions, ctx, rotary, use_custom_kernels):
-        x = x + self.self_attn(x, self.input_layernorm, positions, ctx, rotary, use_custom_kernels)
+    def forward(self, x, positions, slots, ctx, rotary, use_custom_kernels):
+        x = x + self.self_attn(x, self.input_layernorm, positions, slots, ctx, rotary, use_custom_kernels)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -160,10 +167,17 @@ class Decoder(nn.Module):
         n = input_ids.shape[0]
         if ctx.own.length + n > ctx.own.capacity:
             raise ValueError(f"KV buffer overflow: {ctx.own.length} + {n} tokens > capacity {ctx.own.capacity}")
+        slots = torch.arange(ctx.own.length, ctx.own.length + n, device=input_ids.device)
+        logits = self.step(input_ids, positions, slots, ctx, all_logits)
+        ctx.own.length += n
+        return logits
+
+    @torch.inference_mode()
+    def step(self, input_ids, positions, slots, ctx: AttentionContext, all_logits: bool = False) -> torch.Tensor:
+        """The forward pass with the new tokens' own-buffer slots given (static shapes: CUDA-graph capturable)."""
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
-            x = layer(x, positions, ctx, self.rotary, self.use_custom_kernels)
-        ctx.own.length += n
+            x = layer(x, positions, slots, ctx, self.rotary, self.use_custom_kernels)
         if not all_logits:
             x = x[-1:]
         return self.lm_head(self.norm(x)).float()
