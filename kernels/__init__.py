@@ -27,4 +27,4 @@ def launch(kernel, grid, args, key, **options):
     if compiled is None:
         _compiled[key] = kernel[grid](*args, **options)
     else:
-        compiled[grid](*args, stream=torch.cuda.current_stream().cuda_stream)
+        compiled[grid + (1,) * (3 - len(grid))](*args)

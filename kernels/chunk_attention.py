@@ -63,25 +63,32 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
     lo = split * split_len
     hi = tl.minimum(lo + split_len, total_len)
 
-    start_ptr = table_ptr + 4 * num_chunks  # chunk starts; the last chunk ends at total_len
-    own_len = total_len - tl.load(start_ptr + num_chunks - 1)
+    # the whole chunk table at once: one memory round trip instead of one per chunk
+    idx = tl.arange(0, CHUNKS_P2)
+    in_table = idx < num_chunks
+    k_offs = tl.load(table_ptr + idx, mask=in_table, other=0)
+    v_offs = tl.load(table_ptr + num_chunks + idx, mask=in_table, other=0)
+    k_strides = tl.load(table_ptr + 2 * num_chunks + idx, mask=in_table, other=0)
+    v_strides = tl.load(table_ptr + 3 * num_chunks + idx, mask=in_table, other=0)
+    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=in_table, other=total_len)
+    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=idx + 1 < num_chunks, other=total_len)
+    own_len = total_len - tl.sum(tl.where(idx == num_chunks - 1, starts, 0), 0)
     causal_limit = qi + (own_len - num_q)
     # the chunks overlapping [lo, hi): those ending after lo and starting before hi
-    idx = tl.arange(0, CHUNKS_P2)
-    starts = tl.load(start_ptr + idx, mask=idx < num_chunks, other=total_len)
-    first = tl.sum(((idx >= 1) & (idx <= num_chunks) & (starts <= lo)).to(tl.int32), 0)
-    last = tl.sum(((idx < num_chunks) & (starts < hi)).to(tl.int32), 0)
+    first = tl.sum((in_table & (ends <= lo)).to(tl.int32), 0)
+    last = tl.sum((in_table & (starts < hi)).to(tl.int32), 0)
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for c in range(first, last):
-        chunk_start = tl.load(start_ptr + c)
-        chunk_end = tl.where(c == num_chunks - 1, total_len, tl.load(start_ptr + tl.minimum(c + 1, num_chunks - 1)))
-        k_off = tl.load(table_ptr + c)
-        v_off = tl.load(table_ptr + num_chunks + c)
-        k_stride = tl.load(table_ptr + 2 * num_chunks + c)
-        v_stride = tl.load(table_ptr + 3 * num_chunks + c)
+        this = idx == c
+        chunk_start = tl.sum(tl.where(this, starts, 0), 0)
+        chunk_end = tl.sum(tl.where(this, ends, 0), 0)
+        k_off = tl.sum(tl.where(this, k_offs, 0), 0)
+        v_off = tl.sum(tl.where(this, v_offs, 0), 0)
+        k_stride = tl.sum(tl.where(this, k_strides, 0), 0)
+        v_stride = tl.sum(tl.where(this, v_strides, 0), 0)
         if ALIGNED:
             k_off = tl.multiple_of(k_off, 16)
             v_off = tl.multiple_of(v_off, 16)
@@ -129,17 +136,23 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
 
 
 @triton.jit(do_not_specialize=["num_splits", "n_rows"])
-def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr):
+def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, SPLITS_P2: tl.constexpr,
+                  BLOCK_S: tl.constexpr):
     row = tl.program_id(0)
     ml_ptr = part_ptr + num_splits * n_rows * HEAD_DIM
-    s = tl.arange(0, BLOCK_S)
     d = tl.arange(0, HEAD_DIM)
-    ok = s < num_splits
-    m = tl.load(ml_ptr + s * n_rows + row, mask=ok, other=float("-inf"))
-    l = tl.load(ml_ptr + (num_splits + s) * n_rows + row, mask=ok, other=0.0)
-    o = tl.load(part_ptr + (s * n_rows + row)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
-    w = tl.exp2(m - tl.max(m, 0))
-    out = tl.sum(o * w[:, None], 0) / tl.sum(l * w, 0)
+    s = tl.arange(0, SPLITS_P2)
+    m_max = tl.max(tl.load(ml_ptr + s * n_rows + row, mask=s < num_splits, other=float("-inf")), 0)
+    acc = tl.zeros([BLOCK_S, HEAD_DIM], tl.float32)
+    l_acc = tl.zeros([BLOCK_S], tl.float32)
+    for s0 in range(0, num_splits, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        ok = s < num_splits
+        w = tl.exp2(tl.load(ml_ptr + s * n_rows + row, mask=ok, other=float("-inf")) - m_max)
+        l_acc += w * tl.load(ml_ptr + (num_splits + s) * n_rows + row, mask=ok, other=0.0)
+        o = tl.load(part_ptr + (s * n_rows + row)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+        acc += o * w[:, None]
+    out = tl.sum(acc, 0) / tl.sum(l_acc, 0)
     tl.store(out_ptr + row * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty))
 
 
@@ -154,8 +167,8 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-# decode tuning (bench_kernels --tune): KV block, warps, pipeline depth, programs per SM, shortest split
-TUNING = dict(block_n=64, num_warps=4, num_stages=3, programs_per_sm=2, min_split=256)
+# KV block, warps, pipeline depth, programs per SM to aim for, shortest split (rag.bench_kernels --tune)
+TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=64)
 
 
 _tables = {}
@@ -232,9 +245,10 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     launch(_attn_kernel, (m_tiles, hkv, num_splits), args, key, num_warps=cfg["num_warps"],
            num_stages=cfg["num_stages"])
     if split:
-        block_s = triton.next_power_of_2(num_splits)
-        launch(_merge_kernel, (n_rows,), (part, out, num_splits, n_rows, head_dim, block_s),
-               ("merge", device.index, q.dtype, head_dim, block_s), num_warps=4)
+        splits_p2 = triton.next_power_of_2(num_splits)
+        block_s = min(16, splits_p2)
+        launch(_merge_kernel, (n_rows,), (part, out, num_splits, n_rows, head_dim, splits_p2, block_s),
+               ("merge", device.index, q.dtype, head_dim, splits_p2, block_s), num_warps=4)
     return out
 
 

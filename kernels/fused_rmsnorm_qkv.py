@@ -14,8 +14,8 @@ import triton.language as tl
 from kernels import launch
 
 MAX_TRITON_ROWS = 16
-# bench_kernels --tune: heads per program (None: 128 features), hidden block, warps
-TUNING = dict(heads=None, block_k=64, num_warps=4)
+# heads per program, hidden block, warps (rag.bench_kernels --tune)
+TUNING = dict(heads=1, block_k=256, num_warps=8)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -94,7 +94,7 @@ def _rmsnorm_qkv_triton(x, norm_weight, eps, w_qkv, bias, num_q_heads, num_kv_he
     assert w_qkv.shape == (qkv_dim, hidden) and w_qkv.is_contiguous() and x.stride(1) == 1
     out = torch.empty((n, qkv_dim), dtype=w_qkv.dtype, device=x.device)
     cfg = TUNING
-    heads = cfg["heads"] or max(1, 128 // head_dim)
+    heads = cfg["heads"]
     grid = (triton.cdiv(num_q_heads + 2 * num_kv_heads, heads), n)
     has_bias, q_norm, k_norm = bias is not None, q_norm_weight is not None, k_norm_weight is not None
     pointers = (x, norm_weight, w_qkv, bias if has_bias else out, q_norm_weight if q_norm else out,

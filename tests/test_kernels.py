@@ -32,6 +32,7 @@ ATTENTION_CASES = [
     ([150, 1, 200, 69], 1, 2, 2, 64, None, ()),       # 4 chunks totalling 420, decode, GQA 1
     ([150, 1, 200, 69], 1, 4, 2, 128, 3, ()),         # GQA 2, forced splits: merge path
     ([37, 90, 5], 1, 8, 2, 64, 4, ()),                # GQA 4
+    ([150, 1, 200, 69], 1, 4, 2, 64, 20, ()),         # more splits than one merge block
     ([37, 90, 5], 1, 16, 2, 128, 1, ()),              # GQA 8, one split
     ([100, 1, 0], 1, 4, 2, 64, 2, ()),                # empty level-2 chunk
     ([1], 1, 4, 4, 64, None, ()),                     # a single chunk of length 1
