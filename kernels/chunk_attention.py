@@ -146,11 +146,11 @@ def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr,
     acc = tl.zeros([BLOCK_S, HEAD_DIM], tl.float32)
     l_acc = tl.zeros([BLOCK_S], tl.float32)
     for s0 in range(0, num_splits, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        ok = s < num_splits
-        w = tl.exp2(tl.load(ml_ptr + s * n_rows + row, mask=ok, other=float("-inf")) - m_max)
-        l_acc += w * tl.load(ml_ptr + (num_splits + s) * n_rows + row, mask=ok, other=0.0)
-        o = tl.load(part_ptr + (s * n_rows + row)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+        sb = s0 + tl.arange(0, BLOCK_S)
+        ok = sb < num_splits
+        w = tl.exp2(tl.load(ml_ptr + sb * n_rows + row, mask=ok, other=float("-inf")) - m_max)
+        l_acc += w * tl.load(ml_ptr + (num_splits + sb) * n_rows + row, mask=ok, other=0.0)
+        o = tl.load(part_ptr + (sb * n_rows + row)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
         acc += o * w[:, None]
     out = tl.sum(acc, 0) / tl.sum(l_acc, 0)
     tl.store(out_ptr + row * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty))
