@@ -391,3 +391,29 @@ def test_sigterm_drains_in_flight_requests_then_exits(tmp_path, tiny_model):
         if process.poll() is None:
             process.kill()
         log.close()
+
+
+# --- a client in another language -------------------------------------------------------------------------------
+@pytest.mark.skipif(not (shutil.which("node") and shutil.which("npm")), reason="needs node and npm")
+def test_node_client_written_from_the_proto_alone(server, client):
+    example, modules = ROOT / "examples" / "node-client", ROOT / ".cache" / "node-client"
+    modules.mkdir(parents=True, exist_ok=True)
+    package = (example / "package.json").read_text()
+    installed = modules / "package.json"
+    if not (modules / "node_modules" / "@grpc" / "grpc-js").exists() or \
+            not installed.exists() or installed.read_text() != package:
+        installed.write_text(package)
+        npm = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=modules,
+                             capture_output=True, text=True, timeout=300)
+        if npm.returncode:
+            pytest.skip(f"npm install failed (no registry?): {npm.stderr.strip()[-300:]}")
+    env = dict(os.environ, NODE_PATH=str(modules / "node_modules"), CASCADE_RAG_TOKEN="")
+    run = subprocess.run(["node", str(example / "client.js"), "--server", f"127.0.0.1:{server.port}"], env=env,
+                         capture_output=True, text=True, timeout=120)
+    try:
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "health: SERVING" in run.stdout and "node-varn=INGEST_STATUS_" in run.stdout
+        assert "finish: FINISH_REASON_" in run.stdout and "sources: " in run.stdout and "varn" in run.stdout
+    finally:
+        if {"node-varn", "node-bees"} <= {d.id for d in client.list_documents().documents}:
+            client.delete(["node-varn", "node-bees"])
