@@ -8,9 +8,11 @@ chunks (running max and sum, one normalisation at the end).
 
 Zero copy: the kernel gets the base pointers keys[0] and values[0] and a small int64 chunk table holding,
 for every chunk, the element offset of its first K and V row from those bases, its K and V row strides and
-the cumulative lengths. Chunks live in separate allocations, so the offsets are differences of raw
-addresses; this works on the GPU (one virtual address space) and under TRITON_INTERPRET=1 with CPU
-tensors, which the interpreter reads in place through their addresses.
+its start in the concatenated range. Chunks live in separate allocations, so the offsets are differences of
+raw addresses; this works on the GPU (one virtual address space) and under TRITON_INTERPRET=1 with CPU
+tensors, which the interpreter reads in place through their addresses. The total length, which grows with
+the request's own chunk at every decode step, is a scalar argument, so the table of a layer's chunks stays
+the same from step to step and is cached on the device (no host-to-device copy per call).
 
 Decode (flash-decoding): the global concatenated KV range [0, T) is cut into S splits so that
 row tiles x KV heads x splits fill the GPU; each program walks the chunks overlapping its split, writes an
@@ -168,7 +170,8 @@ def _interpreting() -> bool:
 
 
 # KV block, warps, pipeline depth, programs per SM to aim for, shortest split (rag.bench_kernels --tune)
-TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=64)
+TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32)
+PREFILL_TUNING = dict(TUNING, block_n=64, num_warps=4, num_stages=3)  # row tiles of 64 (untimed)
 
 
 _tables = {}
@@ -225,7 +228,7 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     rows = num_q * group
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
     m_tiles = triton.cdiv(rows, block_m)
-    cfg = TUNING
+    cfg = TUNING if block_m < 64 else PREFILL_TUNING
     block_n = cfg["block_n"]
     if num_splits is None:
         num_splits = triton.cdiv(cfg["programs_per_sm"] * _num_sms(device), m_tiles * hkv)
