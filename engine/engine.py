@@ -188,7 +188,7 @@ class LLMEngine:
                 generation.ttft_s = time.perf_counter() - began
                 decode_began = time.perf_counter()
             generation.token_ids.append(token)
-            if token in eos:
+            if token in eos and not params.ignore_eos:
                 generation.finish_reason = "stop"
                 break
             delta, stopped = text.push(token)

@@ -12,6 +12,7 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    ignore_eos: bool = False  # for benchmarks: always generate max_new_tokens
 
     def __post_init__(self):
         if self.max_new_tokens < 1:

@@ -52,7 +52,9 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
                  num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
                  HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
-                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr, TOTAL_IN_TABLE: tl.constexpr = False):
+    if TOTAL_IN_TABLE:  # CUDA graphs: the total (own chunk's end) is kept current on the device
+        total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -252,6 +254,64 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
         block_s = min(16, splits_p2)
         launch(_merge_kernel, (n_rows,), (part, out, num_splits, n_rows, head_dim, splits_p2, block_s),
                ("merge", device.index, q.dtype, head_dim, splits_p2, block_s), num_warps=4)
+    return out
+
+
+def table_row(keys: list, values: list, k_base: torch.Tensor, v_base: torch.Tensor) -> list[int]:
+    """One layer's table for chunk_attention_table: offsets from k_base/v_base, strides, starts, total.
+
+    A None entry is an empty chunk (padding to a fixed chunk count). The last chunk is the request's own; its
+    length counts as its full capacity until the caller overwrites the total (the last entry) on the device."""
+    size = k_base.element_size()
+    row_stride = k_base.shape[1] * k_base.shape[2]
+    k_offs, v_offs, k_strides, v_strides, starts, total = [], [], [], [], [], 0
+    for k, v in zip(keys, values):
+        starts.append(total)
+        if k is None:
+            k_offs.append(0), v_offs.append(0), k_strides.append(row_stride), v_strides.append(row_stride)
+            continue
+        k_offs.append((k.data_ptr() - k_base.data_ptr()) // size)
+        v_offs.append((v.data_ptr() - v_base.data_ptr()) // size)
+        k_strides.append(k.stride(0))
+        v_strides.append(v.stride(0))
+        total += k.shape[0]
+    return k_offs + v_offs + k_strides + v_strides + starts + [total]
+
+
+def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int, device) -> dict:
+    """Fixed split layout and buffers for decode calls of chunk_attention_table over at most `capacity` keys."""
+    group = hq // hkv
+    block_m = min(64, max(16, triton.next_power_of_2(num_q * group)))
+    m_tiles = triton.cdiv(num_q * group, block_m)
+    num_splits = triton.cdiv(TUNING["programs_per_sm"] * _num_sms(torch.device(device)), m_tiles * hkv)
+    num_splits = max(2, min(num_splits, triton.cdiv(capacity, TUNING["min_split"])))
+    split_len = triton.cdiv(capacity, num_splits)
+    n_rows = num_q * hq
+    return dict(num_splits=num_splits, split_len=split_len, block_m=block_m, m_tiles=m_tiles,
+                part=torch.empty(num_splits * n_rows * (head_dim + 2), dtype=torch.float32, device=device))
+
+
+def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.Tensor, table: torch.Tensor,
+                          scale: float, workspace: dict) -> torch.Tensor:
+    """chunk_attention over a prebuilt device table (table_row), reading the total from the table: every
+    argument stays fixed from one decode step to the next, so the call can be captured in a CUDA graph."""
+    num_chunks, num_q, hq, head_dim = q.shape
+    hkv = k_base.shape[1]
+    group = hq // hkv
+    if q.stride()[1:] != (hq * head_dim, head_dim, 1):
+        q = q.contiguous()
+    out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=q.device)
+    w, cfg, n_rows = workspace, TUNING, num_q * hq
+    if w["block_m"] == 64:
+        cfg = PREFILL_TUNING
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    _attn_kernel[(w["m_tiles"], hkv, w["num_splits"])](
+        q, k_base, v_base, table, out, w["part"], num_chunks, num_q, w["split_len"], 0, scale * LOG2E,
+        q.stride(0), hq, group, head_dim, w["block_m"], cfg["block_n"], triton.next_power_of_2(num_chunks + 1),
+        True, workspace.get("aligned", False), _interpreting(), precision, True, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    splits_p2 = triton.next_power_of_2(w["num_splits"])
+    _merge_kernel[(n_rows,)](w["part"], out, w["num_splits"], n_rows, head_dim, splits_p2, min(16, splits_p2),
+                             num_warps=4)
     return out
 
 

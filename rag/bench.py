@@ -68,14 +68,141 @@ def ttft(engine: LLMEngine, hf, docs: int, doc_tokens: int, question_tokens: int
                                                  repeat)
     all_ids = torch.tensor([[t for c in chunks for t in c.token_ids] + question], device=engine.device)
     with torch.inference_mode():
-        result["hf_full_ttft_ms"] = 1e3 * timed(lambda: hf(all_ids).logits[:, -1].argmax(), engine.device, repeat)
+        result["hf_full_ttft_ms"] = 1e3 * timed(lambda: hf(all_ids, logits_to_keep=1).logits[:, -1].argmax(), engine.device, repeat)
     result["full_over_cached"] = result["full_ttft_ms"] / result["cached_ttft_ms"]
     return result
 
 
+SHAPES = {  # random-weight checkpoints of real shapes, for speed only (no real Qwen weights can be had here)
+    "qwen3-0.6b": dict(model_type="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
+                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                       tie_word_embeddings=True, max_position_embeddings=40960, rope_theta=1e6),
+    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
+                         tie_word_embeddings=True, max_position_embeddings=40960, rope_theta=100000.0),
+}
+
+
+def random_checkpoint(shape: str, folder, tokenizer_from) -> str:
+    """Saves a random-weight bf16 checkpoint of a named shape (tokenizer files copied from tokenizer_from)."""
+    import shutil
+    from pathlib import Path
+    from transformers import AutoConfig, AutoModelForCausalLM
+    folder, tokenizer_from = Path(folder), Path(tokenizer_from)
+    if not (folder / "config.json").exists():
+        extra = dict(SHAPES[shape])
+        config = AutoConfig.for_model(extra.pop("model_type"), bos_token_id=1, eos_token_id=2, **extra)
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
+        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            if (tokenizer_from / name).exists():
+                shutil.copy(tokenizer_from / name, folder / name)
+    return str(folder)
+
+
+def context_suite(engine: LLMEngine, hf, contexts, question_tokens: int, new_tokens: int, repeat: int,
+                  tmpdir) -> list[dict]:
+    """TTFT (full, cached from GPU/CPU/disk, transformers) and decode tokens/s against context length."""
+    from pathlib import Path
+    from engine import KVChunk
+    device, fp = engine.device, engine.fingerprint("bench")
+    weight_bytes = sum(p.nbytes for p in engine.model.parameters())
+    level0 = engine.prefill_chunk(tokens(engine, 24, "system"), [], LEVEL_SYSTEM, fp)
+    question = tokens(engine, question_tokens, "question")
+    rows = []
+    for context in contexts:
+        n_docs = min(16, max(4, context // 2048))
+        doc_tokens = (context - level0.length - question_tokens) // n_docs
+        docs = [engine.prefill_chunk(tokens(engine, doc_tokens, f"doc {i}"), [level0], LEVEL_DOCUMENT, fp)
+                for i in range(n_docs)]
+        chunks = [level0] + docs
+        total = sum(c.length for c in chunks) + len(question)
+        one = SamplingParams(max_new_tokens=1)
+        row = {"context_tokens": total, "passages": n_docs}
+        row["full_ttft_ms"] = 1e3 * timed(lambda: engine.generate(question, one, chunks, "full"), device, repeat)
+        row["cached_gpu_ttft_ms"] = 1e3 * timed(lambda: engine.generate(question, one, chunks), device, repeat)
+        pinned = [c.to("cpu") for c in docs]
+        if device.startswith("cuda"):
+            pinned = [KVChunk(c.level, c.token_ids, c.start, c.keys.pin_memory(), c.values.pin_memory(),
+                              c.fingerprint) for c in pinned]
+        row["cached_cpu_ttft_ms"] = 1e3 * timed(
+            lambda: engine.generate(question, one, [level0] + [c.to(device, non_blocking=True) for c in pinned]),
+            device, repeat)
+        paths = [Path(tmpdir) / f"doc{i}.safetensors" for i in range(n_docs)]
+        for c, p in zip(docs, paths):
+            c.save(p)
+        row["cached_disk_ttft_ms"] = 1e3 * timed(
+            lambda: engine.generate(question, one, [level0] + [KVChunk.load(p, fp, device) for p in paths]),
+            device, repeat)
+        all_ids = torch.tensor([[t for c in chunks for t in c.token_ids] + question], device=device)
+        with torch.inference_mode():
+            row["hf_full_ttft_ms"] = 1e3 * timed(lambda: hf(all_ids, logits_to_keep=1).logits[:, -1].argmax(), device, repeat)
+        del pinned
+        params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
+        engine.generate(question, params, chunks)
+        row["ours_tokens_per_s"] = statistics.median(
+            engine.generate(question, params, chunks).decode_tokens_per_s for _ in range(3))
+        kv_bytes = total * engine.kv_bytes_per_token()
+        row["limit_tokens_per_s"] = 3.0e12 / (weight_bytes + kv_bytes)
+        row["ours_fraction_of_limit"] = row["ours_tokens_per_s"] / row["limit_tokens_per_s"]
+        row["hf_dynamic_tokens_per_s"] = hf_decode_rate(hf, all_ids, new_tokens, device, {})
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del docs, chunks
+    return rows
+
+
+def hf_decode_rate(hf, ids, new_tokens: int, device: str, options: dict) -> float:
+    def run(n):
+        return lambda: hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                   pad_token_id=0, **options)
+    whole = timed(run(new_tokens), device, 2)
+    first = timed(run(1), device, 2)
+    return (new_tokens - 1) / (whole - first)
+
+
+def print_context_table(rows: list[dict], title: str) -> None:
+    print(f"\n{title}\n")
+    print("| context | passages | TTFT full (ours) ms | cached GPU ms | cached CPU ms | cached disk ms | "
+          "transformers full ms | full / cached GPU | decode ours tok/s | % of limit | transformers dynamic "
+          "tok/s | transformers static compiled tok/s |")
+    print("|" + "---|" * 12)
+    for r in rows:
+        static = r.get("hf_static_tokens_per_s")
+        print(f"| {r['context_tokens']} | {r['passages']} | {r['full_ttft_ms']:.1f} | {r['cached_gpu_ttft_ms']:.1f} | "
+              f"{r['cached_cpu_ttft_ms']:.1f} | {r['cached_disk_ttft_ms']:.1f} | {r['hf_full_ttft_ms']:.1f} | "
+              f"{r['full_ttft_ms'] / r['cached_gpu_ttft_ms']:.0f}x | {r['ours_tokens_per_s']:.0f} | "
+              f"{100 * r['ours_fraction_of_limit']:.0f}% | {r['hf_dynamic_tokens_per_s']:.0f} | "
+              f"{'%.0f' % static if static else 'n/a'} |")
+
+
 def main(args) -> int:
     from transformers import AutoModelForCausalLM
+    if args.shape:
+        import tempfile
+        from engine import embedded_model_path
+        args.model = random_checkpoint(args.shape, args.shape_dir or tempfile.mkdtemp(),
+                                       args.tokenizer or embedded_model_path())
     engine = LLMEngine(args.model, device=args.device, dtype=args.dtype)
+    if args.contexts:
+        import tempfile
+        hf = AutoModelForCausalLM.from_pretrained(str(engine.model_path), dtype=engine.dtype).to(engine.device).eval()
+        contexts = [int(c) for c in args.contexts.split(",")]
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = context_suite(engine, hf, contexts, 32, args.new_tokens, args.repeat, tmp)
+        if args.static_contexts:
+            for row in rows:
+                if row["context_tokens"] // 1024 in [int(c) // 1024 for c in args.static_contexts.split(",")]:
+                    ids = torch.randint(0, 1000, (1, row["context_tokens"]), device=engine.device)
+                    row["hf_static_tokens_per_s"] = hf_decode_rate(hf, ids, args.new_tokens, engine.device,
+                                                                   {"cache_implementation": "static"})
+                    print(json.dumps(row), flush=True)
+        name = args.shape or engine.model_path.name
+        print_context_table(rows, f"{name}, {engine.dtype}, {torch.cuda.get_device_name() if engine.device.startswith('cuda') else 'cpu'}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"model": name, "rows": rows}, f, indent=2)
+        return 0
     hf = AutoModelForCausalLM.from_pretrained(str(engine.model_path), dtype=engine.dtype).to(engine.device).eval()
     device_name = torch.cuda.get_device_name() if engine.device.startswith("cuda") else f"cpu ({torch.get_num_threads()} threads)"
     print(f"# cascade-rag bench: {engine.model_path.name}, {engine.dtype}, {device_name}, batch size 1\n", flush=True)
@@ -108,6 +235,11 @@ def main(args) -> int:
 
 
 def add_arguments(parser) -> None:
+    parser.add_argument("--contexts", help="comma-separated context lengths: run the context suite (GPU)")
+    parser.add_argument("--static-contexts", help="contexts at which to also time transformers' static cache")
+    parser.add_argument("--shape", choices=sorted(SHAPES), help="bench a random-weight checkpoint of this shape")
+    parser.add_argument("--shape-dir", help="where to keep the random checkpoint")
+    parser.add_argument("--tokenizer", help="folder with tokenizer files for --shape (default: the embedded model)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--docs", type=int, default=5)
     parser.add_argument("--doc-tokens", type=int, default=200)

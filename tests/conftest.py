@@ -26,6 +26,17 @@ def embedded_path() -> Path:
     return embedded_model_path()
 
 
+@pytest.fixture(scope="session")
+def tokenizer_dir() -> Path:
+    """Tokenizer files for tiny checkpoints: CASCADE_RAG_TOKENIZER (e.g. on a machine without the package
+    index) or the embedded model's."""
+    folder = os.environ.get("CASCADE_RAG_TOKENIZER")
+    if folder:
+        return Path(folder)
+    from engine import embedded_model_path
+    return embedded_model_path()
+
+
 def make_tiny_checkpoint(folder: Path, name: str, tokenizer_from: Path, seed: int = 0) -> Path:
     """A random-weight Hugging Face checkpoint of a tiny config, saved with transformers."""
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -50,5 +61,5 @@ def make_tiny_checkpoint(folder: Path, name: str, tokenizer_from: Path, seed: in
 
 
 @pytest.fixture(scope="session", params=list(TINY_CONFIGS))
-def tiny_checkpoint(request, tmp_path_factory, embedded_path) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param, embedded_path)
+def tiny_checkpoint(request, tmp_path_factory, tokenizer_dir) -> Path:
+    return make_tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param, tokenizer_dir)

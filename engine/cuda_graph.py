@@ -1,0 +1,93 @@
+"""Batch-size-1 decode steps replayed as CUDA graphs, one graph per context-length bucket.
+
+Everything a step reads lives in static buffers: the input token, its position and own-buffer slot, the
+position shift of every chunk, the request's own (level-2) KV buffer, and a per-layer chunk table (element
+offsets of every chunk's K/V from the own buffer's base, row strides, cumulative lengths). A request fills
+them once (`prepare`); each step then only replays the graph. Chunks are padded with empty ones to
+MAX_CHUNKS so every request of a bucket uses the same graph.
+"""
+import torch
+
+from kernels.chunk_attention import chunk_attention_table, decode_workspace, table_row
+
+from .kv_chunk import KVChunk
+from .model import AttentionContext, Decoder, KVBuffer
+
+MAX_CHUNKS = 33          # level 0 + up to 31 passages + the request's own chunk
+MIN_BUCKET = 1024
+
+
+class GraphDecoder:
+    def __init__(self, model: Decoder, own_capacity: int, dtype: torch.dtype, device: str):
+        c = model.config
+        self.model, self.config = model, c
+        self.own = KVBuffer.empty(c, own_capacity, dtype, device)
+        self.token = torch.zeros(1, dtype=torch.int64, device=device)
+        self.position = torch.zeros(1, dtype=torch.int64, device=device)
+        self.slot = torch.zeros(1, dtype=torch.int64, device=device)
+        self.context_tokens = torch.zeros((), dtype=torch.int64, device=device)
+        self.shifts = torch.zeros(MAX_CHUNKS - 1, dtype=torch.int64, device=device)
+        self.tables = torch.zeros(c.num_layers, 5 * MAX_CHUNKS + 1, dtype=torch.int64, device=device)
+        self.graphs: dict[tuple[int, bool], tuple] = {}
+        self.capture = torch.device(device).type == "cuda"  # elsewhere the same steps run eagerly (for tests)
+        self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+        self.bucket, self.aligned = MIN_BUCKET, False
+
+    def fits(self, chunks: list[KVChunk], own_tokens: int) -> bool:
+        return len(chunks) < MAX_CHUNKS and own_tokens <= self.own.capacity
+
+    def prepare(self, chunks: list[KVChunk], shifts: list[int], own_tokens: int) -> None:
+        """Fills the static buffers for a request whose own chunk will hold at most own_tokens tokens."""
+        context = sum(c.length for c in chunks)
+        self.bucket = max(MIN_BUCKET, 1 << (context + own_tokens - 1).bit_length())
+        padded = [(c.keys, c.values) for c in chunks] + [(None, None)] * (MAX_CHUNKS - 1 - len(chunks))
+        rows = []
+        for layer in range(self.config.num_layers):
+            keys = [k[layer] if k is not None else None for k, _ in padded] + [self.own.keys[layer]]
+            values = [v[layer] if v is not None else None for _, v in padded] + [self.own.values[layer]]
+            rows.append(table_row(keys, values, self.own.keys[layer], self.own.values[layer]))
+        self.aligned = all(x % 16 == 0 for row in rows for x in row[:-1])
+        self.tables.copy_(torch.tensor(rows, dtype=torch.int64))
+        self.shifts.copy_(torch.tensor(shifts + [0] * (MAX_CHUNKS - 1 - len(shifts)), dtype=torch.int64))
+        self.context_tokens.fill_(context)
+
+    def _attend(self, layer: int, queries: torch.Tensor, workspace) -> torch.Tensor:
+        return chunk_attention_table(queries, self.own.keys[layer], self.own.values[layer], self.tables[layer],
+                                     self.config.head_dim ** -0.5, workspace)
+
+    def _step(self, workspace) -> torch.Tensor:
+        self.tables[:, -1] = self.context_tokens + self.slot + 1  # the own chunk ends after this step's token
+        ctx = AttentionContext([], [], self.shifts, self.own,
+                               plan=lambda layer, queries: self._attend(layer, queries, workspace))
+        return self.model.step(self.token, self.position, self.slot, ctx)
+
+    def step(self, token: torch.Tensor, position: torch.Tensor, slot: int) -> torch.Tensor:
+        """Logits after `token` (a device tensor) at `position`, written to own slot `slot`."""
+        self.token.copy_(token.view(1))
+        self.position.copy_(position.view(1))
+        self.slot.fill_(slot)
+        key = (self.bucket, self.aligned)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture()
+        graph, workspace, logits = self.graphs[key]
+        if graph is None:
+            return self._step(workspace)
+        graph.replay()
+        return logits
+
+    def _capture(self):
+        c = self.config
+        workspace = decode_workspace(1, c.num_heads, c.head_dim, c.num_kv_heads, self.bucket, self.own.keys.device)
+        workspace["aligned"] = self.aligned
+        if not self.capture:
+            return None, workspace, None
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step(workspace)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            logits = self._step(workspace)
+        return graph, workspace, logits
