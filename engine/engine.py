@@ -8,6 +8,8 @@ from typing import Iterator
 
 import torch
 
+from kernels.chunk_attention import HEAD_DIMS
+
 from .config import ModelLoadError
 from .embedded import embedded_model_path
 from .kv_chunk import FORMAT_VERSION, LEVEL_QUERY, KVChunk
@@ -70,7 +72,7 @@ class LLMEngine:
         self.tokenizer = Tokenizer(self.model_path, self.config.eos_token_ids)
         self.model_id = _model_identity(self.model_path)
         self.graphs = None
-        if use_cuda_graphs and self.device.startswith("cuda"):
+        if use_cuda_graphs and self.device.startswith("cuda") and self.config.head_dim in HEAD_DIMS:
             from .cuda_graph import GraphDecoder
             self.graphs = GraphDecoder(self.model, graph_own_tokens, self.dtype, self.device)
 

@@ -12,13 +12,10 @@ from torch import nn
 
 from kernels.chunk_attention import chunk_attention
 from kernels.fused_rmsnorm_qkv import rmsnorm_qkv
+from kernels.rmsnorm import rmsnorm
+from kernels.rope import rope_store
 
 from .config import ModelConfig
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -27,11 +24,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
-    def forward(self, x):
-        return rms_norm(x, self.weight, self.eps)
+    def forward(self, x, use_custom_kernels: bool = False):
+        return rmsnorm(x, self.weight, self.eps, impl=None if use_custom_kernels else "ref")
 
 
 class Rotary(nn.Module):
+    """cos and sin tables [max_position, head_dim] (fp32) for kernels.rope."""
     def __init__(self, head_dim: int, theta: float, max_position: int):
         super().__init__()
         inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
@@ -40,13 +38,8 @@ class Rotary(nn.Module):
         self.register_buffer("cos", emb.cos(), persistent=False)
         self.register_buffer("sin", emb.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """x [..., n, heads, D] rotated to positions [..., n]."""
-        cos = self.cos[positions].unsqueeze(-2).to(x.dtype)
-        sin = self.sin[positions].unsqueeze(-2).to(x.dtype)
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+    def at(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos[positions], self.sin[positions]
 
 
 @dataclass
@@ -95,20 +88,23 @@ class Attention(nn.Module):
             self.q_norm.weight if c.qk_norm else None, self.k_norm.weight if c.qk_norm else None, c.rms_norm_eps,
             impl=None if use_custom_kernels else "ref",
         )
-        n, own = x.shape[0], ctx.own
-        own.keys[self.layer].index_copy_(0, slots, rotary(k, positions))
-        own.values[self.layer].index_copy_(0, slots, v)
-        query_positions = torch.cat((positions.unsqueeze(0) - ctx.shifts.unsqueeze(1), positions.unsqueeze(0)))
-        queries = rotary(q.unsqueeze(0).expand(query_positions.shape[0], -1, -1, -1), query_positions)
+        n, own, impl = x.shape[0], ctx.own, None if use_custom_kernels else "ref"
+        queries = rope_store(q, k, v, positions, ctx.shifts, slots, own.keys[self.layer], own.values[self.layer],
+                             rotary.cos, rotary.sin, impl=impl)
         if ctx.plan is not None:
             out = ctx.plan(self.layer, queries)
+        elif not ctx.keys and own.length == 0:  # a plain causal prefill (full mode, level 0): flash attention
+            group = c.num_heads // c.num_kv_heads  # heads repeated: SDPA's flash path takes no GQA
+            keys, values = (t[self.layer, :n].repeat_interleave(group, dim=1).transpose(0, 1)[None]
+                            for t in (own.keys, own.values))
+            out = F.scaled_dot_product_attention(queries[-1].transpose(0, 1)[None], keys, values, is_causal=True,
+                                                 scale=c.head_dim ** -0.5)[0].transpose(0, 1)
         else:
             end = own.length + n
             keys = [chunk[self.layer] for chunk in ctx.keys] + [own.keys[self.layer, :end]]
             values = [chunk[self.layer] for chunk in ctx.values] + [own.values[self.layer, :end]]
-            out = chunk_attention(queries, keys, values, c.head_dim ** -0.5,
-                                  impl=None if use_custom_kernels else "ref")
-        return self.o_proj(out.reshape(n, -1))
+            out = chunk_attention(queries, keys, values, c.head_dim ** -0.5, impl=impl)
+        return out.reshape(n, -1)
 
 
 class MLP(nn.Module):
@@ -117,9 +113,10 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x):
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x, h):
+        """x + the MLP of h (the residual added inside the down projection)."""
+        gate, up = self.gate_up_proj(h).chunk(2, dim=-1)
+        return torch.addmm(x, F.silu(gate) * up, self.down_proj.weight.t())
 
 
 class DecoderLayer(nn.Module):
@@ -131,8 +128,9 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(config)
 
     def forward(self, x, positions, slots, ctx, rotary, use_custom_kernels):
-        x = x + self.self_attn(x, self.input_layernorm, positions, slots, ctx, rotary, use_custom_kernels)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attn = self.self_attn(x, self.input_layernorm, positions, slots, ctx, rotary, use_custom_kernels)
+        x = torch.addmm(x, attn, self.self_attn.o_proj.weight.t())
+        return self.mlp(x, self.post_attention_layernorm(x, use_custom_kernels))
 
 
 class Decoder(nn.Module):
@@ -180,4 +178,4 @@ class Decoder(nn.Module):
             x = layer(x, positions, slots, ctx, self.rotary, self.use_custom_kernels)
         if not all_logits:
             x = x[-1:]
-        return self.lm_head(self.norm(x)).float()
+        return self.lm_head(self.norm(x, self.use_custom_kernels)).float()

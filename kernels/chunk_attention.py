@@ -172,6 +172,7 @@ def _interpreting() -> bool:
 
 
 # KV block, warps, pipeline depth, programs per SM to aim for, shortest split (rag.bench_kernels --tune)
+HEAD_DIMS = (64, 128)  # what the Triton kernel supports
 TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32)
 PREFILL_TUNING = dict(TUNING, block_n=64, num_warps=4, num_stages=3)  # row tiles of 64 (untimed)
 
@@ -220,7 +221,7 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     num_chunks, num_q, hq, head_dim = q.shape
     hkv = keys[0].shape[1]
     group = hq // hkv
-    assert hq % hkv == 0 and head_dim in (64, 128) and len(keys) == len(values) == num_chunks
+    assert hq % hkv == 0 and head_dim in HEAD_DIMS and len(keys) == len(values) == num_chunks
     if q.stride()[1:] != (hq * head_dim, head_dim, 1):
         q = q.contiguous()
     device = q.device
@@ -244,7 +245,8 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     chunks_p2 = triton.next_power_of_2(num_chunks + 1)
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     args = (q, keys[0], values[0], table, out, part, num_chunks, num_q, split_len, total, scale * LOG2E,
-            q.stride(0), hq, group, head_dim, block_m, block_n, chunks_p2, split, aligned, _interpreting(), precision)
+            q.stride(0), hq, group, head_dim, block_m, block_n, chunks_p2, split, aligned, _interpreting(), precision,
+            False)
     key = ("attn", device.index, q.dtype, q.data_ptr() % 16 == 0, hq, group, head_dim, block_m, block_n, chunks_p2,
            split, aligned, cfg["num_warps"], cfg["num_stages"])
     launch(_attn_kernel, (m_tiles, hkv, num_splits), args, key, num_warps=cfg["num_warps"],
@@ -323,7 +325,7 @@ def chunk_attention(q: torch.Tensor, keys: list[torch.Tensor], values: list[torc
     "ref". num_splits forces the number of KV splits of the Triton path.
     """
     if impl is None:
-        impl = "triton" if q.is_cuda else "ref"
+        impl = "triton" if q.is_cuda and q.shape[-1] in HEAD_DIMS else "ref"
     if impl == "ref":
         return chunk_attention_ref(q, keys, values, scale)
     if not q.is_cuda and not _interpreting():

@@ -12,27 +12,23 @@ import triton
 import triton.language as tl
 
 from kernels import launch
+from kernels.rmsnorm import rmsnorm_ref
 
 MAX_TRITON_ROWS = 16
 # heads per program, hidden block, warps (rag.bench_kernels --tune)
 TUNING = dict(heads=1, block_k=256, num_warps=8)
 
 
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    xf = x.float()
-    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
-
-
 def rmsnorm_qkv_ref(x, norm_weight, eps, w_qkv, bias, num_q_heads, num_kv_heads, head_dim,
                     q_norm_weight=None, k_norm_weight=None, qk_eps=1e-6):
     n = x.shape[0]
-    qkv = F.linear(_rms_norm(x, norm_weight, eps), w_qkv, bias)
+    qkv = F.linear(rmsnorm_ref(x, norm_weight, eps), w_qkv, bias)
     q, k, v = qkv.split([num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
     q, k, v = q.view(n, num_q_heads, head_dim), k.view(n, num_kv_heads, head_dim), v.view(n, num_kv_heads, head_dim)
     if q_norm_weight is not None:
-        q = _rms_norm(q, q_norm_weight, qk_eps)
+        q = rmsnorm_ref(q, q_norm_weight, qk_eps)
     if k_norm_weight is not None:
-        k = _rms_norm(k, k_norm_weight, qk_eps)
+        k = rmsnorm_ref(k, k_norm_weight, qk_eps)
     return q, k, v
 
 

@@ -37,12 +37,12 @@ def tokenizer_dir() -> Path:
     return embedded_model_path()
 
 
-def make_tiny_checkpoint(folder: Path, name: str, tokenizer_from: Path, seed: int = 0) -> Path:
+def make_tiny_checkpoint(folder: Path, name: str, tokenizer_from: Path, seed: int = 0, head_dim: int = 16) -> Path:
     """A random-weight Hugging Face checkpoint of a tiny config, saved with transformers."""
     from transformers import AutoConfig, AutoModelForCausalLM
     model_type, extra = TINY_CONFIGS[name]
     config = AutoConfig.for_model(
-        model_type, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, head_dim=16,
+        model_type, vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3, head_dim=head_dim,
         max_position_embeddings=1024, rms_norm_eps=1e-6, rope_theta=10000.0, initializer_range=0.2,
         bos_token_id=1, eos_token_id=2, pad_token_id=2, **extra,
     )

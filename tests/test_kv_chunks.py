@@ -7,6 +7,7 @@ import torch
 from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, ChunkCache, FingerprintMismatch, KVChunk, KVChunkError, LLMEngine,
                     SamplingParams, TieredChunkCache)
 from kernels.chunk_attention import chunk_attention
+from kernels.rope import rotate
 
 SYSTEM, DOCS, QUESTION = [1, 5, 9, 14], [[20 + i for i in range(n)] for n in (7, 1, 12)], [300, 301, 302, 303, 304]
 
@@ -64,9 +65,9 @@ def test_shifted_chunk_equals_chunk_prefilled_at_the_new_position(tiny_checkpoin
     positions = torch.arange(b_start + a.length, b_start + a.length + 3)
     rotary = engine.model.rotary
     for layer in range(c.num_layers):
-        shifted = chunk_attention(rotary(q, positions - (b_start - a.start))[None], [a.keys[layer]],
+        shifted = chunk_attention(rotate(q, *rotary.at(positions - (b_start - a.start)))[None], [a.keys[layer]],
                                   [a.values[layer]], c.head_dim ** -0.5)
-        native = chunk_attention(rotary(q, positions)[None], [b.keys[layer]], [b.values[layer]], c.head_dim ** -0.5)
+        native = chunk_attention(rotate(q, *rotary.at(positions))[None], [b.keys[layer]], [b.values[layer]], c.head_dim ** -0.5)
         assert (shifted - native).abs().max().item() <= 1e-4
 
 
