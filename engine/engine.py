@@ -1,5 +1,6 @@
 """LLMEngine: loads a checkpoint, prefills KV chunks and generates at batch size 1 over composed chunks."""
 import hashlib
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -131,6 +132,41 @@ class LLMEngine:
         self.model(ids, positions, ctx)
         return KVChunk(level=level, token_ids=list(token_ids), start=start, keys=ctx.own.keys,
                        values=ctx.own.values, fingerprint=fingerprint)
+
+    def prefill_chunks(self, token_lists: list[list[int]], context: list[KVChunk], level: int,
+                       fingerprint: str) -> list[KVChunk]:
+        """prefill_chunk of each token sequence at the canonical start (the context's total length), in one forward
+        pass: the sequences are concatenated, each attending to the context and causally to itself only (an
+        explicit block-diagonal mask), never to the others. Each returned chunk owns its keys and values."""
+        token_lists = [list(ids) for ids in token_lists]
+        if not token_lists:
+            raise ValueError("no token sequences to prefill")
+        for i, ids in enumerate(token_lists):
+            if not ids:
+                raise ValueError(f"cannot prefill an empty token sequence (sequence {i} of {len(token_lists)})")
+        offsets = itertools.accumulate((c.length for c in context), initial=0)
+        if len(token_lists) == 1 or any(chunk.start != offset for chunk, offset in zip(context, offsets)):
+            # one sequence, or context chunks away from their canonical positions (their queries are rotated
+            # per chunk, which one masked attention cannot do): one pass per sequence
+            return [self.prefill_chunk(ids, context, level, fingerprint) for ids in token_lists]
+        lengths = [len(ids) for ids in token_lists]
+        total = sum(lengths)
+        ctx, start = self._context(context, total)
+        self._check_length(start + max(lengths))
+        ids = torch.tensor([t for seq in token_lists for t in seq], dtype=torch.int64, device=self.device)
+        segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(self.device)
+        index = torch.cat([torch.arange(n) for n in lengths]).to(self.device)  # position inside its own sequence
+        own = (segment[:, None] == segment[None, :]) & (index[:, None] >= index[None, :])
+        ctx.mask = torch.cat((torch.ones(total, start, dtype=torch.bool, device=self.device), own), dim=1)
+        self.model(ids, start + index, ctx)
+        chunks, offset = [], 0
+        for seq in token_lists:
+            keys, values = (t[:, offset:offset + len(seq)].clone(memory_format=torch.contiguous_format)
+                            for t in (ctx.own.keys, ctx.own.values))
+            chunks.append(KVChunk(level=level, token_ids=seq, start=start, keys=keys, values=values,
+                                  fingerprint=fingerprint))
+            offset += len(seq)
+        return chunks
 
     def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached") -> torch.Tensor:
         """Logits of every token of token_ids after the chunks ([n, vocab], fp32); for tests and evaluation."""

@@ -67,6 +67,10 @@ class AttentionContext:
     shifts: torch.Tensor          # [C] int64, placed start - canonical start
     own: KVBuffer
     plan: Callable | None = None  # plan(layer, queries) -> attention output over a prebuilt chunk table (CUDA graphs)
+    # [n, context + own] bool, True where a new token attends (LLMEngine.prefill_chunks: several sequences in one
+    # pass, block-diagonal causal in `own`); needs all shifts zero: the query rotated at its own position serves
+    # every context chunk
+    mask: torch.Tensor | None = None
 
 
 class Attention(nn.Module):
@@ -93,6 +97,13 @@ class Attention(nn.Module):
                              rotary.cos, rotary.sin, impl=impl)
         if ctx.plan is not None:
             out = ctx.plan(self.layer, queries)
+        elif ctx.mask is not None:  # several sequences at once over [context keys, own keys], explicit mask
+            group = c.num_heads // c.num_kv_heads
+            keys, values = (torch.cat([chunk[self.layer] for chunk in chunks] + [buffer[self.layer, :own.length + n]])
+                            .repeat_interleave(group, dim=1).transpose(0, 1)[None]
+                            for chunks, buffer in ((ctx.keys, own.keys), (ctx.values, own.values)))
+            out = F.scaled_dot_product_attention(queries[-1].transpose(0, 1)[None], keys, values, attn_mask=ctx.mask,
+                                                 scale=c.head_dim ** -0.5)[0].transpose(0, 1)
         elif not ctx.keys and own.length == 0:  # a plain causal prefill (full mode, level 0): flash attention
             group = c.num_heads // c.num_kv_heads  # heads repeated: SDPA's flash path takes no GQA
             keys, values = (t[self.layer, :n].repeat_interleave(group, dim=1).transpose(0, 1)[None]

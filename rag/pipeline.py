@@ -8,6 +8,7 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -92,7 +93,8 @@ class RAG:
     def __init__(self, data_dir: Path | str | None = None, *, model: Path | str | None = None,
                  device: str | None = None, dtype: str | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
                  embedder: str | None = None, index: str | None = None, passage_tokens: int = 256,
-                 overlap: int = 32, cache_bytes: int | None = None, cpu_cache_bytes: int = 8 << 30):
+                 overlap: int = 32, cache_bytes: int | None = None, cpu_cache_bytes: int = 8 << 30,
+                 prefill_batch_tokens: int | None = None):
         self.store = Store(data_dir or default_data_dir())
         self.model_path, self.system_prompt, self.embedder_path = model, system_prompt, embedder
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -102,6 +104,11 @@ class RAG:
         self.index_kind = index or (self.store.manifest() or {}).get("index", "flat")
         self.cache_bytes = cache_bytes if cache_bytes is not None else (2 << 30 if self.device == "cpu" else 8 << 30)
         self.cpu_cache_bytes = cpu_cache_bytes
+        # ingestion prefills passages in batches of up to this many tokens (a passage longer than it goes alone;
+        # 1: one passage at a time); smaller on a CPU, where attention scores are materialised
+        if prefill_batch_tokens is not None and prefill_batch_tokens < 1:
+            raise ValueError(f"prefill_batch_tokens must be at least 1, got {prefill_batch_tokens}")
+        self.prefill_batch_tokens = prefill_batch_tokens or (2048 if self.device == "cpu" else 8192)
         self._engine: LLMEngine | None = None
         self._embedder = None
         self._index: VectorIndex | None = None
@@ -218,8 +225,9 @@ class RAG:
             from tqdm import tqdm
             bar = tqdm(total=sum(len(p) for _, _, p in plan), unit="passage", disable=not progress,
                        file=sys.stderr, dynamic_ncols=True)
+            prefill = _BatchPrefill(self, [p for _, _, passages in plan for p in passages])
             for document, digest, passages in plan:
-                self._ingest_one(document, digest, passages, report, bar)
+                self._ingest_one(document, digest, passages, report, bar, prefill)
             bar.close()
             self.store.collect_garbage()
             if self._current_index() is not None:
@@ -237,18 +245,15 @@ class RAG:
                                self.passage_tokens, self.overlap)
         return [(text, tok.encode(self.template.passage(document.title, text))) for text in texts]
 
-    def _ingest_one(self, document: Document, digest: str, passages, report: IngestReport, bar) -> None:
+    def _ingest_one(self, document: Document, digest: str, passages, report: IngestReport, bar,
+                    prefill: "_BatchPrefill") -> None:
         vectors = self._embedder.encode([f"{document.title}. {text}" if document.title else text
                                          for text, _ in passages])
         rows = []
         for text, ids in passages:
             key = chunk_key(self.fingerprint, ids)
             if not self.store.has_chunk(key):
-                # batch-1 prefill: the engine has no batched prefill_chunk yet (on a GPU, batches would raise
-                # throughput)
-                with self._engine_lock:
-                    chunk = self._engine.prefill_chunk(ids, [self.level0], LEVEL_DOCUMENT, self.fingerprint)
-                self.store.save_chunk(key, chunk)
+                self.store.save_chunk(key, prefill.take(key, ids))
                 report.prefilled += 1
                 _crash_point("chunk_saved")
             rows.append((text, ids, key, vectors[len(rows)]))
@@ -390,6 +395,39 @@ class RAG:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _BatchPrefill:
+    """The KV chunks of an ingestion's passages missing on disk, prefilled ahead in plan order (across documents)
+    in batches of up to rag.prefill_batch_tokens tokens and handed out one by one: each document still saves its
+    own chunks, then commits, as with one prefill per passage. At most one batch is held in memory."""
+
+    def __init__(self, rag: "RAG", passages: list[tuple[str, list[int]]]):
+        self.rag, self.ready, todo = rag, {}, {}
+        for _, ids in passages:
+            key = chunk_key(rag.fingerprint, ids)
+            if key not in todo and not rag.store.has_chunk(key):
+                todo[key] = ids
+        self.queue, self.queued = deque(todo.items()), set(todo)
+
+    def take(self, key: str, ids: list[int]) -> KVChunk:
+        rag = self.rag
+        while key not in self.ready and key in self.queued:  # documents ask in plan order: `key` heads the queue
+            batch = [self.queue.popleft()]
+            tokens = len(batch[0][1])
+            while self.queue and tokens + len(self.queue[0][1]) <= rag.prefill_batch_tokens:
+                batch.append(self.queue.popleft())
+                tokens += len(batch[-1][1])
+            self.queued.difference_update(k for k, _ in batch)
+            with rag._engine_lock:
+                chunks = rag._engine.prefill_chunks([b for _, b in batch], [rag.level0], LEVEL_DOCUMENT,
+                                                    rag.fingerprint)
+            self.ready.update(zip((k for k, _ in batch), chunks))
+        chunk = self.ready.pop(key, None)
+        if chunk is None:  # not planned (its file was there when planning): on its own
+            with rag._engine_lock:
+                chunk = rag._engine.prefill_chunk(ids, [rag.level0], LEVEL_DOCUMENT, rag.fingerprint)
+        return chunk
 
 
 def _tokens_only(passage: Passage, start: int, fingerprint: str) -> KVChunk:
