@@ -15,6 +15,11 @@ from .model import AttentionContext, Decoder, KVBuffer
 
 MAX_CHUNKS = 33          # level 0 + up to 31 passages + the request's own chunk
 MIN_BUCKET = 1024
+MAX_QUESTION = 512       # longest prompt prefilled by a graph (padded to a power of two, at least 16)
+
+
+def question_bucket(n: int) -> int:
+    return max(16, 1 << (n - 1).bit_length())
 
 
 class GraphDecoder:
@@ -25,10 +30,14 @@ class GraphDecoder:
         self.token = torch.zeros(1, dtype=torch.int64, device=device)
         self.position = torch.zeros(1, dtype=torch.int64, device=device)
         self.slot = torch.zeros(1, dtype=torch.int64, device=device)
+        self.prompt = torch.zeros(MAX_QUESTION, dtype=torch.int64, device=device)
+        self.prompt_positions = torch.zeros(MAX_QUESTION, dtype=torch.int64, device=device)
+        self.prompt_slots = torch.arange(MAX_QUESTION, device=device)
+        self.last = torch.zeros(1, dtype=torch.int64, device=device)
         self.context_tokens = torch.zeros((), dtype=torch.int64, device=device)
         self.shifts = torch.zeros(MAX_CHUNKS - 1, dtype=torch.int64, device=device)
         self.tables = torch.zeros(c.num_layers, 5 * MAX_CHUNKS + 1, dtype=torch.int64, device=device)
-        self.graphs: dict[tuple[int, bool], tuple] = {}
+        self.graphs: dict[tuple, tuple] = {}
         self.capture = torch.device(device).type == "cuda"  # elsewhere the same steps run eagerly (for tests)
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.bucket, self.aligned = MIN_BUCKET, False
@@ -36,9 +45,12 @@ class GraphDecoder:
     def fits(self, chunks: list[KVChunk], own_tokens: int) -> bool:
         return len(chunks) < MAX_CHUNKS and own_tokens <= self.own.capacity
 
-    def prepare(self, chunks: list[KVChunk], shifts: list[int], own_tokens: int) -> None:
-        """Fills the static buffers for a request whose own chunk will hold at most own_tokens tokens."""
+    def prepare(self, chunks: list[KVChunk], shifts: list[int], own_tokens: int, prompt_tokens: int) -> None:
+        """Fills the static buffers for a request whose own chunk will hold at most own_tokens tokens, the
+        first prompt_tokens of them prefilled at once."""
         context = sum(c.length for c in chunks)
+        if prompt_tokens <= MAX_QUESTION:
+            own_tokens = max(own_tokens, question_bucket(prompt_tokens))
         self.bucket = max(MIN_BUCKET, 1 << (context + own_tokens - 1).bit_length())
         padded = [(c.keys, c.values) for c in chunks] + [(None, None)] * (MAX_CHUNKS - 1 - len(chunks))
         rows = []
@@ -55,29 +67,53 @@ class GraphDecoder:
         return chunk_attention_table(queries, self.own.keys[layer], self.own.values[layer], self.tables[layer],
                                      self.config.head_dim ** -0.5, workspace)
 
-    def _step(self, workspace) -> torch.Tensor:
-        self.tables[:, -1] = self.context_tokens + self.slot + 1  # the own chunk ends after this step's token
+    def _step(self, workspace, prompt: int = 0) -> torch.Tensor:
+        """A decode step, or (prompt > 0) the prefill of a prompt padded to `prompt` tokens: the padding comes
+        after the real tokens, so causal masking keeps it out of their attention, and decoding overwrites its
+        slots."""
         ctx = AttentionContext([], [], self.shifts, self.own,
                                plan=lambda layer, queries: self._attend(layer, queries, workspace))
+        if prompt:
+            self.tables[:, -1] = self.context_tokens + prompt
+            return self.model.step(self.prompt[:prompt], self.prompt_positions[:prompt], self.prompt_slots[:prompt],
+                                   ctx, last=self.last)
+        self.tables[:, -1] = self.context_tokens + self.slot + 1  # the own chunk ends after this step's token
         return self.model.step(self.token, self.position, self.slot, ctx)
+
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+        """Logits after the prompt `ids` at consecutive `positions`, written to own slots from 0; None when the
+        prompt is too long for a graph."""
+        n = ids.shape[0]
+        if n > MAX_QUESTION:
+            return None
+        padded = question_bucket(n)
+        self.prompt[:n].copy_(ids)
+        self.prompt[n:padded].zero_()
+        top = self.model.config.max_position - 1
+        torch.clamp(torch.arange(padded, device=ids.device) + positions[:1], max=top, out=self.prompt_positions[:padded])
+        self.last.fill_(n - 1)
+        return self._replay(("prefill", self.bucket, self.aligned, padded), padded)
 
     def step(self, token: torch.Tensor, position: torch.Tensor, slot: int) -> torch.Tensor:
         """Logits after `token` (a device tensor) at `position`, written to own slot `slot`."""
         self.token.copy_(token.view(1))
         self.position.copy_(position.view(1))
         self.slot.fill_(slot)
-        key = (self.bucket, self.aligned)
+        return self._replay(("decode", self.bucket, self.aligned), 0)
+
+    def _replay(self, key: tuple, prompt: int) -> torch.Tensor:
         if key not in self.graphs:
-            self.graphs[key] = self._capture()
+            self.graphs[key] = self._capture(prompt)
         graph, workspace, logits = self.graphs[key]
         if graph is None:
-            return self._step(workspace)
+            return self._step(workspace, prompt)
         graph.replay()
         return logits
 
-    def _capture(self):
+    def _capture(self, prompt: int):
         c = self.config
-        workspace = decode_workspace(1, c.num_heads, c.head_dim, c.num_kv_heads, self.bucket, self.own.keys.device)
+        workspace = decode_workspace(max(1, prompt), c.num_heads, c.head_dim, c.num_kv_heads, self.bucket,
+                                     self.own.keys.device)
         workspace["aligned"] = self.aligned
         if not self.capture:
             return None, workspace, None
@@ -85,9 +121,9 @@ class GraphDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._step(workspace)
+                self._step(workspace, prompt)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self._step(workspace)
+            logits = self._step(workspace, prompt)
         return graph, workspace, logits

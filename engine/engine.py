@@ -199,9 +199,9 @@ class LLMEngine:
         ctx, ids, positions = self._prefill_inputs(chunks, token_ids, mode, params.max_new_tokens,
                                                    own=graphs.own if graphs else None)
         if graphs:
-            graphs.prepare([] if mode == "full" else chunks, ctx.shifts.tolist(), own_tokens)
+            graphs.prepare([] if mode == "full" else chunks, ctx.shifts.tolist(), own_tokens, len(ids))
         generation = Generation(_deltas=iter(()), prompt_tokens=int(positions[-1]) + 1)
-        generation._deltas = self._decode_loop(generation, ctx, ids, positions, params, graphs)
+        generation._deltas = self._decode_loop(generation, ctx, ids, positions, params, graphs, mode)
         return generation
 
     def generate(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
@@ -212,12 +212,16 @@ class LLMEngine:
         return self.tokenizer.encode(self.tokenizer.chat(messages))
 
     def _decode_loop(self, generation: Generation, ctx: AttentionContext, ids, positions, params: SamplingParams,
-                     graphs=None):
+                     graphs=None, mode: str = "cached"):
         sampler = Sampler(params, torch.device(self.device))
         text = TextStream(self.tokenizer, params.stop)
         eos = self.tokenizer.eos_token_ids
         began = time.perf_counter()
-        logits = self.model(ids, positions, ctx)
+        logits = graphs.prefill(ids, positions) if graphs is not None and mode == "cached" else None
+        if logits is None:
+            logits = self.model(ids, positions, ctx)
+        else:
+            ctx.own.length = len(ids)
         position = positions[-1:] + 1
         while True:
             token_tensor = sampler(logits[-1])

@@ -182,11 +182,15 @@ class Decoder(nn.Module):
         return logits
 
     @torch.inference_mode()
-    def step(self, input_ids, positions, slots, ctx: AttentionContext, all_logits: bool = False) -> torch.Tensor:
-        """The forward pass with the new tokens' own-buffer slots given (static shapes: CUDA-graph capturable)."""
+    def step(self, input_ids, positions, slots, ctx: AttentionContext, all_logits: bool = False,
+             last: torch.Tensor | None = None) -> torch.Tensor:
+        """The forward pass with the new tokens' own-buffer slots given (static shapes: CUDA-graph capturable).
+        Logits of every token (all_logits), of the one at index `last` ([1] tensor), or of the last one."""
         x = self.embed_tokens(input_ids)
         for layer in self.layers:
             x = layer(x, positions, slots, ctx, self.rotary, self.use_custom_kernels)
-        if not all_logits:
+        if last is not None:
+            x = x.index_select(0, last)
+        elif not all_logits:
             x = x[-1:]
         return self.lm_head(self.norm(x, self.use_custom_kernels)).float()

@@ -152,6 +152,27 @@ def context_suite(engine: LLMEngine, hf, contexts, question_tokens: int, new_tok
     return rows
 
 
+def ingest_rates(engine: LLMEngine, passages: int, passage_tokens: int, batch_tokens: int) -> dict:
+    """Passage prefill throughput (the model part of ingestion): one passage per forward, and batched."""
+    fp = engine.fingerprint("bench")
+    level0 = engine.prefill_chunk(tokens(engine, 24, "system"), [], LEVEL_SYSTEM, fp)
+    texts = [tokens(engine, passage_tokens, f"passage {i}") for i in range(passages)]
+    per_batch = max(1, batch_tokens // passage_tokens)
+
+    def one_by_one():
+        for t in texts:
+            engine.prefill_chunk(t, [level0], LEVEL_DOCUMENT, fp)
+
+    def batched():
+        for i in range(0, passages, per_batch):
+            engine.prefill_chunks(texts[i:i + per_batch], [level0], LEVEL_DOCUMENT, fp)
+    result = {"passages": passages, "passage_tokens": passage_tokens, "batch_passages": per_batch}
+    result["sequential_passages_per_s"] = passages / timed(one_by_one, engine.device, 2)
+    result["batched_passages_per_s"] = passages / timed(batched, engine.device, 2)
+    print(json.dumps(result), flush=True)
+    return result
+
+
 def hf_decode_rate(hf, ids, new_tokens: int, device: str, options: dict) -> float:
     def run(n):
         return lambda: hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False,
@@ -184,6 +205,16 @@ def main(args) -> int:
         args.model = random_checkpoint(args.shape, args.shape_dir or tempfile.mkdtemp(),
                                        args.tokenizer or embedded_model_path())
     engine = LLMEngine(args.model, device=args.device, dtype=args.dtype)
+    if args.ingest:
+        result = ingest_rates(engine, args.ingest, args.doc_tokens, args.batch_tokens)
+        print(f"| passage prefill ({result['passage_tokens']} tokens) | one at a time passages/s | batched "
+              f"({result['batch_passages']} a batch) passages/s |\n|---|---|---|\n| {engine.model_path.name}, "
+              f"{engine.dtype}, {engine.device} | {result['sequential_passages_per_s']:.1f} | "
+              f"{result['batched_passages_per_s']:.1f} |")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(result, f, indent=2)
+        return 0
     if args.contexts:
         import tempfile
         hf = AutoModelForCausalLM.from_pretrained(str(engine.model_path), dtype=engine.dtype).to(engine.device).eval()
@@ -240,6 +271,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--shape", choices=sorted(SHAPES), help="bench a random-weight checkpoint of this shape")
     parser.add_argument("--shape-dir", help="where to keep the random checkpoint")
     parser.add_argument("--tokenizer", help="folder with tokenizer files for --shape (default: the embedded model)")
+    parser.add_argument("--ingest", type=int, metavar="N", help="time the prefill of N passages (ingestion)")
+    parser.add_argument("--batch-tokens", type=int, default=8192, help="passage tokens per batch for --ingest")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--docs", type=int, default=5)
     parser.add_argument("--doc-tokens", type=int, default=200)
