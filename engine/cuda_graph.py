@@ -1,4 +1,5 @@
-"""Batch-size-1 decode steps replayed as CUDA graphs, one graph per context-length bucket.
+"""Batch-size-1 question prefill and decode steps replayed as CUDA graphs, one graph per context-length bucket
+(and, for the prefill, per question length padded to a power of two).
 
 Everything a step reads lives in static buffers: the input token, its position and own-buffer slot, the
 position shift of every chunk, the request's own (level-2) KV buffer, and a per-layer chunk table (element
