@@ -143,7 +143,10 @@ def _engine_slot(queue: RequestQueue, context):
     except QueueFull as exc:
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     except Abandoned:
-        context.abort(grpc.StatusCode.CANCELLED, "cancelled or past its deadline while queued")
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed while queued")
+        context.abort(grpc.StatusCode.CANCELLED, "cancelled while queued")
 
 
 class DocumentsService(pb_grpc.DocumentsServicer):
