@@ -38,19 +38,27 @@ def tokens(engine: LLMEngine, n: int, salt: str) -> list[int]:
     return ids[:n]
 
 
-def decode_rates(engine: LLMEngine, hf, new_tokens: int) -> dict:
+def decode_rates(engine: LLMEngine, hf, new_tokens: int, repeat: int = 5) -> dict:
+    """Decode tokens/s of ours and of transformers' generate, measured alternately (medians), so that a change
+    in the machine's speed during the run affects both alike."""
     ids = engine.chat_ids([{"role": "user", "content": "Write a long story about a dragon who learns to sail."}])
-    params = SamplingParams(max_new_tokens=new_tokens)
-    engine.generate(ids, SamplingParams(max_new_tokens=4))
-    ours = statistics.median(engine.generate(ids, params).decode_tokens_per_s for _ in range(3))
+    params = SamplingParams(max_new_tokens=new_tokens, ignore_eos=True)
     x = torch.tensor([ids], device=engine.device)
 
-    def hf_generate(n):
-        return lambda: hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                                   pad_token_id=hf.generation_config.eos_token_id)
-    first = timed(hf_generate(1), engine.device, 3)
-    whole = timed(hf_generate(new_tokens), engine.device, 3)
-    theirs = (new_tokens - 1) / (whole - first)
+    def hf_seconds(n):
+        sync(engine.device)
+        began = time.perf_counter()
+        hf.generate(x, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                    pad_token_id=hf.generation_config.eos_token_id)
+        sync(engine.device)
+        return time.perf_counter() - began
+    engine.generate(ids, SamplingParams(max_new_tokens=4))
+    hf_seconds(4)
+    ours, theirs = [], []
+    for _ in range(repeat):
+        ours.append(engine.generate(ids, params).decode_tokens_per_s)
+        theirs.append((new_tokens - 1) / (hf_seconds(new_tokens) - hf_seconds(1)))
+    ours, theirs = statistics.median(ours), statistics.median(theirs)
     return {"ours_tokens_per_s": ours, "hf_tokens_per_s": theirs, "ratio": ours / theirs}
 
 
@@ -204,7 +212,8 @@ def main(args) -> int:
         from engine import embedded_model_path
         args.model = random_checkpoint(args.shape, args.shape_dir or tempfile.mkdtemp(),
                                        args.tokenizer or embedded_model_path())
-    engine = LLMEngine(args.model, device=args.device, dtype=args.dtype)
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    engine = LLMEngine(args.model, device=device, dtype=args.dtype or ("bf16" if device.startswith("cuda") else "fp32"))
     if args.ingest:
         result = ingest_rates(engine, args.ingest, args.doc_tokens, args.batch_tokens)
         print(f"| passage prefill ({result['passage_tokens']} tokens) | one at a time passages/s | batched "
