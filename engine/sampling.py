@@ -39,7 +39,7 @@ class Sampler:
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [vocab] (fp32) -> a 0-d token id tensor, on the logits' device."""
         p = self.params
-        if p.temperature == 0:
+        if p.temperature == 0 or p.top_k == 1:  # top-k 1 is greedy, also when bf16 logits tie at the top
             return logits.argmax()
         logits = logits / p.temperature
         if p.top_k:
