@@ -19,11 +19,11 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 
 
 def rope_store_ref(q, k, v, positions, shifts, slots, own_keys, own_values, cos, sin):
-    own_keys.index_copy_(0, slots, rotate(k, cos[positions], sin[positions]))
-    own_values.index_copy_(0, slots, v)
     query_positions = torch.cat((positions.unsqueeze(0) - shifts.unsqueeze(1), positions.unsqueeze(0)))
-    return rotate(q.unsqueeze(0).expand(query_positions.shape[0], -1, -1, -1), cos[query_positions],
-                  sin[query_positions])
+    cos, sin = cos[query_positions], sin[query_positions]  # the last row: the tokens' own positions
+    own_keys.index_copy_(0, slots, rotate(k, cos[-1], sin[-1]))
+    own_values.index_copy_(0, slots, v)
+    return rotate(q.unsqueeze(0).expand(query_positions.shape[0], -1, -1, -1), cos, sin)
 
 
 @triton.jit
