@@ -61,6 +61,13 @@ class Generation:
         return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
 
 
+def default_prefill_batch_tokens(device: str) -> int:
+    """Passage tokens prefilled in one forward pass at ingestion. The batch attends under one block-diagonal mask,
+    so its attention grows with the square of the batch: on a CPU, beyond about 2,048 tokens that costs more than
+    batching saves."""
+    return 2048 if device == "cpu" else 8192
+
+
 class LLMEngine:
     def __init__(self, model_path: Path | str | None = None, device: str | None = None, dtype=None,
                  use_custom_kernels: bool = True, use_cuda_graphs: bool = True, graph_own_tokens: int = 4096):

@@ -6,7 +6,8 @@ import time
 
 import torch
 
-from engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, ModelConfig, SamplingParams
+from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, ModelConfig, SamplingParams,
+                    default_prefill_batch_tokens)
 
 QWEN3_06B = ModelConfig(architecture="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
                         num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-6,
@@ -215,7 +216,8 @@ def main(args) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     engine = LLMEngine(args.model, device=device, dtype=args.dtype or ("bf16" if device.startswith("cuda") else "fp32"))
     if args.ingest:
-        result = ingest_rates(engine, args.ingest, args.doc_tokens, args.batch_tokens)
+        result = ingest_rates(engine, args.ingest, args.doc_tokens,
+                              args.batch_tokens or default_prefill_batch_tokens(engine.device))
         print(f"| passage prefill ({result['passage_tokens']} tokens) | one at a time passages/s | batched "
               f"({result['batch_passages']} a batch) passages/s |\n|---|---|---|\n| {engine.model_path.name}, "
               f"{engine.dtype}, {engine.device} | {result['sequential_passages_per_s']:.1f} | "
@@ -281,7 +283,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--shape-dir", help="where to keep the random checkpoint")
     parser.add_argument("--tokenizer", help="folder with tokenizer files for --shape (default: the embedded model)")
     parser.add_argument("--ingest", type=int, metavar="N", help="time the prefill of N passages (ingestion)")
-    parser.add_argument("--batch-tokens", type=int, default=8192, help="passage tokens per batch for --ingest")
+    parser.add_argument("--batch-tokens", type=int,
+                        help="passage tokens per batch for --ingest (default: as ingestion, 2048 on CPU, 8192 on GPU)")
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--docs", type=int, default=5)
     parser.add_argument("--doc-tokens", type=int, default=200)

@@ -15,7 +15,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, KVChunkError, LLMEngine, SamplingParams
+from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, KVChunkError, LLMEngine, SamplingParams,
+                    default_prefill_batch_tokens)
 from engine.kv_chunk import FORMAT_VERSION
 
 from .chunking import split_passages
@@ -108,7 +109,7 @@ class RAG:
         # 1: one passage at a time); smaller on a CPU, where attention scores are materialised
         if prefill_batch_tokens is not None and prefill_batch_tokens < 1:
             raise ValueError(f"prefill_batch_tokens must be at least 1, got {prefill_batch_tokens}")
-        self.prefill_batch_tokens = prefill_batch_tokens or (2048 if self.device == "cpu" else 8192)
+        self.prefill_batch_tokens = prefill_batch_tokens or default_prefill_batch_tokens(self.device)
         self._engine: LLMEngine | None = None
         self._embedder = None
         self._index: VectorIndex | None = None
