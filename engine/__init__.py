@@ -1,6 +1,6 @@
 from .config import ModelConfig, ModelLoadError
 from .embedded import ModelPreparationError, embedded_model_path
-from .engine import Generation, LLMEngine, default_prefill_batch_tokens
+from .engine import BLEND_RATIO, MODES, Generation, LLMEngine, default_prefill_batch_tokens
 from .kv_chunk import LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, FingerprintMismatch, KVChunk, KVChunkError
 from .sampling import SamplingParams
 from .chunk_cache import ChunkCache, TieredChunkCache

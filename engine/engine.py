@@ -2,6 +2,7 @@
 import hashlib
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import Iterator
 import torch
 
 from kernels.chunk_attention import HEAD_DIMS
+from kernels.rope import rotate
 
 from .config import ModelLoadError
 from .embedded import embedded_model_path
-from .kv_chunk import FORMAT_VERSION, LEVEL_QUERY, KVChunk
+from .kv_chunk import FORMAT_VERSION, LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, KVChunk
 from .loader import checkpoint_files, load_model
 from .model import AttentionContext, KVBuffer
 from .sampling import Sampler, SamplingParams
@@ -21,7 +23,8 @@ from .tokenizer import TextStream, Tokenizer
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
-MODES = ("cached", "full")
+MODES = ("cached", "full", "blend")
+BLEND_RATIO = 0.15  # share of document tokens that `blend` recomputes at every layer (CacheBlend's default)
 
 
 def resolve_dtype(dtype, device: str) -> torch.dtype:
@@ -42,7 +45,7 @@ class Generation:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None   # "stop" (EOS or stop string) or "length"
-    ttft_s: float = 0.0
+    ttft_s: float = 0.0                # from the call to stream: composition (blend included), prefill, first token
     decode_s: float = 0.0
 
     def __iter__(self) -> Iterator[str]:
@@ -175,14 +178,63 @@ class LLMEngine:
             offset += len(seq)
         return chunks
 
+    @torch.inference_mode()
+    def blend(self, chunks: list[KVChunk], ratio: float = BLEND_RATIO) -> list[KVChunk]:
+        """Level 0 and one chunk holding the documents' KV laid after it, where the tokens that the composition
+        changes most see the documents before them (CacheBlend): at the first layer every document token is
+        recomputed over everything before it and the deviation of its values from the stored ones measured; at
+        the later layers the `ratio` share of tokens that deviate most is recomputed, the others keep their
+        stored KV. ratio 1 gives exactly the KV of a full prefill. The stored chunks are not modified."""
+        if not chunks or chunks[0].level != LEVEL_SYSTEM or chunks[0].start != 0:
+            raise ValueError("blend needs the level-0 chunk first, at position 0")
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"the blend ratio must be within [0, 1], got {ratio}")
+        level0, documents = chunks[0], chunks[1:]
+        if not documents:
+            return [level0]
+        n = sum(c.length for c in documents)
+        ctx, start = self._context([level0], n)
+        self._check_length(start + n)
+        offsets = list(itertools.accumulate((c.length for c in documents), initial=0))
+        cos, sin = self.model.rotary.cos, self.model.rotary.sin
+        for chunk, offset in zip(documents, offsets):
+            shift = start + offset - chunk.start  # the stored keys turned from canonical to placed positions
+            if shift < 0:
+                raise ValueError(f"a chunk at canonical position {chunk.start} cannot be placed before it")
+            ctx.own.keys[:, offset:offset + chunk.length] = rotate(chunk.keys.to(self.device), cos[shift], sin[shift])
+            ctx.own.values[:, offset:offset + chunk.length] = chunk.values.to(self.device)
+        stored_values = ctx.own.values[0].clone()
+        ids = torch.tensor([t for c in documents for t in c.token_ids], dtype=torch.int64, device=self.device)
+        positions = torch.arange(start, start + n, device=self.device)
+        slots = torch.arange(n, device=self.device)
+        causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+        ctx.mask = torch.cat((torch.ones(n, start, dtype=torch.bool, device=self.device), causal), dim=1)
+        x = self.model.embed_tokens(ids)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, positions, slots, ctx, self.model.rotary, self.model.use_custom_kernels)
+            if i == 0:
+                deviation = (ctx.own.values[0] - stored_values).float().square().sum(dim=(-2, -1))
+                chosen = deviation.topk(math.ceil(ratio * n)).indices.sort().values
+                if len(chosen) == 0:
+                    break
+                x, positions, slots, ctx.mask = x[chosen], positions[chosen], slots[chosen], ctx.mask[chosen]
+        return [level0, KVChunk(level=LEVEL_DOCUMENT, token_ids=[t for c in documents for t in c.token_ids],
+                                start=start, keys=ctx.own.keys, values=ctx.own.values, fingerprint=level0.fingerprint)]
+
     def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached") -> torch.Tensor:
         """Logits of every token of token_ids after the chunks ([n, vocab], fp32); for tests and evaluation."""
-        ctx, ids, positions = self._prefill_inputs(list(chunks), token_ids, mode, 0)
+        chunks, mode = self._compose(chunks, mode)
+        ctx, ids, positions = self._prefill_inputs(chunks, token_ids, mode, 0)
         return self.model(ids, positions, ctx, all_logits=True)[-len(token_ids):]
 
-    def _prefill_inputs(self, chunks, token_ids, mode, max_new_tokens, own=None):
+    def _compose(self, chunks, mode: str) -> tuple[list[KVChunk], str]:
+        """The chunks and the mode (cached or full) to prefill with: `blend` is `cached` over blended chunks."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        chunks = list(chunks)
+        return (self.blend(chunks), "cached") if mode == "blend" else (chunks, mode)
+
+    def _prefill_inputs(self, chunks, token_ids, mode, max_new_tokens, own=None):
         if mode == "full":
             token_ids = [t for c in chunks for t in c.token_ids] + list(token_ids)
             chunks = []
@@ -196,10 +248,12 @@ class LLMEngine:
 
     def stream(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
                chunks: list[KVChunk] = (), mode: str = "cached") -> Generation:
-        """Generates after [chunks..., token_ids]; `cached` reuses the chunks' KV, `full` prefills everything.
+        """Generates after [chunks..., token_ids]; `cached` reuses the chunks' KV, `full` prefills everything,
+        `blend` recomputes part of the documents' KV first (see blend; chunks[0] must be level 0).
 
         At batch size 1 one generation runs at a time: starting another abandons the previous one."""
-        chunks = list(chunks)
+        began = time.perf_counter()
+        chunks, mode = self._compose(chunks, mode)
         own_tokens = len(token_ids) + params.max_new_tokens + (sum(c.length for c in chunks) if mode == "full" else 0)
         graphs = self.graphs if self.graphs is not None and self.graphs.fits(
             chunks if mode == "cached" else [], own_tokens) else None
@@ -208,7 +262,7 @@ class LLMEngine:
         if graphs:
             graphs.prepare([] if mode == "full" else chunks, ctx.shifts.tolist(), own_tokens, len(ids))
         generation = Generation(_deltas=iter(()), prompt_tokens=int(positions[-1]) + 1)
-        generation._deltas = self._decode_loop(generation, ctx, ids, positions, params, graphs, mode)
+        generation._deltas = self._decode_loop(generation, ctx, ids, positions, params, graphs, mode, began)
         return generation
 
     def generate(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
@@ -219,11 +273,10 @@ class LLMEngine:
         return self.tokenizer.encode(self.tokenizer.chat(messages))
 
     def _decode_loop(self, generation: Generation, ctx: AttentionContext, ids, positions, params: SamplingParams,
-                     graphs=None, mode: str = "cached"):
+                     graphs, mode: str, began: float):
         sampler = Sampler(params, torch.device(self.device))
         text = TextStream(self.tokenizer, params.stop)
         eos = self.tokenizer.eos_token_ids
-        began = time.perf_counter()
         logits = graphs.prefill(ids, positions) if graphs is not None and mode == "cached" else None
         if logits is None:
             logits = self.model(ids, positions, ctx)

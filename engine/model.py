@@ -67,9 +67,9 @@ class AttentionContext:
     shifts: torch.Tensor          # [C] int64, placed start - canonical start
     own: KVBuffer
     plan: Callable | None = None  # plan(layer, queries) -> attention output over a prebuilt chunk table (CUDA graphs)
-    # [n, context + own] bool, True where a new token attends (LLMEngine.prefill_chunks: several sequences in one
-    # pass, block-diagonal causal in `own`); needs all shifts zero: the query rotated at its own position serves
-    # every context chunk
+    # [n, context + own keys] bool, True where a new token attends (LLMEngine.prefill_chunks: several sequences in
+    # one pass, block-diagonal causal in `own`; LLMEngine.blend: some tokens among the own keys); needs all shifts
+    # zero: the query rotated at its own position serves every context chunk
     mask: torch.Tensor | None = None
 
 
@@ -97,9 +97,10 @@ class Attention(nn.Module):
                              rotary.cos, rotary.sin, impl=impl)
         if ctx.plan is not None:
             out = ctx.plan(self.layer, queries)
-        elif ctx.mask is not None:  # several sequences at once over [context keys, own keys], explicit mask
+        elif ctx.mask is not None:  # explicit mask over [context keys, the own buffer's first keys]
             group = c.num_heads // c.num_kv_heads
-            keys, values = (torch.cat([chunk[self.layer] for chunk in chunks] + [buffer[self.layer, :own.length + n]])
+            end = ctx.mask.shape[1] - sum(chunk.shape[1] for chunk in ctx.keys)
+            keys, values = (torch.cat([chunk[self.layer] for chunk in chunks] + [buffer[self.layer, :end]])
                             .repeat_interleave(group, dim=1).transpose(0, 1)[None]
                             for chunks, buffer in ((ctx.keys, own.keys), (ctx.values, own.values)))
             out = F.scaled_dot_product_attention(queries[-1].transpose(0, 1)[None], keys, values, attn_mask=ctx.mask,

@@ -61,8 +61,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("question")
     add_data_dir(p)
     add_answer_options(p)
-    p.add_argument("--mode", choices=["cached", "full"], default="cached",
-                   help="cached: stored KV chunks (default); full: one prefill of the same tokens")
+    p.add_argument("--mode", choices=["cached", "full", "blend"], default="cached",
+                   help="cached: stored KV chunks (default); full: one prefill of the same tokens; blend: stored "
+                        "chunks with the 15%% of document tokens that their neighbours change most recomputed")
     add_model_options(p)
     p.add_argument("--server", metavar="HOST:PORT", help="ask a running `cascade-rag serve` over gRPC instead")
     add_server_options(p)
@@ -79,7 +80,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--distractors", type=int, help="ingest only the gold passages of the questions plus N others "
                                                    "sampled with --sample-seed (default: the whole corpus)")
     p.add_argument("--sample-seed", type=int, default=0)
-    p.add_argument("--modes", default="cached,full", help="comma-separated (default cached,full)")
+    p.add_argument("--modes", default="cached,full", help="comma-separated: cached, full, blend (default cached,full)")
     p.add_argument("--output", type=Path, help="write the results as JSON here")
     p.add_argument("--passage-tokens", type=int, default=256)
     p.add_argument("--overlap", type=int, default=32)

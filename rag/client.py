@@ -10,7 +10,7 @@ from .ingest import Document
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
 
-MODES = {"cached": pb.MODE_CACHED, "full": pb.MODE_FULL}
+MODES = {"cached": pb.MODE_CACHED, "full": pb.MODE_FULL, "blend": pb.MODE_BLEND}
 MAX_MESSAGE_BYTES = 16 << 20
 
 

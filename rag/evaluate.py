@@ -77,11 +77,13 @@ def summarize(rows: list[dict], modes: list[str], top_k: int) -> dict:
             "decode_tokens_per_s_median": float(np.median([x["decode_tokens_per_s"] for x in runs])),
             "prompt_tokens_median": float(np.median([x["prompt_tokens"] for x in runs])),
         }
-    if "cached" in modes and "full" in modes:
-        cached, full = result["modes"]["cached"], result["modes"]["full"]
-        result["f1_cached_over_full"] = cached["f1"] / full["f1"] if full["f1"] else None
-        result["ttft_full_over_cached"] = full["ttft_median_s"] / cached["ttft_median_s"]
-        result["agreement_cached_full"] = float(np.mean([r["cached"]["text"] == r["full"]["text"] for r in rows]))
+    full = result["modes"].get("full")
+    for mode in modes if full else []:
+        if mode != "full":
+            m = result["modes"][mode]
+            result[f"f1_{mode}_over_full"] = m["f1"] / full["f1"] if full["f1"] else None
+            result[f"ttft_full_over_{mode}"] = full["ttft_median_s"] / m["ttft_median_s"]
+            result[f"agreement_{mode}_full"] = float(np.mean([r[mode]["text"] == r["full"]["text"] for r in rows]))
     return result
 
 
@@ -112,19 +114,20 @@ def table(summary: dict) -> str:
         lines.append(f"| {mode} | {summary['questions']} | {m['exact_match']:.3f} | {m['f1']:.3f} | "
                      f"{summary[f'recall_at_{k}']:.3f} | {m['ttft_median_s'] * 1e3:.0f} | {m['ttft_p90_s'] * 1e3:.0f} | "
                      f"{m['prefill_ttft_median_s'] * 1e3:.0f} | {m['decode_tokens_per_s_median']:.1f} |")
-    if summary.get("f1_cached_over_full") is not None:
-        lines.append(f"\nF1(cached) / F1(full) = {summary['f1_cached_over_full']:.3f}; TTFT median full / cached = "
-                     f"{summary['ttft_full_over_cached']:.2f}x; identical answers in both modes: "
-                     f"{summary['agreement_cached_full']:.1%}")
+    for mode in summary["modes"]:
+        if summary.get(f"f1_{mode}_over_full") is not None:
+            lines.append(f"\nF1({mode}) / F1(full) = {summary[f'f1_{mode}_over_full']:.3f}; TTFT median full / {mode} = "
+                         f"{summary[f'ttft_full_over_{mode}']:.2f}x; answers identical to full: "
+                         f"{summary[f'agreement_{mode}_full']:.1%}")
     return "\n".join(lines)
 
 
 def main(args) -> int:
-    from engine import SamplingParams
+    from engine import MODES, SamplingParams
     from .pipeline import RAG
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or any(m not in ("cached", "full") for m in modes):
-        raise ValueError(f"--modes must list cached and/or full, got {args.modes!r}")
+    if not modes or any(m not in MODES for m in modes):
+        raise ValueError(f"--modes must list some of {', '.join(MODES)}, got {args.modes!r}")
     questions = read_jsonl(args.questions, ("id", "question", "answers", "gold_doc_ids"))
     questions = questions[:args.limit] if args.limit else questions
     corpus = select_corpus(read_jsonl(args.corpus, ("id", "text")), questions, args.distractors, args.sample_seed)

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 import torch
 
-from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, KVChunkError, LLMEngine, SamplingParams,
+from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, MODES, KVChunk, KVChunkError, LLMEngine, SamplingParams,
                     default_prefill_batch_tokens)
 from engine.kv_chunk import FORMAT_VERSION
 
@@ -307,9 +307,10 @@ class RAG:
     def ask(self, question: str, top_k: int = 4, mode: str = "cached",
             params: SamplingParams = SamplingParams(max_new_tokens=128)) -> AnswerStream:
         """Retrieves the top_k passages now and returns a stream that composes level 0, their chunks and the
-        question (`cached`: stored KV; `full`: one prefill of the same tokens) and generates the answer."""
-        if mode not in ("cached", "full"):
-            raise ValueError(f"unknown mode {mode!r}; choose cached or full")
+        question (`cached`: stored KV; `full`: one prefill of the same tokens; `blend`: stored KV partly
+        recomputed, see LLMEngine.blend) and generates the answer."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self._check_query(question, top_k)
         began = time.perf_counter()
         engine = self.engine
@@ -321,7 +322,7 @@ class RAG:
         engine = self._engine
         with self._engine_lock:
             loaded = time.perf_counter()
-            chunks = [self.level0] + [self._chunk(p, answer) if answer.mode == "cached" else
+            chunks = [self.level0] + [self._chunk(p, answer) if answer.mode != "full" else
                                       _tokens_only(p, self.level0.length, self.fingerprint) for p in passages]
             answer.chunks_s = time.perf_counter() - loaded
             ids = engine.tokenizer.encode(self.template.query(answer.question))

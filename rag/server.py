@@ -42,7 +42,7 @@ MAX_INGEST_BYTES = 64 << 20       # all the documents of one IngestDocuments cal
 SPARE_WORKERS = 8                 # threads beyond the queue, for health, info, documents and quick rejections
 SERVICES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
 OPEN_METHODS = "/grpc.health.v1.Health/"
-MODES = {pb.MODE_UNSPECIFIED: "cached", pb.MODE_CACHED: "cached", pb.MODE_FULL: "full"}
+MODES = {pb.MODE_UNSPECIFIED: "cached", pb.MODE_CACHED: "cached", pb.MODE_FULL: "full", pb.MODE_BLEND: "blend"}
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 
 

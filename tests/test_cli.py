@@ -47,7 +47,7 @@ def test_bad_inputs_give_one_line_errors(tmp_path):
     assert_one_line_error(cli("eval", "--questions", questions, "--corpus", questions, "--modes", "cached"),
                           f"{questions}:2: invalid JSON")
     assert_one_line_error(cli("eval", "--questions", questions, "--corpus", questions, "--modes", "fast"),
-                          "--modes must list cached and/or full")
+                          "--modes must list some of cached, full, blend")
     result = cli("ingest", "--data-dir", data)
     assert result.returncode == 2 and "the following arguments are required: PATH" in result.stderr
 

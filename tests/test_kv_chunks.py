@@ -83,6 +83,48 @@ def test_composition_in_any_order_uses_consecutive_positions(tiny_checkpoint):
     assert (cached - engine.logits([level0, docs[1]], QUESTION, "full")).abs().max() <= 1e-4
 
 
+
+def test_blend_at_ratio_one_is_a_full_prefill_and_keeps_the_stored_chunks(tiny_checkpoint):
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    docs = [engine.prefill_chunk(d, [level0], LEVEL_DOCUMENT, "fp") for d in DOCS]
+    chunks = [level0, docs[2], docs[0], docs[1]]
+    before = [(c.keys.clone(), c.values.clone()) for c in chunks]
+    blended = engine.blend(chunks, ratio=1.0)
+    assert [c.start for c in blended] == [0, len(SYSTEM)] and blended[1].token_ids == DOCS[2] + DOCS[0] + DOCS[1]
+    full = engine.logits(chunks, QUESTION, "full")
+    assert (engine.logits(blended, QUESTION, "cached") - full).abs().max() <= 1e-4
+    assert (engine.logits(chunks, QUESTION, "blend") - engine.logits(chunks, QUESTION, "cached")).abs().max() > 1e-3
+    params = SamplingParams(max_new_tokens=32)
+    assert (engine.generate(QUESTION, params, blended).token_ids
+            == engine.generate(QUESTION, params, chunks, mode="full").token_ids)
+    assert all(torch.equal(c.keys, k) and torch.equal(c.values, v) for c, (k, v) in zip(chunks, before))
+
+
+def test_blend_recomputes_only_the_chosen_share(tiny_checkpoint):
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    docs = [engine.prefill_chunk(d, [level0], LEVEL_DOCUMENT, "fp") for d in DOCS]
+    n = sum(len(d) for d in DOCS)
+    stored_values = torch.cat([d.values for d in docs], dim=1)  # values carry no position: comparable as stored
+    for ratio in (0.0, 0.3):
+        blended = engine.blend([level0, *docs], ratio)[1]
+        changed = ((blended.values[1:] - stored_values[1:]).abs().amax(dim=(0, 2, 3)) > 1e-5).sum().item()
+        assert changed <= -(-ratio * n // 1)  # at most ceil(ratio * n) tokens change after the first layer
+        # the first document saw exactly level 0 when it was stored: blending leaves it as it was, keys included
+        first = len(DOCS[0])
+        assert (blended.values[:, :first] - docs[0].values).abs().max() <= 1e-5
+        assert (blended.keys[:, :first] - docs[0].keys).abs().max() <= 1e-5
+    # a document placed later, nothing recomputed after the first layer: its stored keys turned to the new positions
+    later = engine.blend([level0, docs[1], docs[2]], 0.0)[1]
+    shifted = engine.prefill_chunk(DOCS[2], [level0], LEVEL_DOCUMENT, "fp", start=len(SYSTEM) + len(DOCS[1]))
+    assert (later.keys[:, len(DOCS[1]):] - shifted.keys).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="level-0 chunk first"):
+        engine.blend(docs)
+    with pytest.raises(ValueError, match="within \\[0, 1\\]"):
+        engine.blend([level0, *docs], 1.5)
+
+
 @pytest.fixture
 def chunk(tiny_checkpoint):
     engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="bf16")

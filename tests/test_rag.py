@@ -66,18 +66,18 @@ def test_ingest_is_idempotent_and_consistent(rag):
     assert sorted(again.unchanged) == sorted(d["id"] for d in CORPUS) and again.passages == again.prefilled == 0
 
 
-def test_planted_passage_is_retrieved_and_answered_in_both_modes(rag):
+def test_planted_passage_is_retrieved_and_answered_in_every_mode(rag):
     rag.ingest(documents=CORPUS)
     sources = rag.retrieve("What is the secret code of the Varn lighthouse?", top_k=2)
     assert sources[0].doc_id == "varn" and sources[0].title == "Varn lighthouse" and sources[0].score > 0.5
-    for mode in ("cached", "full"):
+    for mode in ("cached", "full", "blend"):
         stream = rag.ask("What is the secret code of the Varn lighthouse?", top_k=2, mode=mode,
                          params=SamplingParams(max_new_tokens=40, stop=("4417",)))
         deltas = list(stream)
         answer = stream.answer
         assert "".join(deltas) == answer.text and "4417" in rag.engine.tokenizer.decode(answer.token_ids), answer.text
         assert [s.doc_id for s in answer.sources][0] == "varn" and answer.ttft_s > 0 and answer.first_token_s > 0
-        assert sum(answer.tiers.values()) == (2 if mode == "cached" else 0)
+        assert sum(answer.tiers.values()) == (0 if mode == "full" else 2)
     again = rag.ask("What is the secret code of the Varn lighthouse?", top_k=2, params=QUICK).result()
     assert again.tiers == {"cpu": 2}  # now served from memory
 

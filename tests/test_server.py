@@ -119,6 +119,10 @@ def test_query_streams_text_then_a_final_result(client):
     _, full = consume(client.query("What is the secret code of the Varn lighthouse?", top_k=2, max_tokens=4,
                                    mode="full"))
     assert full.chunk_tiers == pb.ChunkTiers() and full.sources[0].document_id == "varn"
+    _, blend = consume(client.query("What is the secret code of the Varn lighthouse?", top_k=2, max_tokens=4,
+                                    mode="blend"))
+    tiers = blend.chunk_tiers
+    assert blend.finish_reason != pb.FINISH_REASON_UNSPECIFIED and tiers.cpu + tiers.disk + tiers.gpu == 2
 
 
 def test_retrieve_list_and_info(client):
