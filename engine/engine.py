@@ -181,10 +181,11 @@ class LLMEngine:
     @torch.inference_mode()
     def blend(self, chunks: list[KVChunk], ratio: float = BLEND_RATIO) -> list[KVChunk]:
         """Level 0 and one chunk holding the documents' KV laid after it, where the tokens that the composition
-        changes most see the documents before them (CacheBlend): at the first layer every document token is
-        recomputed over everything before it and the deviation of its values from the stored ones measured; at
-        the later layers the `ratio` share of tokens that deviate most is recomputed, the others keep their
-        stored KV. ratio 1 gives exactly the KV of a full prefill. The stored chunks are not modified."""
+        changes most see the documents before them (CacheBlend): every document token is recomputed over
+        everything before it through the second layer (the first whose KV depends on the context), where the
+        deviation of its values from the stored ones is measured; at the later layers the `ratio` share of
+        tokens that deviate most is recomputed, the others keep their stored KV. ratio 1 gives exactly the KV of
+        a full prefill. The stored chunks are not modified."""
         if not chunks or chunks[0].level != LEVEL_SYSTEM or chunks[0].start != 0:
             raise ValueError("blend needs the level-0 chunk first, at position 0")
         if not 0 <= ratio <= 1:
@@ -203,7 +204,7 @@ class LLMEngine:
                 raise ValueError(f"a chunk at canonical position {chunk.start} cannot be placed before it")
             ctx.own.keys[:, offset:offset + chunk.length] = rotate(chunk.keys.to(self.device), cos[shift], sin[shift])
             ctx.own.values[:, offset:offset + chunk.length] = chunk.values.to(self.device)
-        stored_values = ctx.own.values[0].clone()
+        stored_values = ctx.own.values[min(1, self.config.num_layers - 1)].clone()
         ids = torch.tensor([t for c in documents for t in c.token_ids], dtype=torch.int64, device=self.device)
         positions = torch.arange(start, start + n, device=self.device)
         slots = torch.arange(n, device=self.device)
@@ -212,8 +213,8 @@ class LLMEngine:
         x = self.model.embed_tokens(ids)
         for i, layer in enumerate(self.model.layers):
             x = layer(x, positions, slots, ctx, self.model.rotary, self.model.use_custom_kernels)
-            if i == 0:
-                deviation = (ctx.own.values[0] - stored_values).float().square().sum(dim=(-2, -1))
+            if i == 1:
+                deviation = (ctx.own.values[1] - stored_values).float().square().sum(dim=(-2, -1))
                 chosen = deviation.topk(math.ceil(ratio * n)).indices.sort().values
                 if len(chosen) == 0:
                     break
