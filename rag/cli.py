@@ -82,6 +82,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--modes", default="cached,full", help="comma-separated: cached, full, blend (default cached,full)")
     p.add_argument("--output", type=Path, help="write the results as JSON here")
+    p.add_argument("--fidelity-tokens", type=int, default=16,
+                   help="also compare each mode with full token by token, teacher-forced on full's answer of this "
+                        "many tokens: top-1 agreement and KL divergence (default 16; 0: off; needs full in --modes)")
     p.add_argument("--passage-tokens", type=int, default=256)
     p.add_argument("--overlap", type=int, default=32)
     add_answer_options(p)

@@ -77,6 +77,9 @@ def summarize(rows: list[dict], modes: list[str], top_k: int) -> dict:
             "decode_tokens_per_s_median": float(np.median([x["decode_tokens_per_s"] for x in runs])),
             "prompt_tokens_median": float(np.median([x["prompt_tokens"] for x in runs])),
         }
+        if all("kl" in x for x in runs):
+            result["modes"][mode].update(top1_agreement_with_full=float(np.mean([x["top1_agreement"] for x in runs])),
+                                         kl_from_full=float(np.mean([x["kl"] for x in runs])))
     full = result["modes"].get("full")
     for mode in modes if full else []:
         if mode != "full":
@@ -87,7 +90,28 @@ def summarize(rows: list[dict], modes: list[str], top_k: int) -> dict:
     return result
 
 
-def evaluate(rag, questions: list[dict], modes: list[str], top_k: int, params, log=sys.stderr) -> dict:
+def fidelity(rag, question: str, modes: list[str], top_k: int, tokens: int) -> dict:
+    """Each mode against `full`, teacher-forced on full's greedy answer of `tokens` tokens: the share of those
+    tokens the mode also ranks first, and the mean KL divergence of its next-token distributions from full's."""
+    from engine import SamplingParams
+    chunks, ids = rag.composition(question, top_k)
+    engine = rag.engine
+    answer = engine.generate(ids, SamplingParams(max_new_tokens=tokens, ignore_eos=True), chunks, "full").token_ids
+    sequence = ids + answer[:-1]
+
+    def log_probs(mode):
+        return engine.logits(chunks, sequence, mode)[len(ids) - 1:].log_softmax(-1)
+    full, result = log_probs("full"), {}
+    for mode in modes:
+        if mode != "full":
+            lp = log_probs(mode)
+            result[mode] = {"top1_agreement": float((lp.argmax(-1) == full.argmax(-1)).float().mean()),
+                            "kl": float((full.exp() * (full - lp)).sum(-1).mean())}
+    return result
+
+
+def evaluate(rag, questions: list[dict], modes: list[str], top_k: int, params, fidelity_tokens: int = 0,
+             log=sys.stderr) -> dict:
     rows = []
     for n, q in enumerate(questions, 1):
         row = {"id": q["id"], "question": q["question"], "answers": q["answers"]}
@@ -99,6 +123,9 @@ def evaluate(rag, questions: list[dict], modes: list[str], top_k: int, params, l
                          "ttft_s": answer.ttft_s, "decode_tokens_per_s": answer.decode_tokens_per_s,
                          "prompt_tokens": answer.prompt_tokens, "tiers": answer.tiers}
         row["gold_retrieved"] = bool(set(row["retrieved"]) & set(q["gold_doc_ids"]))
+        if fidelity_tokens and "full" in modes:
+            for mode, measured in fidelity(rag, q["question"], modes, top_k, fidelity_tokens).items():
+                row[mode].update(measured)
         rows.append(row)
         scores = " ".join(f"{m} f1 {row[m]['f1']:.2f} ttft {row[m]['first_token_s'] * 1e3:.0f} ms" for m in modes)
         print(f"[{n}/{len(questions)}] {q['id']}: gold retrieved {row['gold_retrieved']}; {scores}", file=log,
@@ -119,6 +146,10 @@ def table(summary: dict) -> str:
             lines.append(f"\nF1({mode}) / F1(full) = {summary[f'f1_{mode}_over_full']:.3f}; TTFT median full / {mode} = "
                          f"{summary[f'ttft_full_over_{mode}']:.2f}x; answers identical to full: "
                          f"{summary[f'agreement_{mode}_full']:.1%}")
+        m = summary["modes"][mode]
+        if "kl_from_full" in m:
+            lines.append(f"{mode} against full, teacher-forced on full's answers: top-1 agreement "
+                         f"{m['top1_agreement_with_full']:.3f}, KL {m['kl_from_full']:.4f}")
     return "\n".join(lines)
 
 
@@ -128,6 +159,8 @@ def main(args) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"--modes must list some of {', '.join(MODES)}, got {args.modes!r}")
+    if args.fidelity_tokens < 0:
+        raise ValueError(f"--fidelity-tokens must be at least 0, got {args.fidelity_tokens}")
     questions = read_jsonl(args.questions, ("id", "question", "answers", "gold_doc_ids"))
     questions = questions[:args.limit] if args.limit else questions
     corpus = select_corpus(read_jsonl(args.corpus, ("id", "text")), questions, args.distractors, args.sample_seed)
@@ -142,11 +175,11 @@ def main(args) -> int:
             print(report.summary(), file=sys.stderr)
             for error in report.errors:
                 print(f"cascade-rag: error: {error}", file=sys.stderr)
-            results = evaluate(rag, questions, modes, args.top_k, params)
+            results = evaluate(rag, questions, modes, args.top_k, params, args.fidelity_tokens)
             results["summary"].update(
                 corpus_documents=len(corpus), corpus_passages=rag.stats()["passages"],
                 distractors=args.distractors, sample_seed=args.sample_seed, device=rag.device, dtype=rag.dtype,
-                max_new_tokens=args.max_tokens, ingest={
+                max_new_tokens=args.max_tokens, fidelity_tokens=args.fidelity_tokens, ingest={
                     "documents": report.documents, "unchanged": len(report.unchanged), "passages": report.passages,
                     "prefilled": report.prefilled, "tokens": report.tokens, "kv_bytes": report.kv_bytes,
                     "seconds": report.seconds,

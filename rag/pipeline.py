@@ -318,6 +318,17 @@ class RAG:
         answer = Answer(question, mode, [s for s, _ in hits], retrieval_s=time.perf_counter() - began)
         return AnswerStream(answer, self._answer(answer, [p for _, p in hits], params, began))
 
+    def composition(self, question: str, top_k: int = 4) -> tuple[list[KVChunk], list[int]]:
+        """What `ask` composes for a question: level 0 and the stored chunks of the top_k passages, and the
+        question's level-2 token ids (for measurements: `cascade-rag eval --fidelity-tokens`)."""
+        self._check_query(question, top_k)
+        engine = self.engine
+        hits = self._retrieve(question, top_k)
+        with self._engine_lock:
+            answer = Answer(question, "cached", [s for s, _ in hits])
+            chunks = [self.level0] + [self._chunk(p, answer) for _, p in hits]
+        return chunks, engine.tokenizer.encode(self.template.query(question))
+
     def _answer(self, answer: Answer, passages: list[Passage], params: SamplingParams, began: float):
         engine = self._engine
         with self._engine_lock:

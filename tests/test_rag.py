@@ -1,4 +1,5 @@
 """The RAG pipeline end to end: ingestion, updates, deletion, retrieval, answers, crash safety and bad inputs."""
+import io
 import json
 import os
 import shutil
@@ -10,7 +11,7 @@ import pytest
 
 from engine import KVChunk, SamplingParams
 from rag.chunking import split_passages
-from rag.evaluate import exact_match, select_corpus, token_f1
+from rag.evaluate import evaluate, exact_match, select_corpus, table, token_f1
 from rag.pipeline import RAG
 from rag.store import Store, StoreLocked
 
@@ -81,6 +82,19 @@ def test_planted_passage_is_retrieved_and_answered_in_every_mode(rag):
     again = rag.ask("What is the secret code of the Varn lighthouse?", top_k=2, params=QUICK).result()
     assert again.tiers == {"cpu": 2}  # now served from memory
 
+
+
+def test_eval_compares_every_mode_with_full_token_by_token(rag):
+    rag.ingest(documents=CORPUS)
+    questions = [{"id": "q1", "question": "What is the secret code of the Varn lighthouse?", "answers": ["4417"],
+                  "gold_doc_ids": ["varn"]}]
+    summary = evaluate(rag, questions, ["cached", "full", "blend"], 1, SamplingParams(max_new_tokens=4),
+                       fidelity_tokens=6, log=io.StringIO())["summary"]
+    assert summary["recall_at_1"] == 1.0 and "kl_from_full" not in summary["modes"]["full"]
+    for mode in ("cached", "blend"):  # one passage saw exactly level 0 when it was stored: both modes are exact
+        assert summary["modes"][mode]["top1_agreement_with_full"] == 1.0, mode
+        assert abs(summary["modes"][mode]["kl_from_full"]) < 1e-4, mode
+    assert "blend against full, teacher-forced on full's answers: top-1 agreement 1.000" in table(summary)
 
 def test_update_replaces_passages_vectors_and_chunks(rag):
     rag.ingest(documents=CORPUS)
