@@ -39,7 +39,7 @@ def chunk_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[
     num_chunks, num_q, hq, d = q.shape
     hkv = keys[0].shape[1]
     group = hq // hkv
-    rows = q.float().view(num_chunks, num_q, hkv, group, d).permute(0, 2, 3, 1, 4).reshape(num_chunks, hkv, -1, d)
+    rows = q.float().reshape(num_chunks, num_q, hkv, group, d).permute(0, 2, 3, 1, 4).reshape(num_chunks, hkv, -1, d)
     s = torch.cat([rows[c] @ k.float().permute(1, 2, 0) for c, k in enumerate(keys)], dim=-1) * scale
     own = keys[-1].shape[0]
     i = torch.arange(num_q, device=q.device)[:, None]
