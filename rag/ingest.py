@@ -50,6 +50,18 @@ class IngestReport:
     def documents(self) -> int:
         return len(self.added) + len(self.updated)
 
+    def add(self, other: "IngestReport") -> None:
+        """Counts another run's results in this one."""
+        self.added += other.added
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.errors += other.errors
+        self.passages += other.passages
+        self.prefilled += other.prefilled
+        self.tokens += other.tokens
+        self.kv_bytes += other.kv_bytes
+        self.seconds += other.seconds
+
     def summary(self) -> str:
         rate = self.prefilled / self.seconds if self.seconds else 0.0
         line = (f"{self.documents} documents ingested ({len(self.added)} new, {len(self.updated)} updated, "

@@ -20,7 +20,7 @@ from grpc_reflection.v1alpha import reflection
 
 from engine import SamplingParams
 
-from .ingest import Document
+from .ingest import Document, IngestReport
 from .pipeline import RAG
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
@@ -39,6 +39,7 @@ MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 100
 PAGE_TOKEN_PREFIX = "after:"
 MAX_MESSAGE_BYTES = 16 << 20
 MAX_INGEST_BYTES = 64 << 20       # all the documents of one IngestDocuments call
+INGEST_GROUP_CHARS = 32 << 10    # text ingested in one go on the model thread: about one GPU prefill batch
 SPARE_WORKERS = 8                 # threads beyond the queue, for health, info, documents and quick rejections
 SERVICES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
 OPEN_METHODS = "/grpc.health.v1.Health/"
@@ -109,6 +110,18 @@ class ModelThread:
 
     def shutdown(self) -> None:
         self._executor.shutdown()
+
+
+def _groups(documents: list[Document], max_chars: int) -> list[list[Document]]:
+    """Consecutive groups of documents of at most max_chars characters of text (a longer document alone)."""
+    groups, size = [[]], 0
+    for d in documents:
+        if groups[-1] and size + len(d.text) > max_chars:
+            groups.append([])
+            size = 0
+        groups[-1].append(d)
+        size += len(d.text)
+    return groups
 
 
 def _source(s) -> pb.Source:
@@ -196,7 +209,9 @@ class DocumentsService(pb_grpc.DocumentsServicer):
         if not documents:
             _invalid(context, "documents", "none given")
         try:
-            report = self.models.call(self.rag.ingest_documents, documents)
+            report = IngestReport()
+            for group in _groups(documents, INGEST_GROUP_CHARS):  # answers in flight go on between the groups
+                report.add(self.models.call(self.rag.ingest_documents, group))
         except (StoreLocked, StoreError) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         if report.errors:
