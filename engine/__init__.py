@@ -1,6 +1,7 @@
 from .config import ModelConfig, ModelLoadError
 from .embedded import ModelPreparationError, embedded_model_path
-from .engine import BLEND_RATIO, MODES, Generation, LLMEngine, default_prefill_batch_tokens
+from .engine import (BLEND_RATIO, MODES, Generation, LLMEngine, default_device, default_dtype,
+                     default_prefill_batch_tokens)
 from .kv_chunk import LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, FingerprintMismatch, KVChunk, KVChunkError
 from .sampling import SamplingParams
 from .chunk_cache import ChunkCache, TieredChunkCache

@@ -64,6 +64,15 @@ class Generation:
         return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
 
 
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> str:
+    """The dtype of the pipeline, the CLI and bench: fp32 on a CPU (whose bf16 matmuls are slow), bf16 on a GPU."""
+    return "fp32" if device == "cpu" else "bf16"
+
+
 def default_prefill_batch_tokens(device: str) -> int:
     """Passage tokens prefilled in one forward pass at ingestion. The batch attends under one block-diagonal mask,
     so its attention grows with the square of the batch: on a CPU, beyond about 2,048 tokens that costs more than
@@ -75,7 +84,7 @@ class LLMEngine:
     def __init__(self, model_path: Path | str | None = None, device: str | None = None, dtype=None,
                  use_custom_kernels: bool = True, use_cuda_graphs: bool = True, graph_own_tokens: int = 4096):
         self.model_path = Path(model_path) if model_path else embedded_model_path()
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = load_model(self.model_path, self.dtype, self.device)
         self.model.use_custom_kernels = use_custom_kernels
@@ -205,7 +214,8 @@ class LLMEngine:
             ctx.own.keys[:, offset:offset + chunk.length] = rotate(chunk.keys.to(self.device), cos[shift], sin[shift])
             ctx.own.values[:, offset:offset + chunk.length] = chunk.values.to(self.device)
         stored_values = ctx.own.values[min(1, self.config.num_layers - 1)].clone()
-        ids = torch.tensor([t for c in documents for t in c.token_ids], dtype=torch.int64, device=self.device)
+        token_ids = [t for c in documents for t in c.token_ids]
+        ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
         positions = torch.arange(start, start + n, device=self.device)
         slots = torch.arange(n, device=self.device)
         causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
@@ -219,8 +229,8 @@ class LLMEngine:
                 if len(chosen) == 0:
                     break
                 x, positions, slots, ctx.mask = x[chosen], positions[chosen], slots[chosen], ctx.mask[chosen]
-        return [level0, KVChunk(level=LEVEL_DOCUMENT, token_ids=[t for c in documents for t in c.token_ids],
-                                start=start, keys=ctx.own.keys, values=ctx.own.values, fingerprint=level0.fingerprint)]
+        return [level0, KVChunk(level=LEVEL_DOCUMENT, token_ids=token_ids, start=start, keys=ctx.own.keys,
+                                values=ctx.own.values, fingerprint=level0.fingerprint)]
 
     def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached") -> torch.Tensor:
         """Logits of every token of token_ids after the chunks ([n, vocab], fp32); for tests and evaluation."""

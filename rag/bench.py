@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, ModelConfig, SamplingParams,
-                    default_prefill_batch_tokens)
+from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, ModelConfig, SamplingParams, default_device,
+                    default_dtype, default_prefill_batch_tokens)
 
 QWEN3_06B = ModelConfig(architecture="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
                         num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-6,
@@ -213,8 +213,8 @@ def main(args) -> int:
         from engine import embedded_model_path
         args.model = random_checkpoint(args.shape, args.shape_dir or tempfile.mkdtemp(),
                                        args.tokenizer or embedded_model_path())
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    engine = LLMEngine(args.model, device=device, dtype=args.dtype or ("bf16" if device.startswith("cuda") else "fp32"))
+    device = args.device or default_device()
+    engine = LLMEngine(args.model, device=device, dtype=args.dtype or default_dtype(device))
     if args.ingest:
         result = ingest_rates(engine, args.ingest, args.doc_tokens,
                               args.batch_tokens or default_prefill_batch_tokens(engine.device))

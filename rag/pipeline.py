@@ -16,7 +16,7 @@ from typing import Iterable, Iterator
 import torch
 
 from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, MODES, KVChunk, KVChunkError, LLMEngine, SamplingParams,
-                    default_prefill_batch_tokens)
+                    default_device, default_dtype, default_prefill_batch_tokens)
 from engine.kv_chunk import FORMAT_VERSION
 
 from .chunking import split_passages
@@ -98,9 +98,9 @@ class RAG:
                  prefill_batch_tokens: int | None = None):
         self.store = Store(data_dir or default_data_dir())
         self.model_path, self.system_prompt, self.embedder_path = model, system_prompt, embedder
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.device = device or default_device()
         # bf16 matrix products are slow on CPUs without bf16 units; fp32 there unless asked otherwise
-        self.dtype = dtype or ("fp32" if self.device == "cpu" else "bf16")
+        self.dtype = dtype or default_dtype(self.device)
         self.passage_tokens, self.overlap = passage_tokens, overlap
         self.index_kind = index or (self.store.manifest() or {}).get("index", "flat")
         self.cache_bytes = cache_bytes if cache_bytes is not None else (2 << 30 if self.device == "cpu" else 8 << 30)
