@@ -9,7 +9,7 @@ MAX_CHUNKS so every request of a bucket uses the same graph.
 """
 import torch
 
-from kernels.chunk_attention import chunk_attention_table, decode_workspace, table_row
+from kernels.chunk_attention import chunk_attention_table, chunk_tables, decode_workspace
 
 from .kv_chunk import KVChunk
 from .model import AttentionContext, Decoder, KVBuffer
@@ -46,22 +46,18 @@ class GraphDecoder:
     def fits(self, chunks: list[KVChunk], own_tokens: int) -> bool:
         return len(chunks) < MAX_CHUNKS and own_tokens <= self.own.capacity
 
-    def prepare(self, chunks: list[KVChunk], shifts: list[int], own_tokens: int, prompt_tokens: int) -> None:
+    def prepare(self, chunks: list[KVChunk], shifts: torch.Tensor, own_tokens: int, prompt_tokens: int) -> None:
         """Fills the static buffers for a request whose own chunk will hold at most own_tokens tokens, the
         first prompt_tokens of them prefilled at once."""
         context = sum(c.length for c in chunks)
         if prompt_tokens <= MAX_QUESTION:
             own_tokens = max(own_tokens, question_bucket(prompt_tokens))
         self.bucket = max(MIN_BUCKET, 1 << (context + own_tokens - 1).bit_length())
-        padded = [(c.keys, c.values) for c in chunks] + [(None, None)] * (MAX_CHUNKS - 1 - len(chunks))
-        rows = []
-        for layer in range(self.config.num_layers):
-            keys = [k[layer] if k is not None else None for k, _ in padded] + [self.own.keys[layer]]
-            values = [v[layer] if v is not None else None for _, v in padded] + [self.own.values[layer]]
-            rows.append(table_row(keys, values, self.own.keys[layer], self.own.values[layer]))
-        self.aligned = all(x % 16 == 0 for row in rows for x in row[:-1])
-        self.tables.copy_(torch.tensor(rows, dtype=torch.int64))
-        self.shifts.copy_(torch.tensor(shifts + [0] * (MAX_CHUNKS - 1 - len(shifts)), dtype=torch.int64))
+        tables = chunk_tables([(c.keys, c.values) for c in chunks], self.own.keys, self.own.values, MAX_CHUNKS)
+        self.aligned = bool((tables[:, :-1] % 16 == 0).all())
+        self.tables.copy_(tables)
+        self.shifts.zero_()
+        self.shifts[:len(shifts)].copy_(shifts)
         self.context_tokens.fill_(context)
 
     def _attend(self, layer: int, queries: torch.Tensor, workspace) -> torch.Tensor:

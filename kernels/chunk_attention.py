@@ -14,11 +14,12 @@ tensors, which the interpreter reads in place through their addresses. The total
 the request's own chunk at every decode step, is a scalar argument, so the table of a layer's chunks stays
 the same from step to step and is cached on the device (no host-to-device copy per call).
 
-Decode (flash-decoding): the global concatenated KV range [0, T) is cut into S splits so that
-row tiles x KV heads x splits fill the GPU; each program walks the chunks overlapping its split, writes an
-unnormalised partial (acc, m, l) and a second kernel merges the splits by log-sum-exp. The query heads
-sharing one KV head (and, at prefill, the queries) are the rows of each tl.dot, so K and V are read once
-per KV head and row tile.
+Flash-decoding: the global concatenated KV range [0, T) is cut into S splits so that row tiles x KV
+heads x splits fill the GPU; each program walks the chunks overlapping its split and keeps an unnormalised
+partial (acc, m, l). The query heads sharing one KV head (and, at prefill, the queries) are the rows of
+each tl.dot, so K and V are read once per KV head and row tile. At decode (one query, _decode_kernel) the
+program that finishes a KV head's splits last merges them by log-sum-exp in the same launch; with several
+queries (_attn_kernel) a second kernel merges them, one program per row.
 """
 import functools
 import os
@@ -142,6 +143,117 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
                  mask=row_ok[:, None])
 
 
+@triton.jit(do_not_specialize=["num_chunks", "split_len", "total_len", "stride_qc"])
+def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
+                   num_chunks, split_len, total_len, qk_scale, stride_qc,
+                   HQ: tl.constexpr, GROUP: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
+                   BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLITS_P2: tl.constexpr, BLOCK_S: tl.constexpr,
+                   ALIGNED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+                   TOTAL_IN_TABLE: tl.constexpr):
+    """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the rows of
+    a 16-row tensor-core tile) over its split; the program that finishes its KV head's splits last merges
+    them by log-sum-exp, so one launch does the whole step."""
+    if TOTAL_IN_TABLE:
+        total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
+    kv_head = tl.program_id(0)
+    split = tl.program_id(1)
+    num_splits = tl.num_programs(1)
+    g = tl.arange(0, 16)
+    head = kv_head * GROUP + g
+    g_ok = g < GROUP
+    d = tl.arange(0, HEAD_DIM)
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, total_len)
+
+    idx = tl.arange(0, CHUNKS_P2)
+    in_table = idx < num_chunks
+    k_offs = tl.load(table_ptr + idx, mask=in_table, other=0)
+    v_offs = tl.load(table_ptr + num_chunks + idx, mask=in_table, other=0)
+    k_strides = tl.load(table_ptr + 2 * num_chunks + idx, mask=in_table, other=0)
+    v_strides = tl.load(table_ptr + 3 * num_chunks + idx, mask=in_table, other=0)
+    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=in_table, other=total_len)
+    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=idx + 1 < num_chunks, other=total_len)
+    first = tl.sum((in_table & (ends <= lo)).to(tl.int32), 0)
+    last = tl.sum((in_table & (starts < hi)).to(tl.int32), 0)
+
+    m_i = tl.full([16], -1.0e30, tl.float32)
+    l_i = tl.zeros([16], tl.float32)
+    acc = tl.zeros([16, HEAD_DIM], tl.float32)
+    for c in range(first, last):
+        this = idx == c
+        chunk_start = tl.sum(tl.where(this, starts, 0), 0)
+        chunk_end = tl.sum(tl.where(this, ends, 0), 0)
+        k_off = tl.sum(tl.where(this, k_offs, 0), 0)
+        v_off = tl.sum(tl.where(this, v_offs, 0), 0)
+        k_stride = tl.sum(tl.where(this, k_strides, 0), 0)
+        v_stride = tl.sum(tl.where(this, v_strides, 0), 0)
+        if ALIGNED:
+            k_off = tl.multiple_of(k_off, 16)
+            v_off = tl.multiple_of(v_off, 16)
+            k_stride = tl.multiple_of(k_stride, 16)
+            v_stride = tl.multiple_of(v_stride, 16)
+        start = tl.maximum(lo, chunk_start)
+        end = tl.minimum(hi, chunk_end)
+        q = tl.load(q_ptr + c * stride_qc + head[:, None] * HEAD_DIM + d[None, :], mask=g_ok[:, None], other=0.0)
+        if DOT_F32:
+            q = q.to(tl.float32)
+        k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
+        v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
+        # the next tile's loads are issued before this tile is used: two tiles in flight per program
+        pos = start + tl.arange(0, BLOCK_N)
+        k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=(pos < end)[:, None], other=0.0)
+        v = tl.load(v_rows + (pos - chunk_start)[:, None] * v_stride, mask=(pos < end)[:, None], other=0.0)
+        for n0 in range(start, end, BLOCK_N):
+            in_range = n0 + tl.arange(0, BLOCK_N) < end
+            nxt = n0 + BLOCK_N + tl.arange(0, BLOCK_N)
+            nxt_ok = (nxt < end)[:, None]
+            k_next = tl.load(k_rows + (nxt - chunk_start)[:, None] * k_stride, mask=nxt_ok, other=0.0)
+            v_next = tl.load(v_rows + (nxt - chunk_start)[:, None] * v_stride, mask=nxt_ok, other=0.0)
+            if DOT_F32:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+            s = tl.where(in_range[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+            k = k_next
+            v = v_next
+
+    # partials [splits, HQ, D], then m [splits, HQ], then l [splits, HQ]
+    ml_ptr = part_ptr + num_splits * HQ * HEAD_DIM
+    tl.store(part_ptr + (split * HQ + head)[:, None] * HEAD_DIM + d[None, :], acc, mask=g_ok[:, None])
+    tl.store(ml_ptr + split * HQ + head, m_i, mask=g_ok)
+    tl.store(ml_ptr + (num_splits + split) * HQ + head, l_i, mask=g_ok)
+    tl.debug_barrier()  # every thread's partial is written before the release below
+    if tl.atomic_add(lock_ptr + kv_head, 1, sem="acq_rel") == num_splits - 1:
+        gm = tl.arange(0, GROUP_P2)
+        rows = kv_head * GROUP + gm
+        sa = tl.arange(0, SPLITS_P2)
+        ok = (sa < num_splits)[:, None] & (gm < GROUP)[None, :]
+        m_s = tl.load(ml_ptr + sa[:, None] * HQ + rows[None, :], mask=ok, other=-1.0e30, cache_modifier=".cg")
+        l_s = tl.load(ml_ptr + (num_splits + sa[:, None]) * HQ + rows[None, :], mask=ok, other=0.0,
+                      cache_modifier=".cg")
+        m_all = tl.max(m_s, 0)
+        l_all = tl.sum(tl.exp2(m_s - m_all[None, :]) * l_s, 0)
+        acc_all = tl.zeros([GROUP_P2, HEAD_DIM], tl.float32)
+        for s0 in range(0, num_splits, BLOCK_S):
+            sb = s0 + tl.arange(0, BLOCK_S)
+            okb = (sb < num_splits)[:, None] & (gm < GROUP)[None, :]
+            w = tl.exp2(tl.load(ml_ptr + sb[:, None] * HQ + rows[None, :], mask=okb, other=-1.0e30,
+                                cache_modifier=".cg") - m_all[None, :])
+            o = tl.load(part_ptr + ((sb[:, None] * HQ + rows[None, :]) * HEAD_DIM)[:, :, None] + d[None, None, :],
+                        mask=okb[:, :, None], other=0.0, cache_modifier=".cg")
+            acc_all += tl.sum(o * w[:, :, None], 0)
+        out = acc_all / l_all[:, None]
+        tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=(gm < GROUP)[:, None])
+        tl.atomic_xchg(lock_ptr + kv_head, 0)  # ready for the next launch (CUDA-graph replays included)
+
+
 @triton.jit(do_not_specialize=["num_splits", "n_rows"])
 def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, SPLITS_P2: tl.constexpr,
                   BLOCK_S: tl.constexpr):
@@ -174,10 +286,14 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-# KV block, warps, pipeline depth, programs per SM to aim for, shortest split (rag.bench_kernels --tune)
 HEAD_DIMS = (64, 128)  # what the Triton kernel supports
+# KV block, warps, pipeline depth, programs per SM to aim for, shortest split: _attn_kernel with up to 16
+# rows (swept at decode on 2026-11-25, H100) and with row tiles of 64
 TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32)
 PREFILL_TUNING = dict(TUNING, block_n=64, num_warps=4, num_stages=3)  # row tiles of 64 (untimed)
+# _decode_kernel (rag.bench_kernels --tune, 2026-11-26, H200); merge_elements: partial values the merging
+# program reads at once (BLOCK_S splits x GROUP_P2 x D)
+DECODE_TUNING = dict(block_n=16, num_warps=2, num_stages=1, programs_per_sm=4, min_split=32, merge_elements=4096)
 
 
 _tables = {}
@@ -220,6 +336,43 @@ def _chunk_table(keys, values, hkv, head_dim, dtype, device):
     return table, total, aligned
 
 
+_locks = {}
+
+
+def _lock(device, n: int) -> torch.Tensor:
+    """Per-KV-head arrival counters of the decode kernel; each launch leaves them at zero."""
+    lock = _locks.get(device)
+    if lock is None or lock.numel() < n:
+        lock = _locks[device] = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
+    return lock
+
+
+def _decode_splits(hkv: int, capacity: int, device) -> int:
+    cfg = DECODE_TUNING
+    wanted = triton.cdiv(cfg["programs_per_sm"] * _num_sms(torch.device(device)), hkv)
+    return max(1, min(wanted, triton.cdiv(capacity, cfg["min_split"])))
+
+
+def _launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_splits, split_len, total, scale,
+                   aligned, total_in_table, key=None):
+    hq, head_dim = q.shape[2], q.shape[3]
+    hkv = k_base.shape[1]
+    group = hq // hkv
+    group_p2 = triton.next_power_of_2(group)
+    splits_p2 = triton.next_power_of_2(num_splits)
+    cfg = DECODE_TUNING
+    block_s = max(1, min(splits_p2, cfg["merge_elements"] // (group_p2 * head_dim)))
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    args = (q, k_base, v_base, table, out, part, lock, num_chunks, split_len, total, scale * LOG2E, q.stride(0),
+            hq, group, group_p2, head_dim, cfg["block_n"], triton.next_power_of_2(num_chunks + 1), splits_p2, block_s,
+            aligned, _interpreting(), precision, total_in_table)
+    options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if key is None:
+        _decode_kernel[(hkv, num_splits)](*args, **options)
+    else:
+        launch(_decode_kernel, (hkv, num_splits), args, key + args[12:], **options)
+
+
 def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     num_chunks, num_q, hq, head_dim = q.shape
     hkv = keys[0].shape[1]
@@ -230,6 +383,17 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     device = q.device
     table, total, aligned = _chunk_table(keys, values, hkv, head_dim, q.dtype, device)
     assert total < 2 ** 31
+    if num_q == 1 and group <= 16:
+        num_splits = num_splits or _decode_splits(hkv, total, device)
+        split_len = max(1, triton.cdiv(total, num_splits))
+        num_splits = max(1, triton.cdiv(total, split_len))
+        out = torch.empty((1, hq, head_dim), dtype=q.dtype, device=device)
+        part = torch.empty(num_splits * hq * (head_dim + 2), dtype=torch.float32, device=device)
+        _launch_decode(q, keys[0], values[0], table, out, part, _lock(device, hkv), num_chunks, num_splits,
+                       split_len, total, scale, aligned, False,
+                       key=("decode", device.index, q.dtype, q.data_ptr() % 16 == 0,
+                            (keys[0].data_ptr() | values[0].data_ptr()) % 16 == 0, tuple(DECODE_TUNING.values())))
+        return out
 
     rows = num_q * group
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
@@ -262,25 +426,29 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     return out
 
 
-def table_row(keys: list, values: list, k_base: torch.Tensor, v_base: torch.Tensor) -> list[int]:
-    """One layer's table for chunk_attention_table: offsets from k_base/v_base, strides, starts, total.
+def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor, num_chunks: int) -> torch.Tensor:
+    """Every layer's table for chunk_attention_table, [layers, 5 * num_chunks + 1] int64 on the CPU.
 
-    A None entry is an empty chunk (padding to a fixed chunk count). The last chunk is the request's own; its
-    length counts as its full capacity until the caller overwrites the total (the last entry) on the device."""
-    size = k_base.element_size()
-    row_stride = k_base.shape[1] * k_base.shape[2]
-    k_offs, v_offs, k_strides, v_strides, starts, total = [], [], [], [], [], 0
-    for k, v in zip(keys, values):
-        starts.append(total)
-        if k is None:
-            k_offs.append(0), v_offs.append(0), k_strides.append(row_stride), v_strides.append(row_stride)
-            continue
-        k_offs.append((k.data_ptr() - k_base.data_ptr()) // size)
-        v_offs.append((v.data_ptr() - v_base.data_ptr()) // size)
-        k_strides.append(k.stride(0))
-        v_strides.append(v.stride(0))
-        total += k.shape[0]
-    return k_offs + v_offs + k_strides + v_strides + starts + [total]
+    chunks: (keys, values) pairs of [layers, n, Hkv, D] tensors, padded with empty chunks to num_chunks - 1;
+    the request's own buffer [layers, capacity, Hkv, D] comes last. Offsets are from the own buffer's layer,
+    computed from each tensor's address and strides (no per-layer views). The last entry, the total, is
+    the context length until the caller sets it on the device."""
+    size = own_keys.element_size()
+    pad = num_chunks - 1 - len(chunks)
+    row = own_keys.stride(1)
+    columns = []  # per chunk: K offset, V offset (layer 0), K, V layer strides, K, V row strides, length
+    for k, v in chunks:
+        columns.append(((k.data_ptr() - own_keys.data_ptr()) // size, (v.data_ptr() - own_values.data_ptr()) // size,
+                        k.stride(0), v.stride(0), k.stride(1), v.stride(1), k.shape[1]))
+    columns += [(0, 0, own_keys.stride(0), own_values.stride(0), row, row, 0)] * pad
+    columns.append((0, 0, own_keys.stride(0), own_values.stride(0), row, own_values.stride(1), 0))
+    k_off, v_off, k_layer, v_layer, k_row, v_row, length = torch.tensor(columns, dtype=torch.int64).T
+    layers = torch.arange(own_keys.shape[0])[:, None]
+    k_offs = k_off + layers * (k_layer - own_keys.stride(0))
+    v_offs = v_off + layers * (v_layer - own_values.stride(0))
+    starts = torch.cumsum(length, 0) - length
+    rows = [k_offs, v_offs] + [t.expand(len(layers), -1) for t in (k_row, v_row, starts, length.sum().view(1))]
+    return torch.cat(rows, dim=1)
 
 
 def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int, device) -> dict:
@@ -288,12 +456,17 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
     group = hq // hkv
     block_m = min(64, max(16, triton.next_power_of_2(num_q * group)))
     m_tiles = triton.cdiv(num_q * group, block_m)
-    num_splits = triton.cdiv(TUNING["programs_per_sm"] * _num_sms(torch.device(device)), m_tiles * hkv)
-    num_splits = max(2, min(num_splits, triton.cdiv(capacity, TUNING["min_split"])))
+    decode = num_q == 1 and group <= 16  # _decode_kernel; else _attn_kernel and _merge_kernel
+    if decode:
+        num_splits = _decode_splits(hkv, capacity, device)
+    else:
+        num_splits = triton.cdiv(TUNING["programs_per_sm"] * _num_sms(torch.device(device)), m_tiles * hkv)
+        num_splits = max(2, min(num_splits, triton.cdiv(capacity, TUNING["min_split"])))
     split_len = triton.cdiv(capacity, num_splits)
     n_rows = num_q * hq
-    return dict(num_splits=num_splits, split_len=split_len, block_m=block_m, m_tiles=m_tiles,
-                part=torch.empty(num_splits * n_rows * (head_dim + 2), dtype=torch.float32, device=device))
+    return dict(decode=decode, num_splits=num_splits, split_len=split_len, block_m=block_m, m_tiles=m_tiles,
+                part=torch.empty(num_splits * n_rows * (head_dim + 2), dtype=torch.float32, device=device),
+                lock=torch.zeros(hkv, dtype=torch.int32, device=device))
 
 
 def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.Tensor, table: torch.Tensor,
@@ -307,6 +480,10 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
         q = q.contiguous()
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=q.device)
     w, cfg, n_rows = workspace, TUNING, num_q * hq
+    if w["decode"]:
+        _launch_decode(q, k_base, v_base, table, out, w["part"], w["lock"], num_chunks, w["num_splits"],
+                       w["split_len"], 0, scale, w.get("aligned", False), True)
+        return out
     if w["block_m"] == 64:
         cfg = PREFILL_TUNING
     precision = "ieee" if q.dtype == torch.float32 else "tf32"

@@ -41,6 +41,7 @@ ATTENTION_CASES = [
     ([80, 17], 17, 4, 4, 64, 2, ()),                  # prefill, level-2 chunk = the queries
     ([70, 3, 40], 5, 4, 2, 64, 2, (0, 2)),            # strided views at odd offsets (unaligned path)
     ([50], 12, 2, 1, 64, None, ()),                   # only the request's own chunk
+    ([40, 9], 1, 32, 1, 64, 2, ()),                   # GQA 32: decode through the general kernel
 ]
 
 
