@@ -290,7 +290,7 @@ HEAD_DIMS = (64, 128)  # what the Triton kernel supports
 # KV block, warps, pipeline depth, programs per SM to aim for, shortest split: _attn_kernel with up to 16
 # rows (swept at decode on 2026-11-25, H100) and with row tiles of 64
 TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32)
-PREFILL_TUNING = dict(TUNING, block_n=64, num_warps=4, num_stages=3)  # row tiles of 64 (untimed)
+PREFILL_TUNING = dict(block_n=64, num_warps=4, num_stages=3, programs_per_sm=4, min_split=32)
 # _decode_kernel (rag.bench_kernels --tune, 2026-11-26, H200); merge_elements: partial values the merging
 # program reads at once (BLOCK_S splits x GROUP_P2 x D)
 DECODE_TUNING = dict(block_n=16, num_warps=2, num_stages=1, programs_per_sm=4, min_split=32, merge_elements=4096)
@@ -460,8 +460,9 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
     if decode:
         num_splits = _decode_splits(hkv, capacity, device)
     else:
-        num_splits = triton.cdiv(TUNING["programs_per_sm"] * _num_sms(torch.device(device)), m_tiles * hkv)
-        num_splits = max(2, min(num_splits, triton.cdiv(capacity, TUNING["min_split"])))
+        cfg = PREFILL_TUNING if block_m == 64 else TUNING
+        num_splits = triton.cdiv(cfg["programs_per_sm"] * _num_sms(torch.device(device)), m_tiles * hkv)
+        num_splits = max(2, min(num_splits, triton.cdiv(capacity, cfg["min_split"])))
     split_len = triton.cdiv(capacity, num_splits)
     n_rows = num_q * hq
     return dict(decode=decode, num_splits=num_splits, split_len=split_len, block_m=block_m, m_tiles=m_tiles,

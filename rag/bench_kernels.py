@@ -26,6 +26,7 @@ PEAK_BYTES_PER_S = 3.0e12
 SWEEP_BYTES = 256 << 20
 HQ, HKV, D = 16, 8, 128
 OWN = 37  # tokens in the request's own (level-2) chunk
+QUESTION = 32  # queries of the question prefill (--tune)
 CONTEXTS = [(1024, 4), (4096, 8), (16384, 16), (32768, 16)]  # (total KV length, context chunks)
 RMSNORM_SHAPES = {  # name: (hidden, Hq, Hkv, D, bias, q/k norm)
     "Qwen3-0.6B": (1024, 16, 8, 128, False, True),
@@ -72,7 +73,7 @@ def copies(nbytes: int) -> int:
     return max(2, min(64, SWEEP_BYTES // nbytes))
 
 
-def decode_case(total: int, chunks: int, seed: int):
+def decode_case(total: int, chunks: int, seed: int, num_q: int = 1):
     g = torch.Generator().manual_seed(total)
     weights = torch.rand(chunks, generator=g) + 0.5
     lengths = (weights / weights.sum() * (total - OWN)).long()
@@ -86,16 +87,16 @@ def decode_case(total: int, chunks: int, seed: int):
     own_k, own_v = (torch.randn(layers, 512, HKV, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     keys.append(own_k[1, :OWN])
     values.append(own_v[1, :OWN])
-    q = torch.randn(1, 1, HQ, D, device="cuda", dtype=torch.bfloat16).expand(chunks + 1, -1, -1, -1)
+    q = torch.randn(1, num_q, HQ, D, device="cuda", dtype=torch.bfloat16).expand(chunks + 1, -1, -1, -1)
     return q, keys, values
 
 
-def decode_calls(total: int, chunks: int):
+def decode_calls(total: int, chunks: int, num_q: int = 1):
     """Our call and the two SDPA calls (GQA, and heads repeated beforehand) for each copy of the inputs."""
     scale = D ** -0.5
     ours, gqa, rep = [], [], []
     for i in range(copies(2 * total * HKV * D * 2)):
-        q, keys, values = decode_case(total, chunks, seed=i)
+        q, keys, values = decode_case(total, chunks, seed=i, num_q=num_q)
         k = torch.cat(keys).transpose(0, 1).unsqueeze(0).contiguous()  # [1, Hkv, T, D]
         v = torch.cat(values).transpose(0, 1).unsqueeze(0).contiguous()
         qs = q[0].transpose(0, 1).unsqueeze(0)  # [1, Hq, 1, D]
@@ -157,7 +158,7 @@ def tune() -> dict:
     """Sweep the decode kernel's launch settings by GPU time and keep the one whose worst ratio to the best
     time at each context is smallest (the GEMV's settings were swept the same way on 2026-11-25)."""
     results = {"decode": []}
-    settings = [s for s in itertools.product((16, 32), (1, 2), (1, 2), (4, 8, 16), (16, 32, 64), (4096, 16384))
+    settings = [s for s in itertools.product((16, 32), (1, 2), (1, 2), (4, 8), (32, 64), (4096, 16384))
                 if s[5] <= 128 * 32 * s[1]]  # the merge holds at most 128 partial values a thread
     times = {}
     for total, chunks in CONTEXTS:
@@ -177,7 +178,28 @@ def tune() -> dict:
     print("decode best per context (us)", {k: round(v * 1e6, 1) for k, v in best_at.items()})
     ca.DECODE_TUNING.update(zip(ca.DECODE_TUNING, ranked[0]))
 
-    results["chosen"] = dict(decode=dict(ca.DECODE_TUNING))
+    # the question prefill over stored chunks (QUESTION queries, _attn_kernel with row tiles of 64), same rule
+    results["prefill"] = []
+    settings = list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4), (64, 256)))
+    times = {}
+    for total, chunks in CONTEXTS:
+        ours = decode_calls(total, chunks, QUESTION)[0]
+        for s in settings:
+            ca.PREFILL_TUNING.update(zip(ca.PREFILL_TUNING, s))
+            try:
+                times[(total,) + s] = t = gpu_s(ours, reps=5)
+                results["prefill"].append(dict(context=total, **ca.PREFILL_TUNING, us=t * 1e6))
+            except Exception as e:
+                print(f"tune prefill {total} {ca.PREFILL_TUNING}: {type(e).__name__}: {str(e)[:100]}")
+    best_at = {total: min(t for k, t in times.items() if k[0] == total) for total, _ in CONTEXTS}
+    worst = {s: max(times.get((total,) + s, 1.0) / best_at[total] for total, _ in CONTEXTS) for s in settings}
+    ranked = sorted(settings, key=worst.get)
+    for s in ranked[:5]:
+        print("prefill", s, f"worst ratio {worst[s]:.2f}", [round(times[(t,) + s] * 1e6, 1) for t, _ in CONTEXTS])
+    print("prefill best per context (us)", {k: round(v * 1e6, 1) for k, v in best_at.items()})
+    ca.PREFILL_TUNING.update(zip(ca.PREFILL_TUNING, ranked[0]))
+
+    results["chosen"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING))
     print("chosen", results["chosen"], flush=True)
     return results
 
@@ -191,7 +213,7 @@ def main() -> None:
     report = dict(device=device, torch=torch.__version__, triton=triton.__version__)
     if args.tune:
         report["tune"] = tune()
-    report["settings"] = dict(decode=dict(ca.DECODE_TUNING), rmsnorm=dict(fr.TUNING))
+    report["settings"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), rmsnorm=dict(fr.TUNING))
     report["decode"] = [bench_decode(total, chunks) for total, chunks in CONTEXTS]
     report["rmsnorm_qkv"] = [bench_rmsnorm(name) for name in RMSNORM_SHAPES]
 
