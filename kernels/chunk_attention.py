@@ -292,8 +292,7 @@ HEAD_DIMS = (64, 128)  # what the Triton kernel supports
 # question, 2026-11-26, H200), and _decode_kernel (2026-11-26, H200)
 TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32)
 PREFILL_TUNING = dict(block_n=64, num_warps=4, num_stages=2, programs_per_sm=2, min_split=64)
-# _decode_kernel; merge_elements: partial values the merging
-# program reads at once (BLOCK_S splits x GROUP_P2 x D)
+# merge_elements: partial values the merging program reads at once (BLOCK_S splits x GROUP_P2 x D)
 DECODE_TUNING = dict(block_n=16, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32, merge_elements=4096)
 
 
