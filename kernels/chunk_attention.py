@@ -472,7 +472,7 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
 
 def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.Tensor, table: torch.Tensor,
                           scale: float, workspace: dict) -> torch.Tensor:
-    """chunk_attention over a prebuilt device table (table_row), reading the total from the table: every
+    """chunk_attention over a prebuilt device table (chunk_tables), reading the total from the table: every
     argument stays fixed from one decode step to the next, so the call can be captured in a CUDA graph."""
     num_chunks, num_q, hq, head_dim = q.shape
     hkv = k_base.shape[1]
