@@ -71,3 +71,13 @@ def test_demo_streams_answers_with_sources_and_timings():
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("Sources:") == 3 and result.stdout.count("Timings (cached)") == 3
     assert "3 documents ingested" in result.stdout
+
+
+def test_ask_mode_choices_are_the_engine_modes():
+    """The parser lists the modes itself (it must not import torch); they must stay the engine's."""
+    import argparse
+    from engine import MODES
+    from rag.cli import parser
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    mode = next(a for a in sub.choices["ask"]._actions if a.dest == "mode")
+    assert tuple(mode.choices) == MODES

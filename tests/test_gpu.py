@@ -43,3 +43,18 @@ def test_cuda_graph_decode_equals_eager_for_128_tokens(qwen3_shape, dtype):
     engine.graphs = graphs
     print(f"{dtype}: graph {graphed.decode_tokens_per_s:.0f} tok/s, eager {eager.decode_tokens_per_s:.0f} tok/s")
     assert graphed.token_ids == eager.token_ids and len(eager.token_ids) == 128
+
+
+def test_blend_at_ratio_one_equals_full(qwen3_shape):
+    """blend recomputes the documents with an explicit mask (SDPA); the question then runs over the blended chunk
+    through the chunk attention kernel and the CUDA graphs. At ratio 1 that is a full prefill."""
+    engine = LLMEngine(qwen3_shape, device="cuda", dtype="fp32")
+    chunks, question = composed(engine)
+    blended = engine.blend(chunks, ratio=1.0)
+    full = engine.logits(chunks, question, "full")
+    error = (engine.logits(blended, question, "cached") - full).abs().max().item()
+    print(f"blend at ratio 1 against full: max abs logit difference {error:.2e}")
+    assert error <= 1e-4
+    params = SamplingParams(max_new_tokens=32, ignore_eos=True)
+    assert (engine.generate(question, params, blended).token_ids
+            == engine.generate(question, params, chunks, mode="full").token_ids)
