@@ -154,52 +154,39 @@ def bench_rmsnorm(name: str) -> dict:
                 unfused_host_us=host_s(unfused[0]) * 1e6, host_speedup=host_s(unfused[0]) / host, max_abs_err=error)
 
 
-def tune() -> dict:
-    """Sweep the decode kernel's launch settings by GPU time and keep the one whose worst ratio to the best
-    time at each context is smallest (the GEMV's settings were swept the same way on 2026-11-25)."""
-    results = {"decode": []}
-    settings = [s for s in itertools.product((16, 32), (1, 2), (1, 2), (4, 8), (32, 64), (4096, 16384))
-                if s[5] <= 128 * 32 * s[1]]  # the merge holds at most 128 partial values a thread
-    times = {}
+def sweep(name: str, tuning: dict, settings: list[tuple], num_q: int) -> list[dict]:
+    """Times each setting (values in the order of `tuning`'s keys) at every context and leaves `tuning` at
+    the one whose worst ratio to the best time at each context is smallest."""
+    times, results = {}, []
     for total, chunks in CONTEXTS:
-        ours = decode_calls(total, chunks)[0]
+        ours = decode_calls(total, chunks, num_q)[0]
         for s in settings:
-            ca.DECODE_TUNING.update(zip(ca.DECODE_TUNING, s))
+            tuning.update(zip(tuning, s))
             try:
                 times[(total,) + s] = t = gpu_s(ours, reps=5)
-                results["decode"].append(dict(context=total, **ca.DECODE_TUNING, us=t * 1e6))
+                results.append(dict(context=total, **tuning, us=t * 1e6))
             except Exception as e:  # out of shared memory and the like
-                print(f"tune decode {total} {ca.DECODE_TUNING}: {type(e).__name__}: {str(e)[:100]}")
-    best_at = {total: min(t for k, t in times.items() if k[0] == total) for total, _ in CONTEXTS}
-    worst = {s: max(times.get((total,) + s, 1.0) / best_at[total] for total, _ in CONTEXTS) for s in settings}
-    ranked = sorted(settings, key=worst.get)
-    for s in ranked[:8]:
-        print("decode", s, f"worst ratio {worst[s]:.2f}", [round(times[(t,) + s] * 1e6, 1) for t, _ in CONTEXTS])
-    print("decode best per context (us)", {k: round(v * 1e6, 1) for k, v in best_at.items()})
-    ca.DECODE_TUNING.update(zip(ca.DECODE_TUNING, ranked[0]))
-
-    # the question prefill over stored chunks (QUESTION queries, _attn_kernel with row tiles of 64), same rule
-    results["prefill"] = []
-    settings = list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4), (64, 256)))
-    times = {}
-    for total, chunks in CONTEXTS:
-        ours = decode_calls(total, chunks, QUESTION)[0]
-        for s in settings:
-            ca.PREFILL_TUNING.update(zip(ca.PREFILL_TUNING, s))
-            try:
-                times[(total,) + s] = t = gpu_s(ours, reps=5)
-                results["prefill"].append(dict(context=total, **ca.PREFILL_TUNING, us=t * 1e6))
-            except Exception as e:
-                print(f"tune prefill {total} {ca.PREFILL_TUNING}: {type(e).__name__}: {str(e)[:100]}")
+                print(f"tune {name} {total} {tuning}: {type(e).__name__}: {str(e)[:100]}")
     best_at = {total: min(t for k, t in times.items() if k[0] == total) for total, _ in CONTEXTS}
     worst = {s: max(times.get((total,) + s, 1.0) / best_at[total] for total, _ in CONTEXTS) for s in settings}
     ranked = sorted(settings, key=worst.get)
     for s in ranked[:5]:
-        print("prefill", s, f"worst ratio {worst[s]:.2f}", [round(times[(t,) + s] * 1e6, 1) for t, _ in CONTEXTS])
-    print("prefill best per context (us)", {k: round(v * 1e6, 1) for k, v in best_at.items()})
-    ca.PREFILL_TUNING.update(zip(ca.PREFILL_TUNING, ranked[0]))
+        print(name, s, f"worst ratio {worst[s]:.2f}", [round(times[(t,) + s] * 1e6, 1) for t, _ in CONTEXTS])
+    print(name, "best per context (us)", {k: round(v * 1e6, 1) for k, v in best_at.items()})
+    tuning.update(zip(tuning, ranked[0]))
+    return results
 
-    results["chosen"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING))
+
+def tune() -> dict:
+    """Sweeps the chunk attention kernels' launch settings by GPU time: decode (one query) and the question
+    prefill over stored chunks (QUESTION queries, row tiles of 64). The GEMV's settings were swept on
+    2026-11-25 and are fixed."""
+    decode = [s for s in itertools.product((16, 32), (1, 2), (1, 2), (4, 8), (32, 64), (4096, 16384))
+              if s[5] <= 128 * 32 * s[1]]  # the merge holds at most 128 partial values a thread
+    prefill = list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4), (64, 256)))
+    results = {"decode": sweep("decode", ca.DECODE_TUNING, decode, 1),
+               "prefill": sweep("prefill", ca.PREFILL_TUNING, prefill, QUESTION),
+               "chosen": dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING))}
     print("chosen", results["chosen"], flush=True)
     return results
 
