@@ -340,7 +340,8 @@ _locks = {}
 
 
 def _lock(device, n: int) -> torch.Tensor:
-    """Per-KV-head arrival counters of the decode kernel; each launch leaves them at zero."""
+    """Per-KV-head arrival counters of the decode kernel, shared by its eager launches on a device (which must
+    therefore not overlap: one stream); each launch leaves them at zero. CUDA graphs get their own."""
     lock = _locks.get(device)
     if lock is None or lock.numel() < n:
         lock = _locks[device] = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
