@@ -46,18 +46,19 @@ class GraphDecoder:
     def fits(self, chunks: list[KVChunk], own_tokens: int) -> bool:
         return len(chunks) < MAX_CHUNKS and own_tokens <= self.own.capacity
 
-    def prepare(self, chunks: list[KVChunk], shifts: torch.Tensor, own_tokens: int, prompt_tokens: int) -> None:
-        """Fills the static buffers for a request whose own chunk will hold at most own_tokens tokens, the
-        first prompt_tokens of them prefilled at once."""
-        context = sum(c.length for c in chunks)
+    def prepare(self, ctx: AttentionContext, own_tokens: int, prompt_tokens: int) -> None:
+        """Fills the static buffers for a request over ctx's chunks (on the device: the table holds their
+        addresses) whose own chunk will hold at most own_tokens tokens, the first prompt_tokens of them
+        prefilled at once."""
+        context = sum(k.shape[1] for k in ctx.keys)
         if prompt_tokens <= MAX_QUESTION:
             own_tokens = max(own_tokens, question_bucket(prompt_tokens))
         self.bucket = max(MIN_BUCKET, 1 << (context + own_tokens - 1).bit_length())
-        tables = chunk_tables([(c.keys, c.values) for c in chunks], self.own.keys, self.own.values, MAX_CHUNKS)
+        tables = chunk_tables(list(zip(ctx.keys, ctx.values)), self.own.keys, self.own.values, MAX_CHUNKS)
         self.aligned = bool((tables[:, :-1] % 16 == 0).all())
         self.tables.copy_(tables)
         self.shifts.zero_()
-        self.shifts[:len(shifts)].copy_(shifts)
+        self.shifts[:len(ctx.shifts)].copy_(ctx.shifts)
         self.context_tokens.fill_(context)
 
     def _attend(self, layer: int, queries: torch.Tensor, workspace) -> torch.Tensor:

@@ -271,7 +271,7 @@ class LLMEngine:
         ctx, ids, positions = self._prefill_inputs(chunks, token_ids, mode, params.max_new_tokens,
                                                    own=graphs.own if graphs else None)
         if graphs:
-            graphs.prepare([] if mode == "full" else chunks, ctx.shifts, own_tokens, len(ids))
+            graphs.prepare(ctx, own_tokens, len(ids))
         generation = Generation(_deltas=iter(()), prompt_tokens=int(positions[-1]) + 1)
         generation._deltas = self._decode_loop(generation, ctx, ids, positions, params, graphs, mode, began)
         return generation

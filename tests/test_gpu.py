@@ -58,3 +58,12 @@ def test_blend_at_ratio_one_equals_full(qwen3_shape):
     params = SamplingParams(max_new_tokens=32, ignore_eos=True)
     assert (engine.generate(question, params, blended).token_ids
             == engine.generate(question, params, chunks, mode="full").token_ids)
+
+
+def test_chunks_in_cpu_memory_answer_as_on_the_gpu(qwen3_shape):
+    """The CUDA-graph chunk table holds addresses: it must be built from the device copies of CPU chunks."""
+    engine = LLMEngine(qwen3_shape, device="cuda", dtype="bf16")
+    chunks, question = composed(engine)
+    params = SamplingParams(max_new_tokens=16, ignore_eos=True)
+    on_gpu = engine.generate(question, params, chunks).token_ids
+    assert engine.generate(question, params, [c.to("cpu") for c in chunks]).token_ids == on_gpu
