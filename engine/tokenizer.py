@@ -35,28 +35,35 @@ class Tokenizer:
 
 
 class TextStream:
-    """Turns generated token ids into text deltas; holds back incomplete characters and possible stop strings."""
+    """Turns generated token ids into text deltas; holds back incomplete characters and possible stop strings.
+
+    Each push decodes only the tokens since the last complete text, after the tokens of the text before it
+    (whose decoding is subtracted, so word boundaries come out as in one decode of everything): a token costs
+    the same however long the answer is."""
 
     def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...] = ()):
         self.tokenizer, self.stop = tokenizer, stop
         self.hold = max((len(s) for s in stop), default=1) - 1
         self.ids: list[int] = []
+        self.prefix = self.read = 0  # ids[prefix:read] gave the latest complete text; ids[read:] none yet
         self.emitted = ""
         self.text = ""
 
     def push(self, token_id: int) -> tuple[str, bool]:
         """Adds a token; returns (delta, stopped). After a stop string the text ends before it."""
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
+        before = self.tokenizer.decode(self.ids[self.prefix:self.read])
+        after = self.tokenizer.decode(self.ids[self.prefix:])
+        if after.endswith("\ufffd") or len(after) <= len(before):
             return "", False
-        self.text = text
         search_from = max(0, len(self.emitted) - self.hold)
-        hits = [i for i in (text.find(s, search_from) for s in self.stop) if i >= 0]
+        self.text += after[len(before):]
+        self.prefix, self.read = self.read, len(self.ids)
+        hits = [i for i in (self.text.find(s, search_from) for s in self.stop) if i >= 0]
         if hits:
-            self.text = text[:min(hits)]
+            self.text = self.text[:min(hits)]
             return self._emit(len(self.text)), True
-        return self._emit(len(text) - self.hold), False
+        return self._emit(len(self.text) - self.hold), False
 
     def finish(self) -> str:
         return self._emit(len(self.text))

@@ -76,6 +76,10 @@ def test_text_stream_never_splits_characters_and_honours_stop_strings(embedded_p
         if stopped:
             break
     assert stopped and out == "Grüße aus 東京 🙂 and more: "
+    # each push decodes only the newest tokens; over a long answer the deltas still add up to one decode
+    ids = tokenizer.encode(" ".join(f"Line {i}: naïve café, 東京 {i * 7} 🙂 -- 'quoted' (x) ..." for i in range(60)))
+    stream = TextStream(tokenizer)
+    assert "".join(stream.push(t)[0] for t in ids) + stream.finish() == tokenizer.decode(ids)
 
 
 def _copy_checkpoint(src, dst):
