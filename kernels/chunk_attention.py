@@ -51,6 +51,41 @@ def chunk_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[
     return out.view(hkv, group, num_q, d).permute(2, 0, 1, 3).reshape(num_q, hq, d).to(q.dtype)
 
 
+@triton.jit
+def _load_table(table_ptr, num_chunks, total_len, lo, hi, CHUNKS_P2: tl.constexpr):
+    """The whole chunk table at once (one memory round trip instead of one per chunk) and the range
+    [first, last) of the chunks overlapping [lo, hi): those ending after lo and starting before hi."""
+    idx = tl.arange(0, CHUNKS_P2)
+    in_table = idx < num_chunks
+    k_offs = tl.load(table_ptr + idx, mask=in_table, other=0)
+    v_offs = tl.load(table_ptr + num_chunks + idx, mask=in_table, other=0)
+    k_strides = tl.load(table_ptr + 2 * num_chunks + idx, mask=in_table, other=0)
+    v_strides = tl.load(table_ptr + 3 * num_chunks + idx, mask=in_table, other=0)
+    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=in_table, other=total_len)
+    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=idx + 1 < num_chunks, other=total_len)
+    first = tl.sum((in_table & (ends <= lo)).to(tl.int32), 0)
+    last = tl.sum((in_table & (starts < hi)).to(tl.int32), 0)
+    return idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last
+
+
+@triton.jit
+def _chunk_entry(c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED: tl.constexpr):
+    """Chunk c's start and end in the concatenated range, K and V offsets and row strides (scalars)."""
+    this = idx == c
+    chunk_start = tl.sum(tl.where(this, starts, 0), 0)
+    chunk_end = tl.sum(tl.where(this, ends, 0), 0)
+    k_off = tl.sum(tl.where(this, k_offs, 0), 0)
+    v_off = tl.sum(tl.where(this, v_offs, 0), 0)
+    k_stride = tl.sum(tl.where(this, k_strides, 0), 0)
+    v_stride = tl.sum(tl.where(this, v_strides, 0), 0)
+    if ALIGNED:
+        k_off = tl.multiple_of(k_off, 16)
+        v_off = tl.multiple_of(v_off, 16)
+        k_stride = tl.multiple_of(k_stride, 16)
+        v_stride = tl.multiple_of(v_stride, 16)
+    return chunk_start, chunk_end, k_off, v_off, k_stride, v_stride
+
+
 @triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
 def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
                  num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
@@ -71,37 +106,17 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
     lo = split * split_len
     hi = tl.minimum(lo + split_len, total_len)
 
-    # the whole chunk table at once: one memory round trip instead of one per chunk
-    idx = tl.arange(0, CHUNKS_P2)
-    in_table = idx < num_chunks
-    k_offs = tl.load(table_ptr + idx, mask=in_table, other=0)
-    v_offs = tl.load(table_ptr + num_chunks + idx, mask=in_table, other=0)
-    k_strides = tl.load(table_ptr + 2 * num_chunks + idx, mask=in_table, other=0)
-    v_strides = tl.load(table_ptr + 3 * num_chunks + idx, mask=in_table, other=0)
-    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=in_table, other=total_len)
-    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=idx + 1 < num_chunks, other=total_len)
+    idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last = _load_table(
+        table_ptr, num_chunks, total_len, lo, hi, CHUNKS_P2)
     own_len = total_len - tl.sum(tl.where(idx == num_chunks - 1, starts, 0), 0)
     causal_limit = qi + (own_len - num_q)
-    # the chunks overlapping [lo, hi): those ending after lo and starting before hi
-    first = tl.sum((in_table & (ends <= lo)).to(tl.int32), 0)
-    last = tl.sum((in_table & (starts < hi)).to(tl.int32), 0)
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for c in range(first, last):
-        this = idx == c
-        chunk_start = tl.sum(tl.where(this, starts, 0), 0)
-        chunk_end = tl.sum(tl.where(this, ends, 0), 0)
-        k_off = tl.sum(tl.where(this, k_offs, 0), 0)
-        v_off = tl.sum(tl.where(this, v_offs, 0), 0)
-        k_stride = tl.sum(tl.where(this, k_strides, 0), 0)
-        v_stride = tl.sum(tl.where(this, v_strides, 0), 0)
-        if ALIGNED:
-            k_off = tl.multiple_of(k_off, 16)
-            v_off = tl.multiple_of(v_off, 16)
-            k_stride = tl.multiple_of(k_stride, 16)
-            v_stride = tl.multiple_of(v_stride, 16)
+        chunk_start, chunk_end, k_off, v_off, k_stride, v_stride = _chunk_entry(
+            c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED)
         start = tl.maximum(lo, chunk_start)
         end = tl.minimum(hi, chunk_end)
         q = tl.load(q_rows + c * stride_qc, mask=(qi < tl.where(start < end, num_q, 0))[:, None], other=0.0)
@@ -165,33 +180,15 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     lo = split * split_len
     hi = tl.minimum(lo + split_len, total_len)
 
-    idx = tl.arange(0, CHUNKS_P2)
-    in_table = idx < num_chunks
-    k_offs = tl.load(table_ptr + idx, mask=in_table, other=0)
-    v_offs = tl.load(table_ptr + num_chunks + idx, mask=in_table, other=0)
-    k_strides = tl.load(table_ptr + 2 * num_chunks + idx, mask=in_table, other=0)
-    v_strides = tl.load(table_ptr + 3 * num_chunks + idx, mask=in_table, other=0)
-    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=in_table, other=total_len)
-    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=idx + 1 < num_chunks, other=total_len)
-    first = tl.sum((in_table & (ends <= lo)).to(tl.int32), 0)
-    last = tl.sum((in_table & (starts < hi)).to(tl.int32), 0)
+    idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last = _load_table(
+        table_ptr, num_chunks, total_len, lo, hi, CHUNKS_P2)
 
     m_i = tl.full([16], -1.0e30, tl.float32)
     l_i = tl.zeros([16], tl.float32)
     acc = tl.zeros([16, HEAD_DIM], tl.float32)
     for c in range(first, last):
-        this = idx == c
-        chunk_start = tl.sum(tl.where(this, starts, 0), 0)
-        chunk_end = tl.sum(tl.where(this, ends, 0), 0)
-        k_off = tl.sum(tl.where(this, k_offs, 0), 0)
-        v_off = tl.sum(tl.where(this, v_offs, 0), 0)
-        k_stride = tl.sum(tl.where(this, k_strides, 0), 0)
-        v_stride = tl.sum(tl.where(this, v_strides, 0), 0)
-        if ALIGNED:
-            k_off = tl.multiple_of(k_off, 16)
-            v_off = tl.multiple_of(v_off, 16)
-            k_stride = tl.multiple_of(k_stride, 16)
-            v_stride = tl.multiple_of(v_stride, 16)
+        chunk_start, chunk_end, k_off, v_off, k_stride, v_stride = _chunk_entry(
+            c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED)
         start = tl.maximum(lo, chunk_start)
         end = tl.minimum(hi, chunk_end)
         q = tl.load(q_ptr + c * stride_qc + head[:, None] * HEAD_DIM + d[None, :], mask=g_ok[:, None], other=0.0)
