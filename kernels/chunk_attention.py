@@ -78,11 +78,12 @@ def _chunk_entry(c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALI
     v_off = tl.sum(tl.where(this, v_offs, 0), 0)
     k_stride = tl.sum(tl.where(this, k_strides, 0), 0)
     v_stride = tl.sum(tl.where(this, v_strides, 0), 0)
-    if ALIGNED:
-        k_off = tl.multiple_of(k_off, 16)
-        v_off = tl.multiple_of(v_off, 16)
-        k_stride = tl.multiple_of(k_stride, 16)
-        v_stride = tl.multiple_of(v_stride, 16)
+    if ALIGNED:  # written as products of 16 (tl.multiple_of on these scalars is lost on some Triton versions,
+        # and without it the K/V loads are neither vectorised nor pipelined)
+        k_off = (k_off // 16) * 16
+        v_off = (v_off // 16) * 16
+        k_stride = (k_stride // 16) * 16
+        v_stride = (v_stride // 16) * 16
     return chunk_start, chunk_end, k_off, v_off, k_stride, v_stride
 
 
@@ -196,16 +197,11 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
             q = q.to(tl.float32)
         k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
         v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
-        # the next tile's loads are issued before this tile is used: two tiles in flight per program
-        pos = start + tl.arange(0, BLOCK_N)
-        k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=(pos < end)[:, None], other=0.0)
-        v = tl.load(v_rows + (pos - chunk_start)[:, None] * v_stride, mask=(pos < end)[:, None], other=0.0)
         for n0 in range(start, end, BLOCK_N):
-            in_range = n0 + tl.arange(0, BLOCK_N) < end
-            nxt = n0 + BLOCK_N + tl.arange(0, BLOCK_N)
-            nxt_ok = (nxt < end)[:, None]
-            k_next = tl.load(k_rows + (nxt - chunk_start)[:, None] * k_stride, mask=nxt_ok, other=0.0)
-            v_next = tl.load(v_rows + (nxt - chunk_start)[:, None] * v_stride, mask=nxt_ok, other=0.0)
+            pos = n0 + tl.arange(0, BLOCK_N)
+            in_range = pos < end
+            k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=in_range[:, None], other=0.0)
+            v = tl.load(v_rows + (pos - chunk_start)[:, None] * v_stride, mask=in_range[:, None], other=0.0)
             if DOT_F32:
                 k = k.to(tl.float32)
                 v = v.to(tl.float32)
@@ -217,8 +213,6 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
             l_i = l_i * alpha + tl.sum(p, 1)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
             m_i = m_new
-            k = k_next
-            v = v_next
 
     # partials [splits, HQ, D], then m [splits, HQ], then l [splits, HQ]
     ml_ptr = part_ptr + num_splits * HQ * HEAD_DIM
@@ -288,9 +282,9 @@ HEAD_DIMS = (64, 128)  # what the Triton kernel supports
 # _attn_kernel with up to 16 rows (swept at decode on 2026-11-25, H100), with row tiles of 64 (a 32-token
 # question, 2026-11-26, H200), and _decode_kernel (2026-11-26, H200)
 TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32)
-PREFILL_TUNING = dict(block_n=64, num_warps=4, num_stages=2, programs_per_sm=2, min_split=64)
+PREFILL_TUNING = dict(block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64)
 # merge_elements: partial values the merging program reads at once (BLOCK_S splits x GROUP_P2 x D)
-DECODE_TUNING = dict(block_n=16, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32, merge_elements=4096)
+DECODE_TUNING = dict(block_n=32, num_warps=2, num_stages=3, programs_per_sm=2, min_split=64, merge_elements=4096)
 
 
 _tables = {}
@@ -320,7 +314,7 @@ def _chunk_table(keys, values, hkv, head_dim, dtype, device):
     if any(o * size != b for o, b in zip(offsets, k_offs + v_offs)):
         raise ValueError("chunk addresses must be whole elements apart")
     content = tuple(offsets + k_strides + v_strides + starts)
-    aligned = (kb | vb) % 16 == 0 and all(x % 16 == 0 for x in content)
+    aligned = (kb | vb) % 16 == 0 and all(x % 16 == 0 for x in content[:4 * len(keys)])  # starts need not be
     table = _tables.get((device, content))
     if table is None:
         if len(_tables) > 4096:
