@@ -163,7 +163,7 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
 def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
                    num_chunks, split_len, total_len, qk_scale, stride_qc,
                    HQ: tl.constexpr, GROUP: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
-                   BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLITS_P2: tl.constexpr, BLOCK_S: tl.constexpr,
+                   BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, BLOCK_S: tl.constexpr,
                    ALIGNED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
                    TOTAL_IN_TABLE: tl.constexpr):
     """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the rows of
@@ -221,24 +221,26 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     tl.store(ml_ptr + (num_splits + split) * HQ + head, l_i, mask=g_ok)
     tl.debug_barrier()  # every thread's partial is written before the release below
     if tl.atomic_add(lock_ptr + kv_head, 1, sem="acq_rel") == num_splits - 1:
+        # one pass over the partials, BLOCK_S splits at a time, each block's m, l and acc loaded together
         gm = tl.arange(0, GROUP_P2)
         rows = kv_head * GROUP + gm
-        sa = tl.arange(0, SPLITS_P2)
-        ok = (sa < num_splits)[:, None] & (gm < GROUP)[None, :]
-        m_s = tl.load(ml_ptr + sa[:, None] * HQ + rows[None, :], mask=ok, other=-1.0e30, cache_modifier=".cg")
-        l_s = tl.load(ml_ptr + (num_splits + sa[:, None]) * HQ + rows[None, :], mask=ok, other=0.0,
-                      cache_modifier=".cg")
-        m_all = tl.max(m_s, 0)
-        l_all = tl.sum(tl.exp2(m_s - m_all[None, :]) * l_s, 0)
+        m_all = tl.full([GROUP_P2], -1.0e30, tl.float32)
+        l_all = tl.zeros([GROUP_P2], tl.float32)
         acc_all = tl.zeros([GROUP_P2, HEAD_DIM], tl.float32)
         for s0 in range(0, num_splits, BLOCK_S):
             sb = s0 + tl.arange(0, BLOCK_S)
-            okb = (sb < num_splits)[:, None] & (gm < GROUP)[None, :]
-            w = tl.exp2(tl.load(ml_ptr + sb[:, None] * HQ + rows[None, :], mask=okb, other=-1.0e30,
-                                cache_modifier=".cg") - m_all[None, :])
-            o = tl.load(part_ptr + ((sb[:, None] * HQ + rows[None, :]) * HEAD_DIM)[:, :, None] + d[None, None, :],
-                        mask=okb[:, :, None], other=0.0, cache_modifier=".cg")
-            acc_all += tl.sum(o * w[:, :, None], 0)
+            ok = (sb < num_splits)[:, None] & (gm < GROUP)[None, :]
+            m_b = tl.load(ml_ptr + sb[:, None] * HQ + rows[None, :], mask=ok, other=-1.0e30, cache_modifier=".cg")
+            l_b = tl.load(ml_ptr + (num_splits + sb[:, None]) * HQ + rows[None, :], mask=ok, other=0.0,
+                          cache_modifier=".cg")
+            o_b = tl.load(part_ptr + ((sb[:, None] * HQ + rows[None, :]) * HEAD_DIM)[:, :, None] + d[None, None, :],
+                          mask=ok[:, :, None], other=0.0, cache_modifier=".cg")
+            m_new = tl.maximum(m_all, tl.max(m_b, 0))
+            alpha = tl.exp2(m_all - m_new)
+            w = tl.exp2(m_b - m_new[None, :])
+            l_all = l_all * alpha + tl.sum(w * l_b, 0)
+            acc_all = acc_all * alpha[:, None] + tl.sum(o_b * w[:, :, None], 0)
+            m_all = m_new
         out = acc_all / l_all[:, None]
         tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=(gm < GROUP)[:, None])
@@ -356,7 +358,7 @@ def _launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_sp
     block_s = max(1, min(splits_p2, cfg["merge_elements"] // (group_p2 * head_dim)))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     args = (q, k_base, v_base, table, out, part, lock, num_chunks, split_len, total, scale * LOG2E, q.stride(0),
-            hq, group, group_p2, head_dim, cfg["block_n"], triton.next_power_of_2(num_chunks + 1), splits_p2, block_s,
+            hq, group, group_p2, head_dim, cfg["block_n"], triton.next_power_of_2(num_chunks + 1), block_s,
             aligned, _interpreting(), precision, total_in_table)
     options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     if key is None:
