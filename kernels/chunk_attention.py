@@ -377,6 +377,8 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     device = q.device
     table, total, aligned = _chunk_table(keys, values, hkv, head_dim, q.dtype, device)
     assert total < 2 ** 31
+    if total == 0:
+        raise ValueError("chunk attention needs at least one key: every chunk is empty")
     if num_q == 1 and group <= 16:
         num_splits = num_splits or _decode_splits(hkv, total, device)
         split_len = max(1, triton.cdiv(total, num_splits))

@@ -181,7 +181,7 @@ def tune() -> dict:
     """Sweeps the chunk attention kernels' launch settings by GPU time: decode (one query) and the question
     prefill over stored chunks (QUESTION queries, row tiles of 64). The GEMV's settings were swept on
     2026-11-25 and are fixed."""
-    decode = list(itertools.product((16, 32, 64), (2, 4), (2, 3, 4), (2, 4), (32, 64), (4096,)))
+    decode = list(itertools.product((32, 64), (2,), (3, 4), (2, 4), (64, 128), (4096, 8192)))
     prefill = list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4), (64, 256)))
     results = {"decode": sweep("decode", ca.DECODE_TUNING, decode, 1),
                "prefill": sweep("prefill", ca.PREFILL_TUNING, prefill, QUESTION),

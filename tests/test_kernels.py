@@ -42,6 +42,8 @@ ATTENTION_CASES = [
     ([70, 3, 40], 5, 4, 2, 64, 2, (0, 2)),            # strided views at odd offsets (unaligned path)
     ([50], 12, 2, 1, 64, None, ()),                   # only the request's own chunk
     ([40, 9], 1, 32, 1, 64, 2, ()),                   # GQA 32: decode through the general kernel
+    ([64, 0, 50, 7], 1, 4, 2, 64, 5, ()),             # decode: an empty chunk between others
+    ([70, 3, 40], 1, 4, 2, 64, 3, (0, 2)),            # decode over strided views at odd offsets
 ]
 
 
@@ -63,6 +65,13 @@ def check_attention(case, dtype, device, atol):
 @pytest.mark.parametrize("case", ATTENTION_CASES)
 def test_chunk_attention_interpreted(case):
     check_attention(case, torch.float32, "cpu", 1e-3)
+
+
+@interpreter
+def test_chunk_attention_without_keys_is_an_error():
+    keys, values = make_chunks([0, 0], 2, 64, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="at least one key"):
+        ca.chunk_attention(torch.randn(2, 1, 4, 64), keys, values, 0.125, impl="triton")
 
 
 def test_chunk_attention_reference_masks_own_chunk():
