@@ -58,7 +58,7 @@ class GraphDecoder:
         self.aligned = bool((tables[:, :4 * MAX_CHUNKS] % 16 == 0).all())  # offsets and strides (starts need not be)
         self.tables.copy_(tables)
         self.shifts.zero_()
-        self.shifts[:len(ctx.shifts)].copy_(ctx.shifts)
+        self.shifts[len(self.shifts) - len(ctx.shifts):].copy_(ctx.shifts)  # after the padding, as in the tables
         self.context_tokens.fill_(context)
 
     def _attend(self, layer: int, queries: torch.Tensor, workspace) -> torch.Tensor:

@@ -120,30 +120,31 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
             c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED)
         start = tl.maximum(lo, chunk_start)
         end = tl.minimum(hi, chunk_end)
-        q = tl.load(q_rows + c * stride_qc, mask=(qi < tl.where(start < end, num_q, 0))[:, None], other=0.0)
-        if DOT_F32:
-            q = q.to(tl.float32)
-        limit = tl.where(c == num_chunks - 1, causal_limit, total_len)
-        k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
-        v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
-        for n0 in range(start, end, BLOCK_N):
-            pos = n0 + tl.arange(0, BLOCK_N)
-            j = pos - chunk_start
-            in_range = pos < end
-            k = tl.load(k_rows + j[:, None] * k_stride, mask=in_range[:, None], other=0.0)
-            v = tl.load(v_rows + j[:, None] * v_stride, mask=in_range[:, None], other=0.0)
+        if start < end:  # padding chunks are empty: no loads, no pipeline prologue
+            q = tl.load(q_rows + c * stride_qc, mask=row_ok[:, None], other=0.0)
             if DOT_F32:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            visible = in_range[None, :] & (j[None, :] <= limit[:, None])
-            s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+                q = q.to(tl.float32)
+            limit = tl.where(c == num_chunks - 1, causal_limit, total_len)
+            k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
+            v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
+            for n0 in range(start, end, BLOCK_N):
+                pos = n0 + tl.arange(0, BLOCK_N)
+                j = pos - chunk_start
+                in_range = pos < end
+                k = tl.load(k_rows + j[:, None] * k_stride, mask=in_range[:, None], other=0.0)
+                v = tl.load(v_rows + j[:, None] * v_stride, mask=in_range[:, None], other=0.0)
+                if DOT_F32:
+                    k = k.to(tl.float32)
+                    v = v.to(tl.float32)
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+                visible = in_range[None, :] & (j[None, :] <= limit[:, None])
+                s = tl.where(visible, s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+                m_i = m_new
 
     out_rows = qi * HQ + head
     if SPLIT:
@@ -192,27 +193,28 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
             c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED)
         start = tl.maximum(lo, chunk_start)
         end = tl.minimum(hi, chunk_end)
-        q = tl.load(q_ptr + c * stride_qc + head[:, None] * HEAD_DIM + d[None, :], mask=g_ok[:, None], other=0.0)
-        if DOT_F32:
-            q = q.to(tl.float32)
-        k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
-        v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
-        for n0 in range(start, end, BLOCK_N):
-            pos = n0 + tl.arange(0, BLOCK_N)
-            in_range = pos < end
-            k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=in_range[:, None], other=0.0)
-            v = tl.load(v_rows + (pos - chunk_start)[:, None] * v_stride, mask=in_range[:, None], other=0.0)
+        if start < end:  # padding chunks are empty: no loads, no pipeline prologue
+            q = tl.load(q_ptr + c * stride_qc + head[:, None] * HEAD_DIM + d[None, :], mask=g_ok[:, None], other=0.0)
             if DOT_F32:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-            s = tl.where(in_range[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+                q = q.to(tl.float32)
+            k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
+            v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
+            for n0 in range(start, end, BLOCK_N):
+                pos = n0 + tl.arange(0, BLOCK_N)
+                in_range = pos < end
+                k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=in_range[:, None], other=0.0)
+                v = tl.load(v_rows + (pos - chunk_start)[:, None] * v_stride, mask=in_range[:, None], other=0.0)
+                if DOT_F32:
+                    k = k.to(tl.float32)
+                    v = v.to(tl.float32)
+                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+                s = tl.where(in_range[None, :], s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(s - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+                m_i = m_new
 
     # partials [splits, HQ, D], then m [splits, HQ], then l [splits, HQ]
     ml_ptr = part_ptr + num_splits * HQ * HEAD_DIM
@@ -425,18 +427,19 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
 def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor, num_chunks: int) -> torch.Tensor:
     """Every layer's table for chunk_attention_table, [layers, 5 * num_chunks + 1] int64 on the CPU.
 
-    chunks: (keys, values) pairs of [layers, n, Hkv, D] tensors, padded with empty chunks to num_chunks - 1;
-    the request's own buffer [layers, capacity, Hkv, D] comes last. Offsets are from the own buffer's layer,
+    chunks: (keys, values) pairs of [layers, n, Hkv, D] tensors, after empty chunks that pad them to
+    num_chunks - 1 (first, so that every split skips them with the chunks ending before it); the request's
+    own buffer [layers, capacity, Hkv, D] comes last. Offsets are from the own buffer's layer,
     computed from each tensor's address and strides (no per-layer views). The last entry, the total, is
     the context length until the caller sets it on the device."""
     size = own_keys.element_size()
     pad = num_chunks - 1 - len(chunks)
     row = own_keys.stride(1)
-    columns = []  # per chunk: K offset, V offset (layer 0), K, V layer strides, K, V row strides, length
+    columns = [(0, 0, own_keys.stride(0), own_values.stride(0), row, row, 0)] * pad
+    # per chunk: K offset, V offset (layer 0), K, V layer strides, K, V row strides, length
     for k, v in chunks:
         columns.append(((k.data_ptr() - own_keys.data_ptr()) // size, (v.data_ptr() - own_values.data_ptr()) // size,
                         k.stride(0), v.stride(0), k.stride(1), v.stride(1), k.shape[1]))
-    columns += [(0, 0, own_keys.stride(0), own_values.stride(0), row, row, 0)] * pad
     columns.append((0, 0, own_keys.stride(0), own_values.stride(0), row, own_values.stride(1), 0))
     k_off, v_off, k_layer, v_layer, k_row, v_row, length = torch.tensor(columns, dtype=torch.int64).T
     layers = torch.arange(own_keys.shape[0])[:, None]
@@ -487,7 +490,8 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
     _attn_kernel[(w["m_tiles"], hkv, w["num_splits"])](
         q, k_base, v_base, table, out, w["part"], num_chunks, num_q, w["split_len"], 0, scale * LOG2E,
         q.stride(0), hq, group, head_dim, w["block_m"], cfg["block_n"], triton.next_power_of_2(num_chunks + 1),
-        True, workspace.get("aligned", False), _interpreting(), precision, True, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+        True, workspace.get("aligned", False), _interpreting(), precision, True, num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"])
     splits_p2 = triton.next_power_of_2(w["num_splits"])
     _merge_kernel[(n_rows,)](w["part"], out, w["num_splits"], n_rows, head_dim, splits_p2, min(16, splits_p2),
                              num_warps=4)
