@@ -37,6 +37,7 @@ class GraphDecoder:
         self.last = torch.zeros(1, dtype=torch.int64, device=device)
         self.context_tokens = torch.zeros((), dtype=torch.int64, device=device)
         self.shifts = torch.zeros(MAX_CHUNKS - 1, dtype=torch.int64, device=device)
+        self.scales = torch.ones(MAX_CHUNKS - 1, dtype=torch.float32, device=device)
         self.tables = torch.zeros(c.num_layers, 5 * MAX_CHUNKS + 1, dtype=torch.int64, device=device)
         self.graphs: dict[tuple, tuple] = {}
         self.capture = torch.device(device).type == "cuda"  # elsewhere the same steps run eagerly (for tests)
@@ -59,6 +60,9 @@ class GraphDecoder:
         self.tables.copy_(tables)
         self.shifts.zero_()
         self.shifts[len(self.shifts) - len(ctx.shifts):].copy_(ctx.shifts)  # after the padding, as in the tables
+        self.scales.fill_(1.0)
+        if ctx.scales is not None:
+            self.scales[len(self.scales) - len(ctx.scales):].copy_(ctx.scales)
         self.context_tokens.fill_(context)
 
     def _attend(self, layer: int, queries: torch.Tensor, workspace) -> torch.Tensor:
@@ -69,7 +73,7 @@ class GraphDecoder:
         """A decode step, or (prompt > 0) the prefill of a prompt padded to `prompt` tokens: the padding comes
         after the real tokens, so causal masking keeps it out of their attention, and decoding overwrites its
         slots."""
-        ctx = AttentionContext([], [], self.shifts, self.own,
+        ctx = AttentionContext([], [], self.shifts, self.own, scales=self.scales,
                                plan=lambda layer, queries: self._attend(layer, queries, workspace))
         if prompt:
             self.tables[:, -1] = self.context_tokens + prompt

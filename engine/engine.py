@@ -25,6 +25,10 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
           "fp16": torch.float16, "float16": torch.float16}
 MODES = ("cached", "full", "blend")
 BLEND_RATIO = 0.15  # share of document tokens that `blend` recomputes at every layer (CacheBlend's default)
+# `cached` leaves every chunk at its canonical position, so documents prefilled after the same level 0 sit side by
+# side, and divides the new tokens' attention scores over such chunks by this temperature (APE, Yang et al. 2025):
+# chosen on squad-dev questions 1-100, checked on 101-200 (docs/EVALUATION.md)
+DOCUMENT_TEMPERATURE = 0.9
 
 
 def resolve_dtype(dtype, device: str) -> torch.dtype:
@@ -82,7 +86,11 @@ def default_prefill_batch_tokens(device: str) -> int:
 
 class LLMEngine:
     def __init__(self, model_path: Path | str | None = None, device: str | None = None, dtype=None,
-                 use_custom_kernels: bool = True, use_cuda_graphs: bool = True, graph_own_tokens: int = 4096):
+                 use_custom_kernels: bool = True, use_cuda_graphs: bool = True, graph_own_tokens: int = 4096,
+                 document_temperature: float = DOCUMENT_TEMPERATURE):
+        if document_temperature <= 0:
+            raise ValueError(f"the document temperature must be positive, got {document_temperature}")
+        self.document_temperature = document_temperature
         self.model_path = Path(model_path) if model_path else embedded_model_path()
         self.device = device or default_device()
         self.dtype = resolve_dtype(dtype, self.device)
@@ -113,9 +121,12 @@ class LLMEngine:
         return self.config.kv_bytes_per_token(torch.finfo(self.dtype).bits // 8)
 
     def _context(self, chunks: list[KVChunk], capacity: int, start: int | None = None,
-                 own: KVBuffer | None = None) -> tuple[AttentionContext, int]:
-        """Lays the chunks at consecutive positions ending at `start` (default: from 0); returns the context and
-        the next free position. The new tokens' KV goes to `own` (emptied) or a fresh buffer of `capacity`."""
+                 own: KVBuffer | None = None, canonical: bool = False) -> tuple[AttentionContext, int]:
+        """Lays the chunks at consecutive positions ending at `start` (default: from 0), or (canonical) each at its
+        canonical position: chunks prefilled one after the other then compose exactly as one prefill, and chunks
+        sharing positions (documents prefilled after the same level 0) sit side by side, the new tokens' scores
+        over them divided by the document temperature. Returns the context and the next free position. The new
+        tokens' KV goes to `own` (emptied) or a fresh buffer of `capacity`."""
         total = sum(c.length for c in chunks)
         if start is not None and start < total:
             raise ValueError(f"start {start} leaves no room for {total} context tokens before it")
@@ -123,14 +134,21 @@ class LLMEngine:
         for chunk in chunks:
             if chunk.keys.dtype != self.dtype:
                 raise ValueError(f"chunk dtype {chunk.keys.dtype} does not match the engine dtype {self.dtype}")
-            shifts.append(position - chunk.start)
-            position += chunk.length
+            shifts.append(0 if canonical else position - chunk.start)
+            position = max(position, chunk.start + chunk.length) if canonical else position + chunk.length
+        scales = None
+        if canonical:
+            spans = [(c.start, c.start + c.length) for c in chunks]
+            shared = [any(i != j and a < d and c < b for j, (c, d) in enumerate(spans)) for i, (a, b) in enumerate(spans)]
+            if any(shared):
+                scales = torch.tensor([1 / self.document_temperature if s else 1.0 for s in shared],
+                                      dtype=torch.float32, device=self.device)
         if own is None:
             own = KVBuffer.empty(self.config, capacity, self.dtype, self.device)
         own.length = 0
         ctx = AttentionContext(
             keys=[c.keys.to(self.device) for c in chunks], values=[c.values.to(self.device) for c in chunks],
-            shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own,
+            shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own, scales=scales,
         )
         return ctx, position
 
@@ -234,24 +252,25 @@ class LLMEngine:
 
     def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached") -> torch.Tensor:
         """Logits of every token of token_ids after the chunks ([n, vocab], fp32); for tests and evaluation."""
-        chunks, mode = self._compose(chunks, mode)
+        chunks = self._compose(chunks, mode)
         ctx, ids, positions = self._prefill_inputs(chunks, token_ids, mode, 0)
         return self.model(ids, positions, ctx, all_logits=True)[-len(token_ids):]
 
-    def _compose(self, chunks, mode: str) -> tuple[list[KVChunk], str]:
-        """The chunks and the mode (cached or full) to prefill with: `blend` is `cached` over blended chunks."""
+    def _compose(self, chunks, mode: str) -> list[KVChunk]:
+        """The chunks to prefill over: for `blend`, level 0 and the blended documents."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        chunks = list(chunks)
-        return (self.blend(chunks), "cached") if mode == "blend" else (chunks, mode)
+        return self.blend(list(chunks)) if mode == "blend" else list(chunks)
 
     def _prefill_inputs(self, chunks, token_ids, mode, max_new_tokens, own=None):
+        """`full`: every token prefilled in order; `cached`: the chunks at their canonical positions (_context);
+        `blend`: its blended documents after level 0."""
         if mode == "full":
             token_ids = [t for c in chunks for t in c.token_ids] + list(token_ids)
             chunks = []
         if not token_ids:
             raise ValueError("nothing to prefill: the prompt is empty")
-        ctx, start = self._context(chunks, len(token_ids) + max_new_tokens, own=own)
+        ctx, start = self._context(chunks, len(token_ids) + max_new_tokens, own=own, canonical=mode == "cached")
         self._check_length(start + len(token_ids) + max_new_tokens)
         ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
         positions = torch.arange(start, start + len(token_ids), device=self.device)
@@ -264,15 +283,16 @@ class LLMEngine:
 
         At batch size 1 one generation runs at a time: starting another abandons the previous one."""
         began = time.perf_counter()
-        chunks, mode = self._compose(chunks, mode)
-        own_tokens = len(token_ids) + params.max_new_tokens + (sum(c.length for c in chunks) if mode == "full" else 0)
+        chunks = self._compose(chunks, mode)
+        context_tokens = sum(c.length for c in chunks)
+        own_tokens = len(token_ids) + params.max_new_tokens + (context_tokens if mode == "full" else 0)
         graphs = self.graphs if self.graphs is not None and self.graphs.fits(
-            chunks if mode == "cached" else [], own_tokens) else None
+            chunks if mode != "full" else [], own_tokens) else None
         ctx, ids, positions = self._prefill_inputs(chunks, token_ids, mode, params.max_new_tokens,
                                                    own=graphs.own if graphs else None)
         if graphs:
             graphs.prepare(ctx, own_tokens, len(ids))
-        generation = Generation(_deltas=iter(()), prompt_tokens=int(positions[-1]) + 1)
+        generation = Generation(_deltas=iter(()), prompt_tokens=len(ids) + (context_tokens if mode != "full" else 0))
         generation._deltas = self._decode_loop(generation, ctx, ids, positions, params, graphs, mode, began)
         return generation
 
@@ -288,7 +308,7 @@ class LLMEngine:
         sampler = Sampler(params, torch.device(self.device))
         text = TextStream(self.tokenizer, params.stop)
         eos = self.tokenizer.eos_token_ids
-        logits = graphs.prefill(ids, positions) if graphs is not None and mode == "cached" else None
+        logits = graphs.prefill(ids, positions) if graphs is not None and mode != "full" else None
         if logits is None:
             logits = self.model(ids, positions, ctx)
         else:

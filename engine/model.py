@@ -71,6 +71,7 @@ class AttentionContext:
     # one pass, block-diagonal causal in `own`; LLMEngine.blend: some tokens among the own keys); needs all shifts
     # zero: the query rotated at its own position serves every context chunk
     mask: torch.Tensor | None = None
+    scales: torch.Tensor | None = None  # [C] fp32: each context chunk's query scale (its scores' 1 / temperature)
 
 
 class Attention(nn.Module):
@@ -95,6 +96,8 @@ class Attention(nn.Module):
         n, own, impl = x.shape[0], ctx.own, None if use_custom_kernels else "ref"
         queries = rope_store(q, k, v, positions, ctx.shifts, slots, own.keys[self.layer], own.values[self.layer],
                              rotary.cos, rotary.sin, impl=impl)
+        if ctx.scales is not None:
+            queries[:-1] *= ctx.scales.view(-1, 1, 1, 1).to(queries.dtype)
         if ctx.plan is not None:
             out = ctx.plan(self.layer, queries)
         elif ctx.mask is not None:  # explicit mask over [context keys, the own buffer's first keys]

@@ -1,5 +1,6 @@
 """KV chunks: exact composition, exact position shifts, persistence, and the LRU tiers."""
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -32,6 +33,24 @@ def assert_composition_exact(engine, system, docs, question):
 
 def test_sequential_composition_is_exact_on_tiny_models(tiny_checkpoint):
     assert_composition_exact(LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32"), SYSTEM, DOCS, QUESTION)
+
+
+def test_cached_sets_documents_side_by_side_at_a_temperature(tiny_checkpoint):
+    """Documents prefilled after the same level 0 keep their canonical positions, so their order does not matter,
+    and the new tokens' scores over them are divided by the temperature: the same as keys divided by it."""
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32", document_temperature=0.8)
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    docs = [engine.prefill_chunk(doc, [level0], LEVEL_DOCUMENT, "fp") for doc in DOCS]
+    logits = engine.logits([level0] + docs, QUESTION, mode="cached")
+    assert (engine.logits([level0] + docs[::-1], QUESTION, mode="cached") - logits).abs().max() <= 1e-4
+    engine.document_temperature = 1.0
+    assert (engine.logits([level0] + docs, QUESTION, mode="cached") - logits).abs().max() > 1e-2
+    cooled = [replace(doc, keys=doc.keys / 0.8) for doc in docs]
+    assert (engine.logits([level0] + cooled, QUESTION, mode="cached") - logits).abs().max() <= 1e-4
+    generation = engine.generate(QUESTION, SamplingParams(max_new_tokens=1), [level0] + docs)
+    assert generation.prompt_tokens == len(SYSTEM) + sum(map(len, DOCS)) + len(QUESTION)
+    with pytest.raises(ValueError, match="temperature"):
+        LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32", document_temperature=0)
 
 
 @pytest.mark.slow
