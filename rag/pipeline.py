@@ -23,10 +23,14 @@ from .chunking import split_passages
 from .ingest import Document, Fields, IngestReport, InputError, read_paths, records
 from .prompt import DEFAULT_SYSTEM_PROMPT, PromptTemplate
 from .store import Passage, Store, StoreError, chunk_key
+from .lexical_index import LexicalIndex, fuse
 from .vector_index import VectorIndex
 
 log = logging.getLogger("cascade_rag")
 DEFAULT_DATA_DIR = "./cascade-data"
+# retrieval fuses the best RETRIEVAL_DEPTH passages by vector similarity and by BM25 (reciprocal rank fusion):
+# recall@4 on squad-dev 0.885 by vectors alone, 0.95 fused (docs/EVALUATION.md)
+RETRIEVAL_DEPTH = 50
 
 
 def default_data_dir() -> Path:
@@ -113,6 +117,7 @@ class RAG:
         self._engine: LLMEngine | None = None
         self._embedder = None
         self._index: VectorIndex | None = None
+        self._lexical: LexicalIndex | None = None
         self._engine_lock = threading.RLock()   # the model, the level-0 chunk and the chunk cache
         self._state_lock = threading.RLock()    # the store's rows and the vector index, changed together
         self._write_lock = threading.Lock()     # one ingestion or deletion at a time
@@ -180,6 +185,13 @@ class RAG:
                     index.save(self.store.dir)
             self._index = index
             return index
+
+    def _current_lexical(self) -> LexicalIndex:
+        """BM25 over the passages of the store's current generation, rebuilt after every change."""
+        with self._state_lock:
+            if self._lexical is None or self._lexical.generation != self.store.generation():
+                self._lexical = LexicalIndex(*self.store.texts())
+            return self._lexical
 
     def _apply_to_index(self, removed: list[int], added: list[int], vectors, generation: int) -> None:
         index = self._index
@@ -298,11 +310,14 @@ class RAG:
         if self._current_index() is None:
             return []
         vector = self.embedder.encode([question])[0]
+        depth = max(RETRIEVAL_DEPTH, top_k)
         with self._state_lock:
-            hits = self._current_index().search(vector, top_k)
-            passages = self.store.passages([pid for pid, _ in hits])
+            index = self._current_index()
+            pids = fuse([index.search(vector, depth), self._current_lexical().search(question, depth)])[:top_k]
+            scores = index.similarity(vector, pids)
+            passages = self.store.passages(pids)
         return [(Source(p.doc_id, p.title, score, pid, p.text), p)
-                for pid, score in hits if (p := passages.get(pid)) is not None]
+                for pid, score in zip(pids, scores) if (p := passages.get(pid)) is not None]
 
     def ask(self, question: str, top_k: int = 4, mode: str = "cached",
             params: SamplingParams = SamplingParams(max_new_tokens=128)) -> AnswerStream:

@@ -180,6 +180,15 @@ class Store:
         vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]) if rows else None
         return generation, ids, vectors
 
+    def texts(self) -> tuple[int, list[int], list[str]]:
+        """(generation, passage ids, "title. text" of each passage), read in one snapshot."""
+        with self._lock, self.db:
+            self.db.execute("BEGIN")
+            generation = self.generation()
+            rows = self.db.execute("SELECT p.pid, d.title, p.text FROM passages p JOIN documents d ON d.id = p.doc_id "
+                                   "ORDER BY p.pid").fetchall()
+        return generation, [r[0] for r in rows], [f"{r[1]}. {r[2]}" if r[1] else r[2] for r in rows]
+
     def documents(self) -> list[dict]:
         with self._lock:
             rows = self.db.execute("SELECT id, title, source, n_passages, n_tokens FROM documents ORDER BY id")

@@ -45,6 +45,11 @@ class VectorIndex:
         scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(k, len(self)))
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
+    def similarity(self, vector: np.ndarray, ids: list[int]) -> list[float]:
+        """Inner product of the vector with the stored vectors of these ids."""
+        stored = np.stack([self.index.reconstruct(int(i)) for i in ids]) if ids else np.zeros((0, self.dim))
+        return [float(s) for s in stored @ np.asarray(vector, dtype=np.float32)]
+
     # The file name carries the store generation it reflects; a file of another generation is stale.
     @staticmethod
     def path_for(folder: Path, kind: str, generation: int) -> Path:

@@ -245,3 +245,14 @@ def test_store_refuses_a_second_writer_in_process_terms(tmp_path):
     first.close()
     second.lock_for_writing()
     second.close()
+
+
+def test_lexical_index_and_rank_fusion():
+    from rag.lexical_index import LexicalIndex, fuse
+    index = LexicalIndex(3, [10, 11, 12], ["Varn lighthouse. The code is 4417.", "Sourdough bread rises.", ""])
+    assert index.generation == 3
+    assert [pid for pid, _ in index.search("What is the code 4417?", 5)] == [10]
+    assert index.search("what is the", 5) == [] and index.search("zebra", 5) == []
+    assert LexicalIndex(0, [], []).search("lighthouse", 3) == []
+    # 1/(60+1) + 1/(60+2) for 2, only 1/(60+1) for 1 and 3: ties keep first-seen order
+    assert fuse([[(1, 0.9), (2, 0.8)], [(3, 7.0), (2, 5.0)]]) == [2, 1, 3]
