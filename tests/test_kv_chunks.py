@@ -90,7 +90,7 @@ def test_shifted_chunk_equals_chunk_prefilled_at_the_new_position(tiny_checkpoin
         assert (shifted - native).abs().max().item() <= 1e-4
 
 
-def test_composition_in_any_order_uses_consecutive_positions(tiny_checkpoint):
+def test_composition_in_any_order_counts_every_prompt_token(tiny_checkpoint):
     engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
     level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
     docs = [engine.prefill_chunk(d, [level0], LEVEL_DOCUMENT, "fp") for d in DOCS]
