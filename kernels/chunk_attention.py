@@ -87,6 +87,23 @@ def _chunk_entry(c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALI
     return chunk_start, chunk_end, k_off, v_off, k_stride, v_stride
 
 
+@triton.jit
+def _attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """One K/V tile of the online softmax: scores of the visible keys, running max m_i and sum l_i, the
+    unnormalised accumulator acc rescaled to the new max."""
+    if DOT_F32:
+        k = k.to(tl.float32)
+        v = v.to(tl.float32)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
+    s = tl.where(visible, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
+    return m_new, l_i, acc
+
+
 @triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
 def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
                  num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
@@ -133,18 +150,8 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
                 in_range = pos < end
                 k = tl.load(k_rows + j[:, None] * k_stride, mask=in_range[:, None], other=0.0)
                 v = tl.load(v_rows + j[:, None] * v_stride, mask=in_range[:, None], other=0.0)
-                if DOT_F32:
-                    k = k.to(tl.float32)
-                    v = v.to(tl.float32)
-                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
                 visible = in_range[None, :] & (j[None, :] <= limit[:, None])
-                s = tl.where(visible, s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                alpha = tl.exp2(m_i - m_new)
-                p = tl.exp2(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-                m_i = m_new
+                m_i, l_i, acc = _attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
 
     out_rows = qi * HQ + head
     if SPLIT:
@@ -204,17 +211,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
                 in_range = pos < end
                 k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=in_range[:, None], other=0.0)
                 v = tl.load(v_rows + (pos - chunk_start)[:, None] * v_stride, mask=in_range[:, None], other=0.0)
-                if DOT_F32:
-                    k = k.to(tl.float32)
-                    v = v.to(tl.float32)
-                s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale
-                s = tl.where(in_range[None, :], s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                alpha = tl.exp2(m_i - m_new)
-                p = tl.exp2(s - m_new[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
-                m_i = m_new
+                m_i, l_i, acc = _attend_tile(q, k, v, in_range[None, :], m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
 
     # partials [splits, HQ, D], then m [splits, HQ], then l [splits, HQ]
     ml_ptr = part_ptr + num_splits * HQ * HEAD_DIM
