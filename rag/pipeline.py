@@ -22,7 +22,7 @@ from engine.kv_chunk import FORMAT_VERSION
 from .chunking import split_passages
 from .ingest import Document, Fields, IngestReport, InputError, read_paths, records
 from .prompt import DEFAULT_SYSTEM_PROMPT, PromptTemplate
-from .store import Passage, Store, StoreError, chunk_key
+from .store import Passage, Store, StoreError, chunk_key, titled
 from .lexical_index import LexicalIndex, fuse
 from .vector_index import VectorIndex
 
@@ -260,8 +260,7 @@ class RAG:
 
     def _ingest_one(self, document: Document, digest: str, passages, report: IngestReport, bar,
                     prefill: "_BatchPrefill") -> None:
-        vectors = self._embedder.encode([f"{document.title}. {text}" if document.title else text
-                                         for text, _ in passages])
+        vectors = self._embedder.encode([titled(document.title, text) for text, _ in passages])
         rows = []
         for text, ids in passages:
             key = chunk_key(self.fingerprint, ids)

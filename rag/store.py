@@ -45,6 +45,11 @@ class Passage:
     chunk_key: str
 
 
+def titled(title: str, text: str) -> str:
+    """What retrieval matches a passage by (its embedding and BM25): the document's title, then the text."""
+    return f"{title}. {text}" if title else text
+
+
 def chunk_key(fingerprint: str, token_ids: list[int]) -> str:
     return hashlib.sha256(json.dumps([fingerprint, token_ids]).encode()).hexdigest()
 
@@ -170,24 +175,24 @@ class Store:
                 f"JOIN documents d ON d.id = p.doc_id WHERE p.pid IN ({','.join('?' * len(pids))})", pids).fetchall()
         return {r[0]: Passage(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows}
 
-    def vectors(self) -> tuple[int, np.ndarray, np.ndarray]:
-        """(generation, passage ids [n] int64, vectors [n, dim] float32), read in one snapshot."""
+    def _snapshot(self, query: str) -> tuple[int, list]:
+        """The generation and the rows of a query, read in one transaction."""
         with self._lock, self.db:
             self.db.execute("BEGIN")
-            generation = self.generation()
-            rows = self.db.execute("SELECT pid, vector FROM passages ORDER BY pid").fetchall()
+            return self.generation(), self.db.execute(query).fetchall()
+
+    def vectors(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """(generation, passage ids [n] int64, vectors [n, dim] float32), read in one snapshot."""
+        generation, rows = self._snapshot("SELECT pid, vector FROM passages ORDER BY pid")
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         vectors = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows]) if rows else None
         return generation, ids, vectors
 
     def texts(self) -> tuple[int, list[int], list[str]]:
         """(generation, passage ids, "title. text" of each passage), read in one snapshot."""
-        with self._lock, self.db:
-            self.db.execute("BEGIN")
-            generation = self.generation()
-            rows = self.db.execute("SELECT p.pid, d.title, p.text FROM passages p JOIN documents d ON d.id = p.doc_id "
-                                   "ORDER BY p.pid").fetchall()
-        return generation, [r[0] for r in rows], [f"{r[1]}. {r[2]}" if r[1] else r[2] for r in rows]
+        generation, rows = self._snapshot("SELECT p.pid, d.title, p.text FROM passages p "
+                                          "JOIN documents d ON d.id = p.doc_id ORDER BY p.pid")
+        return generation, [r[0] for r in rows], [titled(r[1], r[2]) for r in rows]
 
     def documents(self) -> list[dict]:
         with self._lock:
