@@ -314,9 +314,33 @@ class LLMEngine:
         else:
             ctx.own.length = len(ids)
         position = positions[-1:] + 1
+
+        def advance(token_tensor):  # queues the step that follows token_tensor
+            nonlocal position
+            if graphs is not None:
+                out = graphs.step(token_tensor, position, ctx.own.length)
+                ctx.own.length += 1
+            else:
+                out = self.model(token_tensor.view(1), position, ctx)
+            position = position + 1
+            return out
+
+        # With CUDA graphs the next step is queued before the host waits for this token, so the GPU keeps working
+        # while the host streams the token out (a step is wasted when the token ends the generation).
+        ahead = graphs is not None and logits.is_cuda
+        host = torch.empty(1, dtype=torch.int64, pin_memory=ahead)
+        ready = torch.cuda.Event() if ahead else None
         while True:
             token_tensor = sampler(logits[-1])
-            token = int(token_tensor)  # the one host synchronisation per token: it is streamed out
+            queued = None
+            if ahead and len(generation.token_ids) + 1 < params.max_new_tokens:
+                host.copy_(token_tensor.view(1), non_blocking=True)
+                ready.record()
+                queued = advance(token_tensor)
+                ready.synchronize()
+                token = int(host[0])
+            else:
+                token = int(token_tensor)  # the one host synchronisation per token: it is streamed out
             if not generation.token_ids:
                 generation.ttft_s = time.perf_counter() - began
                 decode_began = time.perf_counter()
@@ -333,12 +357,7 @@ class LLMEngine:
             if len(generation.token_ids) >= params.max_new_tokens:
                 generation.finish_reason = "length"
                 break
-            if graphs is not None:
-                logits = graphs.step(token_tensor, position, ctx.own.length)
-                ctx.own.length += 1
-            else:
-                logits = self.model(token_tensor.view(1), position, ctx)
-            position = position + 1
+            logits = queued if queued is not None else advance(token_tensor)
         generation.decode_s = time.perf_counter() - decode_began
         tail = text.finish()
         if tail:

@@ -12,6 +12,7 @@ from torch import nn
 
 from kernels.chunk_attention import chunk_attention
 from kernels.fused_rmsnorm_qkv import rmsnorm_qkv
+from kernels.linear import linear
 from kernels.rmsnorm import rmsnorm
 from kernels.rope import rope_store
 
@@ -86,18 +87,14 @@ class Attention(nn.Module):
 
     def forward(self, x, norm: RMSNorm, positions, slots, ctx: AttentionContext, rotary: Rotary,
                 use_custom_kernels: bool):
-        c = self.config
-        q, k, v = rmsnorm_qkv(
-            x, norm.weight, norm.eps, self.qkv_proj.weight, self.qkv_proj.bias, c.num_heads, c.num_kv_heads,
-            c.head_dim,
-            self.q_norm.weight if c.qk_norm else None, self.k_norm.weight if c.qk_norm else None, c.rms_norm_eps,
-            impl=None if use_custom_kernels else "ref",
-        )
-        n, own, impl = x.shape[0], ctx.own, None if use_custom_kernels else "ref"
+        c, impl = self.config, None if use_custom_kernels else "ref"
+        q, k, v = rmsnorm_qkv(x, norm.weight, norm.eps, self.qkv_proj.weight, self.qkv_proj.bias, c.num_heads,
+                              c.num_kv_heads, c.head_dim, impl=impl)
+        n, own = x.shape[0], ctx.own
         queries = rope_store(q, k, v, positions, ctx.shifts, slots, own.keys[self.layer], own.values[self.layer],
-                             rotary.cos, rotary.sin, impl=impl)
-        if ctx.scales is not None:
-            queries[:-1] *= ctx.scales.view(-1, 1, 1, 1).to(queries.dtype)
+                             rotary.cos, rotary.sin, q_norm=self.q_norm.weight if c.qk_norm else None,
+                             k_norm=self.k_norm.weight if c.qk_norm else None, qk_eps=c.rms_norm_eps,
+                             scales=ctx.scales, impl=impl)
         if ctx.plan is not None:
             out = ctx.plan(self.layer, queries)
         elif ctx.mask is not None:  # explicit mask over [context keys, the own buffer's first keys]
@@ -128,10 +125,11 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x, h):
-        """x + the MLP of h (the residual added inside the down projection)."""
-        gate, up = self.gate_up_proj(h).chunk(2, dim=-1)
-        return torch.addmm(x, F.silu(gate) * up, self.down_proj.weight.t())
+    def forward(self, x, norm: RMSNorm, use_custom_kernels: bool):
+        """x + the MLP of norm(x)."""
+        impl = None if use_custom_kernels else "ref"
+        h = linear(x, self.gate_up_proj.weight, norm_weight=norm.weight, eps=norm.eps, gated=True, impl=impl)
+        return linear(h, self.down_proj.weight, residual=x, impl=impl)
 
 
 class DecoderLayer(nn.Module):
@@ -144,8 +142,8 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, positions, slots, ctx, rotary, use_custom_kernels):
         attn = self.self_attn(x, self.input_layernorm, positions, slots, ctx, rotary, use_custom_kernels)
-        x = torch.addmm(x, attn, self.self_attn.o_proj.weight.t())
-        return self.mlp(x, self.post_attention_layernorm(x, use_custom_kernels))
+        x = linear(attn, self.self_attn.o_proj.weight, residual=x, impl=None if use_custom_kernels else "ref")
+        return self.mlp(x, self.post_attention_layernorm, use_custom_kernels)
 
 
 class Decoder(nn.Module):

@@ -110,8 +110,10 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
                  HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
                  DOT_F32: tl.constexpr, PRECISION: tl.constexpr, TOTAL_IN_TABLE: tl.constexpr = False):
-    if TOTAL_IN_TABLE:  # CUDA graphs: the total (own chunk's end) is kept current on the device
+    if TOTAL_IN_TABLE:  # CUDA graphs: the total (own chunk's end) is kept current on the device, and the
+        # splits share it evenly, split_len being the shortest split
         total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
+        split_len = tl.maximum(split_len, tl.cdiv(total_len, tl.num_programs(2)))
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -177,8 +179,9 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the rows of
     a 16-row tensor-core tile) over its split; the program that finishes its KV head's splits last merges
     them by log-sum-exp, so one launch does the whole step."""
-    if TOTAL_IN_TABLE:
+    if TOTAL_IN_TABLE:  # as in _attn_kernel
         total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
+        split_len = tl.maximum(split_len, tl.cdiv(total_len, tl.num_programs(1)))
     kv_head = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
@@ -453,13 +456,13 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
     block_m = min(64, max(16, triton.next_power_of_2(num_q * group)))
     m_tiles = triton.cdiv(num_q * group, block_m)
     decode = num_q == 1 and group <= 16  # _decode_kernel; else _attn_kernel and _merge_kernel
+    cfg = DECODE_TUNING if decode else PREFILL_TUNING if block_m == 64 else TUNING
     if decode:
         num_splits = _decode_splits(hkv, capacity, device)
     else:
-        cfg = PREFILL_TUNING if block_m == 64 else TUNING
         num_splits = triton.cdiv(cfg["programs_per_sm"] * _num_sms(torch.device(device)), m_tiles * hkv)
         num_splits = max(2, min(num_splits, triton.cdiv(capacity, cfg["min_split"])))
-    split_len = triton.cdiv(capacity, num_splits)
+    split_len = cfg["min_split"]  # the shortest split: the kernels share the current length among the splits
     n_rows = num_q * hq
     return dict(decode=decode, num_splits=num_splits, split_len=split_len, block_m=block_m, m_tiles=m_tiles,
                 part=torch.empty(num_splits * n_rows * (head_dim + 2), dtype=torch.float32, device=device),

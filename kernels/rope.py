@@ -1,6 +1,6 @@
 """Rotary embedding of the new tokens, in one kernel: the query rotated once per chunk (to its position minus
-the chunk's shift, see DESIGN.md "Positions"), and the key rotated and stored with the value in the request's
-own KV buffer at its slot.
+the chunk's shift, see DESIGN.md "Positions") and scaled by the chunk's query scale, and the key rotated and
+stored with the value in the request's own KV buffer at its slot. Qwen3's per-head q/k RMSNorm is applied first.
 """
 import os
 
@@ -9,6 +9,7 @@ import triton
 import triton.language as tl
 
 from kernels import launch
+from kernels.rmsnorm import rmsnorm_ref
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -18,31 +19,52 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def rope_store_ref(q, k, v, positions, shifts, slots, own_keys, own_values, cos, sin):
+def rope_store_ref(q, k, v, positions, shifts, slots, own_keys, own_values, cos, sin, q_norm=None, k_norm=None,
+                   qk_eps=1e-6, scales=None):
+    if q_norm is not None:
+        q = rmsnorm_ref(q, q_norm, qk_eps)
+    if k_norm is not None:
+        k = rmsnorm_ref(k, k_norm, qk_eps)
     query_positions = torch.cat((positions.unsqueeze(0) - shifts.unsqueeze(1), positions.unsqueeze(0)))
     cos, sin = cos[query_positions], sin[query_positions]  # the last row: the tokens' own positions
     own_keys.index_copy_(0, slots, rotate(k, cos[-1], sin[-1]))
     own_values.index_copy_(0, slots, v)
-    return rotate(q.unsqueeze(0).expand(query_positions.shape[0], -1, -1, -1), cos, sin)
+    out = rotate(q.unsqueeze(0).expand(query_positions.shape[0], -1, -1, -1), cos, sin)
+    if scales is not None:
+        out[:-1] *= scales.view(-1, 1, 1, 1).to(out.dtype)
+    return out
 
 
 @triton.jit
-def _rotated(x_ptr, rows, row_ok, d, partner, sign, cos_ptr, sin_ptr, position, HEAD_DIM: tl.constexpr):
-    """Rows [R] of head vectors at x_ptr + rows * HEAD_DIM, rotated to `position`, rounded like rotate()."""
+def _normed(x, w, rstd, dtype):
+    """rmsnorm_ref's rounding: x * rstd rounded to dtype, times the weight, rounded to dtype (returned in fp32)."""
+    return (w.to(tl.float32) * (x * rstd).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+
+
+@triton.jit
+def _rotated(x_ptr, rows, row_ok, d, partner, sign, w_ptr, eps, cos_ptr, sin_ptr, position, HEAD_DIM: tl.constexpr,
+             NORM: tl.constexpr):
+    """Rows [R] of head vectors at x_ptr + rows * HEAD_DIM, RMS-normalised with the weight at w_ptr if NORM,
+    rotated to `position`, rounded like rmsnorm_ref and rotate()."""
     dtype = x_ptr.dtype.element_ty
     x = tl.load(x_ptr + rows[:, None] * HEAD_DIM + d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     xr = tl.load(x_ptr + rows[:, None] * HEAD_DIM + partner[None, :], mask=row_ok[:, None], other=0.0)
-    xr = xr.to(tl.float32) * sign[None, :]
+    xr = xr.to(tl.float32)
+    if NORM:
+        rstd = tl.rsqrt(tl.sum(x * x, 1) / HEAD_DIM + eps)[:, None]
+        x = _normed(x, tl.load(w_ptr + d)[None, :], rstd, dtype)
+        xr = _normed(xr, tl.load(w_ptr + partner)[None, :], rstd, dtype)
+    xr = xr * sign[None, :]
     cos = tl.load(cos_ptr + position * HEAD_DIM + d).to(dtype).to(tl.float32)
     sin = tl.load(sin_ptr + position * HEAD_DIM + d).to(dtype).to(tl.float32)
     return ((x * cos[None, :]).to(dtype).to(tl.float32) + (xr * sin[None, :]).to(dtype).to(tl.float32)).to(dtype)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "num_shifts"])
 def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_ptr, sin_ptr, out_ptr, ok_ptr,
-                       ov_ptr, n, num_shifts, stride_q, stride_k, stride_v,
+                       ov_ptr, q_norm_ptr, k_norm_ptr, scale_ptr, qk_eps, n, num_shifts, stride_q, stride_k, stride_v,
                        HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, HQ_P2: tl.constexpr,
-                       HKV_P2: tl.constexpr):
+                       HKV_P2: tl.constexpr, Q_NORM: tl.constexpr, K_NORM: tl.constexpr, HAS_SCALES: tl.constexpr):
     i = tl.program_id(0)       # token
     c = tl.program_id(1)       # 0..num_shifts: a rotated query per chunk (the last: the own chunk); then K/V
     position = tl.load(pos_ptr + i)
@@ -54,47 +76,59 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
         shift = tl.load(shift_ptr + c, mask=c < num_shifts, other=0)
         q_heads = tl.arange(0, HQ_P2)
         q_ok = q_heads < HQ
-        rq = _rotated(q_ptr + i * stride_q, q_heads, q_ok, d, partner, sign, cos_ptr, sin_ptr, position - shift,
-                      HEAD_DIM)
+        rq = _rotated(q_ptr + i * stride_q, q_heads, q_ok, d, partner, sign, q_norm_ptr, qk_eps, cos_ptr, sin_ptr,
+                      position - shift, HEAD_DIM, Q_NORM)
+        if HAS_SCALES:  # the own chunk's scale is 1
+            scale = tl.load(scale_ptr + c, mask=c < num_shifts, other=1.0).to(rq.dtype).to(tl.float32)
+            rq = (rq.to(tl.float32) * scale).to(rq.dtype)
         tl.store(out_ptr + ((c * n + i) * HQ + q_heads[:, None]) * HEAD_DIM + d[None, :], rq, mask=q_ok[:, None])
     else:
         slot = tl.load(slot_ptr + i)
         kv_heads = tl.arange(0, HKV_P2)
         kv_ok = kv_heads < HKV
-        rk = _rotated(k_ptr + i * stride_k, kv_heads, kv_ok, d, partner, sign, cos_ptr, sin_ptr, position, HEAD_DIM)
+        rk = _rotated(k_ptr + i * stride_k, kv_heads, kv_ok, d, partner, sign, k_norm_ptr, qk_eps, cos_ptr, sin_ptr,
+                      position, HEAD_DIM, K_NORM)
         dst = (slot * HKV + kv_heads[:, None]) * HEAD_DIM + d[None, :]
         tl.store(ok_ptr + dst, rk, mask=kv_ok[:, None])
         v = tl.load(v_ptr + i * stride_v + kv_heads[:, None] * HEAD_DIM + d[None, :], mask=kv_ok[:, None], other=0.0)
         tl.store(ov_ptr + dst, v, mask=kv_ok[:, None])
 
 
-def _rope_store_triton(q, k, v, positions, shifts, slots, own_keys, own_values, cos, sin):
+def _rope_store_triton(q, k, v, positions, shifts, slots, own_keys, own_values, cos, sin, q_norm, k_norm, qk_eps,
+                       scales):
     n, hq, head_dim = q.shape
     hkv = k.shape[1]
     assert q.stride()[1:] == (head_dim, 1) and k.stride()[1:] == (head_dim, 1) and v.stride()[1:] == (head_dim, 1)
     assert own_keys.is_contiguous() and own_values.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
+    assert all(t is None or t.is_contiguous() for t in (q_norm, k_norm, scales))
     num_shifts = shifts.shape[0]
     out = torch.empty((num_shifts + 1, n, hq, head_dim), dtype=q.dtype, device=q.device)
-    shift_ptr = shifts if num_shifts else positions  # never read when there is no shift
-    args = (q, k, v, positions, shift_ptr, slots, cos, sin, out, own_keys, own_values, n, num_shifts,
-            q.stride(0), k.stride(0), v.stride(0), hq, hkv, head_dim, triton.next_power_of_2(hq),
-            triton.next_power_of_2(hkv))
-    key = ("rope", q.device.index, q.dtype, k.data_ptr() % 16 == 0, v.data_ptr() % 16 == 0, hq, hkv, head_dim,
-           q.stride(0) % 16 == 0, k.stride(0) % 16 == 0, v.stride(0) % 16 == 0)
+    has_scales = scales is not None and num_shifts > 0
+    # absent tensors are never read: any pointer will do
+    pointers = (q, k, v, positions, shifts if num_shifts else positions, slots, cos, sin, out, own_keys, own_values,
+                q if q_norm is None else q_norm, k if k_norm is None else k_norm, scales if has_scales else cos)
+    flags = (q_norm is not None, k_norm is not None, has_scales)
+    args = pointers + (qk_eps, n, num_shifts, q.stride(0), k.stride(0), v.stride(0), hq, hkv, head_dim,
+                       triton.next_power_of_2(hq), triton.next_power_of_2(hkv)) + flags
+    key = ("rope", q.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
+           q.stride(0) % 16 == 0, k.stride(0) % 16 == 0, v.stride(0) % 16 == 0, hq, hkv, head_dim) + flags
     launch(_rope_store_kernel, (n, num_shifts + 2), args, key, num_warps=4)
     return out
 
 
 def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, shifts: torch.Tensor,
                slots: torch.Tensor, own_keys: torch.Tensor, own_values: torch.Tensor, cos: torch.Tensor,
-               sin: torch.Tensor, impl: str | None = None) -> torch.Tensor:
+               sin: torch.Tensor, q_norm: torch.Tensor | None = None, k_norm: torch.Tensor | None = None,
+               qk_eps: float = 1e-6, scales: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
     """q [n, Hq, D], k/v [n, Hkv, D] at positions [n]; shifts [C] of the context chunks; cos/sin [P, D] fp32.
 
-    Writes the rotated keys and the values to own_keys/own_values [capacity, Hkv, D] at slots [n] and returns
-    the queries rotated for each chunk and for the own chunk (shift 0): [C + 1, n, Hq, D].
+    q and k are first RMS-normalised per head by the weights q_norm/k_norm [D] (eps qk_eps), when given, as
+    rmsnorm_ref does. Writes the rotated keys and the values to own_keys/own_values [capacity, Hkv, D] at slots
+    [n] and returns the queries rotated for each chunk and for the own chunk (shift 0): [C + 1, n, Hq, D], those
+    of chunk c multiplied by scales[c] (scales [C] fp32, rounded to q's dtype) when given.
     impl: None (Triton on CUDA, the reference elsewhere), "triton" (also on CPU under TRITON_INTERPRET=1) or "ref".
     """
-    args = (q, k, v, positions, shifts, slots, own_keys, own_values, cos, sin)
+    args = (q, k, v, positions, shifts, slots, own_keys, own_values, cos, sin, q_norm, k_norm, qk_eps, scales)
     if impl is None:
         impl = "triton" if q.is_cuda and q.shape[-1] & (q.shape[-1] - 1) == 0 else "ref"
     if impl == "ref":

@@ -1,8 +1,8 @@
-"""`python -m rag.bench_kernels [--json PATH] [--tune]`: the Triton kernels against PyTorch on the GPU.
+"""`python -m rag.bench_kernels [--json PATH] [--tune [KERNELS]]`: the Triton kernels against PyTorch on the GPU.
 
 Chunk attention at decode (Qwen3-0.6B: 16 q heads, 8 KV heads, head_dim 128, bf16) over contexts split into
-chunks plus a small level-2 chunk, against SDPA over the pre-concatenated KV; fused RMSNorm + QKV at one row
-against the unfused PyTorch ops (RMSNorm, F.linear, q/k RMSNorm).
+chunks plus a small level-2 chunk, against SDPA over the pre-concatenated KV; and the linear layers of a decode step (RMSNorm + QKV, RMSNorm + gate/up + SiLU * up, o_proj and down with
+the residual) at one row against the unfused PyTorch ops.
 
 GPU time: many calls, each over its own copy of the inputs (together over 256 MB, so the 50 MB L2 holds none
 of them), captured in one CUDA graph and replayed; the median replay over the number of calls. Host time:
@@ -20,7 +20,7 @@ import triton
 
 import kernels
 from kernels import chunk_attention as ca
-from kernels import fused_rmsnorm_qkv as fr
+from kernels import linear as lin
 
 PEAK_BYTES_PER_S = 3.0e12
 SWEEP_BYTES = 256 << 20
@@ -28,9 +28,12 @@ HQ, HKV, D = 16, 8, 128
 OWN = 37  # tokens in the request's own (level-2) chunk
 QUESTION = 32  # queries of the question prefill (--tune)
 CONTEXTS = [(1024, 4), (4096, 8), (16384, 16), (32768, 16)]  # (total KV length, context chunks)
-RMSNORM_SHAPES = {  # name: (hidden, Hq, Hkv, D, bias, q/k norm)
-    "Qwen3-0.6B": (1024, 16, 8, 128, False, True),
-    "Qwen2-0.5B": (896, 14, 2, 64, True, False),
+LINEAR_SHAPES = {  # name: (K, N, RMSNorm before, bias, gated, residual)
+    "Qwen3-0.6B RMSNorm+QKV": (1024, 4096, True, False, False, False),
+    "Qwen2-0.5B RMSNorm+QKV+bias": (896, 1152, True, True, False, False),
+    "Qwen3-0.6B RMSNorm+gate/up+SiLU*up": (1024, 3072, True, False, True, False),
+    "Qwen3-0.6B o_proj+residual": (2048, 1024, False, False, False, True),
+    "Qwen3-0.6B down+residual": (3072, 1024, False, False, False, True),
 }
 
 
@@ -122,70 +125,74 @@ def bench_decode(total: int, chunks: int) -> dict:
                 sdpa_host_us=host_s(gqa[0]) * 1e6, max_abs_err=error)
 
 
-def rmsnorm_args(hidden, hq, hkv, d, bias, qk):
-    qkv_dim = (hq + 2 * hkv) * d
-
+def linear_args(k, n, norm, bias, gated, residual):
     def rand(*shape, mean=0.0, std=1.0):
         return (mean + std * torch.randn(*shape, device="cuda")).to(torch.bfloat16)
-    return (rand(1, hidden), rand(hidden, mean=1, std=0.1), 1e-6, rand(qkv_dim, hidden, std=hidden ** -0.5),
-            rand(qkv_dim, std=0.1) if bias else None, hq, hkv, d,
-            rand(d, mean=1, std=0.1) if qk else None, rand(d, mean=1, std=0.1) if qk else None, 1e-6)
+    return (rand(1, k), rand((2 if gated else 1) * n, k, std=k ** -0.5), rand(n, std=0.1) if bias else None,
+            rand(k, mean=1, std=0.1) if norm else None, 1e-6, gated, rand(1, n) if residual else None)
 
 
-def rmsnorm_calls(name: str):
-    shape = RMSNORM_SHAPES[name]
-    sets = [rmsnorm_args(*shape) for _ in range(copies(shape[0] * (shape[1] + 2 * shape[2]) * shape[3] * 2))]
-    fused = [lambda a=a: fr.rmsnorm_qkv(*a, impl="triton") for a in sets]
-    unfused = [lambda a=a: fr.rmsnorm_qkv_ref(*a) for a in sets]
+def linear_calls(name: str):
+    shape = LINEAR_SHAPES[name]
+    sets = [linear_args(*shape) for _ in range(copies((2 if shape[4] else 1) * shape[0] * shape[1] * 2))]
+    fused = [lambda a=a: lin.linear(*a, impl="triton") for a in sets]
+    unfused = [lambda a=a: lin.linear_ref(*a) for a in sets]
     return sets, fused, unfused
 
 
-def bench_rmsnorm(name: str) -> dict:
-    sets, fused, unfused = rmsnorm_calls(name)
-    error = max((a.float() - b.float()).abs().max().item() for a, b in zip(fused[0](), unfused[0]()))
+def bench_linear(name: str) -> dict:
+    sets, fused, unfused = linear_calls(name)
+    error = (fused[0]().float() - unfused[0]().float()).abs().max().item()
     t, t_ref = gpu_s(fused), gpu_s(unfused)
     host = host_s(fused[0])
     kernels.FAST_LAUNCH = False
     host_plain = host_s(fused[0])
     kernels.FAST_LAUNCH = True
-    nbytes = sets[0][3].numel() * 2
-    return dict(model=name, hidden=sets[0][0].shape[1], us=t * 1e6, unfused_us=t_ref * 1e6, speedup=t_ref / t,
+    nbytes = sets[0][1].numel() * 2
+    return dict(layer=name, weight=list(sets[0][1].shape), us=t * 1e6, unfused_us=t_ref * 1e6, speedup=t_ref / t,
                 tb_per_s=nbytes / t / 1e12, host_us=host * 1e6, host_plain_launch_us=host_plain * 1e6,
                 unfused_host_us=host_s(unfused[0]) * 1e6, host_speedup=host_s(unfused[0]) / host, max_abs_err=error)
 
 
-def sweep(name: str, tuning: dict, settings: list[tuple], num_q: int) -> list[dict]:
-    """Times each setting (values in the order of `tuning`'s keys) at every context and leaves `tuning` at
-    the one whose worst ratio to the best time at each context is smallest."""
+def sweep(name: str, tuning: dict, settings: list[tuple], cases: dict) -> list[dict]:
+    """Times each setting (values in the order of `tuning`'s keys) on every case (label: calls) and leaves
+    `tuning` at the one whose worst ratio to the best time of each case is smallest."""
     times, results = {}, []
-    for total, chunks in CONTEXTS:
-        ours = decode_calls(total, chunks, num_q)[0]
+    for label, calls in cases.items():
         for s in settings:
             tuning.update(zip(tuning, s))
             try:
-                times[(total,) + s] = t = gpu_s(ours, reps=5)
-                results.append(dict(context=total, **tuning, us=t * 1e6))
+                times[(label,) + s] = t = gpu_s(calls, reps=5)
+                results.append(dict(case=label, **tuning, us=t * 1e6))
             except Exception as e:  # out of shared memory and the like
-                print(f"tune {name} {total} {tuning}: {type(e).__name__}: {str(e)[:100]}")
-    best_at = {total: min(t for k, t in times.items() if k[0] == total) for total, _ in CONTEXTS}
-    worst = {s: max(times.get((total,) + s, 1.0) / best_at[total] for total, _ in CONTEXTS) for s in settings}
+                print(f"tune {name} {label} {tuning}: {type(e).__name__}: {str(e)[:100]}")
+    best_at = {label: min(t for k, t in times.items() if k[0] == label) for label in cases}
+    worst = {s: max(times.get((label,) + s, 1.0) / best_at[label] for label in cases) for s in settings}
     ranked = sorted(settings, key=worst.get)
     for s in ranked[:5]:
-        print(name, s, f"worst ratio {worst[s]:.2f}", [round(times[(t,) + s] * 1e6, 1) for t, _ in CONTEXTS])
-    print(name, "best per context (us)", {k: round(v * 1e6, 1) for k, v in best_at.items()})
+        print(name, s, f"worst ratio {worst[s]:.2f}", [round(times[(label,) + s] * 1e6, 1) for label in cases])
+    print(name, "best per case (us)", {k: round(v * 1e6, 1) for k, v in best_at.items()},
+          {label: min(settings, key=lambda s: times.get((label,) + s, 1.0)) for label in cases})
     tuning.update(zip(tuning, ranked[0]))
     return results
 
 
-def tune() -> dict:
-    """Sweeps the chunk attention kernels' launch settings by GPU time: decode (one query) and the question
-    prefill over stored chunks (QUESTION queries, row tiles of 64). The GEMV's settings were swept on
-    2026-11-25 and are fixed."""
-    decode = list(itertools.product((32, 64), (2,), (3, 4), (2, 4), (64, 128), (4096, 8192)))
-    prefill = list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4), (64, 256)))
-    results = {"decode": sweep("decode", ca.DECODE_TUNING, decode, 1),
-               "prefill": sweep("prefill", ca.PREFILL_TUNING, prefill, QUESTION),
-               "chosen": dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING))}
+def tune(which: list[str]) -> dict:
+    """Sweeps the launch settings of the kernels named in `which` by GPU time: chunk attention at decode (one
+    query) and in the question prefill over stored chunks (QUESTION queries, row tiles of 64), and the linear
+    layers' GEMV."""
+    sweeps = {
+        "decode": lambda: sweep("decode", ca.DECODE_TUNING,
+                                list(itertools.product((32, 64), (2,), (3, 4), (2, 4), (64, 128), (4096, 8192))),
+                                {total: decode_calls(total, chunks)[0] for total, chunks in CONTEXTS}),
+        "prefill": lambda: sweep("prefill", ca.PREFILL_TUNING,
+                                 list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4), (64, 256))),
+                                 {total: decode_calls(total, chunks, QUESTION)[0] for total, chunks in CONTEXTS}),
+        "linear": lambda: sweep("linear", lin.TUNING, list(itertools.product((2, 4, 8), (512, 1024), (4, 8))),
+                                {name: linear_calls(name)[1] for name in LINEAR_SHAPES}),
+    }
+    results = {name: sweeps[name]() for name in which}
+    results["chosen"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), linear=dict(lin.TUNING))
     print("chosen", results["chosen"], flush=True)
     return results
 
@@ -193,15 +200,16 @@ def tune() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--json", help="write the results to this file")
-    parser.add_argument("--tune", action="store_true", help="sweep launch settings first")
+    parser.add_argument("--tune", nargs="?", const="decode,prefill,linear", metavar="KERNELS",
+                        help="sweep the launch settings of these kernels first (default: decode,prefill,linear)")
     args = parser.parse_args()
     device = torch.cuda.get_device_name()
     report = dict(device=device, torch=torch.__version__, triton=triton.__version__)
     if args.tune:
-        report["tune"] = tune()
-    report["settings"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), rmsnorm=dict(fr.TUNING))
+        report["tune"] = tune(args.tune.split(","))
+    report["settings"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), linear=dict(lin.TUNING))
     report["decode"] = [bench_decode(total, chunks) for total, chunks in CONTEXTS]
-    report["rmsnorm_qkv"] = [bench_rmsnorm(name) for name in RMSNORM_SHAPES]
+    report["linear"] = [bench_linear(name) for name in LINEAR_SHAPES]
 
     print(f"\n{device}, torch {torch.__version__}, triton {triton.__version__}\nsettings {report['settings']}\n")
     print("Chunk attention, decode (1 query), Qwen3-0.6B shape (16 q / 8 KV heads, D=128), bf16. "
@@ -214,15 +222,16 @@ def main() -> None:
               f"{r['peak_fraction']:.0%} | {r['sdpa_gqa_us']:.1f} | {r['sdpa_repeat_us']:.1f} | "
               f"{r['speedup_vs_sdpa']:.2f}x | {r['host_us']:.1f} | {r['host_plain_launch_us']:.1f} | "
               f"{r['sdpa_host_us']:.1f} |")
-    print("\nFused RMSNorm + QKV (+ bias / q,k norm), 1 row, bf16\n")
-    print("| model | hidden | fused GPU us | unfused GPU us | speedup | weight GB/s | fused host us | "
+    print("\nLinear layers of a decode step, 1 row, bf16: our GEMV kernel against the unfused PyTorch ops "
+          "(RMSNorm, F.linear / addmm, SiLU * up)\n")
+    print("| layer | weight | fused GPU us | unfused GPU us | speedup | weight GB/s | fused host us | "
           "(plain Triton launch) | unfused host us | host speedup |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in report["rmsnorm_qkv"]:
-        print(f"| {r['model']} | {r['hidden']} | {r['us']:.1f} | {r['unfused_us']:.1f} | {r['speedup']:.2f}x | "
-              f"{r['tb_per_s'] * 1e3:.0f} | {r['host_us']:.1f} | {r['host_plain_launch_us']:.1f} | "
-              f"{r['unfused_host_us']:.1f} | {r['host_speedup']:.2f}x |")
-    print("\nmax abs error vs PyTorch:", [round(r["max_abs_err"], 4) for r in report["decode"] + report["rmsnorm_qkv"]])
+    for r in report["linear"]:
+        print(f"| {r['layer']} | {r['weight'][0]} x {r['weight'][1]} | {r['us']:.1f} | {r['unfused_us']:.1f} | "
+              f"{r['speedup']:.2f}x | {r['tb_per_s'] * 1e3:.0f} | {r['host_us']:.1f} | "
+              f"{r['host_plain_launch_us']:.1f} | {r['unfused_host_us']:.1f} | {r['host_speedup']:.2f}x |")
+    print("\nmax abs error vs PyTorch:", [round(r["max_abs_err"], 4) for r in report["decode"] + report["linear"]])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

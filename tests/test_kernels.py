@@ -6,6 +6,7 @@ import torch
 
 import kernels.chunk_attention as ca  # kernels/__init__ sets TRITON_INTERPRET=1 when there is no GPU
 import kernels.fused_rmsnorm_qkv as fr
+import kernels.linear as lin
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -98,41 +99,48 @@ def test_chunk_attention_reference_matches_sdpa():
     torch.testing.assert_close(out, sdpa.transpose(0, 1))
 
 
-# (n, hidden, Hq, Hkv, D, bias, q/k norm)
-RMSNORM_CASES = [(n, hidden, hq, hkv, d, bias, qk)
-                 for n in (1, 3) for hidden, hq, hkv, d in ((64, 4, 2, 16), (96, 4, 1, 32))
-                 for bias in (False, True) for qk in (False, True)]
+# (rows, K, N, RMSNorm before, bias, gated, residual); K 96 and 200 leave a partial input block
+LINEAR_CASES = [(rows, k, n, norm, bias, False, residual)
+                for rows in (1, 3) for k, n in ((64, 48), (96, 20)) for norm in (False, True)
+                for bias, residual in ((False, False), (True, False), (False, True))]
+LINEAR_CASES += [(rows, k, n, norm, False, True, False) for rows in (1, 2) for k, n in ((64, 40), (200, 24))
+                 for norm in (False, True)]
 
 
-def check_rmsnorm_qkv(case, dtype, device, atol):
-    n, hidden, hq, hkv, d, bias, qk = case
-    torch.manual_seed(n + hidden + d)
-    qkv_dim = (hq + 2 * hkv) * d
+def check_linear(case, dtype, device, atol):
+    rows, k, n, norm, bias, gated, residual = case
+    torch.manual_seed(rows + k + n)
 
     def rand(*shape, mean=0.0, std=1.0):
         return (mean + std * torch.randn(*shape, device=device)).to(dtype)
-    args = (rand(n, hidden), rand(hidden, mean=1, std=0.5), 1e-6, rand(qkv_dim, hidden, std=hidden ** -0.5),
-            rand(qkv_dim, std=0.5) if bias else None, hq, hkv, d,
-            rand(d, mean=1, std=0.5) if qk else None, rand(d, mean=1, std=0.5) if qk else None, 1e-6)
-    got = fr.rmsnorm_qkv(*args, impl="triton")
-    assert all(torch.equal(a, b) for a, b in zip(got, fr.rmsnorm_qkv(*args, impl="triton")))  # cached launch
-    ref = fr.rmsnorm_qkv_ref(*args)
-    for g, r, heads in zip(got, ref, (hq, hkv, hkv)):
-        assert g.shape == (n, heads, d) and g.dtype == dtype
-        torch.testing.assert_close(g.float(), r.float(), atol=atol, rtol=atol)
+    x = rand(rows, 2 * k)[:, k:] if residual else rand(rows, k)  # rows apart by more than K
+    args = (x, rand((2 if gated else 1) * n, k, std=k ** -0.5), rand(n, std=0.5) if bias else None,
+            rand(k, mean=1, std=0.5) if norm else None, 1e-6, gated, rand(rows, n) if residual else None)
+    got = lin.linear(*args, impl="triton")
+    assert torch.equal(got, lin.linear(*args, impl="triton"))  # cached launch
+    ref = lin.linear_ref(*args)
+    assert got.shape == (rows, n) and got.dtype == dtype
+    torch.testing.assert_close(got.float(), ref.float(), atol=atol, rtol=atol)
 
 
 @interpreter
-@pytest.mark.parametrize("case", RMSNORM_CASES)
-def test_rmsnorm_qkv_interpreted(case):
-    check_rmsnorm_qkv(case, torch.float32, "cpu", 1e-3)
+@pytest.mark.parametrize("case", LINEAR_CASES)
+def test_linear_interpreted(case):
+    check_linear(case, torch.float32, "cpu", 1e-3)
 
 
-def test_rmsnorm_qkv_dispatch_on_cpu_is_reference():
-    x, w = torch.randn(2, 32), torch.randn(3 * 16, 32)
-    got = fr.rmsnorm_qkv(x, torch.ones(32), 1e-6, w, None, 1, 1, 16)
-    for g, r in zip(got, fr.rmsnorm_qkv_ref(x, torch.ones(32), 1e-6, w, None, 1, 1, 16)):
-        assert torch.equal(g, r)
+def test_linear_dispatch_on_cpu_is_reference_and_gated_takes_no_residual():
+    x, w, norm = torch.randn(2, 32), torch.randn(48, 32), torch.rand(32) + 0.5
+    assert torch.equal(lin.linear(x, w, norm_weight=norm, gated=True), lin.linear_ref(x, w, None, norm, 1e-6, True))
+    with pytest.raises(ValueError, match="no bias and no residual"):
+        lin.linear(x, w, gated=True, residual=torch.zeros(2, 24))
+
+
+def test_rmsnorm_qkv_splits_the_normed_projection_into_heads():
+    x, w, b, norm = torch.randn(3, 32), torch.randn((4 + 2 * 2) * 8, 32), torch.randn(64), torch.rand(32) + 0.5
+    q, k, v = fr.rmsnorm_qkv(x, norm, 1e-6, w, b, 4, 2, 8)
+    assert q.shape == (3, 4, 8) and k.shape == v.shape == (3, 2, 8)
+    torch.testing.assert_close(torch.cat([t.flatten(1) for t in (q, k, v)], 1), lin.linear_ref(x, w, b, norm, 1e-6))
 
 
 GPU_ATTENTION_CASES = ATTENTION_CASES + [
@@ -150,7 +158,9 @@ def test_chunk_attention_gpu(case, dtype, atol):
 
 @gpu
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-3), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("case", RMSNORM_CASES + [(1, 1024, 16, 8, 128, False, True), (1, 896, 14, 2, 64, True, False),
-                                                  (5, 896, 14, 2, 64, True, True)])
-def test_rmsnorm_qkv_gpu(case, dtype, atol):
-    check_rmsnorm_qkv(case, dtype, "cuda", atol)
+@pytest.mark.parametrize("case", LINEAR_CASES + [(1, 1024, 4096, True, False, False, False),  # Qwen3-0.6B QKV
+                                                 (1, 1024, 3072, True, False, True, False),   # gate/up
+                                                 (1, 3072, 1024, False, False, False, True),  # down
+                                                 (5, 896, 1152, True, True, False, False)])   # Qwen2-0.5B QKV
+def test_linear_gpu(case, dtype, atol):
+    check_linear(case, dtype, "cuda", atol)

@@ -1,4 +1,5 @@
-"""kernels.rope (rotated queries per chunk, rotated key and value stored at their slots) and kernels.rmsnorm:
+"""kernels.rope (rotated queries per chunk, rotated key and value stored at their slots, with the q/k RMSNorm and
+the query scales folded in) and kernels.rmsnorm:
 Triton under the interpreter on the CPU and on the GPU, against the PyTorch references."""
 import pytest
 import torch
@@ -11,23 +12,41 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 # (tokens, Hq, Hkv, D, chunk shifts)
 ROPE_CASES = [(1, 4, 2, 16, [0, -3, 7]), (3, 4, 1, 32, []), (2, 14, 2, 64, [5]), (1, 16, 8, 128, list(range(-8, 9, 2)))]
+# folded into rope_store: (per-head q/k RMSNorm, query scales per context chunk)
+ROPE_OPTIONS = [(False, False), (True, False), (False, True), (True, True)]
 
 
-def check_rope(case, dtype, device, atol):
+def rope_inputs(case, dtype, device, norm, scaled, views=True):
+    """q, k, v (views of one [n, qkv_dim] tensor, or separate tensors), positions, shifts, slots and the
+    keyword arguments."""
     n, hq, hkv, d, shifts = case
     torch.manual_seed(n + hq + d)
-    qkv = torch.randn(n, (hq + 2 * hkv) * d, device=device).to(dtype)
+    qkv = (3 * torch.randn(n, (hq + 2 * hkv) * d, device=device)).to(dtype)
     q, k, v = (t.view(n, -1, d) for t in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
+    if not views:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     positions = torch.arange(20, 20 + n, device=device)
     slots = torch.arange(4, 4 + n, device=device)
-    shifts = torch.tensor(shifts, dtype=torch.int64, device=device)
+    kwargs = {}
+    if norm:
+        kwargs.update(q_norm=(1 + 0.5 * torch.randn(d, device=device)).to(dtype),
+                      k_norm=(1 + 0.5 * torch.randn(d, device=device)).to(dtype), qk_eps=1e-6)
+    if scaled:
+        kwargs["scales"] = torch.tensor([(1 / 0.9, 1.0, 0.7)[c % 3] for c in range(len(shifts))], device=device)
+    return q, k, v, positions, torch.tensor(shifts, dtype=torch.int64, device=device), slots, kwargs
+
+
+def check_rope(case, dtype, device, atol, norm=False, scaled=False, views=True):
+    n, hq, hkv, d, shifts = case
+    q, k, v, positions, shifts, slots, kwargs = rope_inputs(case, dtype, device, norm, scaled, views)
     from engine.model import Rotary
     rotary = Rotary(d, 10000.0, 64).to(device)
     outputs = []
     for impl in ("triton", "ref"):
         own_k = torch.zeros(8, hkv, d, dtype=dtype, device=device)
         own_v = torch.zeros(8, hkv, d, dtype=dtype, device=device)
-        queries = rope.rope_store(q, k, v, positions, shifts, slots, own_k, own_v, rotary.cos, rotary.sin, impl=impl)
+        queries = rope.rope_store(q, k, v, positions, shifts, slots, own_k, own_v, rotary.cos, rotary.sin, **kwargs,
+                                  impl=impl)
         outputs.append((queries, own_k, own_v))
     (tq, tk, tv), (rq, rk, rv) = outputs
     assert tq.shape == (len(shifts) + 1, n, hq, d) and tq.dtype == dtype
@@ -37,16 +56,54 @@ def check_rope(case, dtype, device, atol):
 
 
 @interpreter
+@pytest.mark.parametrize("norm,scaled", ROPE_OPTIONS)
 @pytest.mark.parametrize("case", ROPE_CASES)
-def test_rope_store_interpreted(case):
-    check_rope(case, torch.float32, "cpu", 1e-5)
+def test_rope_store_interpreted(case, norm, scaled):
+    check_rope(case, torch.float32, "cpu", 1e-5, norm, scaled)
+
+
+@interpreter
+@pytest.mark.parametrize("norm,scaled", ROPE_OPTIONS)
+@pytest.mark.parametrize("case", ROPE_CASES)
+def test_rope_store_interpreted_fp16_rounds_like_reference(case, norm, scaled):
+    # (the interpreter truncates fp32 to bf16 instead of rounding, but rounds fp16 like the GPU)
+    check_rope(case, torch.float16, "cpu", 0.0, norm, scaled)
+
+
+@interpreter
+@pytest.mark.parametrize("case", ROPE_CASES[:2])
+def test_rope_store_interpreted_separate_tensors(case):
+    check_rope(case, torch.float32, "cpu", 1e-5, True, True, views=False)
 
 
 @gpu
-@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("norm,scaled", ROPE_OPTIONS)
 @pytest.mark.parametrize("case", ROPE_CASES)
-def test_rope_store_gpu(case, dtype, atol):
-    check_rope(case, dtype, "cuda", atol)
+def test_rope_store_gpu(case, norm, scaled, dtype, atol):
+    check_rope(case, dtype, "cuda", atol, norm, scaled)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("norm,scaled", ROPE_OPTIONS[1:])
+def test_rope_store_ref_equals_composition(norm, scaled, dtype):
+    """The folded q/k-norm and scales give exactly what rmsnorm_ref on q and k, the plain rope_store_ref and the
+    engine's former `queries[:-1] *= scales` gave."""
+    case = ROPE_CASES[0]
+    hkv, d = case[2], case[3]
+    q, k, v, positions, shifts, slots, kwargs = rope_inputs(case, dtype, "cpu", norm, scaled)
+    from engine.model import Rotary
+    rotary = Rotary(d, 10000.0, 64)
+    buffers = [(torch.zeros(8, hkv, d, dtype=dtype), torch.zeros(8, hkv, d, dtype=dtype)) for _ in range(2)]
+    folded = rope.rope_store_ref(q, k, v, positions, shifts, slots, *buffers[0], rotary.cos, rotary.sin, **kwargs)
+    if norm:
+        q, k = rn.rmsnorm_ref(q, kwargs["q_norm"], 1e-6), rn.rmsnorm_ref(k, kwargs["k_norm"], 1e-6)
+    composed = rope.rope_store_ref(q, k, v, positions, shifts, slots, *buffers[1], rotary.cos, rotary.sin)
+    if scaled:
+        assert (kwargs["scales"] != 1).any()
+        composed[:-1] *= kwargs["scales"].view(-1, 1, 1, 1).to(dtype)
+    assert torch.equal(folded, composed)
+    assert torch.equal(buffers[0][0], buffers[1][0]) and torch.equal(buffers[0][1], buffers[1][1])
 
 
 def check_rmsnorm(n, hidden, dtype, device, atol):

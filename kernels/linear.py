@@ -1,0 +1,113 @@
+"""The linear layers of a decode step, one GEMV kernel each: an optional RMSNorm of the input before the
+projection (QKV, gate/up), an optional bias (Qwen2), an optional SiLU(gate) * up of the output's two halves
+(the MLP) and an optional residual added to the output (o_proj, down).
+
+One program computes BLOCK_N outputs of one row, so the weight is read once per row; more rows than
+MAX_TRITON_ROWS go to cuBLAS, which is compute-bound there anyway (after the Triton RMSNorm on CUDA).
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from kernels import launch
+from kernels.rmsnorm import rmsnorm, rmsnorm_ref
+
+MAX_TRITON_ROWS = 16
+# outputs per program, input block, warps (rag.bench_kernels --tune)
+TUNING = dict(block_n=2, block_k=1024, num_warps=4)
+
+
+def linear_ref(x, weight, bias=None, norm_weight=None, eps=1e-6, gated=False, residual=None):
+    if norm_weight is not None:
+        x = rmsnorm_ref(x, norm_weight, eps)
+    y = F.linear(x, weight, bias) if residual is None else torch.addmm(residual, x, weight.t())
+    if gated:
+        gate, up = y.chunk(2, dim=-1)
+        y = F.silu(gate) * up
+    return y
+
+
+@triton.jit(do_not_specialize=["stride_x", "stride_res"])
+def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, eps, stride_x, stride_res,
+                   N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr, GATED: tl.constexpr,
+                   RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out[row, n] for BLOCK_N outputs n; GATED: the weight's rows N + n are the up projection of gate row n."""
+    pid = tl.program_id(0)
+    row = tl.program_id(1)
+    dtype = out_ptr.dtype.element_ty
+    x_row = x_ptr + row * stride_x
+    cols = tl.arange(0, BLOCK_K)
+    if NORM:
+        sq = tl.zeros([BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            xf = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+            sq += xf * xf
+        rstd = tl.rsqrt(tl.sum(sq, 0) / K + eps)
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = k0 + cols < K
+        x = tl.load(x_row + k0 + cols, mask=k_ok, other=0.0)
+        if NORM:
+            nw = tl.load(norm_ptr + k0 + cols, mask=k_ok, other=0.0).to(tl.float32)
+            x = nw * (x.to(tl.float32) * rstd).to(dtype).to(tl.float32)
+        x = x.to(dtype).to(tl.float32)[None, :]
+        w_tile = w_ptr + n[:, None] * K + k0 + cols[None, :]
+        w_ok = n_ok[:, None] & k_ok[None, :]
+        acc += tl.load(w_tile, mask=w_ok, other=0.0).to(tl.float32) * x
+        if GATED:
+            acc_up += tl.load(w_tile + N * K, mask=w_ok, other=0.0).to(tl.float32) * x
+    y = tl.sum(acc, 1)
+    if BIAS:
+        y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+    if GATED:  # rounded like F.silu(gate) * up on the projection's output
+        gate = y.to(dtype).to(tl.float32)
+        up = tl.sum(acc_up, 1).to(dtype).to(tl.float32)
+        y = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32) * up
+    if RESIDUAL:
+        y += tl.load(res_ptr + row * stride_res + n, mask=n_ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * N + n, y.to(dtype), mask=n_ok)
+
+
+def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual):
+    rows, k = x.shape
+    n = weight.shape[0] // 2 if gated else weight.shape[0]
+    assert weight.shape[1] == k and weight.is_contiguous() and x.stride(1) == 1
+    assert residual is None or residual.stride(1) == 1
+    out = torch.empty((rows, n), dtype=weight.dtype, device=x.device)
+    cfg = TUNING
+    flags = (norm_weight is not None, bias is not None, gated, residual is not None)
+    pointers = (x, norm_weight if flags[0] else x, weight, bias if flags[1] else x, residual if flags[3] else x, out)
+    args = pointers + (eps, x.stride(0), residual.stride(0) if flags[3] else 0, n, k) + flags + (
+        cfg["block_n"], min(cfg["block_k"], triton.next_power_of_2(k)))
+    key = ("linear", x.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
+           args[9:], cfg["num_warps"])
+    launch(_linear_kernel, (triton.cdiv(n, cfg["block_n"]), rows), args, key, num_warps=cfg["num_warps"])
+    return out
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+           norm_weight: torch.Tensor | None = None, eps: float = 1e-6, gated: bool = False,
+           residual: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
+    """x [rows, K] -> y [rows, N]: y = weight @ rmsnorm(x) + bias (the norm when norm_weight is given); gated:
+    weight is [2N, K] (gate rows, then up rows) and y = silu(gate) * up; residual [rows, N]: y + residual.
+
+    impl: None (Triton on CUDA for up to MAX_TRITON_ROWS rows, cuBLAS otherwise), "triton" (also on CPU under
+    TRITON_INTERPRET=1) or "ref".
+    """
+    if gated and (bias is not None or residual is not None):
+        raise ValueError("a gated linear layer takes no bias and no residual")
+    if impl is None:
+        impl = "triton" if x.is_cuda and x.shape[0] <= MAX_TRITON_ROWS else "ref"
+        if impl == "ref" and x.is_cuda and norm_weight is not None:
+            x, norm_weight = rmsnorm(x, norm_weight, eps), None
+    if impl == "ref":
+        return linear_ref(x, weight, bias, norm_weight, eps, gated, residual)
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError("the Triton linear needs CUDA tensors or TRITON_INTERPRET=1")
+    return _linear_triton(x, weight, bias, norm_weight, eps, gated, residual)
