@@ -2,12 +2,12 @@
 import hashlib
 import json
 import os
-import struct
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as load_tensors, save as save_tensors
+from safetensors import safe_open
+from safetensors.torch import save as save_tensors
 
 FORMAT_VERSION = 1
 LEVEL_SYSTEM, LEVEL_DOCUMENT, LEVEL_QUERY = 0, 1, 2
@@ -49,7 +49,7 @@ class KVChunk:
     def checksum(self) -> str:
         digest = hashlib.sha256()
         for tensor in (self.keys, self.values):
-            digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy())  # no copy
         digest.update(json.dumps([self.level, self.start, self.token_ids, self.fingerprint]).encode())
         return digest.hexdigest()
 
@@ -72,22 +72,15 @@ class KVChunk:
     @classmethod
     def load(cls, path: Path, fingerprint: str, device="cpu") -> "KVChunk":
         path = Path(path)
-        try:
-            data = path.read_bytes()
+        try:  # the tensors map the file: read once by the checksum, copied once to where they go below
+            with safe_open(path, framework="pt") as f:
+                metadata = f.metadata()
+                keys, values = f.get_tensor("keys"), f.get_tensor("values")
+            chunk = cls(level=int(metadata["level"]), token_ids=json.loads(metadata["token_ids"]),
+                        start=int(metadata["start"]), keys=keys, values=values, fingerprint=metadata["fingerprint"])
+            version, checksum = int(metadata["format_version"]), metadata["checksum"]
         except OSError as exc:
             raise KVChunkError(f"cannot read KV chunk {path}: {exc}") from None
-        try:
-            (header_len,) = struct.unpack("<Q", data[:8])
-            if 8 + header_len > len(data):
-                raise ValueError("header runs past the end of the file")
-            metadata = json.loads(data[8:8 + header_len])["__metadata__"]
-            tensors = load_tensors(data)
-            chunk = cls(
-                level=int(metadata["level"]), token_ids=json.loads(metadata["token_ids"]),
-                start=int(metadata["start"]), keys=tensors["keys"], values=tensors["values"],
-                fingerprint=metadata["fingerprint"],
-            )
-            version, checksum = int(metadata["format_version"]), metadata["checksum"]
         except Exception as exc:
             raise KVChunkError(f"KV chunk {path} is truncated or corrupted: {exc}") from None
         if version != FORMAT_VERSION:
@@ -101,4 +94,6 @@ class KVChunk:
             )
         if chunk.keys.shape != chunk.values.shape or chunk.keys.shape[1] != chunk.length:
             raise KVChunkError(f"KV chunk {path} has inconsistent shapes {tuple(chunk.keys.shape)}")
+        if torch.device(device).type == "cpu":  # own memory, not the file's mapping
+            return replace(chunk, keys=keys.clone(), values=values.clone())
         return chunk.to(device)

@@ -1,4 +1,5 @@
-"""Triton kernels with their PyTorch references: chunk attention and fused RMSNorm + QKV projection."""
+"""Triton kernels with their PyTorch references: chunk attention, the fused linear layers (RMSNorm + QKV,
+RMSNorm + gate/up + SiLU * up, projections with the residual), RMSNorm, and rotary embedding + KV store."""
 import os
 
 import torch
