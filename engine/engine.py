@@ -326,14 +326,15 @@ class LLMEngine:
             return out
 
         # With CUDA graphs the next step is queued before the host waits for this token, so the GPU keeps working
-        # while the host streams the token out (a step is wasted when the token ends the generation).
+        # while the host streams the token out (a step is wasted when the token ends the generation); not before
+        # the first token, whose wait is the time to first token.
         ahead = graphs is not None and logits.is_cuda
         host = torch.empty(1, dtype=torch.int64, pin_memory=ahead)
         ready = torch.cuda.Event() if ahead else None
         while True:
             token_tensor = sampler(logits[-1])
             queued = None
-            if ahead and len(generation.token_ids) + 1 < params.max_new_tokens:
+            if ahead and 0 < len(generation.token_ids) < params.max_new_tokens - 1:
                 host.copy_(token_tensor.view(1), non_blocking=True)
                 ready.record()
                 queued = advance(token_tensor)
