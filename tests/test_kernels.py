@@ -105,10 +105,6 @@ LINEAR_CASES = [(rows, k, n, norm, bias, False, residual)
                 for bias, residual in ((False, False), (True, False), (False, True))]
 LINEAR_CASES += [(rows, k, n, norm, False, True, False) for rows in (1, 2) for k, n in ((64, 40), (200, 24))
                  for norm in (False, True)]
-# tiles of rows sharing the weight tile (tl.dot): a partial tile of 20, two tiles of 64 and a partial one
-LINEAR_CASES += [(rows, 200, 40, norm, bias, gated, residual) for rows in (20, 150)
-                 for norm, bias, gated, residual in ((True, True, False, False), (True, False, True, False),
-                                                     (False, False, False, True))]
 
 
 def check_linear(case, dtype, device, atol):
@@ -165,8 +161,6 @@ def test_chunk_attention_gpu(case, dtype, atol):
 @pytest.mark.parametrize("case", LINEAR_CASES + [(1, 1024, 4096, True, False, False, False),  # Qwen3-0.6B QKV
                                                  (1, 1024, 3072, True, False, True, False),   # gate/up
                                                  (1, 3072, 1024, False, False, False, True),  # down
-                                                 (5, 896, 1152, True, True, False, False),    # Qwen2-0.5B QKV
-                                                 (32, 1024, 3072, True, False, True, False),  # question rows
-                                                 (32, 3072, 1024, False, False, False, True)])
+                                                 (5, 896, 1152, True, True, False, False)])   # Qwen2-0.5B QKV
 def test_linear_gpu(case, dtype, atol):
     check_linear(case, dtype, "cuda", atol)
