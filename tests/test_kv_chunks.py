@@ -163,6 +163,8 @@ def test_persistence_round_trip_is_bit_identical(chunk, tmp_path):
     assert (loaded.level, loaded.start, loaded.token_ids, loaded.fingerprint) == (
         chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint)
     assert loaded.keys.dtype == torch.bfloat16
+    loaded.keys.add_(1)  # its own memory: the file, mapped while loading, stays as saved
+    assert torch.equal(KVChunk.load(path, "fp-a").keys.view(torch.int16), chunk.keys.view(torch.int16))
 
 
 def test_bad_chunk_files_are_refused(chunk, tmp_path):
