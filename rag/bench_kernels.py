@@ -1,8 +1,9 @@
 """`python -m rag.bench_kernels [--json PATH] [--tune [KERNELS]]`: the Triton kernels against PyTorch on the GPU.
 
 Chunk attention at decode (Qwen3-0.6B: 16 q heads, 8 KV heads, head_dim 128, bf16) over contexts split into
-chunks plus a small level-2 chunk, against SDPA over the pre-concatenated KV; and the linear layers of a decode step (RMSNorm + QKV, RMSNorm + gate/up + SiLU * up, o_proj and down with
-the residual) at one row against the unfused PyTorch ops.
+chunks plus a small level-2 chunk, against SDPA over the pre-concatenated KV; and the linear layers of a
+decode step (RMSNorm + QKV, RMSNorm + gate/up + SiLU * up, o_proj and down with the residual) at one row
+against the unfused PyTorch ops.
 
 GPU time: many calls, each over its own copy of the inputs (together over 256 MB, so the 50 MB L2 holds none
 of them), captured in one CUDA graph and replayed; the median replay over the number of calls. Host time:
