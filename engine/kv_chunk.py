@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -46,22 +47,30 @@ class KVChunk:
         return replace(self, keys=self.keys.to(device, non_blocking=non_blocking),
                        values=self.values.to(device, non_blocking=non_blocking))
 
-    def checksum(self) -> str:
-        digest = hashlib.sha256()
-        for tensor in (self.keys, self.values):
-            digest.update(tensor.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy())  # no copy
-        digest.update(json.dumps([self.level, self.start, self.token_ids, self.fingerprint]).encode())
-        return digest.hexdigest()
+    def checksum(self, algorithm: str = "crc32") -> str:
+        """"crc32:" and the CRC-32 of the keys, values and metadata; "sha256": the bare hex digest that files
+        saved before 2026-11-26 carry (slower to compute, so no longer written)."""
+        parts = [t.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy() for t in (self.keys, self.values)]
+        parts.append(json.dumps([self.level, self.start, self.token_ids, self.fingerprint]).encode())
+        if algorithm == "sha256":
+            digest = hashlib.sha256()
+            for part in parts:
+                digest.update(part)
+            return digest.hexdigest()
+        crc = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        return f"crc32:{crc:08x}"
 
     def save(self, path: Path) -> None:
         """Atomic write: temporary file, fsync, rename; the file carries a checksum of data and metadata."""
         path = Path(path)
+        cpu = replace(self, keys=self.keys.contiguous().cpu(), values=self.values.contiguous().cpu())
         metadata = {
             "format_version": str(FORMAT_VERSION), "level": str(self.level), "start": str(self.start),
-            "token_ids": json.dumps(self.token_ids), "fingerprint": self.fingerprint, "checksum": self.checksum(),
+            "token_ids": json.dumps(self.token_ids), "fingerprint": self.fingerprint, "checksum": cpu.checksum(),
         }
-        data = save_tensors({"keys": self.keys.contiguous().cpu(), "values": self.values.contiguous().cpu()},
-                            metadata=metadata)
+        data = save_tensors({"keys": cpu.keys, "values": cpu.values}, metadata=metadata)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -85,7 +94,7 @@ class KVChunk:
             raise KVChunkError(f"KV chunk {path} is truncated or corrupted: {exc}") from None
         if version != FORMAT_VERSION:
             raise FingerprintMismatch(f"KV chunk {path} has format version {version}, expected {FORMAT_VERSION}")
-        if chunk.checksum() != checksum:
+        if chunk.checksum("crc32" if checksum.startswith("crc32:") else "sha256") != checksum:
             raise KVChunkError(f"KV chunk {path} is corrupted: checksum mismatch")
         if chunk.fingerprint != fingerprint:
             raise FingerprintMismatch(

@@ -1,9 +1,12 @@
 """KV chunks: exact composition, exact position shifts, persistence, and the LRU tiers."""
+import json
 import random
 from dataclasses import replace
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save as save_tensors
 
 from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, ChunkCache, FingerprintMismatch, KVChunk, KVChunkError, LLMEngine,
                     SamplingParams, TieredChunkCache)
@@ -184,6 +187,24 @@ def test_bad_chunk_files_are_refused(chunk, tmp_path):
             KVChunk.load(path, "fp-a")
     with pytest.raises(KVChunkError, match="cannot read"):
         KVChunk.load(tmp_path / "absent.safetensors", "fp-a")
+
+
+def test_files_with_the_earlier_sha256_checksum_still_load(chunk, tmp_path):
+    path = tmp_path / "c.safetensors"
+    metadata = {"format_version": "1", "level": str(chunk.level), "start": str(chunk.start),
+                "token_ids": json.dumps(chunk.token_ids), "fingerprint": chunk.fingerprint,
+                "checksum": chunk.checksum("sha256")}
+    data = save_tensors({"keys": chunk.keys, "values": chunk.values}, metadata=metadata)
+    path.write_bytes(data)
+    assert torch.equal(KVChunk.load(path, "fp-a").values.view(torch.int16), chunk.values.view(torch.int16))
+    flipped = bytearray(data)
+    flipped[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(KVChunkError, match="checksum"):
+        KVChunk.load(path, "fp-a")
+    chunk.save(path)
+    with safe_open(path, framework="pt") as f:
+        assert f.metadata()["checksum"].startswith("crc32:")
 
 
 def fake_chunk(n_tokens: int) -> KVChunk:
