@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from kernels import launch
-from kernels.rmsnorm import rmsnorm, rmsnorm_ref
+from kernels.rmsnorm import normed, rmsnorm, rmsnorm_ref
 
 MAX_TRITON_ROWS = 16
 # outputs per program, input block, warps (rag.bench_kernels --tune)
@@ -54,8 +54,7 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, eps, stri
         k_ok = k0 + cols < K
         x = tl.load(x_row + k0 + cols, mask=k_ok, other=0.0)
         if NORM:
-            nw = tl.load(norm_ptr + k0 + cols, mask=k_ok, other=0.0).to(tl.float32)
-            x = nw * (x.to(tl.float32) * rstd).to(dtype).to(tl.float32)
+            x = normed(x.to(tl.float32), tl.load(norm_ptr + k0 + cols, mask=k_ok, other=0.0), rstd, dtype)
         x = x.to(dtype).to(tl.float32)[None, :]
         w_tile = w_ptr + n[:, None] * K + k0 + cols[None, :]
         w_ok = n_ok[:, None] & k_ok[None, :]

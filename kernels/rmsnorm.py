@@ -13,6 +13,13 @@ def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+@triton.jit
+def normed(x, w, rstd, dtype):
+    """rmsnorm_ref's rounding in a kernel: x * rstd rounded to dtype, times the weight w, rounded to dtype
+    (returned in fp32)."""
+    return (w.to(tl.float32) * (x * rstd).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
+
+
 @triton.jit(do_not_specialize=["stride_x"])
 def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, eps, stride_x, HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0)

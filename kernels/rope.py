@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 from kernels import launch
-from kernels.rmsnorm import rmsnorm_ref
+from kernels.rmsnorm import normed, rmsnorm_ref
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -36,12 +36,6 @@ def rope_store_ref(q, k, v, positions, shifts, slots, own_keys, own_values, cos,
 
 
 @triton.jit
-def _normed(x, w, rstd, dtype):
-    """rmsnorm_ref's rounding: x * rstd rounded to dtype, times the weight, rounded to dtype (returned in fp32)."""
-    return (w.to(tl.float32) * (x * rstd).to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
-
-
-@triton.jit
 def _rotated(x_ptr, rows, row_ok, d, partner, sign, w_ptr, eps, cos_ptr, sin_ptr, position, HEAD_DIM: tl.constexpr,
              NORM: tl.constexpr):
     """Rows [R] of head vectors at x_ptr + rows * HEAD_DIM, RMS-normalised with the weight at w_ptr if NORM,
@@ -52,8 +46,8 @@ def _rotated(x_ptr, rows, row_ok, d, partner, sign, w_ptr, eps, cos_ptr, sin_ptr
     xr = xr.to(tl.float32)
     if NORM:
         rstd = tl.rsqrt(tl.sum(x * x, 1) / HEAD_DIM + eps)[:, None]
-        x = _normed(x, tl.load(w_ptr + d)[None, :], rstd, dtype)
-        xr = _normed(xr, tl.load(w_ptr + partner)[None, :], rstd, dtype)
+        x = normed(x, tl.load(w_ptr + d)[None, :], rstd, dtype)
+        xr = normed(xr, tl.load(w_ptr + partner)[None, :], rstd, dtype)
     xr = xr * sign[None, :]
     cos = tl.load(cos_ptr + position * HEAD_DIM + d).to(dtype).to(tl.float32)
     sin = tl.load(sin_ptr + position * HEAD_DIM + d).to(dtype).to(tl.float32)
