@@ -329,7 +329,7 @@ class LLMEngine:
         # while the host streams the token out (a step is wasted when the token ends the generation); not before
         # the first token, whose wait is the time to first token.
         ahead = graphs is not None and logits.is_cuda
-        host = torch.empty(1, dtype=torch.int64, pin_memory=ahead)
+        host = torch.empty(1, dtype=torch.int64, pin_memory=True) if ahead else None
         ready = torch.cuda.Event() if ahead else None
         while True:
             token_tensor = sampler(logits[-1])
