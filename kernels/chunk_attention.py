@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import launch
+from kernels import launch, wait_for_inputs
 
 LOG2E = 1.4426950408889634
 
@@ -52,20 +52,29 @@ def chunk_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[
 
 
 @triton.jit
-def _load_table(table_ptr, num_chunks, total_len, lo, hi, CHUNKS_P2: tl.constexpr):
-    """The whole chunk table at once (one memory round trip instead of one per chunk) and the range
-    [first, last) of the chunks overlapping [lo, hi): those ending after lo and starting before hi."""
+def _load_table(table_ptr, num_chunks, CHUNKS_P2: tl.constexpr):
+    """The whole chunk table at once (one memory round trip instead of one per chunk): its columns, and the
+    chunk ends but the last (the total, which the caller has)."""
     idx = tl.arange(0, CHUNKS_P2)
     in_table = idx < num_chunks
     k_offs = tl.load(table_ptr + idx, mask=in_table, other=0)
     v_offs = tl.load(table_ptr + num_chunks + idx, mask=in_table, other=0)
     k_strides = tl.load(table_ptr + 2 * num_chunks + idx, mask=in_table, other=0)
     v_strides = tl.load(table_ptr + 3 * num_chunks + idx, mask=in_table, other=0)
-    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=in_table, other=total_len)
-    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=idx + 1 < num_chunks, other=total_len)
+    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=in_table, other=0)
+    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=idx + 1 < num_chunks, other=0)
+    return idx, k_offs, v_offs, k_strides, v_strides, starts, ends
+
+
+@triton.jit
+def _chunk_range(idx, num_chunks, starts, ends, total_len, lo, hi):
+    """The chunk ends with the last one's (total_len), and the range [first, last) of the chunks overlapping
+    [lo, hi): those ending after lo and starting before hi."""
+    in_table = idx < num_chunks
+    ends = tl.where(idx + 1 < num_chunks, ends, total_len)
     first = tl.sum((in_table & (ends <= lo)).to(tl.int32), 0)
     last = tl.sum((in_table & (starts < hi)).to(tl.int32), 0)
-    return idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last
+    return ends, first, last
 
 
 @triton.jit
@@ -109,11 +118,16 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
                  num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
                  HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
-                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr, TOTAL_IN_TABLE: tl.constexpr = False):
-    if TOTAL_IN_TABLE:  # CUDA graphs: the total (own chunk's end) is kept current on the device, and the
-        # splits share it evenly, split_len being the shortest split
+                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr, TOTAL_IN_TABLE: tl.constexpr, PDL: tl.constexpr):
+    if TOTAL_IN_TABLE:  # CUDA graphs: the columns are written before the launch, the total (own chunk's end)
+        # is kept current on the device, and the splits share it evenly, split_len being the shortest split
+        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
+        wait_for_inputs(PDL)
         total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
         split_len = tl.maximum(split_len, tl.cdiv(total_len, tl.num_programs(2)))
+    else:
+        wait_for_inputs(PDL)
+        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -125,9 +139,7 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
     q_rows = q_ptr + (qi * HQ + head)[:, None] * HEAD_DIM + d[None, :]
     lo = split * split_len
     hi = tl.minimum(lo + split_len, total_len)
-
-    idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last = _load_table(
-        table_ptr, num_chunks, total_len, lo, hi, CHUNKS_P2)
+    ends, first, last = _chunk_range(idx, num_chunks, starts, ends, total_len, lo, hi)
     own_len = total_len - tl.sum(tl.where(idx == num_chunks - 1, starts, 0), 0)
     causal_limit = qi + (own_len - num_q)
 
@@ -175,13 +187,18 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
                    HQ: tl.constexpr, GROUP: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, BLOCK_S: tl.constexpr,
                    ALIGNED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-                   TOTAL_IN_TABLE: tl.constexpr):
+                   TOTAL_IN_TABLE: tl.constexpr, PDL: tl.constexpr):
     """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the rows of
     a 16-row tensor-core tile) over its split; the program that finishes its KV head's splits last merges
     them by log-sum-exp, so one launch does the whole step."""
     if TOTAL_IN_TABLE:  # as in _attn_kernel
+        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
+        wait_for_inputs(PDL)
         total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
         split_len = tl.maximum(split_len, tl.cdiv(total_len, tl.num_programs(1)))
+    else:
+        wait_for_inputs(PDL)
+        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
     kv_head = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
@@ -191,9 +208,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     d = tl.arange(0, HEAD_DIM)
     lo = split * split_len
     hi = tl.minimum(lo + split_len, total_len)
-
-    idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last = _load_table(
-        table_ptr, num_chunks, total_len, lo, hi, CHUNKS_P2)
+    ends, first, last = _chunk_range(idx, num_chunks, starts, ends, total_len, lo, hi)
 
     m_i = tl.full([16], -1.0e30, tl.float32)
     l_i = tl.zeros([16], tl.float32)
@@ -251,8 +266,9 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
 
 @triton.jit(do_not_specialize=["num_splits", "n_rows"])
 def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, SPLITS_P2: tl.constexpr,
-                  BLOCK_S: tl.constexpr):
+                  BLOCK_S: tl.constexpr, PDL: tl.constexpr):
     row = tl.program_id(0)
+    wait_for_inputs(PDL)
     ml_ptr = part_ptr + num_splits * n_rows * HEAD_DIM
     d = tl.arange(0, HEAD_DIM)
     s = tl.arange(0, SPLITS_P2)
@@ -363,10 +379,7 @@ def _launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_sp
             hq, group, group_p2, head_dim, cfg["block_n"], triton.next_power_of_2(num_chunks + 1), block_s,
             aligned, _interpreting(), precision, total_in_table)
     options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    if key is None:
-        _decode_kernel[(hkv, num_splits)](*args, **options)
-    else:
-        launch(_decode_kernel, (hkv, num_splits), args, key + args[12:], **options)
+    launch(_decode_kernel, (hkv, num_splits), args, key and key + args[12:], **options)
 
 
 def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
@@ -487,14 +500,14 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
     if w["block_m"] == 64:
         cfg = PREFILL_TUNING
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    _attn_kernel[(w["m_tiles"], hkv, w["num_splits"])](
-        q, k_base, v_base, table, out, w["part"], num_chunks, num_q, w["split_len"], 0, scale * LOG2E,
-        q.stride(0), hq, group, head_dim, w["block_m"], cfg["block_n"], triton.next_power_of_2(num_chunks + 1),
-        True, workspace.get("aligned", False), _interpreting(), precision, True, num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"])
+    launch(_attn_kernel, (w["m_tiles"], hkv, w["num_splits"]),
+           (q, k_base, v_base, table, out, w["part"], num_chunks, num_q, w["split_len"], 0, scale * LOG2E,
+            q.stride(0), hq, group, head_dim, w["block_m"], cfg["block_n"], triton.next_power_of_2(num_chunks + 1),
+            True, workspace.get("aligned", False), _interpreting(), precision, True),
+           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     splits_p2 = triton.next_power_of_2(w["num_splits"])
-    _merge_kernel[(n_rows,)](w["part"], out, w["num_splits"], n_rows, head_dim, splits_p2, min(16, splits_p2),
-                             num_warps=4)
+    launch(_merge_kernel, (n_rows,), (w["part"], out, w["num_splits"], n_rows, head_dim, splits_p2,
+                                      min(16, splits_p2)), num_warps=4)
     return out
 
 

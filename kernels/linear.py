@@ -12,12 +12,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from kernels import launch
+from kernels import launch, wait_for_inputs
 from kernels.rmsnorm import normed, rmsnorm, rmsnorm_ref
 
 MAX_TRITON_ROWS = 16
 # outputs per program, input block, warps (rag.bench_kernels --tune)
-TUNING = dict(block_n=2, block_k=1024, num_warps=4)
+TUNING = dict(block_n=2, block_k=4096, num_warps=4)
 
 
 def linear_ref(x, weight, bias=None, norm_weight=None, eps=1e-6, gated=False, residual=None):
@@ -30,43 +30,65 @@ def linear_ref(x, weight, bias=None, norm_weight=None, eps=1e-6, gated=False, re
     return y
 
 
+@triton.jit
+def _input_block(x_row, norm_ptr, k0, cols, rstd, K: tl.constexpr, NORM: tl.constexpr, dtype):
+    """Inputs k0 + cols of a row, RMS-normalised if NORM, as the [1, BLOCK_K] fp32 operand of the product."""
+    k_ok = k0 + cols < K
+    x = tl.load(x_row + k0 + cols, mask=k_ok, other=0.0)
+    if NORM:
+        x = normed(x.to(tl.float32), tl.load(norm_ptr + k0 + cols, mask=k_ok, other=0.0), rstd, dtype)
+    return x.to(dtype).to(tl.float32)[None, :]
+
+
 @triton.jit(do_not_specialize=["stride_x", "stride_res"])
 def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, eps, stride_x, stride_res,
                    N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr, GATED: tl.constexpr,
-                   RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """out[row, n] for BLOCK_N outputs n; GATED: the weight's rows N + n are the up projection of gate row n."""
+                   RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    """out[row, n] for BLOCK_N outputs n; GATED: the weight's rows N + n are the up projection of gate row n.
+    When one block spans the input (K <= BLOCK_K) the weights are loaded before waiting for the input."""
     pid = tl.program_id(0)
     row = tl.program_id(1)
     dtype = out_ptr.dtype.element_ty
-    x_row = x_ptr + row * stride_x
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
     cols = tl.arange(0, BLOCK_K)
+    w_rows = w_ptr + n[:, None] * K + cols[None, :]
+    ONE_BLOCK: tl.constexpr = K <= BLOCK_K
+    if ONE_BLOCK:
+        w_ok = n_ok[:, None] & (cols < K)[None, :]
+        w = tl.load(w_rows, mask=w_ok, other=0.0)
+        if GATED:
+            w_up = tl.load(w_rows + N * K, mask=w_ok, other=0.0)
+    wait_for_inputs(PDL)
+    x_row = x_ptr + row * stride_x
+    rstd = 0.0
     if NORM:
         sq = tl.zeros([BLOCK_K], tl.float32)
         for k0 in range(0, K, BLOCK_K):
             xf = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
             sq += xf * xf
         rstd = tl.rsqrt(tl.sum(sq, 0) / K + eps)
-    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_ok = n < N
-    acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        k_ok = k0 + cols < K
-        x = tl.load(x_row + k0 + cols, mask=k_ok, other=0.0)
-        if NORM:
-            x = normed(x.to(tl.float32), tl.load(norm_ptr + k0 + cols, mask=k_ok, other=0.0), rstd, dtype)
-        x = x.to(dtype).to(tl.float32)[None, :]
-        w_tile = w_ptr + n[:, None] * K + k0 + cols[None, :]
-        w_ok = n_ok[:, None] & k_ok[None, :]
-        acc += tl.load(w_tile, mask=w_ok, other=0.0).to(tl.float32) * x
+    if ONE_BLOCK:
+        x = _input_block(x_row, norm_ptr, 0, cols, rstd, K, NORM, dtype)
+        y = tl.sum(w.to(tl.float32) * x, 1)
         if GATED:
-            acc_up += tl.load(w_tile + N * K, mask=w_ok, other=0.0).to(tl.float32) * x
-    y = tl.sum(acc, 1)
+            y_up = tl.sum(w_up.to(tl.float32) * x, 1)
+    else:
+        acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            x = _input_block(x_row, norm_ptr, k0, cols, rstd, K, NORM, dtype)
+            w_ok = n_ok[:, None] & (k0 + cols < K)[None, :]
+            acc += tl.load(w_rows + k0, mask=w_ok, other=0.0).to(tl.float32) * x
+            if GATED:
+                acc_up += tl.load(w_rows + N * K + k0, mask=w_ok, other=0.0).to(tl.float32) * x
+        y = tl.sum(acc, 1)
+        y_up = tl.sum(acc_up, 1)
     if BIAS:
         y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     if GATED:  # rounded like F.silu(gate) * up on the projection's output
         gate = y.to(dtype).to(tl.float32)
-        up = tl.sum(acc_up, 1).to(dtype).to(tl.float32)
+        up = y_up.to(dtype).to(tl.float32)
         y = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32) * up
     if RESIDUAL:
         y += tl.load(res_ptr + row * stride_res + n, mask=n_ok, other=0.0).to(tl.float32)

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import launch
+from kernels import launch, wait_for_inputs
 
 
 def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -21,14 +21,16 @@ def normed(x, w, rstd, dtype):
 
 
 @triton.jit(do_not_specialize=["stride_x"])
-def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, eps, stride_x, HIDDEN: tl.constexpr, BLOCK: tl.constexpr):
+def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, eps, stride_x, HIDDEN: tl.constexpr, BLOCK: tl.constexpr,
+                    PDL: tl.constexpr):
     row = tl.program_id(0)
     cols = tl.arange(0, BLOCK)
     ok = cols < HIDDEN
+    w = tl.load(w_ptr + cols, mask=ok, other=0.0)
+    wait_for_inputs(PDL)
     x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0)
     xf = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(xf * xf, 0) / HIDDEN + eps)
-    w = tl.load(w_ptr + cols, mask=ok, other=0.0)
     y = w.to(tl.float32) * (xf * rstd).to(x.dtype).to(tl.float32)
     tl.store(out_ptr + row * HIDDEN + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
 

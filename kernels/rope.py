@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import launch
+from kernels import launch, wait_for_inputs
 from kernels.rmsnorm import normed, rmsnorm_ref
 
 
@@ -58,9 +58,11 @@ def _rotated(x_ptr, rows, row_ok, d, partner, sign, w_ptr, eps, cos_ptr, sin_ptr
 def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_ptr, sin_ptr, out_ptr, ok_ptr,
                        ov_ptr, q_norm_ptr, k_norm_ptr, scale_ptr, qk_eps, n, num_shifts, stride_q, stride_k, stride_v,
                        HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, HQ_P2: tl.constexpr,
-                       HKV_P2: tl.constexpr, Q_NORM: tl.constexpr, K_NORM: tl.constexpr, HAS_SCALES: tl.constexpr):
+                       HKV_P2: tl.constexpr, Q_NORM: tl.constexpr, K_NORM: tl.constexpr, HAS_SCALES: tl.constexpr,
+                       PDL: tl.constexpr):
     i = tl.program_id(0)       # token
     c = tl.program_id(1)       # 0..num_shifts: a rotated query per chunk (the last: the own chunk); then K/V
+    wait_for_inputs(PDL)
     position = tl.load(pos_ptr + i)
     d = tl.arange(0, HEAD_DIM)
     half: tl.constexpr = HEAD_DIM // 2

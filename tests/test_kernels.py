@@ -99,7 +99,7 @@ def test_chunk_attention_reference_matches_sdpa():
     torch.testing.assert_close(out, sdpa.transpose(0, 1))
 
 
-# (rows, K, N, RMSNorm before, bias, gated, residual); K 96 and 200 leave a partial input block
+# (rows, K, N, RMSNorm before, bias, gated, residual); K 96 and 200 leave a partial input block of 64
 LINEAR_CASES = [(rows, k, n, norm, bias, False, residual)
                 for rows in (1, 3) for k, n in ((64, 48), (96, 20)) for norm in (False, True)
                 for bias, residual in ((False, False), (True, False), (False, True))]
@@ -124,8 +124,10 @@ def check_linear(case, dtype, device, atol):
 
 
 @interpreter
+@pytest.mark.parametrize("block_k", [4096, 64])  # the whole input in one block (weights read first) or a loop
 @pytest.mark.parametrize("case", LINEAR_CASES)
-def test_linear_interpreted(case):
+def test_linear_interpreted(case, block_k, monkeypatch):
+    monkeypatch.setitem(lin.TUNING, "block_k", block_k)
     check_linear(case, torch.float32, "cpu", 1e-3)
 
 
@@ -162,5 +164,7 @@ def test_chunk_attention_gpu(case, dtype, atol):
                                                  (1, 1024, 3072, True, False, True, False),   # gate/up
                                                  (1, 3072, 1024, False, False, False, True),  # down
                                                  (5, 896, 1152, True, True, False, False)])   # Qwen2-0.5B QKV
-def test_linear_gpu(case, dtype, atol):
+@pytest.mark.parametrize("block_k", [4096, 64])
+def test_linear_gpu(case, dtype, atol, block_k, monkeypatch):
+    monkeypatch.setitem(lin.TUNING, "block_k", block_k)
     check_linear(case, dtype, "cuda", atol)
