@@ -45,6 +45,19 @@ def test_cuda_graph_decode_equals_eager_for_128_tokens(qwen3_shape, dtype):
     assert graphed.token_ids == eager.token_ids and len(eager.token_ids) == 128
 
 
+def test_programmatic_dependent_launch_changes_no_token(qwen3_shape, monkeypatch):
+    """Graphs captured with the Triton kernels launched under programmatic dependent launch (each may start
+    before the one it depends on ends, and waits for it) decode what they decode without it."""
+    import kernels
+    tokens = {}
+    for pdl in (True, False):
+        monkeypatch.setattr(kernels, "PDL", pdl)
+        engine = LLMEngine(qwen3_shape, device="cuda", dtype="bf16")
+        chunks, question = composed(engine)
+        tokens[pdl] = engine.generate(question, SamplingParams(max_new_tokens=128, ignore_eos=True), chunks).token_ids
+    assert tokens[True] == tokens[False] and len(tokens[True]) == 128
+
+
 def test_blend_at_ratio_one_equals_full(qwen3_shape):
     """blend recomputes the documents with an explicit mask (SDPA); the question then runs over the blended chunk
     through the chunk attention kernel and the CUDA graphs. At ratio 1 that is a full prefill."""
