@@ -67,14 +67,29 @@ def _load_table(table_ptr, num_chunks, CHUNKS_P2: tl.constexpr):
 
 
 @triton.jit
-def _chunk_range(idx, num_chunks, starts, ends, total_len, lo, hi):
-    """The chunk ends with the last one's (total_len), and the range [first, last) of the chunks overlapping
-    [lo, hi): those ending after lo and starting before hi."""
+def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2: tl.constexpr,
+                  TOTAL_IN_TABLE: tl.constexpr, PDL: tl.constexpr):
+    """The table's columns (_load_table, with the last chunk's end), split `split`'s range [lo, hi) of the
+    concatenated keys and the range [first, last) of the chunks overlapping it (those ending after lo and
+    starting before hi), and the total length; waits for the previous kernel (wait_for_inputs) before reading
+    what it may have written. TOTAL_IN_TABLE (CUDA graphs): the columns are written before the launch and
+    read before the wait; the total (the own chunk's end) is kept current on the device, and the splits share
+    it evenly, split_len being the shortest split."""
+    if TOTAL_IN_TABLE:
+        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
+        wait_for_inputs(PDL)
+        total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
+        split_len = tl.maximum(split_len, tl.cdiv(total_len, num_splits))
+    else:
+        wait_for_inputs(PDL)
+        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
+    lo = split * split_len
+    hi = tl.minimum(lo + split_len, total_len)
     in_table = idx < num_chunks
     ends = tl.where(idx + 1 < num_chunks, ends, total_len)
     first = tl.sum((in_table & (ends <= lo)).to(tl.int32), 0)
     last = tl.sum((in_table & (starts < hi)).to(tl.int32), 0)
-    return ends, first, last
+    return idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi
 
 
 @triton.jit
@@ -119,27 +134,17 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
                  HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
                  DOT_F32: tl.constexpr, PRECISION: tl.constexpr, TOTAL_IN_TABLE: tl.constexpr, PDL: tl.constexpr):
-    if TOTAL_IN_TABLE:  # CUDA graphs: the columns are written before the launch, the total (own chunk's end)
-        # is kept current on the device, and the splits share it evenly, split_len being the shortest split
-        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
-        wait_for_inputs(PDL)
-        total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
-        split_len = tl.maximum(split_len, tl.cdiv(total_len, tl.num_programs(2)))
-    else:
-        wait_for_inputs(PDL)
-        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
+    idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi = _split_chunks(
+        table_ptr, num_chunks, split, tl.num_programs(2), split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE, PDL)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     qi = rows // GROUP
     head = kv_head * GROUP + rows % GROUP
     row_ok = qi < num_q
     d = tl.arange(0, HEAD_DIM)
     q_rows = q_ptr + (qi * HQ + head)[:, None] * HEAD_DIM + d[None, :]
-    lo = split * split_len
-    hi = tl.minimum(lo + split_len, total_len)
-    ends, first, last = _chunk_range(idx, num_chunks, starts, ends, total_len, lo, hi)
     own_len = total_len - tl.sum(tl.where(idx == num_chunks - 1, starts, 0), 0)
     causal_limit = qi + (own_len - num_q)
 
@@ -191,24 +196,15 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the rows of
     a 16-row tensor-core tile) over its split; the program that finishes its KV head's splits last merges
     them by log-sum-exp, so one launch does the whole step."""
-    if TOTAL_IN_TABLE:  # as in _attn_kernel
-        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
-        wait_for_inputs(PDL)
-        total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
-        split_len = tl.maximum(split_len, tl.cdiv(total_len, tl.num_programs(1)))
-    else:
-        wait_for_inputs(PDL)
-        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
     kv_head = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
+    idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi = _split_chunks(
+        table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE, PDL)
     g = tl.arange(0, 16)
     head = kv_head * GROUP + g
     g_ok = g < GROUP
     d = tl.arange(0, HEAD_DIM)
-    lo = split * split_len
-    hi = tl.minimum(lo + split_len, total_len)
-    ends, first, last = _chunk_range(idx, num_chunks, starts, ends, total_len, lo, hi)
 
     m_i = tl.full([16], -1.0e30, tl.float32)
     l_i = tl.zeros([16], tl.float32)
