@@ -71,18 +71,15 @@ def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len
                   TOTAL_IN_TABLE: tl.constexpr, PDL: tl.constexpr):
     """The table's columns (_load_table, with the last chunk's end), split `split`'s range [lo, hi) of the
     concatenated keys and the range [first, last) of the chunks overlapping it (those ending after lo and
-    starting before hi), and the total length; waits for the previous kernel (wait_for_inputs) before reading
-    what it may have written. TOTAL_IN_TABLE (CUDA graphs): the columns are written before the launch and
-    read before the wait; the total (the own chunk's end) is kept current on the device, and the splits share
-    it evenly, split_len being the shortest split."""
+    starting before hi), and the total length. The columns are written before the launch (no kernel writes
+    them), so they are read before waiting for the previous kernel (wait_for_inputs). TOTAL_IN_TABLE (CUDA
+    graphs): the total (the own chunk's end) is kept current on the device, read after the wait, and the
+    splits share it evenly, split_len being the shortest split."""
+    idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
+    wait_for_inputs(PDL)
     if TOTAL_IN_TABLE:
-        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
-        wait_for_inputs(PDL)
         total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
         split_len = tl.maximum(split_len, tl.cdiv(total_len, num_splits))
-    else:
-        wait_for_inputs(PDL)
-        idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
     lo = split * split_len
     hi = tl.minimum(lo + split_len, total_len)
     in_table = idx < num_chunks
@@ -296,11 +293,12 @@ def _interpreting() -> bool:
 HEAD_DIMS = (64, 128)  # what the Triton kernel supports
 # KV block, warps, pipeline depth, programs per SM to aim for, shortest split (rag.bench_kernels --tune):
 # _attn_kernel with up to 16 rows (swept at decode on 2026-11-25, H100), with row tiles of 64 (a 32-token
-# question, 2026-11-26, H200), and _decode_kernel (2026-11-26, H200)
+# question, 2026-11-26, H200), and _decode_kernel (2026-11-26, H200; its min_split and merge_elements chosen
+# later that day with the splits rounded to whole merge passes)
 TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32)
 PREFILL_TUNING = dict(block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64)
 # merge_elements: partial values the merging program reads at once (BLOCK_S splits x GROUP_P2 x D)
-DECODE_TUNING = dict(block_n=32, num_warps=2, num_stages=3, programs_per_sm=2, min_split=64, merge_elements=4096)
+DECODE_TUNING = dict(block_n=32, num_warps=2, num_stages=3, programs_per_sm=2, min_split=32, merge_elements=8192)
 
 
 _tables = {}
@@ -355,10 +353,21 @@ def _lock(device, n: int) -> torch.Tensor:
     return lock
 
 
-def _decode_splits(hkv: int, capacity: int, device) -> int:
+def _merge_pass(group: int, head_dim: int) -> int:
+    """Splits whose partials the merging program of _decode_kernel reads at once (a power of two)."""
+    return 1 << max(0, (DECODE_TUNING["merge_elements"] // (triton.next_power_of_2(group) * head_dim)).bit_length() - 1)
+
+
+def _decode_splits(hkv: int, group: int, head_dim: int, capacity: int, device) -> int:
+    """programs_per_sm programs for every SM, rounded down to whole merge passes (each pass of the merge is a
+    memory round trip on the step's critical path), and splits of at least min_split keys."""
     cfg = DECODE_TUNING
-    wanted = triton.cdiv(cfg["programs_per_sm"] * _num_sms(torch.device(device)), hkv)
-    return max(1, min(wanted, triton.cdiv(capacity, cfg["min_split"])))
+    splits = min(triton.cdiv(cfg["programs_per_sm"] * _num_sms(torch.device(device)), hkv),
+                 triton.cdiv(capacity, cfg["min_split"]))
+    per_pass = _merge_pass(group, head_dim)
+    if splits > per_pass:
+        splits -= splits % per_pass
+    return max(1, splits)
 
 
 def _launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_splits, split_len, total, scale,
@@ -369,7 +378,7 @@ def _launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_sp
     group_p2 = triton.next_power_of_2(group)
     splits_p2 = triton.next_power_of_2(num_splits)
     cfg = DECODE_TUNING
-    block_s = max(1, min(splits_p2, cfg["merge_elements"] // (group_p2 * head_dim)))
+    block_s = min(splits_p2, _merge_pass(group, head_dim))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     args = (q, k_base, v_base, table, out, part, lock, num_chunks, split_len, total, scale * LOG2E, q.stride(0),
             hq, group, group_p2, head_dim, cfg["block_n"], triton.next_power_of_2(num_chunks + 1), block_s,
@@ -391,7 +400,7 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     if total == 0:
         raise ValueError("chunk attention needs at least one key: every chunk is empty")
     if num_q == 1 and group <= 16:
-        num_splits = num_splits or _decode_splits(hkv, total, device)
+        num_splits = num_splits or _decode_splits(hkv, group, head_dim, total, device)
         split_len = max(1, triton.cdiv(total, num_splits))
         num_splits = max(1, triton.cdiv(total, split_len))
         out = torch.empty((1, hq, head_dim), dtype=q.dtype, device=device)
@@ -467,7 +476,7 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
     decode = num_q == 1 and group <= 16  # _decode_kernel; else _attn_kernel and _merge_kernel
     cfg = DECODE_TUNING if decode else PREFILL_TUNING if block_m == 64 else TUNING
     if decode:
-        num_splits = _decode_splits(hkv, capacity, device)
+        num_splits = _decode_splits(hkv, group, head_dim, capacity, device)
     else:
         num_splits = triton.cdiv(cfg["programs_per_sm"] * _num_sms(torch.device(device)), m_tiles * hkv)
         num_splits = max(2, min(num_splits, triton.cdiv(capacity, cfg["min_split"])))

@@ -200,7 +200,7 @@ def tune(which: list[str]) -> dict:
     layers' GEMV."""
     sweeps = {
         "decode": lambda: sweep("decode", ca.DECODE_TUNING,
-                                list(itertools.product((32, 64), (2,), (3, 4), (2, 4), (64, 128), (4096, 8192))),
+                                list(itertools.product((32, 64), (2,), (3, 4), (2, 4), (32, 64), (4096, 8192))),
                                 {total: decode_calls(total, chunks)[0] for total, chunks in CONTEXTS}),
         "prefill": lambda: sweep("prefill", ca.PREFILL_TUNING,
                                  list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4), (64, 256))),

@@ -33,7 +33,7 @@ ATTENTION_CASES = [
     ([150, 1, 200, 69], 1, 2, 2, 64, None, ()),       # 4 chunks totalling 420, decode, GQA 1
     ([150, 1, 200, 69], 1, 4, 2, 128, 3, ()),         # GQA 2, forced splits: merge path
     ([37, 90, 5], 1, 8, 2, 64, 4, ()),                # GQA 4
-    ([150, 1, 200, 69], 1, 4, 2, 64, 20, ()),         # more splits than one merge block
+    ([150, 1, 200, 69], 1, 4, 2, 64, 20, ()),         # 20 splits
     ([37, 90, 5], 1, 16, 2, 128, 1, ()),              # GQA 8, one split
     ([100, 1, 0], 1, 4, 2, 64, 2, ()),                # empty level-2 chunk
     ([1], 1, 4, 4, 64, None, ()),                     # a single chunk of length 1
@@ -66,6 +66,20 @@ def check_attention(case, dtype, device, atol):
 @pytest.mark.parametrize("case", ATTENTION_CASES)
 def test_chunk_attention_interpreted(case):
     check_attention(case, torch.float32, "cpu", 1e-3)
+
+
+@interpreter
+def test_decode_merges_partials_in_several_passes(monkeypatch):
+    monkeypatch.setitem(ca.DECODE_TUNING, "merge_elements", 4 * 2 * 64)  # 4 splits a pass at GQA 2, D 64
+    check_attention(([150, 1, 200, 69], 1, 4, 2, 64, 18, ()), torch.float32, "cpu", 1e-3)  # 5 passes, the last of 2
+
+
+def test_decode_splits_are_whole_merge_passes(monkeypatch):
+    monkeypatch.setitem(ca.DECODE_TUNING, "merge_elements", 12 * 2 * 64)  # 8 splits a pass (a power of two)
+    monkeypatch.setitem(ca.DECODE_TUNING, "programs_per_sm", 5)  # 20 programs for the CPU's 4 "SMs"
+    monkeypatch.setitem(ca.DECODE_TUNING, "min_split", 32)
+    assert ca._decode_splits(1, 2, 64, 10_000, "cpu") == 16
+    assert ca._decode_splits(1, 2, 64, 64, "cpu") == 2  # splits of 32 keys at least: less than one pass
 
 
 @interpreter
