@@ -81,7 +81,8 @@ class TieredChunkCache:
         if chunk is None:
             chunk = load()
             if self.cpu_tier is not None:
-                self.cpu_tier.put(key, _pinned(chunk))
+                chunk = _pinned(chunk)
+                self.cpu_tier.put(key, chunk)
         chunk = chunk.to(self.device, non_blocking=True)
         self.device_tier.put(key, chunk)
         return chunk, tier
@@ -101,6 +102,9 @@ class TieredChunkCache:
 
 
 def _pinned(chunk: KVChunk) -> KVChunk:
+    """The chunk in pinned CPU memory (as it is if it already is), so that copies to the GPU run asynchronously."""
+    if chunk.keys.is_pinned() and chunk.values.is_pinned():
+        return chunk
     keys, values = chunk.keys.cpu(), chunk.values.cpu()
     if torch.cuda.is_available():
         keys, values = keys.pin_memory(), values.pin_memory()

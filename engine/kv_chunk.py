@@ -7,6 +7,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
+import xxhash
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
@@ -47,20 +48,21 @@ class KVChunk:
         return replace(self, keys=self.keys.to(device, non_blocking=non_blocking),
                        values=self.values.to(device, non_blocking=non_blocking))
 
-    def checksum(self, algorithm: str = "crc32") -> str:
-        """"crc32:" and the CRC-32 of the keys, values and metadata; "sha256": the bare hex digest that files
-        saved before 2026-11-26 carry (slower to compute, so no longer written)."""
+    def checksum(self, algorithm: str = "xxh3") -> str:
+        """"xxh3:" and the 64-bit XXH3 hash of the keys, values and metadata. Files saved earlier carry
+        "crc32:" and their CRC-32 or (before 2026-11-26) the bare SHA-256 hex digest ("sha256"); both are
+        slower to compute and still verified, no longer written."""
         parts = [t.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy() for t in (self.keys, self.values)]
         parts.append(json.dumps([self.level, self.start, self.token_ids, self.fingerprint]).encode())
-        if algorithm == "sha256":
-            digest = hashlib.sha256()
+        if algorithm == "crc32":
+            crc = 0
             for part in parts:
-                digest.update(part)
-            return digest.hexdigest()
-        crc = 0
+                crc = zlib.crc32(part, crc)
+            return f"crc32:{crc:08x}"
+        digest = hashlib.sha256() if algorithm == "sha256" else xxhash.xxh3_64()
         for part in parts:
-            crc = zlib.crc32(part, crc)
-        return f"crc32:{crc:08x}"
+            digest.update(part)
+        return digest.hexdigest() if algorithm == "sha256" else f"xxh3:{digest.hexdigest()}"
 
     def save(self, path: Path) -> None:
         """Atomic write: temporary file, fsync, rename; the file carries a checksum of data and metadata."""
@@ -79,7 +81,9 @@ class KVChunk:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path, fingerprint: str, device="cpu") -> "KVChunk":
+    def load(cls, path: Path, fingerprint: str, device="cpu", pin: bool = False) -> "KVChunk":
+        """The chunk stored at path, checked, on `device`; on the CPU, in pinned memory if `pin` (for copies to
+        a GPU)."""
         path = Path(path)
         try:  # the tensors map the file: read once by the checksum, copied once to where they go below
             with safe_open(path, framework="pt") as f:
@@ -94,7 +98,7 @@ class KVChunk:
             raise KVChunkError(f"KV chunk {path} is truncated or corrupted: {exc}") from None
         if version != FORMAT_VERSION:
             raise FingerprintMismatch(f"KV chunk {path} has format version {version}, expected {FORMAT_VERSION}")
-        if chunk.checksum("crc32" if checksum.startswith("crc32:") else "sha256") != checksum:
+        if chunk.checksum(checksum.split(":")[0] if ":" in checksum else "sha256") != checksum:
             raise KVChunkError(f"KV chunk {path} is corrupted: checksum mismatch")
         if chunk.fingerprint != fingerprint:
             raise FingerprintMismatch(
@@ -104,5 +108,7 @@ class KVChunk:
         if chunk.keys.shape != chunk.values.shape or chunk.keys.shape[1] != chunk.length:
             raise KVChunkError(f"KV chunk {path} has inconsistent shapes {tuple(chunk.keys.shape)}")
         if torch.device(device).type == "cpu":  # own memory, not the file's mapping
+            if pin:
+                return replace(chunk, keys=keys.pin_memory(), values=values.pin_memory())
             return replace(chunk, keys=keys.clone(), values=values.clone())
         return chunk.to(device)

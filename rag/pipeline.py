@@ -371,7 +371,8 @@ class RAG:
                 message = f"KV chunk of passage {passage.pid} ({passage.doc_id}) is missing; recomputing it"
             else:
                 try:
-                    return self.store.load_chunk(passage.chunk_key, self.fingerprint, "cpu")
+                    return self.store.load_chunk(passage.chunk_key, self.fingerprint, "cpu",
+                                                 pin=self.cache.cpu_tier is not None)
                 except KVChunkError as exc:
                     message = f"{exc}; recomputing it"
             log.warning(message)

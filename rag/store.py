@@ -219,8 +219,8 @@ class Store:
     def save_chunk(self, key: str, chunk: KVChunk) -> None:
         chunk.save(self.chunk_path(key))
 
-    def load_chunk(self, key: str, fingerprint: str, device) -> KVChunk:
-        return KVChunk.load(self.chunk_path(key), fingerprint, device)
+    def load_chunk(self, key: str, fingerprint: str, device, pin: bool = False) -> KVChunk:
+        return KVChunk.load(self.chunk_path(key), fingerprint, device, pin)
 
     def chunk_files(self) -> list[Path]:
         return sorted(self.dir.glob("chunks/*.safetensors"))

@@ -189,11 +189,12 @@ def test_bad_chunk_files_are_refused(chunk, tmp_path):
         KVChunk.load(tmp_path / "absent.safetensors", "fp-a")
 
 
-def test_files_with_the_earlier_sha256_checksum_still_load(chunk, tmp_path):
+@pytest.mark.parametrize("algorithm", ["sha256", "crc32"])
+def test_files_with_earlier_checksums_still_load(chunk, tmp_path, algorithm):
     path = tmp_path / "c.safetensors"
     metadata = {"format_version": "1", "level": str(chunk.level), "start": str(chunk.start),
                 "token_ids": json.dumps(chunk.token_ids), "fingerprint": chunk.fingerprint,
-                "checksum": chunk.checksum("sha256")}
+                "checksum": chunk.checksum(algorithm)}
     data = save_tensors({"keys": chunk.keys, "values": chunk.values}, metadata=metadata)
     path.write_bytes(data)
     assert torch.equal(KVChunk.load(path, "fp-a").values.view(torch.int16), chunk.values.view(torch.int16))
@@ -204,7 +205,7 @@ def test_files_with_the_earlier_sha256_checksum_still_load(chunk, tmp_path):
         KVChunk.load(path, "fp-a")
     chunk.save(path)
     with safe_open(path, framework="pt") as f:
-        assert f.metadata()["checksum"].startswith("crc32:")
+        assert f.metadata()["checksum"].startswith("xxh3:")
 
 
 def fake_chunk(n_tokens: int) -> KVChunk:
