@@ -56,7 +56,7 @@ class GraphDecoder:
             own_tokens = max(own_tokens, question_bucket(prompt_tokens))
         self.bucket = max(MIN_BUCKET, 1 << (context + own_tokens - 1).bit_length())
         tables = chunk_tables(list(zip(ctx.keys, ctx.values)), self.own.keys, self.own.values, MAX_CHUNKS)
-        self.aligned = bool((tables[:, :4 * MAX_CHUNKS] % 16 == 0).all())  # offsets and strides (starts need not be)
+        self.aligned = bool((tables[:, :4 * MAX_CHUNKS].numpy() % 16 == 0).all())  # offsets, strides (not starts)
         self.tables.copy_(tables)
         self.shifts.zero_()
         self.shifts[len(self.shifts) - len(ctx.shifts):].copy_(ctx.shifts)  # after the padding, as in the tables

@@ -24,6 +24,7 @@ queries (_attn_kernel) a second kernel merges them, one program per row.
 import functools
 import os
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -443,7 +444,8 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
 
 
 def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor, num_chunks: int) -> torch.Tensor:
-    """Every layer's table for chunk_attention_table, [layers, 5 * num_chunks + 1] int64 on the CPU.
+    """Every layer's table for chunk_attention_table, [layers, 5 * num_chunks + 1] int64 on the CPU (built with
+    NumPy: a dozen small torch ops would cost more host time than the table is worth).
 
     chunks: (keys, values) pairs of [layers, n, Hkv, D] tensors, after empty chunks that pad them to
     num_chunks - 1 (first, so that every split skips them with the chunks ending before it); the request's
@@ -459,13 +461,14 @@ def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor,
         columns.append(((k.data_ptr() - own_keys.data_ptr()) // size, (v.data_ptr() - own_values.data_ptr()) // size,
                         k.stride(0), v.stride(0), k.stride(1), v.stride(1), k.shape[1]))
     columns.append((0, 0, own_keys.stride(0), own_values.stride(0), row, own_values.stride(1), 0))
-    k_off, v_off, k_layer, v_layer, k_row, v_row, length = torch.tensor(columns, dtype=torch.int64).T
-    layers = torch.arange(own_keys.shape[0])[:, None]
+    k_off, v_off, k_layer, v_layer, k_row, v_row, length = np.array(columns, dtype=np.int64).T
+    layers = np.arange(own_keys.shape[0])[:, None]
     k_offs = k_off + layers * (k_layer - own_keys.stride(0))
     v_offs = v_off + layers * (v_layer - own_values.stride(0))
-    starts = torch.cumsum(length, 0) - length
-    rows = [k_offs, v_offs] + [t.expand(len(layers), -1) for t in (k_row, v_row, starts, length.sum().view(1))]
-    return torch.cat(rows, dim=1)
+    starts = np.cumsum(length) - length
+    shared = (k_row, v_row, starts, length.sum(keepdims=True))  # the same for every layer
+    rows = [k_offs, v_offs] + [np.broadcast_to(t, (len(layers), len(t))) for t in shared]
+    return torch.from_numpy(np.concatenate(rows, axis=1))
 
 
 def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int, device) -> dict:
