@@ -17,8 +17,8 @@ from kernels.rmsnorm import normed, rmsnorm, rmsnorm_ref
 
 MAX_TRITON_ROWS = 16
 # outputs per program, input block, warps: 8 outputs a program, chosen by the decode step's GPU time in the engine's
-# CUDA graph (H100, 2026-11-26: 0.959 ms at 1K against 1.008 with 2, whose isolated calls were faster in
-# rag.bench_kernels --tune: with fewer programs more of a GEMV's weights load while the kernel before it runs)
+# CUDA graph (H100, 2026-11-26: 0.959 ms at 1K against 1.008 with 2, which rag.bench_kernels --tune prefers for
+# back-to-back calls of one layer)
 TUNING = dict(block_n=8, block_k=4096, num_warps=4)
 
 
