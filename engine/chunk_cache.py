@@ -81,8 +81,10 @@ class TieredChunkCache:
         if chunk is None:
             chunk = load()
             if self.cpu_tier is not None:
-                chunk = _pinned(chunk)
-                self.cpu_tier.put(key, chunk)
+                pinned = _pinned(chunk)
+                self.cpu_tier.put(key, pinned)
+                if chunk.device.type == "cpu":  # read from disk: copied to the GPU from the pinned copy
+                    chunk = pinned
         chunk = chunk.to(self.device, non_blocking=True)
         self.device_tier.put(key, chunk)
         return chunk, tier

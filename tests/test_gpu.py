@@ -94,3 +94,6 @@ def test_a_chunk_from_disk_is_pinned_once_and_copied_from_there(tmp_path):
     assert tier == "disk" and chunk.keys.is_cuda
     assert tiers.cpu_tier.get("c") is loaded  # kept as loaded: no second copy into pinned memory
     assert torch.equal(chunk.keys.cpu(), keys) and torch.equal(chunk.values.cpu(), values)
+    recomputed = loaded.to("cuda")  # a chunk prefilled again on the GPU is kept there, not copied back from pinned
+    chunk, _ = tiers.get("r", lambda: recomputed)
+    assert chunk.keys.data_ptr() == recomputed.keys.data_ptr() and tiers.cpu_tier.get("r").keys.is_pinned()
