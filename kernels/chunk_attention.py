@@ -259,24 +259,30 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
 
 
 @triton.jit(do_not_specialize=["num_splits", "n_rows"])
-def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, SPLITS_P2: tl.constexpr,
-                  BLOCK_S: tl.constexpr, PDL: tl.constexpr):
+def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+                  PDL: tl.constexpr):
+    """Output row `row` from its splits' partials by log-sum-exp: one online pass, each block of BLOCK_S
+    splits' m, l and accumulators loaded together (one memory round trip a block)."""
     row = tl.program_id(0)
     wait_for_inputs(PDL)
     ml_ptr = part_ptr + num_splits * n_rows * HEAD_DIM
     d = tl.arange(0, HEAD_DIM)
-    s = tl.arange(0, SPLITS_P2)
-    m_max = tl.max(tl.load(ml_ptr + s * n_rows + row, mask=s < num_splits, other=float("-inf")), 0)
-    acc = tl.zeros([BLOCK_S, HEAD_DIM], tl.float32)
-    l_acc = tl.zeros([BLOCK_S], tl.float32)
+    m_all = tl.full([1], -1.0e30, tl.float32)
+    l_all = tl.zeros([1], tl.float32)
+    acc = tl.zeros([1, HEAD_DIM], tl.float32)
     for s0 in range(0, num_splits, BLOCK_S):
         sb = s0 + tl.arange(0, BLOCK_S)
         ok = sb < num_splits
-        w = tl.exp2(tl.load(ml_ptr + sb * n_rows + row, mask=ok, other=float("-inf")) - m_max)
-        l_acc += w * tl.load(ml_ptr + (num_splits + sb) * n_rows + row, mask=ok, other=0.0)
-        o = tl.load(part_ptr + (sb * n_rows + row)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
-        acc += o * w[:, None]
-    out = tl.sum(acc, 0) / tl.sum(l_acc, 0)
+        m_b = tl.load(ml_ptr + sb * n_rows + row, mask=ok, other=-1.0e30)
+        l_b = tl.load(ml_ptr + (num_splits + sb) * n_rows + row, mask=ok, other=0.0)
+        o_b = tl.load(part_ptr + (sb * n_rows + row)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
+        m_new = tl.maximum(m_all, tl.max(m_b, 0))
+        alpha = tl.exp2(m_all - m_new)
+        w = tl.exp2(m_b - m_new)
+        l_all = l_all * alpha + tl.sum(w * l_b, 0)
+        acc = acc * alpha[:, None] + tl.sum(o_b * w[:, None], 0)[None, :]
+        m_all = m_new
+    out = tl.sum(acc / l_all[:, None], 0)
     tl.store(out_ptr + row * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty))
 
 
@@ -352,6 +358,11 @@ def _lock(device, n: int) -> torch.Tensor:
     if lock is None or lock.numel() < n:
         lock = _locks[device] = torch.zeros(max(n, 64), dtype=torch.int32, device=device)
     return lock
+
+
+def _merge_block(num_splits: int, head_dim: int) -> int:
+    """Splits a block of _merge_kernel loads at once: all of them, up to 8,192 values."""
+    return min(triton.next_power_of_2(num_splits), 8192 // head_dim)
 
 
 def _merge_pass(group: int, head_dim: int) -> int:
@@ -436,10 +447,9 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     launch(_attn_kernel, (m_tiles, hkv, num_splits), args, key, num_warps=cfg["num_warps"],
            num_stages=cfg["num_stages"])
     if split:
-        splits_p2 = triton.next_power_of_2(num_splits)
-        block_s = min(16, splits_p2)
-        launch(_merge_kernel, (n_rows,), (part, out, num_splits, n_rows, head_dim, splits_p2, block_s),
-               ("merge", device.index, q.dtype, head_dim, splits_p2, block_s), num_warps=4)
+        block_s = _merge_block(num_splits, head_dim)
+        launch(_merge_kernel, (n_rows,), (part, out, num_splits, n_rows, head_dim, block_s),
+               ("merge", device.index, q.dtype, head_dim, block_s), num_warps=4)
     return out
 
 
@@ -513,9 +523,8 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
             q.stride(0), hq, group, head_dim, w["block_m"], cfg["block_n"], triton.next_power_of_2(num_chunks + 1),
             True, workspace.get("aligned", False), _interpreting(), precision, True),
            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    splits_p2 = triton.next_power_of_2(w["num_splits"])
-    launch(_merge_kernel, (n_rows,), (w["part"], out, w["num_splits"], n_rows, head_dim, splits_p2,
-                                      min(16, splits_p2)), num_warps=4)
+    launch(_merge_kernel, (n_rows,), (w["part"], out, w["num_splits"], n_rows, head_dim,
+                                      _merge_block(w["num_splits"], head_dim)), num_warps=4)
     return out
 
 

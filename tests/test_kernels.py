@@ -40,6 +40,7 @@ ATTENTION_CASES = [
     ([60, 45, 30], 17, 4, 2, 64, 1, ()),              # prefill, causal last chunk
     ([60, 45, 30], 17, 8, 1, 128, 3, ()),             # prefill, GQA 8: 136 rows in 3 tiles, splits
     ([80, 17], 17, 4, 4, 64, 2, ()),                  # prefill, level-2 chunk = the queries
+    ([150, 1, 200, 69], 5, 4, 2, 64, 140, ()),        # prefill, 140 splits: merged in two blocks of 128
     ([70, 3, 40], 5, 4, 2, 64, 2, (0, 2)),            # strided views at odd offsets (unaligned path)
     ([50], 12, 2, 1, 64, None, ()),                   # only the request's own chunk
     ([40, 9], 1, 32, 1, 64, 2, ()),                   # GQA 32: decode through the general kernel
