@@ -255,7 +255,10 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
         out = acc_all / l_all[:, None]
         tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=(gm < GROUP)[:, None])
-        tl.atomic_xchg(lock_ptr + kv_head, 0)  # ready for the next launch (CUDA-graph replays included)
+        # ready for the next launch (CUDA-graph replays included): every split has counted, and the next launch
+        # reads the counter only after this one has completed, so a plain store does (an exchange would make
+        # the program wait for its round trip before it exits)
+        tl.store(lock_ptr + kv_head, 0)
 
 
 @triton.jit(do_not_specialize=["num_splits", "n_rows"])
