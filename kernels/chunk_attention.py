@@ -126,6 +126,18 @@ def _attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexp
     return m_new, l_i, acc
 
 
+@triton.jit
+def _merge_partials(m_all, l_all, acc, m_b, l_b, o_b):
+    """Folds one block of splits' partials (m_b, l_b [BLOCK_S, R], o_b [BLOCK_S, R, D]) into the running max,
+    sum and accumulator of R output rows by log-sum-exp."""
+    m_new = tl.maximum(m_all, tl.max(m_b, 0))
+    alpha = tl.exp2(m_all - m_new)
+    w = tl.exp2(m_b - m_new[None, :])
+    l_all = l_all * alpha + tl.sum(w * l_b, 0)
+    acc = acc * alpha[:, None] + tl.sum(o_b * w[:, :, None], 0)
+    return m_new, l_all, acc
+
+
 @triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
 def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
                  num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
@@ -246,12 +258,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
                           cache_modifier=".cg")
             o_b = tl.load(part_ptr + ((sb[:, None] * HQ + rows[None, :]) * HEAD_DIM)[:, :, None] + d[None, None, :],
                           mask=ok[:, :, None], other=0.0, cache_modifier=".cg")
-            m_new = tl.maximum(m_all, tl.max(m_b, 0))
-            alpha = tl.exp2(m_all - m_new)
-            w = tl.exp2(m_b - m_new[None, :])
-            l_all = l_all * alpha + tl.sum(w * l_b, 0)
-            acc_all = acc_all * alpha[:, None] + tl.sum(o_b * w[:, :, None], 0)
-            m_all = m_new
+            m_all, l_all, acc_all = _merge_partials(m_all, l_all, acc_all, m_b, l_b, o_b)
         out = acc_all / l_all[:, None]
         tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=(gm < GROUP)[:, None])
@@ -274,19 +281,15 @@ def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr,
     l_all = tl.zeros([1], tl.float32)
     acc = tl.zeros([1, HEAD_DIM], tl.float32)
     for s0 in range(0, num_splits, BLOCK_S):
-        sb = s0 + tl.arange(0, BLOCK_S)
+        sb = (s0 + tl.arange(0, BLOCK_S))[:, None]  # [BLOCK_S, 1]: the splits of one row
         ok = sb < num_splits
         m_b = tl.load(ml_ptr + sb * n_rows + row, mask=ok, other=-1.0e30)
         l_b = tl.load(ml_ptr + (num_splits + sb) * n_rows + row, mask=ok, other=0.0)
-        o_b = tl.load(part_ptr + (sb * n_rows + row)[:, None] * HEAD_DIM + d[None, :], mask=ok[:, None], other=0.0)
-        m_new = tl.maximum(m_all, tl.max(m_b, 0))
-        alpha = tl.exp2(m_all - m_new)
-        w = tl.exp2(m_b - m_new)
-        l_all = l_all * alpha + tl.sum(w * l_b, 0)
-        acc = acc * alpha[:, None] + tl.sum(o_b * w[:, None], 0)[None, :]
-        m_all = m_new
-    out = tl.sum(acc / l_all[:, None], 0)
-    tl.store(out_ptr + row * HEAD_DIM + d, out.to(out_ptr.dtype.element_ty))
+        o_b = tl.load(part_ptr + ((sb * n_rows + row) * HEAD_DIM)[:, :, None] + d[None, None, :], mask=ok[:, :, None],
+                      other=0.0)
+        m_all, l_all, acc = _merge_partials(m_all, l_all, acc, m_b, l_b, o_b)
+    out = acc / l_all[:, None]
+    tl.store(out_ptr + row * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty))
 
 
 @functools.lru_cache(maxsize=None)
