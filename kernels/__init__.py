@@ -26,12 +26,14 @@ def _has_pdl(device_index: int) -> bool:
 
 @triton.jit
 def wait_for_inputs(PDL: tl.constexpr):
-    """Under programmatic dependent launch a kernel starts while the one before it in the stream finishes: here
-    it waits until that one has completed and its writes are visible, and lets the next kernel start. What a
-    kernel does before this may only read what no kernel writes (weights, tables built before the launch)."""
+    """Under programmatic dependent launch a kernel starts while the one before it in the stream runs: here it
+    lets the next kernel start, then waits until the one before has completed and its writes are visible. As
+    every kernel waits so, a kernel past this point runs after all the earlier ones have completed, however
+    early it started. What a kernel does before this may only read what no kernel writes (weights, chunk
+    tables, stored chunks)."""
     if PDL:
-        gdc_wait()
         gdc_launch_dependents()
+        gdc_wait()
 
 
 def launch(kernel, grid, args, key=None, **options):
