@@ -4,9 +4,11 @@
 Everything a step reads lives in static buffers: the input token, its position and own-buffer slot, the
 position shift of every chunk, the request's own (level-2) KV buffer, and a per-layer chunk table (element
 offsets of every chunk's K/V from the own buffer's base, row strides, cumulative lengths). A request fills
-them once (`prepare`); each step then only replays the graph. Chunks are padded with empty ones to
-MAX_CHUNKS so every request of a bucket uses the same graph.
+them once (`prepare`: the tables, shifts, scales and the padded question are written on the host into one
+pinned buffer and copied with one asynchronous copy); each step then only replays the graph. Chunks are
+padded with empty ones to MAX_CHUNKS so every request of a bucket uses the same graph.
 """
+import numpy as np
 import torch
 
 from kernels.chunk_attention import chunk_attention_table, chunk_tables, decode_workspace
@@ -23,6 +25,23 @@ def question_bucket(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
+def _input_sizes(layers: int) -> dict:
+    """int64 elements of each input in GraphDecoder.inputs (the float32 scales take half as many)."""
+    return dict(tables=layers * (5 * MAX_CHUNKS + 1), shifts=MAX_CHUNKS - 1, scales=MAX_CHUNKS // 2,
+                context_tokens=1, prompt=MAX_QUESTION, prompt_positions=MAX_QUESTION, last=1)
+
+
+def _input_views(buffer: torch.Tensor, layers: int) -> dict:
+    views, offset = {}, 0
+    for name, size in _input_sizes(layers).items():
+        views[name] = buffer[offset:offset + size]
+        offset += size
+    views["tables"] = views["tables"].view(layers, 5 * MAX_CHUNKS + 1)
+    views["scales"] = views["scales"].view(torch.float32)[:MAX_CHUNKS - 1]
+    views["context_tokens"] = views["context_tokens"][0]
+    return views
+
+
 class GraphDecoder:
     def __init__(self, model: Decoder, own_capacity: int, dtype: torch.dtype, device: str):
         c = model.config
@@ -31,39 +50,57 @@ class GraphDecoder:
         self.token = torch.zeros(1, dtype=torch.int64, device=device)
         self.position = torch.zeros(1, dtype=torch.int64, device=device)
         self.slot = torch.zeros(1, dtype=torch.int64, device=device)
-        self.prompt = torch.zeros(MAX_QUESTION, dtype=torch.int64, device=device)
-        self.prompt_positions = torch.zeros(MAX_QUESTION, dtype=torch.int64, device=device)
         self.prompt_slots = torch.arange(MAX_QUESTION, device=device)
-        self.last = torch.zeros(1, dtype=torch.int64, device=device)
-        self.context_tokens = torch.zeros((), dtype=torch.int64, device=device)
-        self.shifts = torch.zeros(MAX_CHUNKS - 1, dtype=torch.int64, device=device)
-        self.scales = torch.ones(MAX_CHUNKS - 1, dtype=torch.float32, device=device)
-        self.tables = torch.zeros(c.num_layers, 5 * MAX_CHUNKS + 1, dtype=torch.int64, device=device)
-        self.graphs: dict[tuple, tuple] = {}
         self.capture = torch.device(device).type == "cuda"  # elsewhere the same steps run eagerly (for tests)
+        # what prepare writes: views of one int64 buffer, filled from its pinned host copy
+        self.inputs = torch.zeros(sum(_input_sizes(c.num_layers).values()), dtype=torch.int64, device=device)
+        self.staging = torch.zeros(self.inputs.shape, dtype=torch.int64, pin_memory=self.capture)
+        self.staged = torch.cuda.Event() if self.capture else None  # the last copy out of staging
+        self.host = {name: t.numpy() for name, t in _input_views(self.staging, c.num_layers).items()}
+        views = _input_views(self.inputs, c.num_layers)
+        self.tables, self.shifts, self.scales = views["tables"], views["shifts"], views["scales"]
+        self.context_tokens, self.prompt, self.prompt_positions = (
+            views["context_tokens"], views["prompt"], views["prompt_positions"])
+        self.last = views["last"]
+        self.graphs: dict[tuple, tuple] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.bucket, self.aligned = MIN_BUCKET, False
 
     def fits(self, chunks: list[KVChunk], own_tokens: int) -> bool:
         return len(chunks) < MAX_CHUNKS and own_tokens <= self.own.capacity
 
-    def prepare(self, ctx: AttentionContext, own_tokens: int, prompt_tokens: int) -> None:
+    def prepare(self, ctx: AttentionContext, own_tokens: int, prompt: list[int], start: int) -> None:
         """Fills the static buffers for a request over ctx's chunks (on the device: the table holds their
-        addresses) whose own chunk will hold at most own_tokens tokens, the first prompt_tokens of them
-        prefilled at once."""
+        addresses) whose own chunk will hold at most own_tokens tokens, the first of them the prompt at
+        positions from `start` (prefilled by a graph if it has at most MAX_QUESTION tokens)."""
         context = sum(k.shape[1] for k in ctx.keys)
-        if prompt_tokens <= MAX_QUESTION:
-            own_tokens = max(own_tokens, question_bucket(prompt_tokens))
+        n = len(prompt)
+        if n <= MAX_QUESTION:
+            own_tokens = max(own_tokens, question_bucket(n))
         self.bucket = max(MIN_BUCKET, 1 << (context + own_tokens - 1).bit_length())
+        if self.staged is not None:
+            self.staged.synchronize()  # the previous request's copy has left the staging buffer
+        host = self.host
         tables = chunk_tables(list(zip(ctx.keys, ctx.values)), self.own.keys, self.own.values, MAX_CHUNKS)
-        self.aligned = bool((tables[:, :4 * MAX_CHUNKS].numpy() % 16 == 0).all())  # offsets, strides (not starts)
-        self.tables.copy_(tables)
-        self.shifts.zero_()
-        self.shifts[len(self.shifts) - len(ctx.shifts):].copy_(ctx.shifts)  # after the padding, as in the tables
-        self.scales.fill_(1.0)
+        host["tables"][:] = tables
+        self.aligned = bool((tables[:, :4 * MAX_CHUNKS] % 16 == 0).all())  # offsets, strides (not starts)
+        host["shifts"][:] = 0
+        host["scales"][:] = 1.0
+        host["context_tokens"][...] = context
+        if n <= MAX_QUESTION:
+            padded = question_bucket(n)
+            host["prompt"][:n] = prompt
+            host["prompt"][n:padded] = 0
+            top = self.model.config.max_position - 1
+            host["prompt_positions"][:padded] = np.minimum(np.arange(start, start + padded), top)
+            host["last"][0] = n - 1
+        self.inputs.copy_(self.staging, non_blocking=True)
+        if self.staged is not None:
+            self.staged.record()
+        # the chunks' shifts and scales are already on the device: after the padding, as in the tables
+        self.shifts[len(self.shifts) - len(ctx.shifts):].copy_(ctx.shifts)
         if ctx.scales is not None:
             self.scales[len(self.scales) - len(ctx.scales):].copy_(ctx.scales)
-        self.context_tokens.fill_(context)
 
     def _attend(self, layer: int, queries: torch.Tensor, workspace) -> torch.Tensor:
         return chunk_attention_table(queries, self.own.keys[layer], self.own.values[layer], self.tables[layer],
@@ -82,18 +119,12 @@ class GraphDecoder:
         self.tables[:, -1] = self.context_tokens + self.slot + 1  # the own chunk ends after this step's token
         return self.model.step(self.token, self.position, self.slot, ctx)
 
-    def prefill(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
-        """Logits after the prompt `ids` at consecutive `positions`, written to own slots from 0; None when the
-        prompt is too long for a graph."""
-        n = ids.shape[0]
+    def prefill(self, n: int) -> torch.Tensor | None:
+        """Logits after the n-token prompt given to prepare, written to own slots from 0; None when the prompt is
+        too long for a graph."""
         if n > MAX_QUESTION:
             return None
         padded = question_bucket(n)
-        self.prompt[:n].copy_(ids)
-        self.prompt[n:padded].zero_()
-        top = self.model.config.max_position - 1
-        torch.clamp(torch.arange(padded, device=ids.device) + positions[:1], max=top, out=self.prompt_positions[:padded])
-        self.last.fill_(n - 1)
         return self._replay(("prefill", self.bucket, self.aligned, padded), padded)
 
     def step(self, token: torch.Tensor, position: torch.Tensor, slot: int) -> torch.Tensor:

@@ -164,9 +164,7 @@ class LLMEngine:
             raise ValueError("cannot prefill an empty token sequence")
         ctx, start = self._context(context, len(token_ids), start)
         self._check_length(start + len(token_ids))
-        ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
-        positions = torch.arange(start, start + len(token_ids), device=self.device)
-        self.model(ids, positions, ctx)
+        self.model(*self._device_inputs(token_ids, start), ctx)
         return KVChunk(level=level, token_ids=list(token_ids), start=start, keys=ctx.own.keys,
                        values=ctx.own.values, fingerprint=fingerprint)
 
@@ -253,8 +251,8 @@ class LLMEngine:
     def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached") -> torch.Tensor:
         """Logits of every token of token_ids after the chunks ([n, vocab], fp32); for tests and evaluation."""
         chunks = self._compose(chunks, mode)
-        ctx, ids, positions = self._prefill_inputs(chunks, token_ids, mode, 0)
-        return self.model(ids, positions, ctx, all_logits=True)[-len(token_ids):]
+        ctx, prompt, start = self._prefill_inputs(chunks, token_ids, mode, 0)
+        return self.model(*self._device_inputs(prompt, start), ctx, all_logits=True)[-len(token_ids):]
 
     def _compose(self, chunks, mode: str) -> list[KVChunk]:
         """The chunks to prefill over: for `blend`, level 0 and the blended documents."""
@@ -263,8 +261,9 @@ class LLMEngine:
         return self.blend(list(chunks)) if mode == "blend" else list(chunks)
 
     def _prefill_inputs(self, chunks, token_ids, mode, max_new_tokens, own=None):
-        """`full`: every token prefilled in order; `cached`: the chunks at their canonical positions (_context);
-        `blend`: its blended documents after level 0."""
+        """The context, the tokens to prefill and the position of the first. `full`: every token prefilled in
+        order; `cached`: the chunks at their canonical positions (_context); `blend`: its blended documents after
+        level 0."""
         if mode == "full":
             token_ids = [t for c in chunks for t in c.token_ids] + list(token_ids)
             chunks = []
@@ -272,9 +271,11 @@ class LLMEngine:
             raise ValueError("nothing to prefill: the prompt is empty")
         ctx, start = self._context(chunks, len(token_ids) + max_new_tokens, own=own, canonical=mode == "cached")
         self._check_length(start + len(token_ids) + max_new_tokens)
-        ids = torch.tensor(token_ids, dtype=torch.int64, device=self.device)
-        positions = torch.arange(start, start + len(token_ids), device=self.device)
-        return ctx, ids, positions
+        return ctx, list(token_ids), start
+
+    def _device_inputs(self, prompt: list[int], start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.tensor(prompt, dtype=torch.int64, device=self.device)
+        return ids, torch.arange(start, start + len(prompt), device=self.device)
 
     def stream(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
                chunks: list[KVChunk] = (), mode: str = "cached") -> Generation:
@@ -288,12 +289,12 @@ class LLMEngine:
         own_tokens = len(token_ids) + params.max_new_tokens + (context_tokens if mode == "full" else 0)
         graphs = self.graphs if self.graphs is not None and self.graphs.fits(
             chunks if mode != "full" else [], own_tokens) else None
-        ctx, ids, positions = self._prefill_inputs(chunks, token_ids, mode, params.max_new_tokens,
-                                                   own=graphs.own if graphs else None)
+        ctx, prompt, start = self._prefill_inputs(chunks, token_ids, mode, params.max_new_tokens,
+                                                  own=graphs.own if graphs else None)
         if graphs:
-            graphs.prepare(ctx, own_tokens, len(ids))
-        generation = Generation(_deltas=iter(()), prompt_tokens=len(ids) + (context_tokens if mode != "full" else 0))
-        generation._deltas = self._decode_loop(generation, ctx, ids, positions, params, graphs, mode, began)
+            graphs.prepare(ctx, own_tokens, prompt, start)
+        generation = Generation(_deltas=iter(()), prompt_tokens=len(prompt) + (context_tokens if mode != "full" else 0))
+        generation._deltas = self._decode_loop(generation, ctx, prompt, start, params, graphs, mode, began)
         return generation
 
     def generate(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
@@ -303,17 +304,17 @@ class LLMEngine:
     def chat_ids(self, messages: list[dict]) -> list[int]:
         return self.tokenizer.encode(self.tokenizer.chat(messages))
 
-    def _decode_loop(self, generation: Generation, ctx: AttentionContext, ids, positions, params: SamplingParams,
-                     graphs, mode: str, began: float):
+    def _decode_loop(self, generation: Generation, ctx: AttentionContext, prompt: list[int], start: int,
+                     params: SamplingParams, graphs, mode: str, began: float):
         sampler = Sampler(params, torch.device(self.device))
         text = TextStream(self.tokenizer, params.stop)
         eos = self.tokenizer.eos_token_ids
-        logits = graphs.prefill(ids, positions) if graphs is not None and mode != "full" else None
+        logits = graphs.prefill(len(prompt)) if graphs is not None and mode != "full" else None
         if logits is None:
-            logits = self.model(ids, positions, ctx)
+            logits = self.model(*self._device_inputs(prompt, start), ctx)
         else:
-            ctx.own.length = len(ids)
-        position = positions[-1:] + 1
+            ctx.own.length = len(prompt)
+        position = torch.full((1,), start + len(prompt), dtype=torch.int64, device=self.device)
 
         def advance(token_tensor):  # queues the step that follows token_tensor
             nonlocal position

@@ -459,9 +459,9 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     return out
 
 
-def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor, num_chunks: int) -> torch.Tensor:
-    """Every layer's table for chunk_attention_table, [layers, 5 * num_chunks + 1] int64 on the CPU (built with
-    NumPy: a dozen small torch ops would cost more host time than the table is worth).
+def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor, num_chunks: int) -> np.ndarray:
+    """Every layer's table for chunk_attention_table, [layers, 5 * num_chunks + 1] int64 (built with NumPy: a
+    dozen small torch ops would cost more host time than the table is worth).
 
     chunks: (keys, values) pairs of [layers, n, Hkv, D] tensors, after empty chunks that pad them to
     num_chunks - 1 (first, so that every split skips them with the chunks ending before it); the request's
@@ -484,7 +484,7 @@ def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor,
     starts = np.cumsum(length) - length
     shared = (k_row, v_row, starts, length.sum(keepdims=True))  # the same for every layer
     rows = [k_offs, v_offs] + [np.broadcast_to(t, (len(layers), len(t))) for t in shared]
-    return torch.from_numpy(np.concatenate(rows, axis=1))
+    return np.concatenate(rows, axis=1)
 
 
 def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int, device) -> dict:
