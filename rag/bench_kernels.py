@@ -7,8 +7,9 @@ against the unfused PyTorch ops.
 
 GPU time: many calls, each over its own copy of the inputs (together over 256 MB, so the 50 MB L2 holds none
 of them), captured in one CUDA graph and replayed; the median replay over the number of calls. Our kernels
-are launched as the engine launches them, with programmatic dependent launch on Hopper (a kernel starts while
-the one before finishes; here the one before is the previous call), and also timed without it. Host time:
+are launched as the engine launches them, with programmatic dependent launch on Hopper (a kernel may start
+before the ones ahead of it have finished, and waits for them; here those are the previous calls), and also
+timed without it. Host time:
 wall time per call of back-to-back eager calls, which is what a call costs when the host is the bottleneck.
 """
 import argparse
