@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from kernels.chunk_attention import chunk_attention_table, chunk_tables, decode_workspace
+from kernels.rope import rope_store
 
 from .kv_chunk import KVChunk
 from .model import AttentionContext, Decoder, KVBuffer
@@ -28,7 +29,7 @@ def question_bucket(n: int) -> int:
 def _input_sizes(layers: int) -> dict:
     """int64 elements of each input in GraphDecoder.inputs (the float32 scales take half as many)."""
     return dict(tables=layers * (5 * MAX_CHUNKS + 1), shifts=MAX_CHUNKS - 1, scales=MAX_CHUNKS // 2,
-                context_tokens=1, prompt=MAX_QUESTION, prompt_positions=MAX_QUESTION, last=1)
+                prompt=MAX_QUESTION, prompt_positions=MAX_QUESTION, last=1)
 
 
 def _input_views(buffer: torch.Tensor, layers: int) -> dict:
@@ -38,7 +39,6 @@ def _input_views(buffer: torch.Tensor, layers: int) -> dict:
         offset += size
     views["tables"] = views["tables"].view(layers, 5 * MAX_CHUNKS + 1)
     views["scales"] = views["scales"].view(torch.float32)[:MAX_CHUNKS - 1]
-    views["context_tokens"] = views["context_tokens"][0]
     return views
 
 
@@ -59,9 +59,7 @@ class GraphDecoder:
         self.host = {name: t.numpy() for name, t in _input_views(self.staging, c.num_layers).items()}
         views = _input_views(self.inputs, c.num_layers)
         self.tables, self.shifts, self.scales = views["tables"], views["shifts"], views["scales"]
-        self.context_tokens, self.prompt, self.prompt_positions = (
-            views["context_tokens"], views["prompt"], views["prompt_positions"])
-        self.last = views["last"]
+        self.prompt, self.prompt_positions, self.last = views["prompt"], views["prompt_positions"], views["last"]
         self.graphs: dict[tuple, tuple] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.bucket, self.aligned = MIN_BUCKET, False
@@ -86,7 +84,6 @@ class GraphDecoder:
         self.aligned = bool((tables[:, :4 * MAX_CHUNKS] % 16 == 0).all())  # offsets, strides (not starts)
         host["shifts"][:] = 0
         host["scales"][:] = 1.0
-        host["context_tokens"][...] = context
         if n <= MAX_QUESTION:
             padded = question_bucket(n)
             host["prompt"][:n] = prompt
@@ -102,21 +99,22 @@ class GraphDecoder:
         if ctx.scales is not None:
             self.scales[len(self.scales) - len(ctx.scales):].copy_(ctx.scales)
 
-    def _attend(self, layer: int, queries: torch.Tensor, workspace) -> torch.Tensor:
-        return chunk_attention_table(queries, self.own.keys[layer], self.own.values[layer], self.tables[layer],
-                                     self.config.head_dim ** -0.5, workspace)
+    def _attend(self, layer: int, q, k, v, rope: dict, workspace) -> torch.Tensor:
+        scale = self.config.head_dim ** -0.5
+        keys, values = self.own.keys[layer], self.own.values[layer]
+        if workspace["decode"]:  # the attention kernel rotates and stores the new token itself
+            return chunk_attention_table(q, keys, values, self.tables[layer], scale, workspace, dict(rope, k=k, v=v))
+        return chunk_attention_table(rope_store(q, k, v, **rope), keys, values, self.tables[layer], scale, workspace)
 
     def _step(self, workspace, prompt: int = 0) -> torch.Tensor:
         """A decode step, or (prompt > 0) the prefill of a prompt padded to `prompt` tokens: the padding comes
         after the real tokens, so causal masking keeps it out of their attention, and decoding overwrites its
         slots."""
         ctx = AttentionContext([], [], self.shifts, self.own, scales=self.scales,
-                               plan=lambda layer, queries: self._attend(layer, queries, workspace))
+                               plan=lambda layer, q, k, v, rope: self._attend(layer, q, k, v, rope, workspace))
         if prompt:
-            self.tables[:, -1] = self.context_tokens + prompt
             return self.model.step(self.prompt[:prompt], self.prompt_positions[:prompt], self.prompt_slots[:prompt],
                                    ctx, last=self.last)
-        self.tables[:, -1] = self.context_tokens + self.slot + 1  # the own chunk ends after this step's token
         return self.model.step(self.token, self.position, self.slot, ctx)
 
     def prefill(self, n: int) -> torch.Tensor | None:

@@ -67,7 +67,9 @@ class AttentionContext:
     values: list[torch.Tensor]
     shifts: torch.Tensor          # [C] int64, placed start - canonical start
     own: KVBuffer
-    plan: Callable | None = None  # plan(layer, queries) -> attention output over a prebuilt chunk table (CUDA graphs)
+    # plan(layer, q, k, v, rope) -> attention output over a prebuilt chunk table (CUDA graphs), from the QKV
+    # projection and rope_store's other arguments
+    plan: Callable | None = None
     # [n, context + own keys] bool, True where a new token attends (LLMEngine.prefill_chunks: several sequences in
     # one pass, block-diagonal causal in `own`; LLMEngine.blend: some tokens among the own keys); needs all shifts
     # zero: the query rotated at its own position serves every context chunk
@@ -91,13 +93,14 @@ class Attention(nn.Module):
         q, k, v = rmsnorm_qkv(x, norm.weight, norm.eps, self.qkv_proj.weight, self.qkv_proj.bias, c.num_heads,
                               c.num_kv_heads, c.head_dim, impl=impl)
         n, own = x.shape[0], ctx.own
-        queries = rope_store(q, k, v, positions, ctx.shifts, slots, own.keys[self.layer], own.values[self.layer],
-                             rotary.cos, rotary.sin, q_norm=self.q_norm.weight if c.qk_norm else None,
-                             k_norm=self.k_norm.weight if c.qk_norm else None, qk_eps=c.rms_norm_eps,
-                             scales=ctx.scales, impl=impl)
+        rope = dict(positions=positions, shifts=ctx.shifts, slots=slots, own_keys=own.keys[self.layer],
+                    own_values=own.values[self.layer], cos=rotary.cos, sin=rotary.sin,
+                    q_norm=self.q_norm.weight if c.qk_norm else None, k_norm=self.k_norm.weight if c.qk_norm else None,
+                    qk_eps=c.rms_norm_eps, scales=ctx.scales)
         if ctx.plan is not None:
-            out = ctx.plan(self.layer, queries)
-        elif ctx.mask is not None:  # explicit mask over [context keys, the own buffer's first keys]
+            return ctx.plan(self.layer, q, k, v, rope).reshape(n, -1)
+        queries = rope_store(q, k, v, **rope, impl=impl)
+        if ctx.mask is not None:  # explicit mask over [context keys, the own buffer's first keys]
             group = c.num_heads // c.num_kv_heads
             end = ctx.mask.shape[1] - sum(chunk.shape[1] for chunk in ctx.keys)
             keys, values = (torch.cat([chunk[self.layer] for chunk in chunks] + [buffer[self.layer, :end]])

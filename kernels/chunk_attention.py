@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from kernels import launch, wait_for_inputs
+from kernels.rope import cos_sin, normed_heads, rotated
 
 LOG2E = 1.4426950408889634
 
@@ -69,17 +70,15 @@ def _load_table(table_ptr, num_chunks, CHUNKS_P2: tl.constexpr):
 
 @triton.jit
 def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2: tl.constexpr,
-                  TOTAL_IN_TABLE: tl.constexpr, PDL: tl.constexpr):
+                  TOTAL_IN_TABLE: tl.constexpr):
     """The table's columns (_load_table, with the last chunk's end), split `split`'s range [lo, hi) of the
     concatenated keys and the range [first, last) of the chunks overlapping it (those ending after lo and
-    starting before hi), and the total length. The columns are written before the launch (no kernel writes
-    them), so they are read before waiting for the previous kernel (wait_for_inputs). TOTAL_IN_TABLE (CUDA
-    graphs): the total (the own chunk's end) is kept current on the device, read after the wait, and the
-    splits share it evenly, split_len being the shortest split."""
+    starting before hi), and the total length. TOTAL_IN_TABLE (CUDA graphs): the table's last entry is the
+    context's length and total_len the own chunk's, and the splits share the total evenly, split_len being the
+    shortest split. Nothing here waits for the previous kernel: the table is written before the launch."""
     idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
-    wait_for_inputs(PDL)
     if TOTAL_IN_TABLE:
-        total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32)
+        total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32) + total_len
         split_len = tl.maximum(split_len, tl.cdiv(total_len, num_splits))
     lo = split * split_len
     hi = tl.minimum(lo + split_len, total_len)
@@ -148,7 +147,8 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi = _split_chunks(
-        table_ptr, num_chunks, split, tl.num_programs(2), split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE, PDL)
+        table_ptr, num_chunks, split, tl.num_programs(2), split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE)
+    wait_for_inputs(PDL)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     qi = rows // GROUP
     head = kv_head * GROUP + rows % GROUP
@@ -198,23 +198,49 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
 
 @triton.jit(do_not_specialize=["num_chunks", "split_len", "total_len", "stride_qc"])
 def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
+                   kn_ptr, vn_ptr, pos_ptr, slot_ptr, shift_ptr, scale_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, qk_eps,
                    num_chunks, split_len, total_len, qk_scale, stride_qc,
                    HQ: tl.constexpr, GROUP: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, BLOCK_S: tl.constexpr,
                    ALIGNED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-                   TOTAL_IN_TABLE: tl.constexpr, PDL: tl.constexpr):
+                   ROPE: tl.constexpr, QK_NORM: tl.constexpr, PDL: tl.constexpr):
     """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the rows of
     a 16-row tensor-core tile) over its split; the program that finishes its KV head's splits last merges
-    them by log-sum-exp, so one launch does the whole step."""
+    them by log-sum-exp, so one launch does the whole step.
+
+    ROPE (CUDA graphs): q, kn, vn are the new token's projections, not yet normalised or rotated; the kernel
+    does what rope_store does (the query rotated for each chunk, the key stored with the value at the own
+    chunk's slot read from slot_ptr) and reads the total as context (the table's last entry) + slot + 1. The
+    split holding the new token attends to it from registers after its loop (so no load waits for the store)."""
     kv_head = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
-    idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi = _split_chunks(
-        table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE, PDL)
+    d = tl.arange(0, HEAD_DIM)
     g = tl.arange(0, 16)
     head = kv_head * GROUP + g
     g_ok = g < GROUP
-    d = tl.arange(0, HEAD_DIM)
+    dtype = q_ptr.dtype.element_ty
+    if ROPE:  # position, slot, shifts and scales are written before the graph's launch: read before the wait
+        slot = tl.load(slot_ptr).to(tl.int32)
+        total_len = slot + 1
+    idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi = _split_chunks(
+        table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2, ROPE)
+    if ROPE:
+        position = tl.load(pos_ptr).to(tl.int32)
+        is_context = idx < num_chunks - 1
+        shifts = tl.load(shift_ptr + idx, mask=is_context, other=0).to(tl.int32)
+        scales = tl.load(scale_ptr + idx, mask=is_context, other=1.0).to(dtype).to(tl.float32)
+        partner = (d + HEAD_DIM // 2) % HEAD_DIM
+        k_cos, k_sin = cos_sin(cos_ptr, sin_ptr, position, d, HEAD_DIM, dtype)  # the own chunk's rotation too
+        first_shift = tl.sum(tl.where(idx == first, shifts, 0), 0)
+        first_cos, first_sin = cos_sin(cos_ptr, sin_ptr, position - first_shift, d, HEAD_DIM, dtype)
+    wait_for_inputs(PDL)
+    if ROPE:
+        q_x, q_xr = normed_heads(q_ptr, head, g_ok, d, partner, qw_ptr, qk_eps, HEAD_DIM, QK_NORM)
+        k_x, k_xr = normed_heads(kn_ptr, kv_head + tl.arange(0, 1), kv_head + tl.arange(0, 1) >= 0, d, partner, kw_ptr,
+                                 qk_eps, HEAD_DIM, QK_NORM)
+        k_new = rotated(k_x, k_xr, d, k_cos, k_sin, HEAD_DIM, dtype)  # [1, D]
+        v_new = tl.load(vn_ptr + kv_head * HEAD_DIM + d)[None, :]
 
     m_i = tl.full([16], -1.0e30, tl.float32)
     l_i = tl.zeros([16], tl.float32)
@@ -224,8 +250,20 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
             c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED)
         start = tl.maximum(lo, chunk_start)
         end = tl.minimum(hi, chunk_end)
+        if ROPE:
+            end = tl.minimum(end, total_len - 1)  # the new token is not in memory yet: it comes after the loop
         if start < end:  # padding chunks are empty: no loads, no pipeline prologue
-            q = tl.load(q_ptr + c * stride_qc + head[:, None] * HEAD_DIM + d[None, :], mask=g_ok[:, None], other=0.0)
+            if ROPE:  # the query rotated for this chunk, as rope_store writes it
+                this = idx == c
+                q_cos, q_sin = first_cos, first_sin
+                if c != first:
+                    q_cos, q_sin = cos_sin(cos_ptr, sin_ptr, position - tl.sum(tl.where(this, shifts, 0), 0), d,
+                                           HEAD_DIM, dtype)
+                q = rotated(q_x, q_xr, d, q_cos, q_sin, HEAD_DIM, dtype)
+                q = (q.to(tl.float32) * tl.sum(tl.where(this, scales, 0.0), 0)).to(dtype)
+            else:
+                q = tl.load(q_ptr + c * stride_qc + head[:, None] * HEAD_DIM + d[None, :], mask=g_ok[:, None],
+                            other=0.0)
             if DOT_F32:
                 q = q.to(tl.float32)
             k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
@@ -237,6 +275,21 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
                 v = tl.load(v_rows + (pos - chunk_start)[:, None] * v_stride, mask=in_range[:, None], other=0.0)
                 m_i, l_i, acc = _attend_tile(q, k, v, in_range[None, :], m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
 
+    if ROPE:
+        if (lo < hi) & (hi == total_len):  # this split holds the new token: it attends to it, then stores it
+            q = rotated(q_x, q_xr, d, k_cos, k_sin, HEAD_DIM, dtype).to(tl.float32)  # the own chunk: no shift
+            s_new = tl.sum(q * k_new.to(tl.float32), 1) * qk_scale  # as in _attend_tile, for one key
+            m_new = tl.maximum(m_i, s_new)
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s_new - m_new)
+            l_i = l_i * alpha + p
+            acc = acc * alpha[:, None] + p.to(dtype).to(tl.float32)[:, None] * v_new.to(tl.float32)
+            m_i = m_new
+            own = tl.where(idx == num_chunks - 1, 1, 0)
+            row = tl.sum(own * k_offs, 0) + slot * tl.sum(own * k_strides, 0) + kv_head * HEAD_DIM
+            tl.store(k_ptr + row + d[None, :], k_new)
+            row = tl.sum(own * v_offs, 0) + slot * tl.sum(own * v_strides, 0) + kv_head * HEAD_DIM
+            tl.store(v_ptr + row + d[None, :], v_new)
     # partials [splits, HQ, D], then m [splits, HQ], then l [splits, HQ]
     ml_ptr = part_ptr + num_splits * HQ * HEAD_DIM
     tl.store(part_ptr + (split * HQ + head)[:, None] * HEAD_DIM + d[None, :], acc, mask=g_ok[:, None])
@@ -389,20 +442,40 @@ def _decode_splits(hkv: int, group: int, head_dim: int, capacity: int, device) -
 
 
 def _launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_splits, split_len, total, scale,
-                   aligned, total_in_table, key=None):
-    hq, head_dim = q.shape[2], q.shape[3]
-    hkv = k_base.shape[1]
+                   aligned, rope=None):
+    """_decode_kernel over rotated queries q [C, 1, Hq, D], or with rope (rope_store's arguments but q) over
+    the new token's projections q [1, Hq, D]."""
+    hq, head_dim = q.shape[-2], q.shape[-1]
+    hkv = k_base.shape[-2]
     group = hq // hkv
-    group_p2 = triton.next_power_of_2(group)
-    splits_p2 = triton.next_power_of_2(num_splits)
     cfg = DECODE_TUNING
-    block_s = min(splits_p2, _merge_pass(group, head_dim))
+    block_s = min(triton.next_power_of_2(num_splits), _merge_pass(group, head_dim))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    args = (q, k_base, v_base, table, out, part, lock, num_chunks, split_len, total, scale * LOG2E, q.stride(0),
-            hq, group, group_p2, head_dim, cfg["block_n"], triton.next_power_of_2(num_chunks + 1), block_s,
-            aligned, _interpreting(), precision, total_in_table)
-    options = dict(num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    launch(_decode_kernel, (hkv, num_splits), args, key and key + args[12:], **options)
+    if rope is None:
+        rope_pointers, qk_eps, qk_norm = (q,) * 10, 0.0, False  # never read
+    else:
+        r = rope
+        assert r["own_keys"].data_ptr() == k_base.data_ptr() and r["own_values"].data_ptr() == v_base.data_ptr()
+        assert r["shifts"].shape[0] == num_chunks - 1 and r["scales"] is not None
+        assert q.is_contiguous() and r["k"].is_contiguous() and r["v"].is_contiguous()
+        qk_norm = r["q_norm"] is not None
+        rope_pointers = (r["k"], r["v"], r["positions"], r["slots"], r["shifts"], r["scales"], r["cos"], r["sin"],
+                         r["q_norm"] if qk_norm else q, r["k_norm"] if qk_norm else q)
+        qk_eps = r["qk_eps"]
+    pointers = (q, k_base, v_base, table, out, part, lock) + rope_pointers
+    constexprs = (hq, group, triton.next_power_of_2(group), head_dim, cfg["block_n"],
+                  triton.next_power_of_2(num_chunks + 1), block_s, aligned, _interpreting(), precision,
+                  rope is not None, qk_norm)
+    args = pointers + (qk_eps, num_chunks, split_len, total, scale * LOG2E, q.stride(0)) + constexprs
+    key = ("decode", q.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
+           constexprs, cfg["num_warps"], cfg["num_stages"])
+    launch(_decode_kernel, (hkv, num_splits), args, key, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def _launch_merge(part, out, num_splits, n_rows, head_dim):
+    block_s = _merge_block(num_splits, head_dim)
+    launch(_merge_kernel, (n_rows,), (part, out, num_splits, n_rows, head_dim, block_s),
+           ("merge", out.device.index, out.dtype, head_dim, block_s), num_warps=4)
 
 
 def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
@@ -424,9 +497,7 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
         out = torch.empty((1, hq, head_dim), dtype=q.dtype, device=device)
         part = torch.empty(num_splits * hq * (head_dim + 2), dtype=torch.float32, device=device)
         _launch_decode(q, keys[0], values[0], table, out, part, _lock(device, hkv), num_chunks, num_splits,
-                       split_len, total, scale, aligned, False,
-                       key=("decode", device.index, q.dtype, q.data_ptr() % 16 == 0,
-                            (keys[0].data_ptr() | values[0].data_ptr()) % 16 == 0, tuple(DECODE_TUNING.values())))
+                       split_len, total, scale, aligned)
         return out
 
     rows = num_q * group
@@ -448,14 +519,12 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     args = (q, keys[0], values[0], table, out, part, num_chunks, num_q, split_len, total, scale * LOG2E,
             q.stride(0), hq, group, head_dim, block_m, block_n, chunks_p2, split, aligned, _interpreting(), precision,
             False)
-    key = ("attn", device.index, q.dtype, q.data_ptr() % 16 == 0, hq, group, head_dim, block_m, block_n, chunks_p2,
-           split, aligned, cfg["num_warps"], cfg["num_stages"])
+    key = ("attn", device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:6])) + args[12:] + (
+        cfg["num_warps"], cfg["num_stages"])
     launch(_attn_kernel, (m_tiles, hkv, num_splits), args, key, num_warps=cfg["num_warps"],
            num_stages=cfg["num_stages"])
     if split:
-        block_s = _merge_block(num_splits, head_dim)
-        launch(_merge_kernel, (n_rows,), (part, out, num_splits, n_rows, head_dim, block_s),
-               ("merge", device.index, q.dtype, head_dim, block_s), num_warps=4)
+        _launch_merge(part, out, num_splits, n_rows, head_dim)
     return out
 
 
@@ -466,8 +535,8 @@ def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor,
     chunks: (keys, values) pairs of [layers, n, Hkv, D] tensors, after empty chunks that pad them to
     num_chunks - 1 (first, so that every split skips them with the chunks ending before it); the request's
     own buffer [layers, capacity, Hkv, D] comes last. Offsets are from the own buffer's layer,
-    computed from each tensor's address and strides (no per-layer views). The last entry, the total, is
-    the context length until the caller sets it on the device."""
+    computed from each tensor's address and strides (no per-layer views). The last entry is the context's
+    length, to which chunk_attention_table adds the own chunk's."""
     size = own_keys.element_size()
     pad = num_chunks - 1 - len(chunks)
     row = own_keys.stride(1)
@@ -507,30 +576,37 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
 
 
 def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.Tensor, table: torch.Tensor,
-                          scale: float, workspace: dict) -> torch.Tensor:
-    """chunk_attention over a prebuilt device table (chunk_tables), reading the total from the table: every
-    argument stays fixed from one decode step to the next, so the call can be captured in a CUDA graph."""
-    num_chunks, num_q, hq, head_dim = q.shape
-    hkv = k_base.shape[1]
-    group = hq // hkv
+                          scale: float, workspace: dict, rope: dict | None = None) -> torch.Tensor:
+    """chunk_attention over a prebuilt device table (chunk_tables) whose last entry is the context's length: every
+    argument stays fixed from one decode step to the next, so the call can be captured in a CUDA graph.
+
+    A prefill (q [C, Nq, Hq, D], rope_store's output) adds the own chunk's Nq tokens to the context. A decode
+    step (workspace["decode"]) also does rope_store's work: q [1, Hq, D] is the new token's query as projected,
+    and rope holds rope_store's other arguments (k and v the new token's key and value as projected,
+    own_keys/own_values being k_base/v_base); the own chunk then ends after slots[0]."""
+    hkv, head_dim = k_base.shape[1], q.shape[-1]
+    w = workspace
+    if w["decode"]:
+        if rope is None:
+            raise ValueError("a decode step over a chunk table takes the new token's projections and rope")
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+        _launch_decode(q, k_base, v_base, table, out, w["part"], w["lock"], (table.shape[0] - 1) // 5, w["num_splits"],
+                       w["split_len"], 0, scale, w.get("aligned", False), rope)
+        return out
+    num_chunks, num_q, hq, _ = q.shape
     if q.stride()[1:] != (hq * head_dim, head_dim, 1):
         q = q.contiguous()
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=q.device)
-    w, cfg, n_rows = workspace, TUNING, num_q * hq
-    if w["decode"]:
-        _launch_decode(q, k_base, v_base, table, out, w["part"], w["lock"], num_chunks, w["num_splits"],
-                       w["split_len"], 0, scale, w.get("aligned", False), True)
-        return out
-    if w["block_m"] == 64:
-        cfg = PREFILL_TUNING
+    cfg = PREFILL_TUNING if w["block_m"] == 64 else TUNING
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    launch(_attn_kernel, (w["m_tiles"], hkv, w["num_splits"]),
-           (q, k_base, v_base, table, out, w["part"], num_chunks, num_q, w["split_len"], 0, scale * LOG2E,
-            q.stride(0), hq, group, head_dim, w["block_m"], cfg["block_n"], triton.next_power_of_2(num_chunks + 1),
-            True, workspace.get("aligned", False), _interpreting(), precision, True),
-           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
-    launch(_merge_kernel, (n_rows,), (w["part"], out, w["num_splits"], n_rows, head_dim,
-                                      _merge_block(w["num_splits"], head_dim)), num_warps=4)
+    args = (q, k_base, v_base, table, out, w["part"], num_chunks, num_q, w["split_len"], num_q, scale * LOG2E,
+            q.stride(0), hq, hq // hkv, head_dim, w["block_m"], cfg["block_n"], triton.next_power_of_2(num_chunks + 1),
+            True, w.get("aligned", False), _interpreting(), precision, True)
+    key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:6])) + args[12:] + (
+        cfg["num_warps"], cfg["num_stages"])
+    launch(_attn_kernel, (w["m_tiles"], hkv, w["num_splits"]), args, key, num_warps=cfg["num_warps"],
+           num_stages=cfg["num_stages"])
+    _launch_merge(w["part"], out, w["num_splits"], num_q * hq, head_dim)
     return out
 
 

@@ -36,10 +36,9 @@ def rope_store_ref(q, k, v, positions, shifts, slots, own_keys, own_values, cos,
 
 
 @triton.jit
-def _rotated(x_ptr, rows, row_ok, d, partner, sign, w_ptr, eps, cos_ptr, sin_ptr, position, HEAD_DIM: tl.constexpr,
-             NORM: tl.constexpr):
-    """Rows [R] of head vectors at x_ptr + rows * HEAD_DIM, RMS-normalised with the weight at w_ptr if NORM,
-    rotated to `position`, rounded like rmsnorm_ref and rotate()."""
+def normed_heads(x_ptr, rows, row_ok, d, partner, w_ptr, eps, HEAD_DIM: tl.constexpr, NORM: tl.constexpr):
+    """Rows [R] of head vectors at x_ptr + rows * HEAD_DIM and the same with their halves swapped, in fp32,
+    RMS-normalised with the weight at w_ptr if NORM and rounded like rmsnorm_ref."""
     dtype = x_ptr.dtype.element_ty
     x = tl.load(x_ptr + rows[:, None] * HEAD_DIM + d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     xr = tl.load(x_ptr + rows[:, None] * HEAD_DIM + partner[None, :], mask=row_ok[:, None], other=0.0)
@@ -48,9 +47,21 @@ def _rotated(x_ptr, rows, row_ok, d, partner, sign, w_ptr, eps, cos_ptr, sin_ptr
         rstd = tl.rsqrt(tl.sum(x * x, 1) / HEAD_DIM + eps)[:, None]
         x = normed(x, tl.load(w_ptr + d)[None, :], rstd, dtype)
         xr = normed(xr, tl.load(w_ptr + partner)[None, :], rstd, dtype)
-    xr = xr * sign[None, :]
+    return x, xr
+
+
+@triton.jit
+def cos_sin(cos_ptr, sin_ptr, position, d, HEAD_DIM: tl.constexpr, dtype: tl.constexpr):
+    """The rotation to `position`: cos and sin [HEAD_DIM], rounded to dtype like rotate()."""
     cos = tl.load(cos_ptr + position * HEAD_DIM + d).to(dtype).to(tl.float32)
     sin = tl.load(sin_ptr + position * HEAD_DIM + d).to(dtype).to(tl.float32)
+    return cos, sin
+
+
+@triton.jit
+def rotated(x, xr, d, cos, sin, HEAD_DIM: tl.constexpr, dtype: tl.constexpr):
+    """normed_heads' rows rotated by cos_sin, in dtype, rounded like rotate()."""
+    xr = xr * tl.where(d < HEAD_DIM // 2, -1.0, 1.0)[None, :]
     return ((x * cos[None, :]).to(dtype).to(tl.float32) + (xr * sin[None, :]).to(dtype).to(tl.float32)).to(dtype)
 
 
@@ -64,16 +75,16 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
     c = tl.program_id(1)       # 0..num_shifts: a rotated query per chunk (the last: the own chunk); then K/V
     wait_for_inputs(PDL)
     position = tl.load(pos_ptr + i)
+    dtype = q_ptr.dtype.element_ty
     d = tl.arange(0, HEAD_DIM)
-    half: tl.constexpr = HEAD_DIM // 2
-    partner = (d + half) % HEAD_DIM
-    sign = tl.where(d < half, -1.0, 1.0)
+    partner = (d + HEAD_DIM // 2) % HEAD_DIM
     if c <= num_shifts:
         shift = tl.load(shift_ptr + c, mask=c < num_shifts, other=0)
         q_heads = tl.arange(0, HQ_P2)
         q_ok = q_heads < HQ
-        rq = _rotated(q_ptr + i * stride_q, q_heads, q_ok, d, partner, sign, q_norm_ptr, qk_eps, cos_ptr, sin_ptr,
-                      position - shift, HEAD_DIM, Q_NORM)
+        x, xr = normed_heads(q_ptr + i * stride_q, q_heads, q_ok, d, partner, q_norm_ptr, qk_eps, HEAD_DIM, Q_NORM)
+        cos, sin = cos_sin(cos_ptr, sin_ptr, position - shift, d, HEAD_DIM, dtype)
+        rq = rotated(x, xr, d, cos, sin, HEAD_DIM, dtype)
         if HAS_SCALES:  # the own chunk's scale is 1
             scale = tl.load(scale_ptr + c, mask=c < num_shifts, other=1.0).to(rq.dtype).to(tl.float32)
             rq = (rq.to(tl.float32) * scale).to(rq.dtype)
@@ -82,8 +93,11 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
         slot = tl.load(slot_ptr + i)
         kv_heads = tl.arange(0, HKV_P2)
         kv_ok = kv_heads < HKV
-        rk = _rotated(k_ptr + i * stride_k, kv_heads, kv_ok, d, partner, sign, k_norm_ptr, qk_eps, cos_ptr, sin_ptr,
-                      position, HEAD_DIM, K_NORM)
+        # (names apart from the other branch's: Triton wants a name to keep its shape across branches)
+        k_x, k_xr = normed_heads(k_ptr + i * stride_k, kv_heads, kv_ok, d, partner, k_norm_ptr, qk_eps, HEAD_DIM,
+                                 K_NORM)
+        k_cos, k_sin = cos_sin(cos_ptr, sin_ptr, position, d, HEAD_DIM, dtype)
+        rk = rotated(k_x, k_xr, d, k_cos, k_sin, HEAD_DIM, dtype)
         dst = (slot * HKV + kv_heads[:, None]) * HEAD_DIM + d[None, :]
         tl.store(ok_ptr + dst, rk, mask=kv_ok[:, None])
         v = tl.load(v_ptr + i * stride_v + kv_heads[:, None] * HEAD_DIM + d[None, :], mask=kv_ok[:, None], other=0.0)

@@ -114,6 +114,72 @@ def test_chunk_attention_reference_matches_sdpa():
     torch.testing.assert_close(out, sdpa.transpose(0, 1))
 
 
+# (context chunk lengths, tokens already in the own chunk, Hq, Hkv, D, padding chunks, q/k RMSNorm, query scales)
+DECODE_TABLE_CASES = [
+    ([30, 7, 50], 5, 4, 2, 64, 2, True, True),
+    ([100], 0, 8, 2, 64, 0, False, False),      # the new token alone in the own chunk
+    ([40, 25, 9], 12, 16, 8, 128, 3, True, False),  # Qwen3-0.6B heads
+]
+
+
+def check_decode_table(case, dtype, device, atol, monkeypatch):
+    """A decode step over a chunk table with the rotary embedding in the attention kernel against rope_store_ref
+    and chunk_attention_ref: the output and the new key and value stored at the slot."""
+    from engine.model import Rotary
+    from kernels.rope import rope_store_ref
+    lengths, slot, hq, hkv, d, pad, norm, scaled = case
+    monkeypatch.setitem(ca.DECODE_TUNING, "programs_per_sm", 16)
+    monkeypatch.setitem(ca.DECODE_TUNING, "min_split", 8)  # many short splits: the new token's split varies
+    torch.manual_seed(sum(lengths) + slot + hq)
+    layers, layer, capacity = 2, 1, 32
+    chunks = [tuple(torch.randn(layers, n, hkv, d, dtype=dtype, device=device) for _ in "kv") for n in lengths]
+    own_keys, own_values = (torch.randn(layers, capacity, hkv, d, dtype=dtype, device=device) for _ in "kv")
+    own_keys[layer, slot], own_values[layer, slot] = float("nan"), float("nan")  # stale memory is never read
+    num_chunks = len(lengths) + 1 + pad
+    table = torch.from_numpy(ca.chunk_tables(chunks, own_keys, own_values, num_chunks)).to(device)
+    workspace = ca.decode_workspace(1, hq, d, hkv, sum(lengths) + capacity, device)
+    assert workspace["decode"] and workspace["num_splits"] > 4
+    q, k, v = ((3 * torch.randn(1, h, d, device=device)).to(dtype) for h in (hq, hkv, hkv))
+    shifts = torch.tensor([-3 * c for c in range(len(lengths))], dtype=torch.int64, device=device)
+    rotary = Rotary(d, 10000.0, 512).to(device)
+    position = sum(lengths) + slot + 40
+    rope = dict(positions=torch.tensor([position], device=device), slots=torch.tensor([slot], device=device),
+                cos=rotary.cos, sin=rotary.sin, qk_eps=1e-6,
+                q_norm=(1 + 0.5 * torch.randn(d, device=device)).to(dtype) if norm else None,
+                k_norm=(1 + 0.5 * torch.randn(d, device=device)).to(dtype) if norm else None,
+                scales=(torch.rand(len(lengths), device=device) + 0.5) if scaled else torch.ones(len(lengths),
+                                                                                                device=device))
+    ref_keys, ref_values = own_keys[layer].clone(), own_values[layer].clone()
+    queries = rope_store_ref(q, k, v, shifts=shifts, own_keys=ref_keys, own_values=ref_values, **rope)
+    ref = ca.chunk_attention_ref(queries.float(), [c[0][layer].float() for c in chunks] + [ref_keys[:slot + 1].float()],
+                                 [c[1][layer].float() for c in chunks] + [ref_values[:slot + 1].float()], d ** -0.5)
+    padded = dict(rope, shifts=torch.cat((torch.zeros(pad, dtype=torch.int64, device=device), shifts)),
+                  scales=torch.cat((torch.ones(pad, device=device), rope["scales"])))
+    out = ca.chunk_attention_table(q, own_keys[layer], own_values[layer], table[layer], d ** -0.5, workspace,
+                                   dict(padded, own_keys=own_keys[layer], own_values=own_values[layer], k=k, v=v))
+    assert out.shape == (1, hq, d) and torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max().item() <= atol
+    torch.testing.assert_close(own_keys[layer, slot].float(), ref_keys[slot].float(), atol=atol, rtol=atol)
+    assert torch.equal(own_values[layer, slot], ref_values[slot])
+    assert torch.equal(own_keys[layer, slot + 1:], ref_keys[slot + 1:])  # nothing else written
+
+
+@interpreter
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])  # (the interpreter truncates bf16)
+@pytest.mark.parametrize("case", DECODE_TABLE_CASES)
+def test_decode_table_rotates_and_stores_the_new_token_interpreted(case, dtype, atol, monkeypatch):
+    check_decode_table(case, dtype, "cpu", atol, monkeypatch)
+
+
+@interpreter
+def test_decode_table_needs_the_projections_and_rope():
+    workspace = ca.decode_workspace(1, 4, 64, 2, 64, "cpu")
+    keys = torch.zeros(8, 2, 64)
+    with pytest.raises(ValueError, match="projections and rope"):
+        ca.chunk_attention_table(torch.zeros(1, 4, 64), keys, keys, torch.zeros(11, dtype=torch.int64), 0.125,
+                                 workspace)
+
+
 # (rows, K, N, RMSNorm before, bias, gated, residual); K 96 and 200 leave a partial input block of 64
 LINEAR_CASES = [(rows, k, n, norm, bias, False, residual)
                 for rows in (1, 3) for k, n in ((64, 48), (96, 20)) for norm in (False, True)
@@ -171,6 +237,13 @@ GPU_ATTENTION_CASES = ATTENTION_CASES + [
 @pytest.mark.parametrize("case", GPU_ATTENTION_CASES)
 def test_chunk_attention_gpu(case, dtype, atol):
     check_attention(case, dtype, "cuda", atol)
+
+
+@gpu
+@pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-3), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("case", DECODE_TABLE_CASES)
+def test_decode_table_rotates_and_stores_the_new_token_gpu(case, dtype, atol, monkeypatch):
+    check_decode_table(case, dtype, "cuda", atol, monkeypatch)
 
 
 @gpu
