@@ -23,11 +23,14 @@ def test_static_decode_equals_eager(name, tmp_path, tokenizer_dir):
     eager = engine.generate(QUESTION, params, chunks).token_ids
     other = ([level0, chunks[2]], [310 + i for i in range(20)])  # fewer chunks, a question of another bucket
     eager_other = engine.generate(other[1], params, other[0]).token_ids
+    sampling = SamplingParams(max_new_tokens=8, ignore_eos=True, temperature=5.0, seed=3)  # fed from the host
+    eager_sampled = engine.generate(QUESTION, sampling, chunks).token_ids
     engine.graphs = GraphDecoder(engine.model, 64, engine.dtype, device)
     static = engine.generate(QUESTION, params, chunks).token_ids
     assert static == eager and len(static) == 8
     # the next request rewrites every graph input (tables, shift padding, question, positions)
     assert engine.generate(other[1], params, other[0]).token_ids == eager_other
+    assert engine.generate(QUESTION, sampling, chunks).token_ids == eager_sampled != static
     full = engine.generate(QUESTION, params, chunks, mode="full").token_ids  # a second request reuses the buffers
     engine.graphs = None
     assert full == engine.generate(QUESTION, params, chunks, mode="full").token_ids
