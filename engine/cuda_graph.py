@@ -6,7 +6,9 @@ position shift of every chunk, the request's own (level-2) KV buffer, and a per-
 offsets of every chunk's K/V from the own buffer's base, row strides, cumulative lengths). A request fills
 them once (`prepare`: the tables, shifts, scales and the padded question are written on the host into one
 pinned buffer and copied with one asynchronous copy); each step then only replays the graph. Chunks are
-padded with empty ones to MAX_CHUNKS so every request of a bucket uses the same graph.
+padded with empty ones to MAX_CHUNKS so every request of a bucket uses the same graph. The table's last entry
+is the context's length; the attention kernel adds the own chunk's (the padded question, or the slot + 1 of a
+decode step). In a decode step the attention kernel also does rope_store's work (chunk_attention_table).
 """
 import numpy as np
 import torch

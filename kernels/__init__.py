@@ -29,8 +29,9 @@ def wait_for_inputs(PDL: tl.constexpr):
     """Under programmatic dependent launch a kernel starts while the one before it in the stream runs: here it
     lets the next kernel start, then waits until the one before has completed and its writes are visible. As
     every kernel waits so, a kernel past this point runs after all the earlier ones have completed, however
-    early it started. What a kernel does before this may only read what no kernel writes (weights, chunk
-    tables, stored chunks)."""
+    early it started. What a kernel does before this may only read what none of the kernels launched so
+    (chained by this early start) writes: weights, chunk tables, stored chunks, a CUDA graph's inputs copied
+    before its launch. A kernel that does not call this (torch's) starts only after the previous one ends."""
     if PDL:
         gdc_launch_dependents()
         gdc_wait()

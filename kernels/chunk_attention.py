@@ -20,6 +20,10 @@ partial (acc, m, l). The query heads sharing one KV head (and, at prefill, the q
 each tl.dot, so K and V are read once per KV head and row tile. At decode (one query, _decode_kernel) the
 program that finishes a KV head's splits last merges them by log-sum-exp in the same launch; with several
 queries (_attn_kernel) a second kernel merges them, one program per row.
+
+chunk_attention_table serves CUDA graphs: the tables of every layer are built once per request (chunk_tables),
+and a decode step's kernel also does rope_store's work (q/k norm, the query rotated for each chunk, the new key
+and value stored at their slot), so a step has no separate rotary kernel.
 """
 import functools
 import os
