@@ -458,14 +458,13 @@ def _launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_sp
     if rope is None:
         rope_pointers, qk_eps, qk_norm = (q,) * 10, 0.0, False  # never read
     else:
-        r = rope
-        assert r["own_keys"].data_ptr() == k_base.data_ptr() and r["own_values"].data_ptr() == v_base.data_ptr()
-        assert r["shifts"].shape[0] == num_chunks - 1 and r["scales"] is not None
-        assert q.is_contiguous() and r["k"].is_contiguous() and r["v"].is_contiguous()
-        qk_norm = r["q_norm"] is not None
-        rope_pointers = (r["k"], r["v"], r["positions"], r["slots"], r["shifts"], r["scales"], r["cos"], r["sin"],
-                         r["q_norm"] if qk_norm else q, r["k_norm"] if qk_norm else q)
-        qk_eps = r["qk_eps"]
+        assert rope["own_keys"].data_ptr() == k_base.data_ptr() and rope["own_values"].data_ptr() == v_base.data_ptr()
+        assert rope["shifts"].shape[0] == num_chunks - 1 and rope["scales"] is not None
+        assert q.is_contiguous() and rope["k"].is_contiguous() and rope["v"].is_contiguous()
+        qk_norm = rope["q_norm"] is not None
+        rope_pointers = tuple(rope[name] for name in ("k", "v", "positions", "slots", "shifts", "scales", "cos", "sin"))
+        rope_pointers += (rope["q_norm"], rope["k_norm"]) if qk_norm else (q, q)
+        qk_eps = rope["qk_eps"]
     pointers = (q, k_base, v_base, table, out, part, lock) + rope_pointers
     constexprs = (hq, group, triton.next_power_of_2(group), head_dim, cfg["block_n"],
                   triton.next_power_of_2(num_chunks + 1), block_s, aligned, _interpreting(), precision,
