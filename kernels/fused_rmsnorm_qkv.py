@@ -1,6 +1,7 @@
 """RMSNorm of the hidden state fused with the QKV projection and its bias (Qwen2): the `linear` kernel with its
 norm (its reference: kernels.linear.linear_ref), split into heads. Qwen3's q/k RMSNorm is applied after, by
-kernels.rope.rope_store, which reads whole heads anyway (here a program holds only a few output features).
+kernels.rope.rope_store (in a CUDA-graph decode step, by the attention kernel), which reads whole heads anyway
+(here a program holds only a few output features).
 """
 import torch
 
