@@ -289,11 +289,10 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
             l_i = l_i * alpha + p
             acc = acc * alpha[:, None] + p.to(dtype).to(tl.float32)[:, None] * v_new.to(tl.float32)
             m_i = m_new
-            own = tl.where(idx == num_chunks - 1, 1, 0)
-            row = tl.sum(own * k_offs, 0) + slot * tl.sum(own * k_strides, 0) + kv_head * HEAD_DIM
-            tl.store(k_ptr + row + d[None, :], k_new)
-            row = tl.sum(own * v_offs, 0) + slot * tl.sum(own * v_strides, 0) + kv_head * HEAD_DIM
-            tl.store(v_ptr + row + d[None, :], v_new)
+            _, _, k_off, v_off, k_stride, v_stride = _chunk_entry(
+                num_chunks - 1, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED)  # the own chunk
+            tl.store(k_ptr + k_off + slot * k_stride + kv_head * HEAD_DIM + d[None, :], k_new)
+            tl.store(v_ptr + v_off + slot * v_stride + kv_head * HEAD_DIM + d[None, :], v_new)
     # partials [splits, HQ, D], then m [splits, HQ], then l [splits, HQ]
     ml_ptr = part_ptr + num_splits * HQ * HEAD_DIM
     tl.store(part_ptr + (split * HQ + head)[:, None] * HEAD_DIM + d[None, :], acc, mask=g_ok[:, None])
