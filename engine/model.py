@@ -198,4 +198,6 @@ class Decoder(nn.Module):
             x = x.index_select(0, last)
         elif not all_logits:
             x = x[-1:]
-        return self.lm_head(self.norm(x, self.use_custom_kernels)).float()
+        if self.use_custom_kernels:  # the final RMSNorm in the LM head's GEMV
+            return linear(x, self.lm_head.weight, norm_weight=self.norm.weight, eps=self.norm.eps).float()
+        return self.lm_head(self.norm(x)).float()

@@ -1,6 +1,7 @@
 """The linear layers of a decode step, one GEMV kernel each: an optional RMSNorm of the input before the
 projection (QKV, gate/up), an optional bias (Qwen2), an optional SiLU(gate) * up of the output's two halves
-(the MLP) and an optional residual added to the output (o_proj, down).
+(the MLP) and an optional residual added to the output (o_proj, down). The LM head is one too, with the final
+RMSNorm.
 
 One program computes BLOCK_N outputs of one row, so the weight is read once per row; more rows than
 MAX_TRITON_ROWS go to cuBLAS, which is compute-bound there anyway (after the Triton RMSNorm on CUDA).
@@ -16,10 +17,12 @@ from kernels import launch, wait_for_inputs
 from kernels.rmsnorm import normed, rmsnorm, rmsnorm_ref
 
 MAX_TRITON_ROWS = 16
-# outputs per program, input block, warps: 8 outputs a program, chosen by the decode step's GPU time in the engine's
-# CUDA graph (H100, 2026-11-26: 0.959 ms at 1K against 1.008 with 2, which rag.bench_kernels --tune prefers for
-# back-to-back calls of one layer)
-TUNING = dict(block_n=8, block_k=4096, num_warps=4)
+# outputs per program, input block, warps, chosen by the decode step's GPU time in the engine's CUDA graph (H100,
+# 2026-11-26): 4 outputs a program for the plain projections and 8 (16 weight rows) for gate/up; with the LM head a
+# GEMV too, 0.844-0.849 ms a step at 1K and 0.977 at 4K against 0.868 and 1.010 with 8 for all and cuBLAS's head
+# (rag.bench_kernels --tune prefers other settings for back-to-back calls of one layer)
+TUNING = dict(block_n=4, block_k=4096, num_warps=4)
+GATED_TUNING = dict(block_n=8, block_k=4096, num_warps=4)
 
 
 def linear_ref(x, weight, bias=None, norm_weight=None, eps=1e-6, gated=False, residual=None):
@@ -103,7 +106,7 @@ def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual):
     assert weight.shape[1] == k and weight.is_contiguous() and x.stride(1) == 1
     assert residual is None or residual.stride(1) == 1
     out = torch.empty((rows, n), dtype=weight.dtype, device=x.device)
-    cfg = TUNING
+    cfg = GATED_TUNING if gated else TUNING
     flags = (norm_weight is not None, bias is not None, gated, residual is not None)
     pointers = (x, norm_weight if flags[0] else x, weight, bias if flags[1] else x, residual if flags[3] else x, out)
     args = pointers + (eps, x.stride(0), residual.stride(0) if flags[3] else 0, n, k) + flags + (

@@ -206,11 +206,14 @@ def tune(which: list[str]) -> dict:
         "prefill": lambda: sweep("prefill", ca.PREFILL_TUNING,
                                  list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4), (64, 256))),
                                  {total: decode_calls(total, chunks, QUESTION)[0] for total, chunks in CONTEXTS}),
-        "linear": lambda: sweep("linear", lin.TUNING, list(itertools.product((2, 4, 8), (1024, 4096), (4, 8))),
-                                {name: linear_calls(name)[1] for name in LINEAR_SHAPES}),
+        "linear": lambda: [result for gated, tuning in ((False, lin.TUNING), (True, lin.GATED_TUNING))
+                           for result in sweep("linear gated" if gated else "linear", tuning,
+                                               list(itertools.product((2, 4, 8), (1024, 4096), (4, 8))),
+                                               {name: linear_calls(name)[1] for name, shape in LINEAR_SHAPES.items()
+                                                if shape[4] == gated})],
     }
     results = {name: sweeps[name]() for name in which}
-    results["chosen"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), linear=dict(lin.TUNING))
+    results["chosen"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), linear=dict(lin.TUNING), linear_gated=dict(lin.GATED_TUNING))
     print("chosen", results["chosen"], flush=True)
     return results
 
@@ -225,7 +228,7 @@ def main() -> None:
     report = dict(device=device, torch=torch.__version__, triton=triton.__version__)
     if args.tune:
         report["tune"] = tune(args.tune.split(","))
-    report["settings"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), linear=dict(lin.TUNING))
+    report["settings"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), linear=dict(lin.TUNING), linear_gated=dict(lin.GATED_TUNING))
     report["decode"] = [bench_decode(total, chunks) for total, chunks in CONTEXTS]
     report["linear"] = [bench_linear(name) for name in LINEAR_SHAPES]
 

@@ -182,11 +182,12 @@ def test_decode_table_needs_the_projections_and_rope():
                                  workspace)
 
 
-# (rows, K, N, RMSNorm before, bias, gated, residual); K 96 and 200 leave a partial input block of 64
+# (rows, K, N, RMSNorm before, bias, gated, residual); K 96 and 200 leave a partial input block of 64, N 22 and 28 a
+# partial block of outputs
 LINEAR_CASES = [(rows, k, n, norm, bias, False, residual)
-                for rows in (1, 3) for k, n in ((64, 48), (96, 20)) for norm in (False, True)
+                for rows in (1, 3) for k, n in ((64, 48), (96, 22)) for norm in (False, True)
                 for bias, residual in ((False, False), (True, False), (False, True))]
-LINEAR_CASES += [(rows, k, n, norm, False, True, False) for rows in (1, 2) for k, n in ((64, 40), (200, 24))
+LINEAR_CASES += [(rows, k, n, norm, False, True, False) for rows in (1, 2) for k, n in ((64, 40), (200, 28))
                  for norm in (False, True)]
 
 
@@ -210,7 +211,8 @@ def check_linear(case, dtype, device, atol):
 @pytest.mark.parametrize("block_k", [4096, 64])  # the whole input in one block (weights read first) or a loop
 @pytest.mark.parametrize("case", LINEAR_CASES)
 def test_linear_interpreted(case, block_k, monkeypatch):
-    monkeypatch.setitem(lin.TUNING, "block_k", block_k)
+    for tuning in (lin.TUNING, lin.GATED_TUNING):
+        monkeypatch.setitem(tuning, "block_k", block_k)
     check_linear(case, torch.float32, "cpu", 1e-3)
 
 
@@ -254,8 +256,10 @@ def test_decode_table_rotates_and_stores_the_new_token_gpu(case, dtype, atol, sh
 @pytest.mark.parametrize("case", LINEAR_CASES + [(1, 1024, 4096, True, False, False, False),  # Qwen3-0.6B QKV
                                                  (1, 1024, 3072, True, False, True, False),   # gate/up
                                                  (1, 3072, 1024, False, False, False, True),  # down
-                                                 (5, 896, 1152, True, True, False, False)])   # Qwen2-0.5B QKV
+                                                 (5, 896, 1152, True, True, False, False),    # Qwen2-0.5B QKV
+                                                 (1, 1024, 151936, True, False, False, False)])  # final norm + head
 @pytest.mark.parametrize("block_k", [4096, 64])
 def test_linear_gpu(case, dtype, atol, block_k, monkeypatch):
-    monkeypatch.setitem(lin.TUNING, "block_k", block_k)
+    for tuning in (lin.TUNING, lin.GATED_TUNING):
+        monkeypatch.setitem(tuning, "block_k", block_k)
     check_linear(case, dtype, "cuda", atol)
