@@ -50,7 +50,8 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, eps, stri
                    N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr, GATED: tl.constexpr,
                    RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """out[row, n] for BLOCK_N outputs n; GATED: the weight's rows N + n are the up projection of gate row n.
-    When one block spans the input (K <= BLOCK_K) the weights are loaded before waiting for the input."""
+    The bias, and when one block spans the input (K <= BLOCK_K) the weights and the norm's, are loaded before
+    waiting for the input, which is then read once."""
     pid = tl.program_id(0)
     row = tl.program_id(1)
     dtype = out_ptr.dtype.element_ty
@@ -60,25 +61,35 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, eps, stri
     w_rows = w_ptr + n[:, None] * K + cols[None, :]
     ONE_BLOCK: tl.constexpr = K <= BLOCK_K
     if ONE_BLOCK:
-        w_ok = n_ok[:, None] & (cols < K)[None, :]
+        k_ok = cols < K
+        w_ok = n_ok[:, None] & k_ok[None, :]
         w = tl.load(w_rows, mask=w_ok, other=0.0)
         if GATED:
             w_up = tl.load(w_rows + N * K, mask=w_ok, other=0.0)
+        if NORM:
+            norm_w = tl.load(norm_ptr + cols, mask=k_ok, other=0.0)
+    if BIAS:
+        bias = tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     wait_for_inputs(PDL)
+    if RESIDUAL:  # loaded with the input, not after the product's reduction
+        residual = tl.load(res_ptr + row * stride_res + n, mask=n_ok, other=0.0).to(tl.float32)
     x_row = x_ptr + row * stride_x
-    rstd = 0.0
-    if NORM:
-        sq = tl.zeros([BLOCK_K], tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            xf = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
-            sq += xf * xf
-        rstd = tl.rsqrt(tl.sum(sq, 0) / K + eps)
-    if ONE_BLOCK:
-        x = _input_block(x_row, norm_ptr, 0, cols, rstd, K, NORM, dtype)
+    if ONE_BLOCK:  # the input read once: its sum of squares and the product from the same registers
+        x = tl.load(x_row + cols, mask=k_ok, other=0.0).to(tl.float32)
+        if NORM:
+            x = normed(x, norm_w, tl.rsqrt(tl.sum(x * x, 0) / K + eps), dtype)
+        x = x.to(dtype).to(tl.float32)[None, :]
         y = tl.sum(w.to(tl.float32) * x, 1)
         if GATED:
             y_up = tl.sum(w_up.to(tl.float32) * x, 1)
     else:
+        rstd = 0.0
+        if NORM:
+            sq = tl.zeros([BLOCK_K], tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                xf = tl.load(x_row + k0 + cols, mask=k0 + cols < K, other=0.0).to(tl.float32)
+                sq += xf * xf
+            rstd = tl.rsqrt(tl.sum(sq, 0) / K + eps)
         acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         acc_up = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
         for k0 in range(0, K, BLOCK_K):
@@ -90,13 +101,13 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, eps, stri
         y = tl.sum(acc, 1)
         y_up = tl.sum(acc_up, 1)
     if BIAS:
-        y += tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
+        y += bias
     if GATED:  # rounded like F.silu(gate) * up on the projection's output
         gate = y.to(dtype).to(tl.float32)
         up = y_up.to(dtype).to(tl.float32)
         y = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32) * up
     if RESIDUAL:
-        y += tl.load(res_ptr + row * stride_res + n, mask=n_ok, other=0.0).to(tl.float32)
+        y += residual
     tl.store(out_ptr + row * N + n, y.to(dtype), mask=n_ok)
 
 
