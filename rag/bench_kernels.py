@@ -195,6 +195,11 @@ def sweep(name: str, tuning: dict, settings: list[tuple], cases: dict) -> list[d
     return results
 
 
+def settings() -> dict:
+    return dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), linear=dict(lin.TUNING),
+                linear_gated=dict(lin.GATED_TUNING))
+
+
 def tune(which: list[str]) -> dict:
     """Sweeps the launch settings of the kernels named in `which` by GPU time: chunk attention at decode (one
     query) and in the question prefill over stored chunks (QUESTION queries, row tiles of 64), and the linear
@@ -213,7 +218,7 @@ def tune(which: list[str]) -> dict:
                                                 if shape[4] == gated})],
     }
     results = {name: sweeps[name]() for name in which}
-    results["chosen"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), linear=dict(lin.TUNING), linear_gated=dict(lin.GATED_TUNING))
+    results["chosen"] = settings()
     print("chosen", results["chosen"], flush=True)
     return results
 
@@ -228,7 +233,7 @@ def main() -> None:
     report = dict(device=device, torch=torch.__version__, triton=triton.__version__)
     if args.tune:
         report["tune"] = tune(args.tune.split(","))
-    report["settings"] = dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), linear=dict(lin.TUNING), linear_gated=dict(lin.GATED_TUNING))
+    report["settings"] = settings()
     report["decode"] = [bench_decode(total, chunks) for total, chunks in CONTEXTS]
     report["linear"] = [bench_linear(name) for name in LINEAR_SHAPES]
 
