@@ -16,7 +16,8 @@ the same from step to step and is cached on the device (no host-to-device copy p
 
 Flash-decoding: the global concatenated KV range [0, T) is cut into S splits so that row tiles x KV
 heads x splits fill the GPU; each program walks the chunks overlapping its split and keeps an unnormalised
-partial (acc, m, l). The query heads sharing one KV head (and, at prefill, the queries) are the rows of
+partial (acc, m, l). At decode the splits are cut at chunk boundaries when S allows it (each chunk in pieces,
+a piece a split), so that a program reads one chunk. The query heads sharing one KV head (and, at prefill, the queries) are the rows of
 each tl.dot, so K and V are read once per KV head and row tile. At decode (one query, _decode_kernel) the
 program that finishes a KV head's splits last merges them by log-sum-exp in the same launch; with several
 queries (_attn_kernel) a second kernel merges them, one program per row.
@@ -74,12 +75,15 @@ def _load_table(table_ptr, num_chunks, CHUNKS_P2: tl.constexpr):
 
 @triton.jit
 def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2: tl.constexpr,
-                  TOTAL_IN_TABLE: tl.constexpr):
+                  TOTAL_IN_TABLE: tl.constexpr, PIECES: tl.constexpr = False):
     """The table's columns (_load_table, with the last chunk's end), split `split`'s range [lo, hi) of the
     concatenated keys and the range [first, last) of the chunks overlapping it (those ending after lo and
     starting before hi), and the total length. TOTAL_IN_TABLE (CUDA graphs): the table's last entry is the
     context's length and total_len the own chunk's, and the splits share the total evenly, split_len being the
-    shortest split. Nothing here waits for the previous kernel: the table is written before the launch."""
+    shortest split. PIECES (decode): no split crosses a chunk boundary when the splits allow it: every chunk is
+    cut into pieces of at most `piece` keys, numbered in chunk order, one a split (the splits past the last
+    piece are empty); `piece` is the shortest length for which they fit, and at least split_len. Nothing here
+    waits for the previous kernel: the table is written before the launch."""
     idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
     if TOTAL_IN_TABLE:
         total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32) + total_len
@@ -88,6 +92,19 @@ def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len
     hi = tl.minimum(lo + split_len, total_len)
     in_table = idx < num_chunks
     ends = tl.where(idx + 1 < num_chunks, ends, total_len)
+    if PIECES:
+        lengths = tl.where(in_table, ends - starts, 0)
+        nonempty = tl.sum((lengths > 0).to(tl.int32), 0)
+        piece = tl.maximum(split_len, tl.cdiv(total_len, tl.maximum(num_splits - nonempty, 1)))
+        pieces = tl.cdiv(lengths, piece)
+        ahead = tl.cumsum(pieces, 0) - pieces  # the pieces of the chunks before each chunk
+        c = tl.sum((in_table & (ahead + pieces <= split)).to(tl.int32), 0)
+        this = in_table & (idx == c)  # none past the last piece: an empty split
+        piece_lo = tl.sum(tl.where(this, starts + (split - ahead) * piece, 0), 0).to(tl.int32)
+        piece_hi = tl.minimum(piece_lo + piece, tl.sum(tl.where(this, ends, 0), 0)).to(tl.int32)
+        fits = tl.sum(pieces, 0) <= num_splits  # (a select, not an if: Triton then still pipelines the K/V loads)
+        lo = tl.where(fits, piece_lo, lo)
+        hi = tl.where(fits, piece_hi, hi)
     first = tl.sum((in_table & (ends <= lo)).to(tl.int32), 0)
     last = tl.sum((in_table & (starts < hi)).to(tl.int32), 0)
     return idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi
@@ -228,7 +245,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
         slot = tl.load(slot_ptr).to(tl.int32)
         total_len = slot + 1
     idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi = _split_chunks(
-        table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2, ROPE)
+        table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2, ROPE, True)
     if ROPE:
         position = tl.load(pos_ptr).to(tl.int32)
         is_context = idx < num_chunks - 1
