@@ -492,6 +492,27 @@ def _launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_sp
     launch(_decode_kernel, (hkv, num_splits), args, key, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
+def _launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,
+                 aligned, total_in_table):
+    """_attn_kernel over rotated queries q [C, Nq, Hq, D] in row tiles of block_m, then, with several splits, the
+    merge of their partials (in part)."""
+    num_q, hq, head_dim = q.shape[1:]
+    hkv = k_base.shape[-2]
+    group = hq // hkv
+    cfg = PREFILL_TUNING if block_m == 64 else TUNING
+    split = num_splits > 1
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    args = (q, k_base, v_base, table, out, part, num_chunks, num_q, split_len, total, scale * LOG2E, q.stride(0), hq,
+            group, head_dim, block_m, cfg["block_n"], triton.next_power_of_2(num_chunks + 1), split, aligned,
+            _interpreting(), precision, total_in_table)
+    key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:6])) + args[12:] + (
+        cfg["num_warps"], cfg["num_stages"])
+    launch(_attn_kernel, (triton.cdiv(num_q * group, block_m), hkv, num_splits), args, key,
+           num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+    if split:
+        _launch_merge(part, out, num_splits, num_q * hq, head_dim)
+
+
 def _launch_merge(part, out, num_splits, n_rows, head_dim):
     block_s = _merge_block(num_splits, head_dim)
     launch(_merge_kernel, (n_rows,), (part, out, num_splits, n_rows, head_dim, block_s),
@@ -524,27 +545,16 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
     block_m = min(64, max(16, triton.next_power_of_2(rows)))
     m_tiles = triton.cdiv(rows, block_m)
     cfg = TUNING if block_m < 64 else PREFILL_TUNING
-    block_n = cfg["block_n"]
     if num_splits is None:
         num_splits = triton.cdiv(cfg["programs_per_sm"] * _num_sms(device), m_tiles * hkv)
         num_splits = max(1, min(num_splits, triton.cdiv(total, cfg["min_split"])))
     split_len = max(1, triton.cdiv(total, num_splits))
     num_splits = max(1, triton.cdiv(total, split_len))
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=device)
-    split = num_splits > 1
-    n_rows = num_q * hq
-    part = torch.empty(num_splits * n_rows * (head_dim + 2), dtype=torch.float32, device=device) if split else out
-    chunks_p2 = triton.next_power_of_2(num_chunks + 1)
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    args = (q, keys[0], values[0], table, out, part, num_chunks, num_q, split_len, total, scale * LOG2E,
-            q.stride(0), hq, group, head_dim, block_m, block_n, chunks_p2, split, aligned, _interpreting(), precision,
-            False)
-    key = ("attn", device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:6])) + args[12:] + (
-        cfg["num_warps"], cfg["num_stages"])
-    launch(_attn_kernel, (m_tiles, hkv, num_splits), args, key, num_warps=cfg["num_warps"],
-           num_stages=cfg["num_stages"])
-    if split:
-        _launch_merge(part, out, num_splits, n_rows, head_dim)
+    part = torch.empty(num_splits * num_q * hq * (head_dim + 2), dtype=torch.float32, device=device) \
+        if num_splits > 1 else out
+    _launch_attn(q, keys[0], values[0], table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,
+                 aligned, False)
     return out
 
 
@@ -590,7 +600,7 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
         num_splits = max(2, min(num_splits, triton.cdiv(capacity, cfg["min_split"])))
     split_len = cfg["min_split"]  # the shortest split: the kernels share the current length among the splits
     n_rows = num_q * hq
-    return dict(decode=decode, num_splits=num_splits, split_len=split_len, block_m=block_m, m_tiles=m_tiles,
+    return dict(decode=decode, num_splits=num_splits, split_len=split_len, block_m=block_m,
                 part=torch.empty(num_splits * n_rows * (head_dim + 2), dtype=torch.float32, device=device),
                 lock=torch.zeros(hkv, dtype=torch.int32, device=device))
 
@@ -617,16 +627,8 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
     if q.stride()[1:] != (hq * head_dim, head_dim, 1):
         q = q.contiguous()
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=q.device)
-    cfg = PREFILL_TUNING if w["block_m"] == 64 else TUNING
-    precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    args = (q, k_base, v_base, table, out, w["part"], num_chunks, num_q, w["split_len"], num_q, scale * LOG2E,
-            q.stride(0), hq, hq // hkv, head_dim, w["block_m"], cfg["block_n"], triton.next_power_of_2(num_chunks + 1),
-            True, w.get("aligned", False), _interpreting(), precision, True)
-    key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:6])) + args[12:] + (
-        cfg["num_warps"], cfg["num_stages"])
-    launch(_attn_kernel, (w["m_tiles"], hkv, w["num_splits"]), args, key, num_warps=cfg["num_warps"],
-           num_stages=cfg["num_stages"])
-    _launch_merge(w["part"], out, w["num_splits"], num_q * hq, head_dim)
+    _launch_attn(q, k_base, v_base, table, out, w["part"], num_chunks, w["split_len"], num_q, scale, w["block_m"],
+                 w["num_splits"], w.get("aligned", False), True)
     return out
 
 
