@@ -14,13 +14,13 @@ tensors, which the interpreter reads in place through their addresses. The total
 the request's own chunk at every decode step, is a scalar argument, so the table of a layer's chunks stays
 the same from step to step and is cached on the device (no host-to-device copy per call).
 
-Flash-decoding: the global concatenated KV range [0, T) is cut into S splits so that row tiles x KV
-heads x splits fill the GPU; each program walks the chunks overlapping its split and keeps an unnormalised
-partial (acc, m, l). At decode the splits are cut at chunk boundaries when S allows it (each chunk in pieces,
-a piece a split), so that a program reads one chunk. The query heads sharing one KV head (and, at prefill, the queries) are the rows of
-each tl.dot, so K and V are read once per KV head and row tile. At decode (one query, _decode_kernel) the
-program that finishes a KV head's splits last merges them by log-sum-exp in the same launch; with several
-queries (_attn_kernel) a second kernel merges them, one program per row.
+Flash-decoding: the global concatenated KV range [0, T) is cut into S splits so that row tiles x KV heads x
+splits fill the GPU; each program walks the chunks overlapping its split and keeps an unnormalised partial
+(acc, m, l). At decode the splits are cut at chunk boundaries where S allows it (each chunk in pieces, a piece
+a split), so that a program reads one chunk. The query heads sharing one KV head (and, at prefill, the
+queries) are the rows of each tl.dot, so K and V are read once per KV head and row tile. At decode (one query,
+_decode_kernel) the program that finishes a KV head's splits last merges them by log-sum-exp in the same
+launch; with several queries (_attn_kernel) a second kernel merges them, one program per row.
 
 chunk_attention_table serves CUDA graphs: the tables of every layer are built once per request (chunk_tables),
 and a decode step's kernel also does rope_store's work (q/k norm, the query rotated for each chunk, the new key
@@ -75,15 +75,16 @@ def _load_table(table_ptr, num_chunks, CHUNKS_P2: tl.constexpr):
 
 @triton.jit
 def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2: tl.constexpr,
-                  TOTAL_IN_TABLE: tl.constexpr, PIECES: tl.constexpr = False):
+                  TOTAL_IN_TABLE: tl.constexpr, PIECE_TILE: tl.constexpr = 0):
     """The table's columns (_load_table, with the last chunk's end), split `split`'s range [lo, hi) of the
     concatenated keys and the range [first, last) of the chunks overlapping it (those ending after lo and
     starting before hi), and the total length. TOTAL_IN_TABLE (CUDA graphs): the table's last entry is the
     context's length and total_len the own chunk's, and the splits share the total evenly, split_len being the
-    shortest split. PIECES (decode): no split crosses a chunk boundary when the splits allow it: every chunk is
-    cut into pieces of at most `piece` keys, numbered in chunk order, one a split (the splits past the last
-    piece are empty); `piece` is the shortest length for which they fit, and at least split_len. Nothing here
-    waits for the previous kernel: the table is written before the launch."""
+    shortest split. PIECE_TILE (decode, its K/V tile): no split crosses a chunk boundary when the splits allow
+    it. Every chunk is cut into pieces of split_len rounded up to whole tiles (a split reads as many tiles as
+    before), numbered in chunk order, one a split (the splits past the last piece are empty); when there are
+    more pieces than splits, the even cut stays. Nothing here waits for the previous kernel: the table is
+    written before the launch."""
     idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
     if TOTAL_IN_TABLE:
         total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32) + total_len
@@ -92,11 +93,9 @@ def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len
     hi = tl.minimum(lo + split_len, total_len)
     in_table = idx < num_chunks
     ends = tl.where(idx + 1 < num_chunks, ends, total_len)
-    if PIECES:
-        lengths = tl.where(in_table, ends - starts, 0)
-        nonempty = tl.sum((lengths > 0).to(tl.int32), 0)
-        piece = tl.maximum(split_len, tl.cdiv(total_len, tl.maximum(num_splits - nonempty, 1)))
-        pieces = tl.cdiv(lengths, piece)
+    if PIECE_TILE > 0:
+        piece = tl.cdiv(split_len, PIECE_TILE) * PIECE_TILE
+        pieces = tl.cdiv(tl.where(in_table, ends - starts, 0), piece)
         ahead = tl.cumsum(pieces, 0) - pieces  # the pieces of the chunks before each chunk
         c = tl.sum((in_table & (ahead + pieces <= split)).to(tl.int32), 0)
         this = in_table & (idx == c)  # none past the last piece: an empty split
@@ -245,7 +244,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
         slot = tl.load(slot_ptr).to(tl.int32)
         total_len = slot + 1
     idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi = _split_chunks(
-        table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2, ROPE, True)
+        table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2, ROPE, BLOCK_N)
     if ROPE:
         position = tl.load(pos_ptr).to(tl.int32)
         is_context = idx < num_chunks - 1

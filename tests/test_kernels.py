@@ -31,9 +31,9 @@ def make_chunks(lengths, hkv, d, dtype, device, layers=3, layer=1, odd=()):
 # (chunk lengths, Nq, Hq, Hkv, D, forced splits, odd chunks); the last chunk is the causal level-2 chunk
 ATTENTION_CASES = [
     ([150, 1, 200, 69], 1, 2, 2, 64, None, ()),       # 4 chunks totalling 420, decode, GQA 1
-    ([150, 1, 200, 69], 1, 4, 2, 128, 3, ()),         # GQA 2, forced splits: merge path
+    ([150, 1, 200, 69], 1, 4, 2, 128, 3, ()),         # GQA 2, forced splits: merge path; even cut
     ([37, 90, 5], 1, 8, 2, 64, 4, ()),                # GQA 4
-    ([150, 1, 200, 69], 1, 4, 2, 64, 20, ()),         # 20 splits
+    ([150, 1, 200, 69], 1, 4, 2, 64, 20, ()),         # 20 splits, cut at the chunks' boundaries
     ([37, 90, 5], 1, 16, 2, 128, 1, ()),              # GQA 8, one split
     ([100, 1, 0], 1, 4, 2, 64, 2, ()),                # empty level-2 chunk
     ([1], 1, 4, 4, 64, None, ()),                     # a single chunk of length 1
@@ -44,7 +44,7 @@ ATTENTION_CASES = [
     ([70, 3, 40], 5, 4, 2, 64, 2, (0, 2)),            # strided views at odd offsets (unaligned path)
     ([50], 12, 2, 1, 64, None, ()),                   # only the request's own chunk
     ([40, 9], 1, 32, 1, 64, 2, ()),                   # GQA 32: decode through the general kernel
-    ([64, 0, 50, 7], 1, 4, 2, 64, 5, ()),             # decode: an empty chunk between others
+    ([64, 0, 50, 7], 1, 4, 2, 64, 5, ()),             # decode: an empty chunk between others; 5 pieces
     ([70, 3, 40], 1, 4, 2, 64, 3, (0, 2)),            # decode over strided views at odd offsets
 ]
 
