@@ -16,8 +16,8 @@ the same from step to step and is cached on the device (no host-to-device copy p
 
 Flash-decoding: the global concatenated KV range [0, T) is cut into S splits so that row tiles x KV heads x
 splits fill the GPU; each program walks the chunks overlapping its split and keeps an unnormalised partial
-(acc, m, l). At decode the splits are cut at chunk boundaries where S allows it (each chunk in pieces, a piece
-a split), so that a program reads one chunk. The query heads sharing one KV head (and, at prefill, the
+(acc, m, l). At decode short splits are cut at chunk boundaries where S allows it (each chunk in pieces, a
+piece a split), so that a program reads one chunk. The query heads sharing one KV head (and, at prefill, the
 queries) are the rows of each tl.dot, so K and V are read once per KV head and row tile. At decode (one query,
 _decode_kernel) the program that finishes a KV head's splits last merges them by log-sum-exp in the same
 launch; with several queries (_attn_kernel) a second kernel merges them, one program per row.
@@ -80,8 +80,8 @@ def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len
     concatenated keys and the range [first, last) of the chunks overlapping it (those ending after lo and
     starting before hi), and the total length. TOTAL_IN_TABLE (CUDA graphs): the table's last entry is the
     context's length and total_len the own chunk's, and the splits share the total evenly, split_len being the
-    shortest split. PIECE_TILE (decode, its K/V tile): no split crosses a chunk boundary when the splits allow
-    it. Every chunk is cut into pieces of split_len rounded up to whole tiles (a split reads as many tiles as
+    shortest split. PIECE_TILE (decode, its K/V tile; 0: the even cut): no split crosses a chunk boundary when
+    the splits allow it. Every chunk is cut into pieces of split_len rounded up to whole tiles (a split reads as many tiles as
     before), numbered in chunk order, one a split (the splits past the last piece are empty); when there are
     more pieces than splits, the even cut stays. Nothing here waits for the previous kernel: the table is
     written before the launch."""
@@ -223,7 +223,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
                    HQ: tl.constexpr, GROUP: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, BLOCK_S: tl.constexpr,
                    ALIGNED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-                   ROPE: tl.constexpr, QK_NORM: tl.constexpr, PDL: tl.constexpr):
+                   ROPE: tl.constexpr, QK_NORM: tl.constexpr, PIECE_TILE: tl.constexpr, PDL: tl.constexpr):
     """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the rows of
     a 16-row tensor-core tile) over its split; the program that finishes its KV head's splits last merges
     them by log-sum-exp, so one launch does the whole step.
@@ -244,7 +244,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
         slot = tl.load(slot_ptr).to(tl.int32)
         total_len = slot + 1
     idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi = _split_chunks(
-        table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2, ROPE, BLOCK_N)
+        table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2, ROPE, PIECE_TILE)
     if ROPE:
         position = tl.load(pos_ptr).to(tl.int32)
         is_context = idx < num_chunks - 1
@@ -384,7 +384,10 @@ HEAD_DIMS = (64, 128)  # what the Triton kernel supports
 TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32)
 PREFILL_TUNING = dict(block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64)
 # merge_elements: partial values the merging program reads at once (BLOCK_S splits x GROUP_P2 x D)
-DECODE_TUNING = dict(block_n=32, num_warps=2, num_stages=3, programs_per_sm=2, min_split=32, merge_elements=8192)
+# piece_tiles: the longest split, in tiles, for which _decode_kernel cuts the splits at chunk boundaries (H100,
+# 2026-11-26: 8 keeps the gain up to 4K and none of the cost at 16K and 32K)
+DECODE_TUNING = dict(block_n=32, num_warps=2, num_stages=3, programs_per_sm=2, min_split=32, merge_elements=8192,
+                     piece_tiles=8)
 
 
 _tables = {}
@@ -449,6 +452,12 @@ def _merge_pass(group: int, head_dim: int) -> int:
     return 1 << max(0, (DECODE_TUNING["merge_elements"] // (triton.next_power_of_2(group) * head_dim)).bit_length() - 1)
 
 
+def _longest_piece() -> int:
+    """Splits up to this many keys are cut at chunk boundaries where the splits allow it; longer ones never are
+    (with passages of a few thousand tokens they rarely fit, and the plan costs the step time)."""
+    return DECODE_TUNING["piece_tiles"] * DECODE_TUNING["block_n"]
+
+
 def _decode_splits(hkv: int, group: int, head_dim: int, capacity: int, device) -> int:
     """programs_per_sm programs for every SM, rounded down to whole merge passes (each pass of the merge is a
     memory round trip on the step's critical path), and splits of at least min_split keys."""
@@ -462,7 +471,7 @@ def _decode_splits(hkv: int, group: int, head_dim: int, capacity: int, device) -
 
 
 def _launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_splits, split_len, total, scale,
-                   aligned, rope=None):
+                   aligned, pieces, rope=None):
     """_decode_kernel over rotated queries q [C, 1, Hq, D], or with rope (rope_store's arguments but q) over
     the new token's projections q [1, Hq, D]."""
     hq, head_dim = q.shape[-2], q.shape[-1]
@@ -484,7 +493,7 @@ def _launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_sp
     pointers = (q, k_base, v_base, table, out, part, lock) + rope_pointers
     constexprs = (hq, group, triton.next_power_of_2(group), head_dim, cfg["block_n"],
                   triton.next_power_of_2(num_chunks + 1), block_s, aligned, _interpreting(), precision,
-                  rope is not None, qk_norm)
+                  rope is not None, qk_norm, cfg["block_n"] if pieces else 0)
     args = pointers + (qk_eps, num_chunks, split_len, total, scale * LOG2E, q.stride(0)) + constexprs
     key = ("decode", q.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
            constexprs, cfg["num_warps"], cfg["num_stages"])
@@ -537,7 +546,7 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits=None):
         out = torch.empty((1, hq, head_dim), dtype=q.dtype, device=device)
         part = torch.empty(num_splits * hq * (head_dim + 2), dtype=torch.float32, device=device)
         _launch_decode(q, keys[0], values[0], table, out, part, _lock(device, hkv), num_chunks, num_splits,
-                       split_len, total, scale, aligned)
+                       split_len, total, scale, aligned, split_len <= _longest_piece())
         return out
 
     rows = num_q * group
@@ -599,7 +608,8 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
         num_splits = max(2, min(num_splits, triton.cdiv(capacity, cfg["min_split"])))
     split_len = cfg["min_split"]  # the shortest split: the kernels share the current length among the splits
     n_rows = num_q * hq
-    return dict(decode=decode, num_splits=num_splits, split_len=split_len, block_m=block_m,
+    pieces = decode and triton.cdiv(capacity, num_splits) <= _longest_piece()
+    return dict(decode=decode, num_splits=num_splits, split_len=split_len, block_m=block_m, pieces=pieces,
                 part=torch.empty(num_splits * n_rows * (head_dim + 2), dtype=torch.float32, device=device),
                 lock=torch.zeros(hkv, dtype=torch.int32, device=device))
 
@@ -620,7 +630,7 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
             raise ValueError("a decode step over a chunk table takes the new token's projections and rope")
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         _launch_decode(q, k_base, v_base, table, out, w["part"], w["lock"], (table.shape[0] - 1) // 5, w["num_splits"],
-                       w["split_len"], 0, scale, w.get("aligned", False), rope)
+                       w["split_len"], 0, scale, w.get("aligned", False), w["pieces"], rope)
         return out
     num_chunks, num_q, hq, _ = q.shape
     if q.stride()[1:] != (hq * head_dim, head_dim, 1):

@@ -128,9 +128,11 @@ def check_decode_table(case, dtype, device, atol, monkeypatch, short_splits=True
     from engine.model import Rotary
     from kernels.rope import rope_store_ref
     lengths, slot, hq, hkv, d, pad, norm, scaled = case
-    # many short splits (the new token's split varies), or few of several tiles and chunks
+    # many short splits (the new token's split varies), cut at the chunks' boundaries, or few of several tiles
+    # and chunks, cut evenly
     monkeypatch.setitem(ca.DECODE_TUNING, "programs_per_sm", 16 if short_splits else 1)
     monkeypatch.setitem(ca.DECODE_TUNING, "min_split", 8 if short_splits else 64)
+    monkeypatch.setitem(ca.DECODE_TUNING, "piece_tiles", 8 if short_splits else 0)
     torch.manual_seed(sum(lengths) + slot + hq)
     layers, layer, capacity = 2, 1, 32
     chunks = [tuple(torch.randn(layers, n, hkv, d, dtype=dtype, device=device) for _ in "kv") for n in lengths]
@@ -140,6 +142,7 @@ def check_decode_table(case, dtype, device, atol, monkeypatch, short_splits=True
     table = torch.from_numpy(ca.chunk_tables(chunks, own_keys, own_values, num_chunks)).to(device)
     workspace = ca.decode_workspace(1, hq, d, hkv, sum(lengths) + capacity, device)
     assert workspace["decode"] and (workspace["num_splits"] > 4 or not short_splits)
+    assert workspace["pieces"] == short_splits
     q, k, v = ((3 * torch.randn(1, h, d, device=device)).to(dtype) for h in (hq, hkv, hkv))
     shifts = torch.tensor([-3 * c for c in range(len(lengths))], dtype=torch.int64, device=device)
     rotary = Rotary(d, 10000.0, 512).to(device)
