@@ -81,10 +81,10 @@ def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len
     starting before hi), and the total length. TOTAL_IN_TABLE (CUDA graphs): the table's last entry is the
     context's length and total_len the own chunk's, and the splits share the total evenly, split_len being the
     shortest split. PIECE_TILE (decode, its K/V tile; 0: the even cut): no split crosses a chunk boundary when
-    the splits allow it. Every chunk is cut into pieces of split_len rounded up to whole tiles (a split reads as many tiles as
-    before), numbered in chunk order, one a split (the splits past the last piece are empty); when there are
-    more pieces than splits, the even cut stays. Nothing here waits for the previous kernel: the table is
-    written before the launch."""
+    the splits allow it. Every chunk is cut into pieces of split_len rounded up to whole tiles (a split reads as
+    many tiles as before), numbered in chunk order, one a split (the splits past the last piece are empty);
+    when there are more pieces than splits, the even cut stays. Nothing here waits for the previous kernel: the
+    table is written before the launch."""
     idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
     if TOTAL_IN_TABLE:
         total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32) + total_len
