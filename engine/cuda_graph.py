@@ -9,11 +9,16 @@ pinned buffer and copied with one asynchronous copy); each step then only replay
 padded with empty ones to MAX_CHUNKS so every request of a bucket uses the same graph. The table's last entry
 is the context's length; the attention kernel adds the own chunk's (the padded question, or the slot + 1 of a
 decode step). In a decode step the attention kernel also does rope_store's work (chunk_attention_table).
+
+A decode step advances its position and slot itself (its first kernel, kernels.greedy.next_input), so the
+host writes them once a request (begin). A greedy step also takes its token from the previous step's argmax
+keys, which its LM head fills in turn: the host then writes nothing at all between steps.
 """
 import numpy as np
 import torch
 
 from kernels.chunk_attention import chunk_attention_table, chunk_tables, decode_workspace
+from kernels.greedy import EMPTY, SLOTS, next_input, token_keys
 from kernels.rope import rope_store
 
 from .kv_chunk import KVChunk
@@ -52,6 +57,7 @@ class GraphDecoder:
         self.token = torch.zeros(1, dtype=torch.int64, device=device)
         self.position = torch.zeros(1, dtype=torch.int64, device=device)
         self.slot = torch.zeros(1, dtype=torch.int64, device=device)
+        self.best = torch.full((SLOTS,), EMPTY, dtype=torch.int64, device=device)  # argmax keys of greedy steps
         self.prompt_slots = torch.arange(MAX_QUESTION, device=device)
         self.capture = torch.device(device).type == "cuda"  # elsewhere the same steps run eagerly (for tests)
         # what prepare writes: views of one int64 buffer, filled from its pinned host copy
@@ -108,16 +114,18 @@ class GraphDecoder:
             return chunk_attention_table(q, keys, values, self.tables[layer], scale, workspace, dict(rope, k=k, v=v))
         return chunk_attention_table(rope_store(q, k, v, **rope), keys, values, self.tables[layer], scale, workspace)
 
-    def _step(self, workspace, prompt: int = 0) -> torch.Tensor:
-        """A decode step, or (prompt > 0) the prefill of a prompt padded to `prompt` tokens: the padding comes
-        after the real tokens, so causal masking keeps it out of their attention, and decoding overwrites its
-        slots."""
+    def _step(self, workspace, prompt: int = 0, greedy: bool = False) -> torch.Tensor:
+        """A decode step (greedy: its token from the argmax keys), or (prompt > 0) the prefill of a prompt padded
+        to `prompt` tokens: the padding comes after the real tokens, so causal masking keeps it out of their
+        attention, and decoding overwrites its slots."""
         ctx = AttentionContext([], [], self.shifts, self.own, scales=self.scales,
                                plan=lambda layer, q, k, v, rope: self._attend(layer, q, k, v, rope, workspace))
         if prompt:
             return self.model.step(self.prompt[:prompt], self.prompt_positions[:prompt], self.prompt_slots[:prompt],
                                    ctx, last=self.last)
-        return self.model.step(self.token, self.position, self.slot, ctx)
+        best = self.best if greedy else None
+        x = next_input(self.model.embed_tokens.weight, self.token, self.position, self.slot, best)
+        return self.model.step_embedded(x, self.position, self.slot, ctx, best=best)
 
     def prefill(self, n: int) -> torch.Tensor | None:
         """Logits after the n-token prompt given to prepare, written to own slots from 0; None when the prompt is
@@ -127,36 +135,49 @@ class GraphDecoder:
         padded = question_bucket(n)
         return self._replay(("prefill", self.bucket, self.aligned, padded), padded)
 
-    def step(self, token: torch.Tensor, position: torch.Tensor, slot: int) -> torch.Tensor:
-        """Logits after `token` (a device tensor) at `position`, written to own slot `slot`."""
+    def begin(self, token: torch.Tensor, position: int, slot: int, greedy: bool) -> None:
+        """Decoding starts after the prompt, whose last token is at `position` in own slot `slot`, with `token` (a
+        device tensor); greedy: for steps that take their tokens from the argmax keys (step(None))."""
         self.token.copy_(token.view(1))
-        self.position.copy_(position.view(1))
+        self.position.fill_(position)
         self.slot.fill_(slot)
-        return self._replay(("decode", self.bucket, self.aligned), 0)
+        if greedy:
+            token_keys(token, self.best)
+
+    def step(self, token: torch.Tensor | None) -> torch.Tensor:
+        """Logits of the decode step after the last one (or after begin()) whose input is `token` (a device
+        tensor), or with None the argmax of the last step's logits, which the step leaves in `best` in turn."""
+        if token is not None:
+            self.token.copy_(token.view(1))
+        return self._replay(("decode", self.bucket, self.aligned, token is None), 0)
 
     def _replay(self, key: tuple, prompt: int) -> torch.Tensor:
+        greedy = key[0] == "decode" and key[-1]
         if key not in self.graphs:
-            self.graphs[key] = self._capture(prompt)
+            self.graphs[key] = self._capture(prompt, greedy)
         graph, workspace, logits = self.graphs[key]
         if graph is None:
-            return self._step(workspace, prompt)
+            return self._step(workspace, prompt, greedy)
         graph.replay()
         return logits
 
-    def _capture(self, prompt: int):
+    def _capture(self, prompt: int, greedy: bool):
         c = self.config
         workspace = decode_workspace(max(1, prompt), c.num_heads, c.head_dim, c.num_kv_heads, self.bucket,
                                      self.own.keys.device)
         workspace["aligned"] = self.aligned
         if not self.capture:
             return None, workspace, None
+        state = [t.clone() for t in (self.token, self.position, self.slot, self.best)]  # the warm-up steps advance them
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self._step(workspace, prompt)
+                self._step(workspace, prompt, greedy)
         torch.cuda.current_stream().wait_stream(stream)
+        for t, saved in zip((self.token, self.position, self.slot, self.best), state):
+            t.copy_(saved)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self._step(workspace, prompt)
+            logits = self._step(workspace, prompt, greedy)
         return graph, workspace, logits

@@ -11,6 +11,7 @@ from typing import Iterator
 import torch
 
 from kernels.chunk_attention import HEAD_DIMS
+from kernels.greedy import SLOTS, best_token
 from kernels.rope import rotate
 
 from .config import ModelLoadError
@@ -314,15 +315,20 @@ class LLMEngine:
             logits = self.model(*self._device_inputs(prompt, start), ctx)
         else:
             ctx.own.length = len(prompt)
+        token_tensor = sampler(logits[-1])
+        # greedy steps of CUDA graphs keep their tokens on the GPU (kernels.greedy): the host only reads them
+        keep = graphs is not None and sampler.greedy and self.model.use_custom_kernels
         position = torch.full((1,), start + len(prompt), dtype=torch.int64, device=self.device)
 
         def advance(token_tensor):  # queues the step that follows token_tensor
             nonlocal position
             if graphs is not None:
-                out = graphs.step(token_tensor, position, ctx.own.length)
+                if ctx.own.length == len(prompt):  # the first step (after the first token's wait)
+                    graphs.begin(token_tensor, start + len(prompt) - 1, len(prompt) - 1, keep)
+                out = graphs.step(None if keep else token_tensor)
                 ctx.own.length += 1
-            else:
-                out = self.model(token_tensor.view(1), position, ctx)
+                return out
+            out = self.model(token_tensor.view(1), position, ctx)
             position = position + 1
             return out
 
@@ -330,19 +336,21 @@ class LLMEngine:
         # while the host streams the token out (a step is wasted when the token ends the generation); not before
         # the first token, whose wait is the time to first token.
         ahead = graphs is not None and logits.is_cuda
-        host = torch.empty(1, dtype=torch.int64, pin_memory=True) if ahead else None
-        ready = torch.cuda.Event() if ahead else None
+        copies = _HostCopies(SLOTS if keep else 1) if ahead else None
+
+        def sample(logits):  # the token after logits: a device tensor (None if kept) and a wait for it on the host
+            if keep:
+                keys = copies.copy(graphs.best) if ahead else lambda: graphs.best.numpy()
+                return None, lambda: best_token(keys())
+            t = sampler(logits[-1])
+            if ahead:
+                host = copies.copy(t.view(1))
+                return t, lambda: int(host()[0])
+            return t, t.item
+
+        wait, queued = token_tensor.item, None
         while True:
-            token_tensor = sampler(logits[-1])
-            queued = None
-            if ahead and 0 < len(generation.token_ids) < params.max_new_tokens - 1:
-                host.copy_(token_tensor.view(1), non_blocking=True)
-                ready.record()
-                queued = advance(token_tensor)
-                ready.synchronize()
-                token = int(host[0])
-            else:
-                token = int(token_tensor)  # the one host synchronisation per token: it is streamed out
+            token = wait()  # the one host synchronisation per token: it is streamed out
             if not generation.token_ids:
                 generation.ttft_s = time.perf_counter() - began
                 decode_began = time.perf_counter()
@@ -360,10 +368,31 @@ class LLMEngine:
                 generation.finish_reason = "length"
                 break
             logits = queued if queued is not None else advance(token_tensor)
+            token_tensor, wait = sample(logits)
+            queued = None
+            if ahead and len(generation.token_ids) < params.max_new_tokens - 1:
+                queued = advance(token_tensor)
         generation.decode_s = time.perf_counter() - decode_began
         tail = text.finish()
         if tail:
             yield tail
+
+
+class _HostCopies:
+    """Copies of a small int64 device tensor into two pinned buffers in turn: copy() queues one and returns a
+    function that waits for it and gives the host array (call it before queueing the copy after next)."""
+
+    def __init__(self, numel: int):
+        self.buffers = [torch.empty(numel, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self.events = [torch.cuda.Event() for _ in range(2)]
+        self.turn = 0
+
+    def copy(self, t: torch.Tensor):
+        self.turn ^= 1
+        buffer, event = self.buffers[self.turn], self.events[self.turn]
+        buffer.copy_(t, non_blocking=True)
+        event.record()
+        return lambda: (event.synchronize(), buffer.numpy())[1]
 
 
 def _model_identity(folder: Path) -> str:

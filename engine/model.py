@@ -191,7 +191,13 @@ class Decoder(nn.Module):
              last: torch.Tensor | None = None) -> torch.Tensor:
         """The forward pass with the new tokens' own-buffer slots given (static shapes: CUDA-graph capturable).
         Logits of every token (all_logits), of the one at index `last` ([1] tensor), or of the last one."""
-        x = self.embed_tokens(input_ids)
+        return self.step_embedded(self.embed_tokens(input_ids), positions, slots, ctx, all_logits, last)
+
+    @torch.inference_mode()
+    def step_embedded(self, x, positions, slots, ctx: AttentionContext, all_logits: bool = False,
+                      last: torch.Tensor | None = None, best: torch.Tensor | None = None) -> torch.Tensor:
+        """step() from the tokens' embeddings x; best: the argmax keys that the LM head fills (kernels.greedy,
+        custom kernels only)."""
         for layer in self.layers:
             x = layer(x, positions, slots, ctx, self.rotary, self.use_custom_kernels)
         if last is not None:
@@ -199,5 +205,8 @@ class Decoder(nn.Module):
         elif not all_logits:
             x = x[-1:]
         if self.use_custom_kernels:  # the final RMSNorm in the LM head's GEMV
-            return linear(x, self.lm_head.weight, norm_weight=self.norm.weight, eps=self.norm.eps).float()
+            return linear(x, self.lm_head.weight, norm_weight=self.norm.weight, eps=self.norm.eps,
+                          out_dtype=torch.float32, best=best)
+        if best is not None:
+            raise ValueError("the argmax keys come from the custom LM head")
         return self.lm_head(self.norm(x)).float()

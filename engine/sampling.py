@@ -36,10 +36,14 @@ class Sampler:
         else:
             self.generator.seed()
 
+    @property
+    def greedy(self) -> bool:
+        return self.params.temperature == 0 or self.params.top_k == 1  # top-k 1 too, also when bf16 logits tie
+
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [vocab] (fp32) -> a 0-d token id tensor, on the logits' device."""
         p = self.params
-        if p.temperature == 0 or p.top_k == 1:  # top-k 1 is greedy, also when bf16 logits tie at the top
+        if self.greedy:
             return logits.argmax()
         logits = logits / p.temperature
         if p.top_k:

@@ -1,7 +1,8 @@
 """The linear layers of a decode step, one GEMV kernel each: an optional RMSNorm of the input before the
 projection (QKV, gate/up), an optional bias (Qwen2), an optional SiLU(gate) * up of the output's two halves
 (the MLP) and an optional residual added to the output (o_proj, down). The LM head is one too, with the final
-RMSNorm.
+RMSNorm, its logits written in fp32 and, for greedy decoding in a CUDA graph, folded into argmax keys
+(kernels.greedy).
 
 One program computes BLOCK_N outputs of one row, so the weight is read once per row; more rows than
 MAX_TRITON_ROWS go to cuBLAS, which is compute-bound there anyway (after the Triton RMSNorm on CUDA).
@@ -14,6 +15,7 @@ import triton
 import triton.language as tl
 
 from kernels import launch, wait_for_inputs
+from kernels.greedy import _EMPTY, SLOTS, _SLOTS, keys_ref, logit_keys
 from kernels.rmsnorm import normed, rmsnorm, rmsnorm_ref
 
 MAX_TRITON_ROWS = 16
@@ -25,13 +27,17 @@ TUNING = dict(block_n=4, block_k=4096, num_warps=4)
 GATED_TUNING = dict(block_n=8, block_k=4096, num_warps=4)
 
 
-def linear_ref(x, weight, bias=None, norm_weight=None, eps=1e-6, gated=False, residual=None):
+def linear_ref(x, weight, bias=None, norm_weight=None, eps=1e-6, gated=False, residual=None, out_dtype=None,
+               best=None):
     if norm_weight is not None:
         x = rmsnorm_ref(x, norm_weight, eps)
     y = F.linear(x, weight, bias) if residual is None else torch.addmm(residual, x, weight.t())
     if gated:
         gate, up = y.chunk(2, dim=-1)
         y = F.silu(gate) * up
+    y = y.to(out_dtype or y.dtype)
+    if best is not None:
+        best[:1] = torch.maximum(best.max(), keys_ref(y[0]).max())
     return y
 
 
@@ -46,15 +52,17 @@ def _input_block(x_row, norm_ptr, k0, cols, rstd, K: tl.constexpr, NORM: tl.cons
 
 
 @triton.jit(do_not_specialize=["stride_x", "stride_res"])
-def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, eps, stride_x, stride_res,
+def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr, eps, stride_x, stride_res,
                    N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr, GATED: tl.constexpr,
-                   RESIDUAL: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
-    """out[row, n] for BLOCK_N outputs n; GATED: the weight's rows N + n are the up projection of gate row n.
+                   RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   PDL: tl.constexpr):
+    """out[row, n] for BLOCK_N outputs n, rounded to the weight's dtype; GATED: the weight's rows N + n are the
+    up projection of gate row n; ARGMAX (one row): the program's largest output folded into the argmax keys.
     The bias, and when one block spans the input (K <= BLOCK_K) the weights and the norm's, are loaded before
     waiting for the input, which is then read once."""
     pid = tl.program_id(0)
     row = tl.program_id(1)
-    dtype = out_ptr.dtype.element_ty
+    dtype = w_ptr.dtype.element_ty
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     cols = tl.arange(0, BLOCK_K)
@@ -108,43 +116,53 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, eps, stri
         y = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32) * up
     if RESIDUAL:
         y += residual
-    tl.store(out_ptr + row * N + n, y.to(dtype), mask=n_ok)
+    y = y.to(dtype)
+    tl.store(out_ptr + row * N + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
+    if ARGMAX:
+        keys = tl.where(n_ok, logit_keys(y.to(tl.float32), n), _EMPTY)
+        tl.atomic_max(best_ptr + pid % _SLOTS, tl.max(keys, 0), sem="relaxed")
 
 
-def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual):
+def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best):
     rows, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]
     assert weight.shape[1] == k and weight.is_contiguous() and x.stride(1) == 1
     assert residual is None or residual.stride(1) == 1
-    out = torch.empty((rows, n), dtype=weight.dtype, device=x.device)
+    out = torch.empty((rows, n), dtype=out_dtype or weight.dtype, device=x.device)
     cfg = GATED_TUNING if gated else TUNING
-    flags = (norm_weight is not None, bias is not None, gated, residual is not None)
-    pointers = (x, norm_weight if flags[0] else x, weight, bias if flags[1] else x, residual if flags[3] else x, out)
+    flags = (norm_weight is not None, bias is not None, gated, residual is not None, best is not None)
+    pointers = (x, norm_weight if flags[0] else x, weight, bias if flags[1] else x, residual if flags[3] else x, out,
+                best if flags[4] else x)
     args = pointers + (eps, x.stride(0), residual.stride(0) if flags[3] else 0, n, k) + flags + (
         cfg["block_n"], min(cfg["block_k"], triton.next_power_of_2(k)))
     key = ("linear", x.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
-           args[9:], cfg["num_warps"])
+           args[10:], cfg["num_warps"])
     launch(_linear_kernel, (triton.cdiv(n, cfg["block_n"]), rows), args, key, num_warps=cfg["num_warps"])
     return out
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            norm_weight: torch.Tensor | None = None, eps: float = 1e-6, gated: bool = False,
-           residual: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
+           residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+           best: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
     """x [rows, K] -> y [rows, N]: y = weight @ rmsnorm(x) + bias (the norm when norm_weight is given); gated:
-    weight is [2N, K] (gate rows, then up rows) and y = silu(gate) * up; residual [rows, N]: y + residual.
+    weight is [2N, K] (gate rows, then up rows) and y = silu(gate) * up; residual [rows, N]: y + residual. y is
+    rounded to the weight's dtype, then given in out_dtype (default: the weight's). best (one row): the argmax
+    keys of kernels.greedy (SLOTS int64), which take y's largest element and its index.
 
     impl: None (Triton on CUDA for up to MAX_TRITON_ROWS rows, cuBLAS otherwise), "triton" (also on CPU under
     TRITON_INTERPRET=1) or "ref".
     """
     if gated and (bias is not None or residual is not None):
         raise ValueError("a gated linear layer takes no bias and no residual")
+    if best is not None and (x.shape[0] != 1 or best.shape != (SLOTS,) or best.dtype != torch.int64):
+        raise ValueError(f"the argmax keys take one row and {SLOTS} int64 slots")
     if impl is None:
         impl = "triton" if x.is_cuda and x.shape[0] <= MAX_TRITON_ROWS else "ref"
         if impl == "ref" and x.is_cuda and norm_weight is not None:
             x, norm_weight = rmsnorm(x, norm_weight, eps), None
     if impl == "ref":
-        return linear_ref(x, weight, bias, norm_weight, eps, gated, residual)
+        return linear_ref(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best)
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the Triton linear needs CUDA tensors or TRITON_INTERPRET=1")
-    return _linear_triton(x, weight, bias, norm_weight, eps, gated, residual)
+    return _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best)

@@ -6,6 +6,7 @@ import torch
 
 import kernels.chunk_attention as ca  # kernels/__init__ sets TRITON_INTERPRET=1 when there is no GPU
 import kernels.fused_rmsnorm_qkv as fr
+import kernels.greedy as greedy
 import kernels.linear as lin
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -226,6 +227,68 @@ def test_linear_dispatch_on_cpu_is_reference_and_gated_takes_no_residual():
         lin.linear(x, w, gated=True, residual=torch.zeros(2, 24))
 
 
+def check_head_argmax(n, device, dtype):
+    """The LM head's fp32 logits and argmax keys: the token they hold is torch.argmax of the logits, the lowest
+    index among equal maxima (planted: ties, -0.0 against 0.0, all-negative logits)."""
+    torch.manual_seed(n)
+    x, norm = torch.randn(1, 64, device=device).to(dtype), (torch.rand(64, device=device) + 0.5).to(dtype)
+    for plant in ("random", "tie", "zeros", "negative"):
+        w = torch.randn(n, 64, device=device).to(dtype) * 64 ** -0.5
+        if plant == "tie":
+            w[n // 3] = w[n - 2] = w.abs().sum(0) * torch.sign(x[0])  # the largest logit, twice
+        elif plant == "zeros":
+            w = w * 0
+            w[n // 2] = -0.0
+        elif plant == "negative":
+            w = -(w.abs() + 0.1) * torch.sign(x[0])
+        best = torch.full((greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
+        logits = lin.linear(x, w, norm_weight=norm, out_dtype=torch.float32, best=best, impl="triton")
+        ref = lin.linear_ref(x, w, norm_weight=norm, out_dtype=torch.float32)
+        assert logits.dtype == torch.float32
+        torch.testing.assert_close(logits, ref, atol=2e-2, rtol=2e-2)
+        assert greedy.best_token(best.cpu().numpy()) == int(logits[0].argmax()), plant
+        ref_best = torch.full_like(best, greedy.EMPTY)
+        lin.linear_ref(x, w, norm_weight=norm, out_dtype=torch.float32, best=ref_best)
+        assert greedy.best_token(ref_best.cpu().numpy()) == int(ref[0].argmax()), plant
+
+
+def check_next_input(device):
+    embed = torch.randn(300, 48, device=device)
+    for keep in (False, True):
+        states = []
+        for impl in (greedy.next_input, greedy.next_input_ref):
+            token, position, slot = (torch.tensor([v], device=device) for v in (7, 40, 3))
+            best = None
+            if keep:
+                best = torch.full((greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
+                greedy.token_keys(torch.tensor(123, device=device), best)
+                best[17] = greedy.keys_ref(torch.tensor([1.0, 5.0, 2.0], device=device)).max()  # index 1 wins
+                best[40] = greedy.keys_ref(torch.tensor([-1.0, 5.0], device=device)).max()      # a tie: index 1
+            x = impl(embed, token, position, slot, best)
+            states.append((x, token, position, slot, best))
+        (x, token, position, slot, best), ref = states
+        assert torch.equal(x, ref[0]) and torch.equal(x, embed[[1 if keep else 7]])
+        assert (int(token), int(position), int(slot)) == (1 if keep else 7, 41, 4)
+        assert not keep or (bool((best == greedy.EMPTY).all()) and torch.equal(best, ref[4]))
+
+
+@interpreter
+def test_head_argmax_keys_interpreted():
+    check_head_argmax(200, "cpu", torch.float32)
+
+
+@interpreter
+def test_next_input_interpreted():
+    check_next_input("cpu")
+
+
+def test_argmax_keys_need_one_row_and_the_slots():
+    with pytest.raises(ValueError, match="one row"):
+        lin.linear(torch.randn(2, 8), torch.randn(5, 8), best=torch.zeros(greedy.SLOTS, dtype=torch.int64))
+    with pytest.raises(ValueError, match="int64 slots"):
+        lin.linear(torch.randn(1, 8), torch.randn(5, 8), best=torch.zeros(3, dtype=torch.int64))
+
+
 def test_rmsnorm_qkv_splits_the_normed_projection_into_heads():
     x, w, b, norm = torch.randn(3, 32), torch.randn((4 + 2 * 2) * 8, 32), torch.randn(64), torch.rand(32) + 0.5
     q, k, v = fr.rmsnorm_qkv(x, norm, 1e-6, w, b, 4, 2, 8)
@@ -252,6 +315,18 @@ def test_chunk_attention_gpu(case, dtype, atol):
 @pytest.mark.parametrize("case", DECODE_TABLE_CASES)
 def test_decode_table_rotates_and_stores_the_new_token_gpu(case, dtype, atol, short_splits, monkeypatch):
     check_decode_table(case, dtype, "cuda", atol, monkeypatch, short_splits)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n", [200, 151936])
+def test_head_argmax_keys_gpu(n, dtype):
+    check_head_argmax(n, "cuda", dtype)
+
+
+@gpu
+def test_next_input_gpu():
+    check_next_input("cuda")
 
 
 @gpu

@@ -1,0 +1,91 @@
+"""Greedy decoding inside a CUDA graph, with no argmax kernel and no host copies a token: the LM head's GEMV
+folds each program's best logit and its index into one of SLOTS int64 keys by atomic max (kernels.linear), and
+the next step's first kernel (next_input) takes the token from those keys, clears them, embeds the token and
+advances the step's position and slot. The host reads the token by copying the keys out (best_token).
+
+A key is the logit's fp32 bits made order-preserving as an int32, shifted left 32 bits, over MAX_INDEX minus
+the vocabulary index: the largest key is the largest logit, and among equal logits the lowest index, as
+torch.argmax chooses.
+"""
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+SLOTS = 64
+MAX_INDEX = 2 ** 31 - 1
+EMPTY = -2 ** 63  # a slot no key has reached
+_SLOTS, _MAX_INDEX, _EMPTY = tl.constexpr(SLOTS), tl.constexpr(MAX_INDEX), tl.constexpr(EMPTY)  # for the kernels
+
+
+@triton.jit
+def logit_keys(y, n):
+    """The keys of fp32 logits y at vocabulary indices n (int32 tensors of one shape)."""
+    bits = (y + 0.0).to(tl.int32, bitcast=True)  # + 0.0: -0.0 ties with 0.0
+    order = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+    return (order.to(tl.int64) << 32) - n.to(tl.int64) + _MAX_INDEX
+
+
+@triton.jit
+def _key_token(key):
+    return ((key >> 32) << 32) - key + _MAX_INDEX
+
+
+def keys_ref(logits: torch.Tensor) -> torch.Tensor:
+    """logit_keys of a row of fp32 logits, in PyTorch."""
+    bits = (logits.float() + 0.0).view(torch.int32)
+    order = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits).long()
+    return (order << 32) + (MAX_INDEX - torch.arange(logits.numel(), device=logits.device))
+
+
+def token_keys(token: torch.Tensor, best: torch.Tensor) -> None:
+    """Fills the slots `best` so that they hold `token` (a 0-d device tensor) and nothing else."""
+    best.fill_(EMPTY)
+    best[:1].copy_(MAX_INDEX - token.view(1))
+
+
+def best_token(keys: np.ndarray) -> int:
+    """The token held by a host copy of the slots."""
+    return MAX_INDEX - int(keys.max() & 0xFFFFFFFF)
+
+
+@triton.jit
+def _next_input_kernel(best_ptr, token_ptr, pos_ptr, slot_ptr, embed_ptr, x_ptr, HIDDEN: tl.constexpr,
+                       BLOCK: tl.constexpr, GREEDY: tl.constexpr):
+    if GREEDY:
+        s = tl.arange(0, _SLOTS)
+        token = _key_token(tl.max(tl.load(best_ptr + s), 0))
+        tl.store(best_ptr + s, tl.full([_SLOTS], _EMPTY, tl.int64))
+        tl.store(token_ptr, token)
+    else:
+        token = tl.load(token_ptr)
+    tl.store(pos_ptr, tl.load(pos_ptr) + 1)
+    tl.store(slot_ptr, tl.load(slot_ptr) + 1)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < HIDDEN
+    tl.store(x_ptr + cols, tl.load(embed_ptr + token * HIDDEN + cols, mask=ok), mask=ok)
+
+
+def next_input(embed: torch.Tensor, token: torch.Tensor, position: torch.Tensor, slot: torch.Tensor,
+               best: torch.Tensor | None = None) -> torch.Tensor:
+    """The input [1, hidden] of a decode step whose token is `token` ([1] int64), or, given the slots `best`, the
+    one they hold (then written to `token`, and the slots cleared); position and slot ([1] int64) advance by one.
+
+    The kernel is launched without programmatic dependent launch, so the step's next kernel starts after it
+    has ended: kernels read the position and slot before they wait for their inputs."""
+    hidden = embed.shape[1]
+    x = torch.empty((1, hidden), dtype=embed.dtype, device=embed.device)
+    greedy = best is not None
+    assert embed.is_contiguous() and (not greedy or best.numel() == SLOTS)
+    _next_input_kernel[(1,)](best if greedy else token, token, position, slot, embed, x, hidden,
+                             triton.next_power_of_2(hidden), greedy, num_warps=4)
+    return x
+
+
+def next_input_ref(embed, token, position, slot, best=None):
+    if best is not None:
+        token.copy_(MAX_INDEX - best.max().view(1) % 2 ** 32)
+        best.fill_(EMPTY)
+    position += 1
+    slot += 1
+    return embed[token]
