@@ -59,33 +59,20 @@ def chunk_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[
 
 
 @triton.jit
-def _load_table(table_ptr, num_chunks, CHUNKS_P2: tl.constexpr):
-    """The whole chunk table at once (one memory round trip instead of one per chunk): its columns, and the
-    chunk ends but the last (the total, which the caller has)."""
-    idx = tl.arange(0, CHUNKS_P2)
-    in_table = idx < num_chunks
-    k_offs = tl.load(table_ptr + idx, mask=in_table, other=0)
-    v_offs = tl.load(table_ptr + num_chunks + idx, mask=in_table, other=0)
-    k_strides = tl.load(table_ptr + 2 * num_chunks + idx, mask=in_table, other=0)
-    v_strides = tl.load(table_ptr + 3 * num_chunks + idx, mask=in_table, other=0)
-    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=in_table, other=0)
-    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=idx + 1 < num_chunks, other=0)
-    return idx, k_offs, v_offs, k_strides, v_strides, starts, ends
-
-
-@triton.jit
 def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2: tl.constexpr,
                   TOTAL_IN_TABLE: tl.constexpr, PIECE_TILE: tl.constexpr = 0):
-    """The table's columns (_load_table, with the last chunk's end), split `split`'s range [lo, hi) of the
-    concatenated keys and the range [first, last) of the chunks overlapping it (those ending after lo and
-    starting before hi), and the total length. TOTAL_IN_TABLE (CUDA graphs): the table's last entry is the
+    """From the table's chunk starts (read at once: one memory round trip, not one per chunk), split `split`'s
+    range [lo, hi) of the concatenated keys and the range [first, last) of the chunks overlapping it (those
+    ending after lo and starting before hi), and the total length. TOTAL_IN_TABLE (CUDA graphs): the table's last entry is the
     context's length and total_len the own chunk's, and the splits share the total evenly, split_len being the
     shortest split. PIECE_TILE (decode, its K/V tile; 0: the even cut): no split crosses a chunk boundary when
     the splits allow it. Every chunk is cut into pieces of split_len rounded up to whole tiles (a split reads as
     many tiles as before), numbered in chunk order, one a split (the splits past the last piece are empty);
     when there are more pieces than splits, the even cut stays. Nothing here waits for the previous kernel: the
     table is written before the launch."""
-    idx, k_offs, v_offs, k_strides, v_strides, starts, ends = _load_table(table_ptr, num_chunks, CHUNKS_P2)
+    idx = tl.arange(0, CHUNKS_P2)
+    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=idx < num_chunks, other=0)
+    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=idx + 1 < num_chunks, other=0)
     if TOTAL_IN_TABLE:
         total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32) + total_len
         split_len = tl.maximum(split_len, tl.cdiv(total_len, num_splits))
@@ -106,19 +93,22 @@ def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len
         hi = tl.where(fits, piece_hi, hi)
     first = tl.sum((in_table & (ends <= lo)).to(tl.int32), 0)
     last = tl.sum((in_table & (starts < hi)).to(tl.int32), 0)
-    return idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi
+    return first, last, total_len, lo, hi
 
 
 @triton.jit
-def _chunk_entry(c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED: tl.constexpr):
-    """Chunk c's start and end in the concatenated range, K and V offsets and row strides (scalars)."""
-    this = idx == c
-    chunk_start = tl.sum(tl.where(this, starts, 0), 0)
-    chunk_end = tl.sum(tl.where(this, ends, 0), 0)
-    k_off = tl.sum(tl.where(this, k_offs, 0), 0)
-    v_off = tl.sum(tl.where(this, v_offs, 0), 0)
-    k_stride = tl.sum(tl.where(this, k_strides, 0), 0)
-    v_stride = tl.sum(tl.where(this, v_strides, 0), 0)
+def _chunk_entry(table_ptr, c, num_chunks, total_len, ALIGNED: tl.constexpr):
+    """Chunk c's start and end in the concatenated range, K and V offsets and row strides: scalar loads (a
+    selection from the whole table in registers would cost a reduction across the program for each)."""
+    base = table_ptr + c
+    ok = c < num_chunks  # c is num_chunks for an empty split past the last chunk
+    k_off = tl.load(base, mask=ok, other=0)
+    v_off = tl.load(base + num_chunks, mask=ok, other=0)
+    k_stride = tl.load(base + 2 * num_chunks, mask=ok, other=0)
+    v_stride = tl.load(base + 3 * num_chunks, mask=ok, other=0)
+    chunk_start = tl.load(base + 4 * num_chunks, mask=ok, other=0)
+    chunk_end = tl.load(base + 4 * num_chunks + 1, mask=c + 1 < num_chunks, other=0)
+    chunk_end = tl.where(c + 1 < num_chunks, chunk_end, total_len)
     if ALIGNED:  # written as products of 16 (tl.multiple_of on these scalars is lost on some Triton versions,
         # and without it the K/V loads are neither vectorised nor pipelined)
         k_off = (k_off // 16) * 16
@@ -126,6 +116,15 @@ def _chunk_entry(c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALI
         k_stride = (k_stride // 16) * 16
         v_stride = (v_stride // 16) * 16
     return chunk_start, chunk_end, k_off, v_off, k_stride, v_stride
+
+
+@triton.jit
+def _chunk_shift(shift_ptr, scale_ptr, c, num_chunks, dtype: tl.constexpr):
+    """Chunk c's position shift and query scale (the own chunk, the last, has none: 0 and 1)."""
+    context = c < num_chunks - 1
+    shift = tl.load(shift_ptr + c, mask=context, other=0).to(tl.int32)
+    scale = tl.load(scale_ptr + c, mask=context, other=1.0).to(dtype).to(tl.float32)
+    return shift, scale
 
 
 @triton.jit
@@ -166,8 +165,10 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi = _split_chunks(
+    first, last, total_len, lo, hi = _split_chunks(
         table_ptr, num_chunks, split, tl.num_programs(2), split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE)
+    first_entry = _chunk_entry(table_ptr, first, num_chunks, total_len, ALIGNED)
+    own_start = tl.load(table_ptr + 5 * num_chunks - 1)
     wait_for_inputs(PDL)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     qi = rows // GROUP
@@ -175,15 +176,16 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
     row_ok = qi < num_q
     d = tl.arange(0, HEAD_DIM)
     q_rows = q_ptr + (qi * HQ + head)[:, None] * HEAD_DIM + d[None, :]
-    own_len = total_len - tl.sum(tl.where(idx == num_chunks - 1, starts, 0), 0)
-    causal_limit = qi + (own_len - num_q)
+    causal_limit = qi + (total_len - own_start - num_q)
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
     for c in range(first, last):
-        chunk_start, chunk_end, k_off, v_off, k_stride, v_stride = _chunk_entry(
-            c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED)
+        chunk_start, chunk_end, k_off, v_off, k_stride, v_stride = first_entry
+        if c != first:
+            chunk_start, chunk_end, k_off, v_off, k_stride, v_stride = _chunk_entry(
+                table_ptr, c, num_chunks, total_len, ALIGNED)
         start = tl.maximum(lo, chunk_start)
         end = tl.minimum(hi, chunk_end)
         if start < end:  # padding chunks are empty: no loads, no pipeline prologue
@@ -243,17 +245,17 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     if ROPE:  # position, slot, shifts and scales are written before the graph's launch: read before the wait
         slot = tl.load(slot_ptr).to(tl.int32)
         total_len = slot + 1
-    idx, k_offs, v_offs, k_strides, v_strides, starts, ends, first, last, total_len, lo, hi = _split_chunks(
+    first, last, total_len, lo, hi = _split_chunks(
         table_ptr, num_chunks, split, num_splits, split_len, total_len, CHUNKS_P2, ROPE, PIECE_TILE)
+    first_entry = _chunk_entry(table_ptr, first, num_chunks, total_len, ALIGNED)
     if ROPE:
         position = tl.load(pos_ptr).to(tl.int32)
-        is_context = idx < num_chunks - 1
-        shifts = tl.load(shift_ptr + idx, mask=is_context, other=0).to(tl.int32)
-        scales = tl.load(scale_ptr + idx, mask=is_context, other=1.0).to(dtype).to(tl.float32)
         partner = (d + HEAD_DIM // 2) % HEAD_DIM
         k_cos, k_sin = cos_sin(cos_ptr, sin_ptr, position, d, HEAD_DIM, dtype)  # the own chunk's rotation too
-        first_shift = tl.sum(tl.where(idx == first, shifts, 0), 0)
+        first_shift, first_scale = _chunk_shift(shift_ptr, scale_ptr, first, num_chunks, dtype)
         first_cos, first_sin = cos_sin(cos_ptr, sin_ptr, position - first_shift, d, HEAD_DIM, dtype)
+        _, _, own_k_off, own_v_off, own_k_stride, own_v_stride = _chunk_entry(
+            table_ptr, num_chunks - 1, num_chunks, total_len, ALIGNED)  # where the new token goes
     wait_for_inputs(PDL)
     if ROPE:
         q_x, q_xr = normed_heads(q_ptr, head, g_ok, d, partner, qw_ptr, qk_eps, HEAD_DIM, QK_NORM)
@@ -266,21 +268,22 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     l_i = tl.zeros([16], tl.float32)
     acc = tl.zeros([16, HEAD_DIM], tl.float32)
     for c in range(first, last):
-        chunk_start, chunk_end, k_off, v_off, k_stride, v_stride = _chunk_entry(
-            c, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED)
+        chunk_start, chunk_end, k_off, v_off, k_stride, v_stride = first_entry
+        if c != first:
+            chunk_start, chunk_end, k_off, v_off, k_stride, v_stride = _chunk_entry(
+                table_ptr, c, num_chunks, total_len, ALIGNED)
         start = tl.maximum(lo, chunk_start)
         end = tl.minimum(hi, chunk_end)
         if ROPE:
             end = tl.minimum(end, total_len - 1)  # the new token is not in memory yet: it comes after the loop
         if start < end:  # padding chunks are empty: no loads, no pipeline prologue
             if ROPE:  # the query rotated for this chunk, as rope_store writes it
-                this = idx == c
-                q_cos, q_sin = first_cos, first_sin
+                q_cos, q_sin, q_scale = first_cos, first_sin, first_scale
                 if c != first:
-                    q_cos, q_sin = cos_sin(cos_ptr, sin_ptr, position - tl.sum(tl.where(this, shifts, 0), 0), d,
-                                           HEAD_DIM, dtype)
+                    shift, q_scale = _chunk_shift(shift_ptr, scale_ptr, c, num_chunks, dtype)
+                    q_cos, q_sin = cos_sin(cos_ptr, sin_ptr, position - shift, d, HEAD_DIM, dtype)
                 q = rotated(q_x, q_xr, d, q_cos, q_sin, HEAD_DIM, dtype)
-                q = (q.to(tl.float32) * tl.sum(tl.where(this, scales, 0.0), 0)).to(dtype)
+                q = (q.to(tl.float32) * q_scale).to(dtype)
             else:
                 q = tl.load(q_ptr + c * stride_qc + head[:, None] * HEAD_DIM + d[None, :], mask=g_ok[:, None],
                             other=0.0)
@@ -305,10 +308,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
             l_i = l_i * alpha + p
             acc = acc * alpha[:, None] + p.to(dtype).to(tl.float32)[:, None] * v_new.to(tl.float32)
             m_i = m_new
-            _, _, k_off, v_off, k_stride, v_stride = _chunk_entry(
-                num_chunks - 1, idx, k_offs, v_offs, k_strides, v_strides, starts, ends, ALIGNED)  # the own chunk
-            tl.store(k_ptr + k_off + slot * k_stride + kv_head * HEAD_DIM + d[None, :], k_new)
-            tl.store(v_ptr + v_off + slot * v_stride + kv_head * HEAD_DIM + d[None, :], v_new)
+            tl.store(k_ptr + own_k_off + slot * own_k_stride + kv_head * HEAD_DIM + d[None, :], k_new)
+            tl.store(v_ptr + own_v_off + slot * own_v_stride + kv_head * HEAD_DIM + d[None, :], v_new)
     # partials [splits, HQ, D], then m [splits, HQ], then l [splits, HQ]
     ml_ptr = part_ptr + num_splits * HQ * HEAD_DIM
     tl.store(part_ptr + (split * HQ + head)[:, None] * HEAD_DIM + d[None, :], acc, mask=g_ok[:, None])
