@@ -128,6 +128,19 @@ def _chunk_shift(shift_ptr, scale_ptr, c, num_chunks, dtype: tl.constexpr):
 
 
 @triton.jit
+def _tile_rows(x, ROWS: tl.constexpr):
+    """x's rows (a power of two, at most ROWS of them) repeated to ROWS rows: row i is x's row i % len(x)."""
+    return tl.reshape(tl.broadcast_to(x[None, :, :], [ROWS // x.shape[0], x.shape[0], x.shape[1]]),
+                      [ROWS, x.shape[1]])
+
+
+@triton.jit
+def _tile_values(x, ROWS: tl.constexpr):
+    """_tile_rows of a vector (one value a row)."""
+    return tl.reshape(tl.broadcast_to(x[None, :], [ROWS // x.shape[0], x.shape[0]]), [ROWS])
+
+
+@triton.jit
 def _attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     """One K/V tile of the online softmax: scores of the visible keys, running max m_i and sum l_i, the
     unnormalised accumulator acc rescaled to the new max."""
@@ -251,18 +264,22 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     if ROPE:
         position = tl.load(pos_ptr).to(tl.int32)
         partner = (d + HEAD_DIM // 2) % HEAD_DIM
-        k_cos, k_sin = cos_sin(cos_ptr, sin_ptr, position, d, HEAD_DIM, dtype)  # the own chunk's rotation too
+        gp = tl.arange(0, GROUP_P2)  # the query heads' own rows: the tile's 16 repeat them (_tile_rows)
+        q_cols = 0 * gp[:, None] + d[None, :]  # the rotations in the shape (and layout) of what they rotate
+        k_cos, k_sin = cos_sin(cos_ptr, sin_ptr, position, d[None, :], HEAD_DIM, dtype)
+        own_cos, own_sin = cos_sin(cos_ptr, sin_ptr, position, q_cols, HEAD_DIM, dtype)  # the own chunk's query
         first_shift, first_scale = _chunk_shift(shift_ptr, scale_ptr, first, num_chunks, dtype)
-        first_cos, first_sin = cos_sin(cos_ptr, sin_ptr, position - first_shift, d, HEAD_DIM, dtype)
+        first_cos, first_sin = cos_sin(cos_ptr, sin_ptr, position - first_shift, q_cols, HEAD_DIM, dtype)
         _, _, own_k_off, own_v_off, own_k_stride, own_v_stride = _chunk_entry(
             table_ptr, num_chunks - 1, num_chunks, total_len, ALIGNED)  # where the new token goes
     wait_for_inputs(PDL)
     if ROPE:
-        q_x, q_xr = normed_heads(q_ptr, head, g_ok, d, partner, qw_ptr, qk_eps, HEAD_DIM, QK_NORM)
+        q_x, q_xr = normed_heads(q_ptr, kv_head * GROUP + gp, gp < GROUP, d, partner, qw_ptr, qk_eps, HEAD_DIM,
+                                 QK_NORM)
         k_x, k_xr = normed_heads(kn_ptr, kv_head + tl.arange(0, 1), kv_head + tl.arange(0, 1) >= 0, d, partner, kw_ptr,
                                  qk_eps, HEAD_DIM, QK_NORM)
         k_new = rotated(k_x, k_xr, d, k_cos, k_sin, HEAD_DIM, dtype)  # [1, D]
-        v_new = tl.load(vn_ptr + kv_head * HEAD_DIM + d)[None, :]
+        v_new = tl.load(vn_ptr + kv_head * HEAD_DIM + d[None, :])
 
     m_i = tl.full([16], -1.0e30, tl.float32)
     l_i = tl.zeros([16], tl.float32)
@@ -281,9 +298,9 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
                 q_cos, q_sin, q_scale = first_cos, first_sin, first_scale
                 if c != first:
                     shift, q_scale = _chunk_shift(shift_ptr, scale_ptr, c, num_chunks, dtype)
-                    q_cos, q_sin = cos_sin(cos_ptr, sin_ptr, position - shift, d, HEAD_DIM, dtype)
+                    q_cos, q_sin = cos_sin(cos_ptr, sin_ptr, position - shift, q_cols, HEAD_DIM, dtype)
                 q = rotated(q_x, q_xr, d, q_cos, q_sin, HEAD_DIM, dtype)
-                q = (q.to(tl.float32) * q_scale).to(dtype)
+                q = _tile_rows((q.to(tl.float32) * q_scale).to(dtype), 16)
             else:
                 q = tl.load(q_ptr + c * stride_qc + head[:, None] * HEAD_DIM + d[None, :], mask=g_ok[:, None],
                             other=0.0)
@@ -300,8 +317,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
 
     if ROPE:
         if (lo < hi) & (hi == total_len):  # this split holds the new token: it attends to it, then stores it
-            q = rotated(q_x, q_xr, d, k_cos, k_sin, HEAD_DIM, dtype).to(tl.float32)  # the own chunk: no shift
-            s_new = tl.sum(q * k_new.to(tl.float32), 1) * qk_scale  # as in _attend_tile, for one key
+            q = rotated(q_x, q_xr, d, own_cos, own_sin, HEAD_DIM, dtype).to(tl.float32)  # the own chunk: no shift
+            s_new = _tile_values(tl.sum(q * k_new.to(tl.float32), 1) * qk_scale, 16)  # as in _attend_tile
             m_new = tl.maximum(m_i, s_new)
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s_new - m_new)

@@ -45,18 +45,19 @@ def normed_heads(x_ptr, rows, row_ok, d, partner, w_ptr, eps, HEAD_DIM: tl.const
     x = tl.load(x_ptr + rows[:, None] * HEAD_DIM + d[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
     xr = tl.load(x_ptr + rows[:, None] * HEAD_DIM + partner[None, :], mask=row_ok[:, None], other=0.0)
     xr = xr.to(tl.float32)
-    if NORM:
+    if NORM:  # the weight read in x's shape, so that it comes in x's layout (no exchange through shared memory)
         rstd = tl.rsqrt(tl.sum(x * x, 1) / HEAD_DIM + eps)[:, None]
-        x = normed(x, tl.load(w_ptr + d)[None, :], rstd, dtype)
-        xr = normed(xr, tl.load(w_ptr + partner)[None, :], rstd, dtype)
+        x = normed(x, tl.load(w_ptr + 0 * rows[:, None] + d[None, :]), rstd, dtype)
+        xr = normed(xr, tl.load(w_ptr + 0 * rows[:, None] + partner[None, :]), rstd, dtype)
     return x, xr
 
 
 @triton.jit
-def cos_sin(cos_ptr, sin_ptr, position, d, HEAD_DIM: tl.constexpr, dtype: tl.constexpr):
-    """The rotation to `position`: cos and sin [HEAD_DIM], rounded to dtype like rotate()."""
-    cos = tl.load(cos_ptr + position * HEAD_DIM + d).to(dtype).to(tl.float32)
-    sin = tl.load(sin_ptr + position * HEAD_DIM + d).to(dtype).to(tl.float32)
+def cos_sin(cos_ptr, sin_ptr, position, cols, HEAD_DIM: tl.constexpr, dtype: tl.constexpr):
+    """The rotation to `position`: cos and sin at the dimensions `cols` (in the shape of the rows they will
+    rotate, so that they come in those rows' layout), rounded to dtype like rotate()."""
+    cos = tl.load(cos_ptr + position * HEAD_DIM + cols).to(dtype).to(tl.float32)
+    sin = tl.load(sin_ptr + position * HEAD_DIM + cols).to(dtype).to(tl.float32)
     return cos, sin
 
 
@@ -64,7 +65,7 @@ def cos_sin(cos_ptr, sin_ptr, position, d, HEAD_DIM: tl.constexpr, dtype: tl.con
 def rotated(x, xr, d, cos, sin, HEAD_DIM: tl.constexpr, dtype: tl.constexpr):
     """normed_heads' rows rotated by cos_sin, in dtype, rounded like rotate()."""
     xr = xr * tl.where(d < HEAD_DIM // 2, -1.0, 1.0)[None, :]
-    return ((x * cos[None, :]).to(dtype).to(tl.float32) + (xr * sin[None, :]).to(dtype).to(tl.float32)).to(dtype)
+    return ((x * cos).to(dtype).to(tl.float32) + (xr * sin).to(dtype).to(tl.float32)).to(dtype)
 
 
 @triton.jit(do_not_specialize=["n", "num_shifts"])
@@ -85,7 +86,7 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
         q_heads = tl.arange(0, HQ_P2)
         q_ok = q_heads < HQ
         x, xr = normed_heads(q_ptr + i * stride_q, q_heads, q_ok, d, partner, q_norm_ptr, qk_eps, HEAD_DIM, Q_NORM)
-        cos, sin = cos_sin(cos_ptr, sin_ptr, position - shift, d, HEAD_DIM, dtype)
+        cos, sin = cos_sin(cos_ptr, sin_ptr, position - shift, 0 * q_heads[:, None] + d[None, :], HEAD_DIM, dtype)
         rq = rotated(x, xr, d, cos, sin, HEAD_DIM, dtype)
         if HAS_SCALES:  # the own chunk's scale is 1
             scale = tl.load(scale_ptr + c, mask=c < num_shifts, other=1.0).to(rq.dtype).to(tl.float32)
@@ -98,7 +99,7 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
         # (names apart from the other branch's: Triton wants a name to keep its shape across branches)
         k_x, k_xr = normed_heads(k_ptr + i * stride_k, kv_heads, kv_ok, d, partner, k_norm_ptr, qk_eps, HEAD_DIM,
                                  K_NORM)
-        k_cos, k_sin = cos_sin(cos_ptr, sin_ptr, position, d, HEAD_DIM, dtype)
+        k_cos, k_sin = cos_sin(cos_ptr, sin_ptr, position, 0 * kv_heads[:, None] + d[None, :], HEAD_DIM, dtype)
         rk = rotated(k_x, k_xr, d, k_cos, k_sin, HEAD_DIM, dtype)
         dst = (slot * HKV + kv_heads[:, None]) * HEAD_DIM + d[None, :]
         tl.store(ok_ptr + dst, rk, mask=kv_ok[:, None])
