@@ -266,8 +266,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
         partner = (d + HEAD_DIM // 2) % HEAD_DIM
         gp = tl.arange(0, GROUP_P2)  # the query heads' own rows: the tile's 16 repeat them (_tile_rows)
         q_cols = 0 * gp[:, None] + d[None, :]  # the rotations in the shape (and layout) of what they rotate
-        k_cos, k_sin = cos_sin(cos_ptr, sin_ptr, position, d[None, :], HEAD_DIM, dtype)
-        own_cos, own_sin = cos_sin(cos_ptr, sin_ptr, position, q_cols, HEAD_DIM, dtype)  # the own chunk's query
+        own_cos, own_sin = cos_sin(cos_ptr, sin_ptr, position, q_cols, HEAD_DIM, dtype)  # the new key, its query
         first_shift, first_scale = _chunk_shift(shift_ptr, scale_ptr, first, num_chunks, dtype)
         first_cos, first_sin = cos_sin(cos_ptr, sin_ptr, position - first_shift, q_cols, HEAD_DIM, dtype)
         _, _, own_k_off, own_v_off, own_k_stride, own_v_stride = _chunk_entry(
@@ -276,10 +275,10 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     if ROPE:
         q_x, q_xr = normed_heads(q_ptr, kv_head * GROUP + gp, gp < GROUP, d, partner, qw_ptr, qk_eps, HEAD_DIM,
                                  QK_NORM)
-        k_x, k_xr = normed_heads(kn_ptr, kv_head + tl.arange(0, 1), kv_head + tl.arange(0, 1) >= 0, d, partner, kw_ptr,
-                                 qk_eps, HEAD_DIM, QK_NORM)
-        k_new = rotated(k_x, k_xr, d, k_cos, k_sin, HEAD_DIM, dtype)  # [1, D]
-        v_new = tl.load(vn_ptr + kv_head * HEAD_DIM + d[None, :])
+        # the new key and value in the query rows' shape (each row the same), so that their layouts match
+        k_x, k_xr = normed_heads(kn_ptr, kv_head + 0 * gp, gp >= 0, d, partner, kw_ptr, qk_eps, HEAD_DIM, QK_NORM)
+        k_new = rotated(k_x, k_xr, d, own_cos, own_sin, HEAD_DIM, dtype)
+        v_new = tl.load(vn_ptr + kv_head * HEAD_DIM + q_cols)
 
     m_i = tl.full([16], -1.0e30, tl.float32)
     l_i = tl.zeros([16], tl.float32)
@@ -323,10 +322,11 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s_new - m_new)
             l_i = l_i * alpha + p
-            acc = acc * alpha[:, None] + p.to(dtype).to(tl.float32)[:, None] * v_new.to(tl.float32)
+            acc = acc * alpha[:, None] + p.to(dtype).to(tl.float32)[:, None] * _tile_rows(v_new, 16).to(tl.float32)
             m_i = m_new
-            tl.store(k_ptr + own_k_off + slot * own_k_stride + kv_head * HEAD_DIM + d[None, :], k_new)
-            tl.store(v_ptr + own_v_off + slot * own_v_stride + kv_head * HEAD_DIM + d[None, :], v_new)
+            first_row = (gp == 0)[:, None]
+            tl.store(k_ptr + own_k_off + slot * own_k_stride + kv_head * HEAD_DIM + q_cols, k_new, mask=first_row)
+            tl.store(v_ptr + own_v_off + slot * own_v_stride + kv_head * HEAD_DIM + q_cols, v_new, mask=first_row)
     # partials [splits, HQ, D], then m [splits, HQ], then l [splits, HQ]
     ml_ptr = part_ptr + num_splits * HQ * HEAD_DIM
     tl.store(part_ptr + (split * HQ + head)[:, None] * HEAD_DIM + d[None, :], acc, mask=g_ok[:, None])
