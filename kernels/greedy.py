@@ -20,7 +20,7 @@ _SLOTS, _MAX_INDEX, _EMPTY = tl.constexpr(SLOTS), tl.constexpr(MAX_INDEX), tl.co
 
 @triton.jit
 def logit_keys(y, n):
-    """The keys of fp32 logits y at vocabulary indices n (int32 tensors of one shape)."""
+    """The keys of the fp32 logits y at the vocabulary indices n (int32, of y's shape)."""
     bits = (y + 0.0).to(tl.int32, bitcast=True)  # + 0.0: -0.0 ties with 0.0
     order = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
     return (order.to(tl.int64) << 32) - n.to(tl.int64) + _MAX_INDEX
