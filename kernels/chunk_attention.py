@@ -63,13 +63,13 @@ def _split_chunks(table_ptr, num_chunks, split, num_splits, split_len, total_len
                   TOTAL_IN_TABLE: tl.constexpr, PIECE_TILE: tl.constexpr = 0):
     """From the table's chunk starts (read at once: one memory round trip, not one per chunk), split `split`'s
     range [lo, hi) of the concatenated keys and the range [first, last) of the chunks overlapping it (those
-    ending after lo and starting before hi), and the total length. TOTAL_IN_TABLE (CUDA graphs): the table's last entry is the
-    context's length and total_len the own chunk's, and the splits share the total evenly, split_len being the
-    shortest split. PIECE_TILE (decode, its K/V tile; 0: the even cut): no split crosses a chunk boundary when
-    the splits allow it. Every chunk is cut into pieces of split_len rounded up to whole tiles (a split reads as
-    many tiles as before), numbered in chunk order, one a split (the splits past the last piece are empty);
-    when there are more pieces than splits, the even cut stays. Nothing here waits for the previous kernel: the
-    table is written before the launch."""
+    ending after lo and starting before hi), and the total length. TOTAL_IN_TABLE (CUDA graphs): the table's
+    last entry is the context's length and total_len the own chunk's, and the splits share the total evenly,
+    split_len being the shortest split. PIECE_TILE (decode, its K/V tile; 0: the even cut): no split crosses a
+    chunk boundary when the splits allow it. Every chunk is cut into pieces of split_len rounded up to whole
+    tiles (a split reads as many tiles as before), numbered in chunk order, one a split (the splits past the
+    last piece are empty); when there are more pieces than splits, the even cut stays. Nothing here waits for
+    the previous kernel: the table is written before the launch."""
     idx = tl.arange(0, CHUNKS_P2)
     starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=idx < num_chunks, other=0)
     ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=idx + 1 < num_chunks, other=0)
