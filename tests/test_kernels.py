@@ -263,7 +263,7 @@ def check_next_input(device):
                 best = torch.full((greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
                 greedy.token_keys(torch.tensor(123, device=device), best)
                 best[17] = greedy.keys_ref(torch.tensor([1.0, 5.0, 2.0], device=device)).max()  # index 1 wins
-                best[40] = greedy.keys_ref(torch.tensor([-1.0, 5.0], device=device)).max()      # a tie: index 1
+                best[40] = greedy.keys_ref(torch.tensor([-1.0, 0, 0, 0, 5.0], device=device)).max()  # a tie: 1 wins
             x = impl(embed, token, position, slot, best)
             states.append((x, token, position, slot, best))
         (x, token, position, slot, best), ref = states
