@@ -318,7 +318,9 @@ class LLMEngine:
         token_tensor = sampler(logits[-1])
         # greedy steps of CUDA graphs keep their tokens on the GPU (kernels.greedy): the host only reads them
         keep = graphs is not None and sampler.greedy and self.model.use_custom_kernels
-        position = torch.full((1,), start + len(prompt), dtype=torch.int64, device=self.device)
+        position = None  # the eager path's (a graph step advances its own)
+        if graphs is None:
+            position = torch.full((1,), start + len(prompt), dtype=torch.int64, device=self.device)
 
         def advance(token_tensor):  # queues the step that follows token_tensor
             nonlocal position
