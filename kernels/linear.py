@@ -55,12 +55,11 @@ def _input_block(x_row, norm_ptr, k0, cols, rstd, K: tl.constexpr, NORM: tl.cons
 def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr, eps, stride_x, stride_res,
                    N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr, GATED: tl.constexpr,
                    RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   TAIL: tl.constexpr, PDL: tl.constexpr):
+                   PDL: tl.constexpr):
     """out[row, n] for BLOCK_N outputs n, rounded to the weight's dtype; GATED: the weight's rows N + n are the
     up projection of gate row n; ARGMAX (one row): the program's largest output folded into the argmax keys.
-    The bias, and when a block and a tail block span the input (K <= BLOCK_K + TAIL, both powers of two, the
-    tail 0 when K is one) the weights and the norm's, are loaded before waiting for the input, which is then
-    read once."""
+    The bias, and when one block spans the input (K <= BLOCK_K) the weights and the norm's, are loaded before
+    waiting for the input, which is then read once."""
     pid = tl.program_id(0)
     row = tl.program_id(1)
     dtype = w_ptr.dtype.element_ty
@@ -68,7 +67,7 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
     n_ok = n < N
     cols = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + n[:, None] * K + cols[None, :]
-    ONE_BLOCK: tl.constexpr = K <= BLOCK_K + TAIL
+    ONE_BLOCK: tl.constexpr = K <= BLOCK_K
     if ONE_BLOCK:
         k_ok = cols < K
         w_ok = n_ok[:, None] & k_ok[None, :]
@@ -77,15 +76,6 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
             w_up = tl.load(w_rows + N * K, mask=w_ok, other=0.0)
         if NORM:
             norm_w = tl.load(norm_ptr + cols, mask=k_ok, other=0.0)
-        if TAIL > 0:  # no padding of K to a power of two in registers
-            t_cols = BLOCK_K + tl.arange(0, TAIL)
-            t_ok = t_cols < K
-            wt_ok = n_ok[:, None] & t_ok[None, :]
-            w_t = tl.load(w_ptr + n[:, None] * K + t_cols[None, :], mask=wt_ok, other=0.0)
-            if GATED:
-                w_up_t = tl.load(w_ptr + (N + n[:, None]) * K + t_cols[None, :], mask=wt_ok, other=0.0)
-            if NORM:
-                norm_t = tl.load(norm_ptr + t_cols, mask=t_ok, other=0.0)
     if BIAS:
         bias = tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     wait_for_inputs(PDL)
@@ -94,25 +84,12 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
     x_row = x_ptr + row * stride_x
     if ONE_BLOCK:  # the input read once: its sum of squares and the product from the same registers
         x = tl.load(x_row + cols, mask=k_ok, other=0.0).to(tl.float32)
-        if TAIL > 0:
-            x_t = tl.load(x_row + t_cols, mask=t_ok, other=0.0).to(tl.float32)
         if NORM:
-            sq = tl.sum(x * x, 0)
-            if TAIL > 0:
-                sq += tl.sum(x_t * x_t, 0)
-            rstd = tl.rsqrt(sq / K + eps)
-            x = normed(x, norm_w, rstd, dtype)
-            if TAIL > 0:
-                x_t = normed(x_t, norm_t, rstd, dtype)
+            x = normed(x, norm_w, tl.rsqrt(tl.sum(x * x, 0) / K + eps), dtype)
         x = x.to(dtype).to(tl.float32)[None, :]
         y = tl.sum(w.to(tl.float32) * x, 1)
         if GATED:
             y_up = tl.sum(w_up.to(tl.float32) * x, 1)
-        if TAIL > 0:
-            x_t = x_t.to(dtype).to(tl.float32)[None, :]
-            y += tl.sum(w_t.to(tl.float32) * x_t, 1)
-            if GATED:
-                y_up += tl.sum(w_up_t.to(tl.float32) * x_t, 1)
     else:
         rstd = 0.0
         if NORM:
@@ -146,15 +123,6 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
         tl.atomic_max(best_ptr + pid % _SLOTS, tl.max(keys, 0), sem="relaxed")
 
 
-def _input_blocks(k: int, block_k: int) -> tuple[int, int]:
-    """The input's block and tail block, powers of two that span k (the tail 0 when the block does); past
-    block_k, a block of block_k that the kernel loops over."""
-    if k > block_k:
-        return block_k, 0
-    block = 1 << (k.bit_length() - 1)
-    return block, triton.next_power_of_2(k - block) if k > block else 0
-
-
 def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best):
     rows, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]
@@ -166,7 +134,7 @@ def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype
     pointers = (x, norm_weight if flags[0] else x, weight, bias if flags[1] else x, residual if flags[3] else x, out,
                 best if flags[4] else x)
     args = pointers + (eps, x.stride(0), residual.stride(0) if flags[3] else 0, n, k) + flags + (
-        cfg["block_n"],) + _input_blocks(k, cfg["block_k"])
+        cfg["block_n"], min(cfg["block_k"], triton.next_power_of_2(k)))
     key = ("linear", x.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
            args[10:], cfg["num_warps"])
     launch(_linear_kernel, (triton.cdiv(n, cfg["block_n"]), rows), args, key, num_warps=cfg["num_warps"])

@@ -186,8 +186,8 @@ def test_decode_table_needs_the_projections_and_rope():
                                  workspace)
 
 
-# (rows, K, N, RMSNorm before, bias, gated, residual); K 96 and 200 leave a partial input block of 64 (in one block:
-# a tail block of 32, and a partial one of 128 after 128), N 22 and 28 a partial block of outputs
+# (rows, K, N, RMSNorm before, bias, gated, residual); K 96 and 200 leave a partial input block of 64, N 22 and 28 a
+# partial block of outputs
 LINEAR_CASES = [(rows, k, n, norm, bias, False, residual)
                 for rows in (1, 3) for k, n in ((64, 48), (96, 22)) for norm in (False, True)
                 for bias, residual in ((False, False), (True, False), (False, True))]
