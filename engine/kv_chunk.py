@@ -15,6 +15,16 @@ FORMAT_VERSION = 1
 LEVEL_SYSTEM, LEVEL_DOCUMENT, LEVEL_QUERY = 0, 1, 2
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """path holds data or what it held before, never part of it: a temporary file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class KVChunkError(ValueError):
     """A stored chunk that must not be used: unreadable, truncated, corrupted or from another model."""
 
@@ -65,20 +75,14 @@ class KVChunk:
         return digest.hexdigest() if algorithm == "sha256" else f"xxh3:{digest.hexdigest()}"
 
     def save(self, path: Path) -> None:
-        """Atomic write: temporary file, fsync, rename; the file carries a checksum of data and metadata."""
+        """Written atomically (write_atomic); the file carries a checksum of data and metadata."""
         path = Path(path)
         cpu = replace(self, keys=self.keys.contiguous().cpu(), values=self.values.contiguous().cpu())
         metadata = {
             "format_version": str(FORMAT_VERSION), "level": str(self.level), "start": str(self.start),
             "token_ids": json.dumps(self.token_ids), "fingerprint": self.fingerprint, "checksum": cpu.checksum(),
         }
-        data = save_tensors({"keys": cpu.keys, "values": cpu.values}, metadata=metadata)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, save_tensors({"keys": cpu.keys, "values": cpu.values}, metadata=metadata))
 
     @classmethod
     def load(cls, path: Path, fingerprint: str, device="cpu", pin: bool = False) -> "KVChunk":

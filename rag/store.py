@@ -11,6 +11,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from engine import KVChunk
+from engine.kv_chunk import write_atomic
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -52,15 +53,6 @@ def titled(title: str, text: str) -> str:
 
 def chunk_key(fingerprint: str, token_ids: list[int]) -> str:
     return hashlib.sha256(json.dumps([fingerprint, token_ids]).encode()).hexdigest()
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Store:
