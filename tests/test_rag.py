@@ -2,7 +2,6 @@
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,6 @@ from rag.evaluate import evaluate, exact_match, select_corpus, table, token_f1
 from rag.pipeline import RAG
 from rag.store import Store, StoreLocked
 
-from .conftest import TOKENIZER_FILES
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED = {"id": "varn", "title": "Varn lighthouse",
@@ -38,23 +36,6 @@ QUICK = SamplingParams(max_new_tokens=12)
 def rag(tmp_path_factory):
     with RAG(tmp_path_factory.mktemp("data"), passage_tokens=64, overlap=8) as rag:
         yield rag
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, embedded_path) -> Path:
-    """A random two-layer Llama with the embedded model's tokenizer and vocabulary: fast, and reads real text."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    folder = tmp_path_factory.mktemp("tiny")
-    config = AutoConfig.for_model("llama", vocab_size=49152, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                  max_position_embeddings=2048, tie_word_embeddings=True, eos_token_id=2)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
-    for name in TOKENIZER_FILES:
-        if (embedded_path / name).exists():
-            shutil.copy(embedded_path / name, folder / name)
-    return folder
 
 
 def test_ingest_is_idempotent_and_consistent(rag):
@@ -245,6 +226,25 @@ def test_store_refuses_a_second_writer_in_process_terms(tmp_path):
     first.close()
     second.lock_for_writing()
     second.close()
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_vector_index_saves_atomically_and_loads_only_its_generation(tmp_path, kind):
+    import numpy as np
+
+    from rag.vector_index import VectorIndex
+    vectors = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
+    ids = np.arange(100, 150)
+    saved = VectorIndex.build(16, kind, 7, ids, vectors)
+    path = saved.save(tmp_path)
+    VectorIndex.build(16, kind, 8, ids[:3], vectors[:3]).save(tmp_path)  # a newer generation replaces the file
+    assert not path.exists() and [p.name for p in tmp_path.iterdir()] == [f"index-{kind}.8.faiss"]
+    saved.save(tmp_path)
+    loaded = VectorIndex.load(tmp_path, 16, kind, 7)
+    assert sorted(loaded.ids()) == list(ids) and loaded.search(vectors[4], 3) == saved.search(vectors[4], 3)
+    assert VectorIndex.load(tmp_path, 16, kind, 8) is None and VectorIndex.load(tmp_path, 32, kind, 7) is None
+    path.write_bytes(path.read_bytes()[:100])  # truncated: not loaded (the caller rebuilds it from the store)
+    assert VectorIndex.load(tmp_path, 16, kind, 7) is None
 
 
 def test_lexical_index_and_rank_fusion():
