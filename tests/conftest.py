@@ -63,3 +63,20 @@ def make_tiny_checkpoint(folder: Path, name: str, tokenizer_from: Path, seed: in
 @pytest.fixture(scope="session", params=list(TINY_CONFIGS))
 def tiny_checkpoint(request, tmp_path_factory, tokenizer_dir) -> Path:
     return make_tiny_checkpoint(tmp_path_factory.mktemp(request.param), request.param, tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, embedded_path) -> Path:
+    """A random two-layer Llama with the embedded model's tokenizer and vocabulary: fast, reads real text, rarely
+    stops early."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    folder = tmp_path_factory.mktemp("tiny")
+    config = AutoConfig.for_model("llama", vocab_size=49152, hidden_size=64, intermediate_size=128,
+                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  max_position_embeddings=2048, tie_word_embeddings=True, eos_token_id=2)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        if (embedded_path / name).exists():
+            shutil.copy(embedded_path / name, folder / name)
+    return folder

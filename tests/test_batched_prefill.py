@@ -69,25 +69,7 @@ def test_bad_input_is_refused(engine):
         engine.prefill_chunks([[5] * (engine.config.max_position - 2), [6]], [level0], LEVEL_DOCUMENT, "fp")
 
 
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory, embedded_path):
-    """A random two-layer Llama reading the embedded model's tokenizer (as in test_rag)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from .conftest import TOKENIZER_FILES
-    folder = tmp_path_factory.mktemp("tiny-text")
-    config = AutoConfig.for_model("llama", vocab_size=49152, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                  max_position_embeddings=2048, tie_word_embeddings=True, eos_token_id=2)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
-    for name in TOKENIZER_FILES:
-        if (embedded_path / name).exists():
-            (folder / name).write_bytes((embedded_path / name).read_bytes())
-    return folder
-
-
-def test_batched_ingestion_stores_the_chunks_of_one_by_one_ingestion(tmp_path, text_model, monkeypatch):
+def test_batched_ingestion_stores_the_chunks_of_one_by_one_ingestion(tmp_path, tiny_model, monkeypatch):
     from rag.pipeline import RAG
     text = ("Night trains carry sleeping cars so travellers can cover long distances while they sleep. Many routes "
             "were revived after 2020, and new operators joined. ")
@@ -100,7 +82,7 @@ def test_batched_ingestion_stores_the_chunks_of_one_by_one_ingestion(tmp_path, t
     stored = {}
     for budget in (1, 100):
         batches.clear()
-        with RAG(tmp_path / str(budget), model=text_model, passage_tokens=24, overlap=4,
+        with RAG(tmp_path / str(budget), model=tiny_model, passage_tokens=24, overlap=4,
                  prefill_batch_tokens=budget) as rag:
             report = rag.ingest(documents=docs)
             assert rag.check() == [] and len(rag.documents()) == 4 and report.prefilled < report.passages

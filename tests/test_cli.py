@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from .test_rag import tiny_model  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -31,26 +31,6 @@ CORPUS = [
 LONG = 1000  # max_tokens of a slow stream: a few seconds of decoding on the tiny model
 
 
-def tiny_llama(folder: Path, tokenizer_from: Path) -> Path:
-    """A random two-layer Llama with the embedded model's tokenizer: fast, reads real text, rarely stops early."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-    config = AutoConfig.for_model("llama", vocab_size=49152, hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
-                                  max_position_embeddings=2048, tie_word_embeddings=True, eos_token_id=2)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-        if (tokenizer_from / name).exists():
-            shutil.copy(tokenizer_from / name, folder / name)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, embedded_path) -> Path:
-    return tiny_llama(tmp_path_factory.mktemp("tiny"), embedded_path)
-
-
 @pytest.fixture(scope="module")
 def rag(tmp_path_factory, tiny_model):
     with RAG(tmp_path_factory.mktemp("data"), model=tiny_model, passage_tokens=48, overlap=8) as rag:
