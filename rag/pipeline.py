@@ -327,7 +327,7 @@ class RAG:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self._check_query(question, top_k)
         began = time.perf_counter()
-        engine = self.engine
+        self.engine  # loads the model here: a mismatch with the store raises from ask(), not from the stream
         hits = self._retrieve(question, top_k)
         answer = Answer(question, mode, [s for s, _ in hits], retrieval_s=time.perf_counter() - began)
         return AnswerStream(answer, self._answer(answer, [p for _, p in hits], params, began))
