@@ -59,7 +59,6 @@ def test_stream_deltas_add_up_and_sampling_is_seeded(embedded_path):
 
 
 def test_text_stream_never_splits_characters_and_honours_stop_strings(embedded_path):
-    engine = LLMEngine.__new__(LLMEngine)
     from engine.tokenizer import Tokenizer
     tokenizer = Tokenizer(embedded_path)
     text = "Grüße aus 東京 🙂 and more: STOP here"
