@@ -1,10 +1,9 @@
 """FAISS inner-product index over passage vectors, keyed by int64 passage ids, saved by write-then-rename."""
+import os
 from pathlib import Path
 
 import faiss
 import numpy as np
-
-from engine.kv_chunk import write_atomic
 
 INDEX_TYPES = ("flat", "hnsw")
 
@@ -58,7 +57,11 @@ class VectorIndex:
 
     def save(self, folder: Path) -> Path:
         path = self.path_for(folder, self.kind, self.generation)
-        write_atomic(path, faiss.serialize_index(self.index).tobytes())
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        faiss.write_index(self.index, str(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
         for old in Path(folder).glob("index-*.faiss"):
             if old != path:
                 old.unlink(missing_ok=True)
