@@ -168,15 +168,16 @@ class GraphDecoder:
         workspace["aligned"] = self.aligned
         if not self.capture:
             return None, workspace, None
-        state = [t.clone() for t in (self.token, self.position, self.slot, self.best)]  # the warm-up steps advance them
+        state = (self.token, self.position, self.slot, self.best)  # the warm-up steps advance them
+        saved = [t.clone() for t in state]
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
                 self._step(workspace, prompt, greedy)
         torch.cuda.current_stream().wait_stream(stream)
-        for t, saved in zip((self.token, self.position, self.slot, self.best), state):
-            t.copy_(saved)
+        for t, value in zip(state, saved):
+            t.copy_(value)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             logits = self._step(workspace, prompt, greedy)

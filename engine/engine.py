@@ -394,7 +394,11 @@ class _HostCopies:
         buffer, event = self.buffers[self.turn], self.events[self.turn]
         buffer.copy_(t, non_blocking=True)
         event.record()
-        return lambda: (event.synchronize(), buffer.numpy())[1]
+
+        def wait():
+            event.synchronize()
+            return buffer.numpy()
+        return wait
 
 
 def _model_identity(folder: Path) -> str:
