@@ -18,9 +18,10 @@ Flash-decoding: the global concatenated KV range [0, T) is cut into S splits so 
 splits fill the GPU; each program walks the chunks overlapping its split and keeps an unnormalised partial
 (acc, m, l). At decode short splits are cut at chunk boundaries where S allows it (each chunk in pieces, a
 piece a split), so that a program reads one chunk. The query heads sharing one KV head (and, at prefill, the
-queries) are the rows of each tl.dot, so K and V are read once per KV head and row tile. At decode (one query,
-_decode_kernel) the program that finishes a KV head's splits last merges them by log-sum-exp in the same
-launch; with several queries (_attn_kernel) a second kernel merges them, one program per row.
+queries) are the rows of each tl.dot (at decode its columns, with the keys as rows), so K and V are read once
+per KV head and row tile. At decode (one query, _decode_kernel) the program that finishes a KV head's splits
+last merges them by log-sum-exp in the same launch; with several queries (_attn_kernel) a second kernel merges
+them, one program per row.
 
 chunk_attention_table serves CUDA graphs: the tables of every layer are built once per request (chunk_tables),
 and a decode step's kernel also does rope_store's work (q/k norm, the query rotated for each chunk, the new key
@@ -128,19 +129,6 @@ def _chunk_shift(shift_ptr, scale_ptr, c, num_chunks, dtype: tl.constexpr):
 
 
 @triton.jit
-def _tile_rows(x, ROWS: tl.constexpr):
-    """x's rows (a power of two, at most ROWS of them) repeated to ROWS rows: row i is x's row i % len(x)."""
-    return tl.reshape(tl.broadcast_to(x[None, :, :], [ROWS // x.shape[0], x.shape[0], x.shape[1]]),
-                      [ROWS, x.shape[1]])
-
-
-@triton.jit
-def _tile_values(x, ROWS: tl.constexpr):
-    """_tile_rows of a vector (one value a row)."""
-    return tl.reshape(tl.broadcast_to(x[None, :], [ROWS // x.shape[0], x.shape[0]]), [ROWS])
-
-
-@triton.jit
 def _attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     """One K/V tile of the online softmax: scores of the visible keys, running max m_i and sum l_i, the
     unnormalised accumulator acc rescaled to the new max."""
@@ -155,6 +143,25 @@ def _attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32: tl.constexp
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
     return m_new, l_i, acc
+
+
+@triton.jit
+def _attend_keys(q, k, v_t, visible, m_i, l_i, acc_t, qk_scale, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """_attend_tile transposed for a few query rows (decode): the keys are the rows of the products, so that a
+    tile's tensor-core work grows with its keys and not with 16 padded query rows. q [R, D], k [N, D], v_t [D, N]
+    (loaded transposed, so that its copy to shared memory is pipelined like k's), visible [N], m_i and l_i [R],
+    acc_t [D, R]."""
+    if DOT_F32:
+        k = k.to(tl.float32)
+        v_t = v_t.to(tl.float32)
+    s = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale
+    s = tl.where(visible[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 0))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[None, :])
+    l_i = l_i * alpha + tl.sum(p, 0)
+    acc_t = acc_t * alpha[None, :] + tl.dot(v_t, p.to(v_t.dtype), input_precision=PRECISION)
+    return m_new, l_i, acc_t
 
 
 @triton.jit
@@ -239,8 +246,8 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
                    BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, BLOCK_S: tl.constexpr,
                    ALIGNED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
                    ROPE: tl.constexpr, QK_NORM: tl.constexpr, PIECE_TILE: tl.constexpr, PDL: tl.constexpr):
-    """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the rows of
-    a 16-row tensor-core tile) over its split; the program that finishes its KV head's splits last merges
+    """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the columns
+    of its products, _attend_keys) over its split; the program that finishes its KV head's splits last merges
     them by log-sum-exp, so one launch does the whole step.
 
     ROPE (CUDA graphs): q, kn, vn are the new token's projections, not yet normalised or rotated; the kernel
@@ -251,9 +258,9 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
     d = tl.arange(0, HEAD_DIM)
-    g = tl.arange(0, 16)
-    head = kv_head * GROUP + g
-    g_ok = g < GROUP
+    gp = tl.arange(0, GROUP_P2)
+    head = kv_head * GROUP + gp
+    g_ok = gp < GROUP
     dtype = q_ptr.dtype.element_ty
     if ROPE:  # position, slot, shifts and scales are written before the graph's launch: read before the wait
         slot = tl.load(slot_ptr).to(tl.int32)
@@ -264,7 +271,6 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     if ROPE:
         position = tl.load(pos_ptr).to(tl.int32)
         partner = (d + HEAD_DIM // 2) % HEAD_DIM
-        gp = tl.arange(0, GROUP_P2)  # the query heads' own rows: the tile's 16 repeat them (_tile_rows)
         q_cols = 0 * gp[:, None] + d[None, :]  # the rotations in the shape (and layout) of what they rotate
         own_cos, own_sin = cos_sin(cos_ptr, sin_ptr, position, q_cols, HEAD_DIM, dtype)  # the new key, its query
         first_shift, first_scale = _chunk_shift(shift_ptr, scale_ptr, first, num_chunks, dtype)
@@ -280,9 +286,9 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
         k_new = rotated(k_x, k_xr, d, own_cos, own_sin, HEAD_DIM, dtype)
         v_new = tl.load(vn_ptr + kv_head * HEAD_DIM + q_cols)
 
-    m_i = tl.full([16], -1.0e30, tl.float32)
-    l_i = tl.zeros([16], tl.float32)
-    acc = tl.zeros([16, HEAD_DIM], tl.float32)
+    m_i = tl.full([GROUP_P2], -1.0e30, tl.float32)
+    l_i = tl.zeros([GROUP_P2], tl.float32)
+    acc = tl.zeros([HEAD_DIM, GROUP_P2], tl.float32)  # transposed, as _attend_keys makes it
     for c in range(first, last):
         chunk_start, chunk_end, k_off, v_off, k_stride, v_stride = first_entry
         if c != first:
@@ -299,37 +305,37 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
                     shift, q_scale = _chunk_shift(shift_ptr, scale_ptr, c, num_chunks, dtype)
                     q_cos, q_sin = cos_sin(cos_ptr, sin_ptr, position - shift, q_cols, HEAD_DIM, dtype)
                 q = rotated(q_x, q_xr, d, q_cos, q_sin, HEAD_DIM, dtype)
-                q = _tile_rows((q.to(tl.float32) * q_scale).to(dtype), 16)
+                q = (q.to(tl.float32) * q_scale).to(dtype)
             else:
                 q = tl.load(q_ptr + c * stride_qc + head[:, None] * HEAD_DIM + d[None, :], mask=g_ok[:, None],
                             other=0.0)
             if DOT_F32:
                 q = q.to(tl.float32)
             k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
-            v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
+            v_cols = v_ptr + v_off + kv_head * HEAD_DIM + d[:, None]
             for n0 in range(start, end, BLOCK_N):
                 pos = n0 + tl.arange(0, BLOCK_N)
                 in_range = pos < end
                 k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=in_range[:, None], other=0.0)
-                v = tl.load(v_rows + (pos - chunk_start)[:, None] * v_stride, mask=in_range[:, None], other=0.0)
-                m_i, l_i, acc = _attend_tile(q, k, v, in_range[None, :], m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
+                v_t = tl.load(v_cols + (pos - chunk_start)[None, :] * v_stride, mask=in_range[None, :], other=0.0)
+                m_i, l_i, acc = _attend_keys(q, k, v_t, in_range, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
 
     if ROPE:
         if (lo < hi) & (hi == total_len):  # this split holds the new token: it attends to it, then stores it
             q = rotated(q_x, q_xr, d, own_cos, own_sin, HEAD_DIM, dtype).to(tl.float32)  # the own chunk: no shift
-            s_new = _tile_values(tl.sum(q * k_new.to(tl.float32), 1) * qk_scale, 16)  # as in _attend_tile
+            s_new = tl.sum(q * k_new.to(tl.float32), 1) * qk_scale  # as in _attend_keys
             m_new = tl.maximum(m_i, s_new)
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s_new - m_new)
             l_i = l_i * alpha + p
-            acc = acc * alpha[:, None] + p.to(dtype).to(tl.float32)[:, None] * _tile_rows(v_new, 16).to(tl.float32)
+            acc = acc * alpha[None, :] + p.to(dtype).to(tl.float32)[None, :] * tl.trans(v_new).to(tl.float32)
             m_i = m_new
             first_row = (gp == 0)[:, None]
             tl.store(k_ptr + own_k_off + slot * own_k_stride + kv_head * HEAD_DIM + q_cols, k_new, mask=first_row)
             tl.store(v_ptr + own_v_off + slot * own_v_stride + kv_head * HEAD_DIM + q_cols, v_new, mask=first_row)
     # partials [splits, HQ, D], then m [splits, HQ], then l [splits, HQ]
     ml_ptr = part_ptr + num_splits * HQ * HEAD_DIM
-    tl.store(part_ptr + (split * HQ + head)[:, None] * HEAD_DIM + d[None, :], acc, mask=g_ok[:, None])
+    tl.store(part_ptr + (split * HQ + head)[None, :] * HEAD_DIM + d[:, None], acc, mask=g_ok[None, :])
     tl.store(ml_ptr + split * HQ + head, m_i, mask=g_ok)
     tl.store(ml_ptr + (num_splits + split) * HQ + head, l_i, mask=g_ok)
     tl.debug_barrier()  # every thread's partial is written before the release below
