@@ -55,11 +55,15 @@ def _input_block(x_row, norm_ptr, k0, cols, rstd, K: tl.constexpr, NORM: tl.cons
 def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr, eps, stride_x, stride_res,
                    N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr, GATED: tl.constexpr,
                    RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   PDL: tl.constexpr):
+                   WARP_ROWS: tl.constexpr, X_VEC: tl.constexpr, PDL: tl.constexpr):
     """out[row, n] for BLOCK_N outputs n, rounded to the weight's dtype; GATED: the weight's rows N + n are the
     up projection of gate row n; ARGMAX (one row): the program's largest output folded into the argmax keys.
     The bias, and when one block spans the input (K <= BLOCK_K) the weights and the norm's, are loaded before
-    waiting for the input, which is then read once."""
+    waiting for the input, which is then read once.
+
+    WARP_ROWS (one block): the block as [pieces of 256, BLOCK_N, 256], so that each warp holds whole weight
+    rows and the norm's and the product's sums stay inside it (no exchange through shared memory); the input
+    comes in the weights' shape, each warp reading its own copy in vectors of X_VEC (which divides stride_x)."""
     pid = tl.program_id(0)
     row = tl.program_id(1)
     dtype = w_ptr.dtype.element_ty
@@ -68,28 +72,51 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
     cols = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + n[:, None] * K + cols[None, :]
     ONE_BLOCK: tl.constexpr = K <= BLOCK_K
+    WIDTH: tl.constexpr = min(BLOCK_K, 256)
     if ONE_BLOCK:
-        k_ok = cols < K
-        w_ok = n_ok[:, None] & k_ok[None, :]
-        w = tl.load(w_rows, mask=w_ok, other=0.0)
-        if GATED:
-            w_up = tl.load(w_rows + N * K, mask=w_ok, other=0.0)
-        if NORM:
-            norm_w = tl.load(norm_ptr + cols, mask=k_ok, other=0.0)
+        if WARP_ROWS:
+            k3 = (tl.arange(0, BLOCK_K // WIDTH)[:, None, None] * WIDTH + tl.arange(0, WIDTH)[None, None, :]
+                  + 0 * n[None, :, None])
+            k_ok = k3 < K
+            w_ok = n_ok[None, :, None] & k_ok
+            w3 = w_ptr + n[None, :, None] * K + k3
+            w = tl.load(w3, mask=w_ok, other=0.0)
+            if GATED:
+                w_up = tl.load(w3 + N * K, mask=w_ok, other=0.0)
+            if NORM:
+                norm_w = tl.load(norm_ptr + k3, mask=k_ok, other=0.0)
+        else:
+            k_ok = cols < K
+            w_ok = n_ok[:, None] & k_ok[None, :]
+            w = tl.load(w_rows, mask=w_ok, other=0.0)
+            if GATED:
+                w_up = tl.load(w_rows + N * K, mask=w_ok, other=0.0)
+            if NORM:
+                norm_w = tl.load(norm_ptr + cols, mask=k_ok, other=0.0)
     if BIAS:
         bias = tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
     wait_for_inputs(PDL)
     if RESIDUAL:  # loaded with the input, not after the product's reduction
         residual = tl.load(res_ptr + row * stride_res + n, mask=n_ok, other=0.0).to(tl.float32)
-    x_row = x_ptr + row * stride_x
+    x_row = x_ptr + row * (stride_x // X_VEC * X_VEC)
     if ONE_BLOCK:  # the input read once: its sum of squares and the product from the same registers
-        x = tl.load(x_row + cols, mask=k_ok, other=0.0).to(tl.float32)
-        if NORM:
-            x = normed(x, norm_w, tl.rsqrt(tl.sum(x * x, 0) / K + eps), dtype)
-        x = x.to(dtype).to(tl.float32)[None, :]
-        y = tl.sum(w.to(tl.float32) * x, 1)
-        if GATED:
-            y_up = tl.sum(w_up.to(tl.float32) * x, 1)
+        if WARP_ROWS:
+            x = tl.load(x_row + k3, mask=k_ok, other=0.0).to(tl.float32)
+            if NORM:
+                rstd = tl.rsqrt(tl.sum(tl.sum(x * x, 2), 0) / K + eps)
+                x = normed(x, norm_w, rstd[None, :, None], dtype)
+            x = x.to(dtype).to(tl.float32)
+            y = tl.sum(tl.sum(w.to(tl.float32) * x, 2), 0)
+            if GATED:
+                y_up = tl.sum(tl.sum(w_up.to(tl.float32) * x, 2), 0)
+        else:
+            x = tl.load(x_row + cols, mask=k_ok, other=0.0).to(tl.float32)
+            if NORM:
+                x = normed(x, norm_w, tl.rsqrt(tl.sum(x * x, 0) / K + eps), dtype)
+            x = x.to(dtype).to(tl.float32)[None, :]
+            y = tl.sum(w.to(tl.float32) * x, 1)
+            if GATED:
+                y_up = tl.sum(w_up.to(tl.float32) * x, 1)
     else:
         rstd = 0.0
         if NORM:
@@ -123,6 +150,12 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
         tl.atomic_max(best_ptr + pid % _SLOTS, tl.max(keys, 0), sem="relaxed")
 
 
+def _row_vector(x: torch.Tensor) -> int:
+    """Elements of 16 bytes, if that many divide x's row stride (else 1)."""
+    vec = 16 // x.element_size()
+    return vec if x.stride(0) % vec == 0 else 1
+
+
 def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best):
     rows, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]
@@ -130,11 +163,15 @@ def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype
     assert residual is None or residual.stride(1) == 1
     out = torch.empty((rows, n), dtype=out_dtype or weight.dtype, device=x.device)
     cfg = GATED_TUNING if gated else TUNING
+    block_k = min(cfg["block_k"], triton.next_power_of_2(k))
+    # warp rows where the input is normalised (its sum across warps saved) and fills the block (padding would
+    # cost every warp its own share of it): docs/BENCHMARKS.md has the measurements
+    warp_rows = norm_weight is not None and k == block_k
     flags = (norm_weight is not None, bias is not None, gated, residual is not None, best is not None)
     pointers = (x, norm_weight if flags[0] else x, weight, bias if flags[1] else x, residual if flags[3] else x, out,
                 best if flags[4] else x)
     args = pointers + (eps, x.stride(0), residual.stride(0) if flags[3] else 0, n, k) + flags + (
-        cfg["block_n"], min(cfg["block_k"], triton.next_power_of_2(k)))
+        cfg["block_n"], block_k, warp_rows, _row_vector(x) if warp_rows else 1)
     key = ("linear", x.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
            args[10:], cfg["num_warps"])
     launch(_linear_kernel, (triton.cdiv(n, cfg["block_n"]), rows), args, key, num_warps=cfg["num_warps"])

@@ -193,6 +193,7 @@ LINEAR_CASES = [(rows, k, n, norm, bias, False, residual)
                 for bias, residual in ((False, False), (True, False), (False, True))]
 LINEAR_CASES += [(rows, k, n, norm, False, True, False) for rows in (1, 2) for k, n in ((64, 40), (200, 28))
                  for norm in (False, True)]
+LINEAR_CASES += [(3, 512, 12, True, False, False, True), (2, 512, 10, True, False, True, False)]  # warp rows, 2 pieces
 
 
 def check_linear(case, dtype, device, atol):
@@ -218,6 +219,17 @@ def test_linear_interpreted(case, block_k, monkeypatch):
     for tuning in (lin.TUNING, lin.GATED_TUNING):
         monkeypatch.setitem(tuning, "block_k", block_k)
     check_linear(case, torch.float32, "cpu", 1e-3)
+
+
+@interpreter
+@pytest.mark.parametrize("k", [64, 512, 96])  # warp rows in one piece, in two, and the padded block
+def test_linear_input_rows_at_an_odd_stride(k):
+    """The input's row stride decides whether its loads are vectorised: an odd one must not be rounded."""
+    torch.manual_seed(k)
+    x = torch.randn(3, 2 * k + 1)[:, :k]
+    w, norm = torch.randn(20, k) / k ** 0.5, torch.rand(k) + 0.5
+    torch.testing.assert_close(lin.linear(x, w, norm_weight=norm, impl="triton"),
+                               lin.linear_ref(x, w, None, norm, 1e-6), atol=1e-4, rtol=1e-4)
 
 
 def test_linear_dispatch_on_cpu_is_reference_and_gated_takes_no_residual():
