@@ -404,7 +404,7 @@ HEAD_DIMS = (64, 128)  # what the Triton kernel supports
 # _attn_kernel with up to 16 rows (swept at decode on 2026-11-25, H100), with row tiles of 64 (a 32-token
 # question, 2026-11-26, H200), and _decode_kernel (2026-11-26, H200; its min_split and merge_elements chosen
 # later that day with the splits rounded to whole merge passes; the same settings stay fastest in the engine with
-# the rotary work in the kernel, H100)
+# the rotary work in the kernel, H100, and with the keys as the products' rows, H100, 2026-11-26)
 TUNING = dict(block_n=32, num_warps=2, num_stages=2, programs_per_sm=4, min_split=32)
 PREFILL_TUNING = dict(block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64)
 # merge_elements: partial values the merging program reads at once (BLOCK_S splits x GROUP_P2 x D)
