@@ -72,9 +72,9 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
     cols = tl.arange(0, BLOCK_K)
     w_rows = w_ptr + n[:, None] * K + cols[None, :]
     ONE_BLOCK: tl.constexpr = K <= BLOCK_K
-    WIDTH: tl.constexpr = min(BLOCK_K, 256)
     if ONE_BLOCK:
         if WARP_ROWS:
+            WIDTH: tl.constexpr = min(BLOCK_K, 256)
             k3 = (tl.arange(0, BLOCK_K // WIDTH)[:, None, None] * WIDTH + tl.arange(0, WIDTH)[None, None, :]
                   + 0 * n[None, :, None])
             k_ok = k3 < K
@@ -151,7 +151,7 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
 
 
 def _row_vector(x: torch.Tensor) -> int:
-    """Elements of 16 bytes, if that many divide x's row stride (else 1)."""
+    """The elements that 16 bytes of x hold, if that many divide its row stride (else 1)."""
     vec = 16 // x.element_size()
     return vec if x.stride(0) % vec == 0 else 1
 
@@ -164,8 +164,8 @@ def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype
     out = torch.empty((rows, n), dtype=out_dtype or weight.dtype, device=x.device)
     cfg = GATED_TUNING if gated else TUNING
     block_k = min(cfg["block_k"], triton.next_power_of_2(k))
-    # warp rows where the input is normalised (its sum across warps saved) and fills the block (padding would
-    # cost every warp its own share of it): docs/BENCHMARKS.md has the measurements
+    # warp rows where the input is normalised (its sum of squares not exchanged across warps) and fills the block
+    # (padding would cost every warp its own share of it): measured per projection in docs/BENCHMARKS.md
     warp_rows = norm_weight is not None and k == block_k
     flags = (norm_weight is not None, bias is not None, gated, residual is not None, best is not None)
     pointers = (x, norm_weight if flags[0] else x, weight, bias if flags[1] else x, residual if flags[3] else x, out,
