@@ -279,8 +279,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
             table_ptr, num_chunks - 1, num_chunks, total_len, ALIGNED)  # where the new token goes
     wait_for_inputs(PDL)
     if ROPE:
-        q_x, q_xr = normed_heads(q_ptr, kv_head * GROUP + gp, gp < GROUP, d, partner, qw_ptr, qk_eps, HEAD_DIM,
-                                 QK_NORM)
+        q_x, q_xr = normed_heads(q_ptr, head, g_ok, d, partner, qw_ptr, qk_eps, HEAD_DIM, QK_NORM)
         # the new key and value in the query rows' shape (each row the same), so that their layouts match
         k_x, k_xr = normed_heads(kn_ptr, kv_head + 0 * gp, gp >= 0, d, partner, kw_ptr, qk_eps, HEAD_DIM, QK_NORM)
         k_new = rotated(k_x, k_xr, d, own_cos, own_sin, HEAD_DIM, dtype)
@@ -647,7 +646,7 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
     step (workspace["decode"]) also does rope_store's work: q [1, Hq, D] is the new token's query as projected,
     and rope holds rope_store's other arguments (k and v the new token's key and value as projected,
     own_keys/own_values being k_base/v_base); the own chunk then ends after slots[0]."""
-    hkv, head_dim = k_base.shape[1], q.shape[-1]
+    head_dim = q.shape[-1]
     w = workspace
     if w["decode"]:
         if rope is None:
