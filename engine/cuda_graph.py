@@ -12,13 +12,14 @@ decode step). In a decode step the attention kernel also does rope_store's work 
 
 A decode step advances its position and slot itself (its first kernel, kernels.greedy.next_input), so the
 host writes them once a request (begin). A greedy step also takes its token from the previous step's argmax
-keys, which its LM head fills in turn: the host then writes nothing at all between steps.
+keys, which its LM head fills in turn, and ends by writing its token into a pinned host buffer (kernels.greedy
+.publish_token, at the step's slot): the host then copies nothing between steps and writes nothing at all.
 """
 import numpy as np
 import torch
 
 from kernels.chunk_attention import chunk_attention_table, chunk_tables, decode_workspace
-from kernels.greedy import EMPTY, SLOTS, next_input, token_keys
+from kernels.greedy import EMPTY, SLOTS, next_input, publish_token, token_keys
 from kernels.rope import rope_store
 
 from .kv_chunk import KVChunk
@@ -58,8 +59,12 @@ class GraphDecoder:
         self.position = torch.zeros(1, dtype=torch.int64, device=device)
         self.slot = torch.zeros(1, dtype=torch.int64, device=device)
         self.best = torch.full((SLOTS,), EMPTY, dtype=torch.int64, device=device)  # argmax keys of greedy steps
-        self.prompt_slots = torch.arange(MAX_QUESTION, device=device)
         self.capture = torch.device(device).type == "cuda"  # elsewhere the same steps run eagerly (for tests)
+        # the token of the greedy step at each own slot, written by the step's last kernel
+        self.published = torch.zeros(own_capacity, dtype=torch.int64, pin_memory=self.capture)
+        self.published_events = [torch.cuda.Event() for _ in range(2)] if self.capture else None
+        self.last_slot = 0  # the own slot of the last step queued
+        self.prompt_slots = torch.arange(MAX_QUESTION, device=device)
         # what prepare writes: views of one int64 buffer, filled from its pinned host copy
         self.inputs = torch.zeros(sum(_input_sizes(c.num_layers).values()), dtype=torch.int64, device=device)
         self.staging = torch.zeros(self.inputs.shape, dtype=torch.int64, pin_memory=self.capture)
@@ -125,7 +130,10 @@ class GraphDecoder:
                                    ctx, last=self.last)
         best = self.best if greedy else None
         x = next_input(self.model.embed_tokens.weight, self.token, self.position, self.slot, best)
-        return self.model.step_embedded(x, self.position, self.slot, ctx, best=best)
+        logits = self.model.step_embedded(x, self.position, self.slot, ctx, best=best)
+        if greedy:
+            publish_token(self.best, self.slot, self.published)
+        return logits
 
     def prefill(self, n: int) -> torch.Tensor | None:
         """Logits after the n-token prompt given to prepare, written to own slots from 0; None when the prompt is
@@ -141,6 +149,7 @@ class GraphDecoder:
         self.token.copy_(token.view(1))
         self.position.fill_(position)
         self.slot.fill_(slot)
+        self.last_slot = slot
         if greedy:
             token_keys(token, self.best)
 
@@ -149,7 +158,22 @@ class GraphDecoder:
         tensor), or with None the argmax of the last step's logits, which the step leaves in `best` in turn."""
         if token is not None:
             self.token.copy_(token.view(1))
+        self.last_slot += 1
         return self._replay(("decode", self.bucket, self.aligned, token is None), 0)
+
+    def greedy_token(self):
+        """A function that waits for the last greedy step queued (step(None)) and gives its token; call it before
+        queueing the step after next."""
+        slot = self.last_slot
+        if not self.capture:
+            return lambda: int(self.published[slot])
+        event = self.published_events[slot % 2]
+        event.record()
+
+        def wait():
+            event.synchronize()
+            return int(self.published[slot])
+        return wait
 
     def _replay(self, key: tuple, prompt: int) -> torch.Tensor:
         greedy = key[0] == "decode" and key[-1]

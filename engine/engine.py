@@ -11,7 +11,6 @@ from typing import Iterator
 import torch
 
 from kernels.chunk_attention import HEAD_DIMS
-from kernels.greedy import SLOTS, best_token
 from kernels.rope import rotate
 
 from .config import ModelLoadError
@@ -338,12 +337,11 @@ class LLMEngine:
         # while the host streams the token out (a step is wasted when the token ends the generation); not before
         # the first token, whose wait is the time to first token.
         ahead = graphs is not None and logits.is_cuda
-        copies = _HostCopies(SLOTS if keep else 1) if ahead else None
+        copies = _HostCopies() if ahead and not keep else None
 
         def sample(logits):  # the token after logits: a device tensor (None if kept) and a wait for it on the host
             if keep:
-                keys = copies.copy(graphs.best) if ahead else lambda: graphs.best.numpy()
-                return None, lambda: best_token(keys())
+                return None, graphs.greedy_token()
             t = sampler(logits[-1])
             if ahead:
                 host = copies.copy(t.view(1))
@@ -381,11 +379,11 @@ class LLMEngine:
 
 
 class _HostCopies:
-    """Copies of a small int64 device tensor into two pinned buffers in turn: copy() queues one and returns a
-    function that waits for it and gives the host array (call it before queueing the copy after next)."""
+    """Copies of a one-element int64 device tensor into two pinned buffers in turn: copy() queues one and returns
+    a function that waits for it and gives the host array (call it before queueing the copy after next)."""
 
-    def __init__(self, numel: int):
-        self.buffers = [torch.empty(numel, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+    def __init__(self):
+        self.buffers = [torch.empty(1, dtype=torch.int64, pin_memory=True) for _ in range(2)]
         self.events = [torch.cuda.Event() for _ in range(2)]
         self.turn = 0
 

@@ -1,7 +1,9 @@
 """Greedy decoding inside a CUDA graph, with no argmax kernel and no host copies a token: the LM head's GEMV
 folds each program's best logit and its index into one of SLOTS int64 keys by atomic max (kernels.linear), and
 the next step's first kernel (next_input) takes the token from those keys, clears them, embeds the token and
-advances the step's position and slot. The host reads the token by copying the keys out (best_token).
+advances the step's position and slot. The step's last kernel (publish_token) writes the token into pinned host
+memory, where the host reads it after the step with no copy between steps; best_token reads a host copy of the
+keys.
 
 A key is the logit's fp32 bits made order-preserving as an int32, shifted left 32 bits, over MAX_INDEX minus
 the vocabulary index: the largest key is the largest logit, and among equal logits the lowest index, as
@@ -11,6 +13,8 @@ import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+from kernels import launch, wait_for_inputs
 
 SLOTS = 64
 MAX_INDEX = 2 ** 31 - 1
@@ -80,6 +84,21 @@ def next_input(embed: torch.Tensor, token: torch.Tensor, position: torch.Tensor,
     _next_input_kernel[(1,)](best if greedy else token, token, position, slot, embed, x, hidden,
                              triton.next_power_of_2(hidden), greedy, num_warps=4)
     return x
+
+
+@triton.jit
+def _publish_kernel(best_ptr, slot_ptr, out_ptr, PDL: tl.constexpr):
+    slot = tl.load(slot_ptr)  # next_input wrote it, and it ends before the step's other kernels start
+    wait_for_inputs(PDL)
+    s = tl.arange(0, _SLOTS)
+    tl.store(out_ptr + slot, _key_token(tl.max(tl.load(best_ptr + s), 0)))
+
+
+def publish_token(best: torch.Tensor, slot: torch.Tensor, out: torch.Tensor) -> None:
+    """out[slot] = the token that the slots `best` hold; out may be pinned host memory, which the kernel writes
+    directly (slot: [1] int64 on the device, out: int64)."""
+    assert best.numel() == SLOTS and out.dtype == torch.int64 and slot.dtype == torch.int64
+    launch(_publish_kernel, (1,), (best, slot, out), ("publish", best.device.index), num_warps=1)
 
 
 def next_input_ref(embed, token, position, slot, best=None):

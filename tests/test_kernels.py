@@ -284,6 +284,23 @@ def check_next_input(device):
         assert not keep or (bool((best == greedy.EMPTY).all()) and torch.equal(best, ref[4]))
 
 
+def check_publish_token(device):
+    best = torch.full((greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
+    best[5] = greedy.keys_ref(torch.tensor([0.0, 0, 2.5, 1.0], device=device)).max()  # index 2
+    best[60] = greedy.keys_ref(torch.tensor([-3.0, 0, 2.5], device=device)).max()  # a tie: the lower index, 2, wins
+    best[9] = greedy.keys_ref(torch.tensor([-1.0, 2.25], device=device)).max()  # lower: loses
+    out = torch.full((8,), -1, dtype=torch.int64, pin_memory=device == "cuda")  # host memory, written by the kernel
+    greedy.publish_token(best, torch.tensor([6], device=device), out)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    assert out.tolist() == [-1] * 6 + [greedy.best_token(best.cpu().numpy()), -1] and int(out[6]) == 2
+
+
+@interpreter
+def test_publish_token_interpreted():
+    check_publish_token("cpu")
+
+
 @interpreter
 def test_head_argmax_keys_interpreted():
     check_head_argmax(200, "cpu", torch.float32)
@@ -339,6 +356,11 @@ def test_head_argmax_keys_gpu(n, dtype):
 @gpu
 def test_next_input_gpu():
     check_next_input("cuda")
+
+
+@gpu
+def test_publish_token_gpu():
+    check_publish_token("cuda")
 
 
 @gpu
