@@ -287,7 +287,7 @@ def check_next_input(device):
 def check_publish_token(device):
     best = torch.full((greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
     best[5] = greedy.keys_ref(torch.tensor([0.0, 0, 2.5, 1.0], device=device)).max()  # index 2
-    best[60] = greedy.keys_ref(torch.tensor([-3.0, 0, 2.5], device=device)).max()  # a tie: the lower index, 2, wins
+    best[60] = greedy.keys_ref(torch.tensor([-3.0] * 7 + [2.5], device=device)).max()  # index 7 ties: 2 wins
     best[9] = greedy.keys_ref(torch.tensor([-1.0, 2.25], device=device)).max()  # lower: loses
     out = torch.full((8,), -1, dtype=torch.int64, pin_memory=device == "cuda")  # host memory, written by the kernel
     greedy.publish_token(best, torch.tensor([6], device=device), out)
