@@ -14,12 +14,15 @@ A decode step advances its position and slot itself (its first kernel, kernels.g
 host writes them once a request (begin). A greedy step also takes its token from the previous step's argmax
 keys, which its LM head fills in turn, and ends by writing its token into a pinned host buffer (kernels.greedy
 .publish_token, at the step's slot): the host then copies nothing between steps and writes nothing at all.
+Its LM head reads an int8 copy of the weight and recomputes only the rows that can hold the argmax
+(kernels.lm_head): the same token from half the bytes.
 """
 import numpy as np
 import torch
 
 from kernels.chunk_attention import chunk_attention_table, chunk_tables, decode_workspace
 from kernels.greedy import EMPTY, SLOTS, next_input, publish_token, token_keys
+from kernels.lm_head import quantize_rows
 from kernels.rope import rope_store
 
 from .kv_chunk import KVChunk
@@ -28,6 +31,7 @@ from .model import AttentionContext, Decoder, KVBuffer
 MAX_CHUNKS = 33          # level 0 + up to 31 passages + the request's own chunk
 MIN_BUCKET = 1024
 MAX_QUESTION = 512       # longest prompt prefilled by a graph (padded to a power of two, at least 16)
+QUANTIZED_HEAD = True    # greedy steps' LM head from kernels.lm_head's int8 copy (off: the full head, to compare)
 
 
 def question_bucket(n: int) -> int:
@@ -58,7 +62,9 @@ class GraphDecoder:
         self.token = torch.zeros(1, dtype=torch.int64, device=device)
         self.position = torch.zeros(1, dtype=torch.int64, device=device)
         self.slot = torch.zeros(1, dtype=torch.int64, device=device)
-        self.best = torch.full((SLOTS,), EMPTY, dtype=torch.int64, device=device)  # argmax keys of greedy steps
+        # argmax keys of greedy steps, then the quantised head's lower bounds
+        self.head = quantize_rows(model.lm_head.weight.detach()) if QUANTIZED_HEAD else None
+        self.best = torch.full((2 * SLOTS if QUANTIZED_HEAD else SLOTS,), EMPTY, dtype=torch.int64, device=device)
         self.capture = torch.device(device).type == "cuda"  # elsewhere the same steps run eagerly (for tests)
         # the token of the greedy step at each own slot, written by the step's last kernel
         self.published = torch.zeros(own_capacity, dtype=torch.int64, pin_memory=self.capture)
@@ -130,7 +136,7 @@ class GraphDecoder:
                                    ctx, last=self.last)
         best = self.best if greedy else None
         x = next_input(self.model.embed_tokens.weight, self.token, self.position, self.slot, best)
-        logits = self.model.step_embedded(x, self.position, self.slot, ctx, best=best)
+        logits = self.model.step_embedded(x, self.position, self.slot, ctx, best=best, head=self.head)
         if greedy:
             publish_token(self.best, self.slot, self.published)
         return logits

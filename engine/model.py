@@ -13,6 +13,7 @@ from torch import nn
 from kernels.chunk_attention import chunk_attention
 from kernels.fused_rmsnorm_qkv import rmsnorm_qkv
 from kernels.linear import linear
+from kernels.lm_head import greedy_head
 from kernels.rmsnorm import rmsnorm
 from kernels.rope import rope_store
 
@@ -195,15 +196,19 @@ class Decoder(nn.Module):
 
     @torch.inference_mode()
     def step_embedded(self, x, positions, slots, ctx: AttentionContext, all_logits: bool = False,
-                      last: torch.Tensor | None = None, best: torch.Tensor | None = None) -> torch.Tensor:
+                      last: torch.Tensor | None = None, best: torch.Tensor | None = None,
+                      head: tuple | None = None) -> torch.Tensor:
         """step() from the tokens' embeddings x; best: the argmax keys that the LM head fills (kernels.greedy,
-        custom kernels only)."""
+        custom kernels only), from the head's quantised copy `head` if given (kernels.lm_head: the logits
+        returned are then approximate)."""
         for layer in self.layers:
             x = layer(x, positions, slots, ctx, self.rotary, self.use_custom_kernels)
         if last is not None:
             x = x.index_select(0, last)
         elif not all_logits:
             x = x[-1:]
+        if self.use_custom_kernels and head is not None and best is not None:
+            return greedy_head(x, self.lm_head.weight, head, self.norm.weight, self.norm.eps, best)
         if self.use_custom_kernels:  # the final RMSNorm in the LM head's GEMV
             return linear(x, self.lm_head.weight, norm_weight=self.norm.weight, eps=self.norm.eps,
                           out_dtype=torch.float32, best=best)

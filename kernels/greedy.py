@@ -55,11 +55,10 @@ def best_token(keys: np.ndarray) -> int:
 
 @triton.jit
 def _next_input_kernel(best_ptr, token_ptr, pos_ptr, slot_ptr, embed_ptr, x_ptr, HIDDEN: tl.constexpr,
-                       BLOCK: tl.constexpr, GREEDY: tl.constexpr):
+                       BLOCK: tl.constexpr, GREEDY: tl.constexpr, CLEAR: tl.constexpr):
     if GREEDY:
-        s = tl.arange(0, _SLOTS)
-        token = _key_token(tl.max(tl.load(best_ptr + s), 0))
-        tl.store(best_ptr + s, tl.full([_SLOTS], _EMPTY, tl.int64))
+        token = _key_token(tl.max(tl.load(best_ptr + tl.arange(0, _SLOTS)), 0))
+        tl.store(best_ptr + tl.arange(0, CLEAR), tl.full([CLEAR], _EMPTY, tl.int64))
         tl.store(token_ptr, token)
     else:
         token = tl.load(token_ptr)
@@ -73,16 +72,17 @@ def _next_input_kernel(best_ptr, token_ptr, pos_ptr, slot_ptr, embed_ptr, x_ptr,
 def next_input(embed: torch.Tensor, token: torch.Tensor, position: torch.Tensor, slot: torch.Tensor,
                best: torch.Tensor | None = None) -> torch.Tensor:
     """The input [1, hidden] of a decode step whose token is `token` ([1] int64), or, given the slots `best`, the
-    one they hold (then written to `token`, and the slots cleared); position and slot ([1] int64) advance by one.
+    one they hold (then written to `token`, and the slots cleared, with the SLOTS after them if best has 2 * SLOTS:
+    kernels.lm_head's lower bounds); position and slot ([1] int64) advance by one.
 
     The kernel is launched without programmatic dependent launch, so the step's next kernel starts after it
     has ended: kernels read the position and slot before they wait for their inputs."""
     hidden = embed.shape[1]
     x = torch.empty((1, hidden), dtype=embed.dtype, device=embed.device)
     greedy = best is not None
-    assert embed.is_contiguous() and (not greedy or best.numel() == SLOTS)
+    assert embed.is_contiguous() and (not greedy or best.numel() in (SLOTS, 2 * SLOTS))
     _next_input_kernel[(1,)](best if greedy else token, token, position, slot, embed, x, hidden,
-                             triton.next_power_of_2(hidden), greedy, num_warps=4)
+                             triton.next_power_of_2(hidden), greedy, best.numel() if greedy else SLOTS, num_warps=4)
     return x
 
 
@@ -97,13 +97,13 @@ def _publish_kernel(best_ptr, slot_ptr, out_ptr, PDL: tl.constexpr):
 def publish_token(best: torch.Tensor, slot: torch.Tensor, out: torch.Tensor) -> None:
     """out[slot] = the token that the slots `best` hold; out may be pinned host memory, which the kernel writes
     directly (slot: [1] int64 on the device, out: int64)."""
-    assert best.numel() == SLOTS and out.dtype == torch.int64 and slot.dtype == torch.int64
+    assert best.numel() in (SLOTS, 2 * SLOTS) and out.dtype == torch.int64 and slot.dtype == torch.int64
     launch(_publish_kernel, (1,), (best, slot, out), ("publish", best.device.index), num_warps=1)
 
 
 def next_input_ref(embed, token, position, slot, best=None):
     if best is not None:
-        token.copy_(MAX_INDEX - best.max().view(1) % 2 ** 32)
+        token.copy_(MAX_INDEX - best[:SLOTS].max().view(1) % 2 ** 32)
         best.fill_(EMPTY)
     position += 1
     slot += 1

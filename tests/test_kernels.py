@@ -8,6 +8,7 @@ import kernels.chunk_attention as ca  # kernels/__init__ sets TRITON_INTERPRET=1
 import kernels.fused_rmsnorm_qkv as fr
 import kernels.greedy as greedy
 import kernels.linear as lin
+import kernels.lm_head as lm_head
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -264,18 +265,62 @@ def check_head_argmax(n, device, dtype):
         assert greedy.best_token(ref_best.cpu().numpy()) == int(ref[0].argmax()), plant
 
 
+def check_quantized_head(n, k, device, dtype):
+    """kernels.lm_head's token equals the full head's argmax keys' (ties to the lower index), planted: a row
+    repeated below the winner, a row a rounding step from it, all logits equal, all negative."""
+    torch.manual_seed(n + k)
+    norm = (torch.rand(k, device=device) + 0.5).to(dtype)
+    for plant in ("random", "random", "tie", "near", "zeros", "negative"):
+        w = (torch.randn(n, k, device=device) * k ** -0.5).to(dtype)
+        x = torch.randn(1, k, device=device).to(dtype)
+        if plant == "tie":
+            x = (w[n - 2] * 4).to(dtype)[None]
+            w[n // 3] = w[n - 2]
+        elif plant == "near":
+            x = (w[n - 2] * 4).to(dtype)[None]
+            w[n // 3] = w[n - 2] * (1 - 2.0 ** -7)
+        elif plant == "zeros":
+            w = w * 0
+        elif plant == "negative":
+            w = -(w.abs() + 0.1) * torch.sign(x[0])
+        full = torch.full((greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
+        logits = lin.linear(x, w, norm_weight=norm, out_dtype=torch.float32, best=full, impl="triton")
+        best = torch.full((2 * greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
+        approx = lm_head.greedy_head(x, w, lm_head.quantize_rows(w), norm, 1e-6, best)
+        token = greedy.best_token(best[:greedy.SLOTS].cpu().numpy())
+        assert token == greedy.best_token(full.cpu().numpy()) == int(logits[0].argmax()), plant
+        torch.testing.assert_close(approx, logits, atol=0.1, rtol=0.05)
+
+
+def test_quantized_rows_bound_the_product_error():
+    torch.manual_seed(0)
+    w = torch.randn(300, 96) * torch.rand(300, 1) * 3
+    w[7] = 0
+    q, scales = lm_head.quantize_rows(w)
+    assert q.dtype == torch.int8 and scales.shape == (300, 2)
+    x = torch.randn(96, 50).double()
+    err = (w.double() @ x - (q.double() * scales[:, :1].double()) @ x).abs()
+    assert (err <= x.norm(dim=0)[None, :] * scales[:, 1:].double()).all()
+    assert (scales[:, 1] <= 0.02 * w.norm(dim=1) + 1e-6).all()  # a bound that leaves few candidates
+    with pytest.raises(ValueError, match="int8"):
+        lin.linear(torch.randn(1, 96), w, impl="triton", scales=scales)
+
+
 def check_next_input(device):
     embed = torch.randn(300, 48, device=device)
-    for keep in (False, True):
+    for keep in (False, True, "bounds"):
         states = []
         for impl in (greedy.next_input, greedy.next_input_ref):
             token, position, slot = (torch.tensor([v], device=device) for v in (7, 40, 3))
             best = None
             if keep:
-                best = torch.full((greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
+                slots = 2 * greedy.SLOTS if keep == "bounds" else greedy.SLOTS  # the second half: lm_head's
+                best = torch.full((slots,), greedy.EMPTY, dtype=torch.int64, device=device)
                 greedy.token_keys(torch.tensor(123, device=device), best)
                 best[17] = greedy.keys_ref(torch.tensor([1.0, 5.0, 2.0], device=device)).max()  # index 1 wins
                 best[40] = greedy.keys_ref(torch.tensor([-1.0, 0, 0, 0, 5.0], device=device)).max()  # a tie: 1 wins
+                if keep == "bounds":  # a larger key past the argmax slots: cleared, not taken
+                    best[-1] = greedy.keys_ref(torch.tensor([9.0, 7.0], device=device)).max()
             x = impl(embed, token, position, slot, best)
             states.append((x, token, position, slot, best))
         (x, token, position, slot, best), ref = states
@@ -304,6 +349,13 @@ def test_publish_token_interpreted():
 @interpreter
 def test_head_argmax_keys_interpreted():
     check_head_argmax(200, "cpu", torch.float32)
+
+
+@interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k", [64, 96])
+def test_quantized_head_gives_the_full_heads_token_interpreted(k, dtype):
+    check_quantized_head(300, k, "cpu", dtype)
 
 
 @interpreter
@@ -351,6 +403,13 @@ def test_decode_table_rotates_and_stores_the_new_token_gpu(case, dtype, atol, sh
 @pytest.mark.parametrize("n", [200, 151936])
 def test_head_argmax_keys_gpu(n, dtype):
     check_head_argmax(n, "cuda", dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k", [(300, 96), (49152, 576), (151936, 1024)])  # SmolLM2's and Qwen3's heads
+def test_quantized_head_gives_the_full_heads_token_gpu(n, k, dtype):
+    check_quantized_head(n, k, "cuda", dtype)
 
 
 @gpu
