@@ -8,7 +8,8 @@ GEMV of kernels.linear, SCALED) reads the int8 rows, half the bytes, writes the 
 their lower bounds a - |x| e into argmax keys of their own; the second (_exact_rows_kernel) recomputes from the
 full weight only the rows whose upper bound a + |x| e, rounded to the model's dtype, reaches the largest lower
 bound rounded: no other row can be the argmax or tie with it. Those rows are a handful where the logits have a
-clear winner.
+clear winner; where many rows are within the bounds of the best (flat logits) the second pass reads them one
+at a time, slower than the full head but the same token.
 """
 import torch
 import triton
