@@ -2,7 +2,7 @@
 projection (QKV, gate/up), an optional bias (Qwen2), an optional SiLU(gate) * up of the output's two halves
 (the MLP) and an optional residual added to the output (o_proj, down). The LM head is one too, with the final
 RMSNorm, its logits written in fp32 and, for greedy decoding in a CUDA graph, folded into argmax keys
-(kernels.greedy).
+(kernels.greedy), or from int8 rows with their scales (kernels.lm_head).
 
 One program computes BLOCK_N outputs of one row, so the weight is read once per row; more rows than
 MAX_TRITON_ROWS go to cuBLAS, which is compute-bound there anyway (after the Triton RMSNorm on CUDA).

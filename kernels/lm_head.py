@@ -17,11 +17,16 @@ import triton.language as tl
 
 from kernels import launch, wait_for_inputs
 from kernels.greedy import _EMPTY, _SLOTS, SLOTS, logit_keys
-from kernels.linear import linear
+from kernels.linear import SCALED_TUNING, linear
 from kernels.rmsnorm import normed
 
 QUANT_ROWS = 8192  # rows quantised at once (their fp32 copy is the transient memory)
 TUNING = dict(block_r=128, num_warps=4)  # rows a program of the second pass checks
+
+
+def supported(weight: torch.Tensor) -> bool:
+    """Whether greedy_head takes this weight: its rows fit the GEMV's one block."""
+    return weight.shape[1] <= SCALED_TUNING["block_k"]
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,8 +94,9 @@ def greedy_head(x: torch.Tensor, weight: torch.Tensor, quantized: tuple[torch.Te
     Returns the approximate logits [1, N] (fp32)."""
     q, scales = quantized
     n, k = weight.shape
-    if best.shape != (2 * SLOTS,) or best.dtype != torch.int64 or x.shape != (1, k):
-        raise ValueError(f"the quantised head takes one row and {2 * SLOTS} int64 slots")
+    if best.shape != (2 * SLOTS,) or best.dtype != torch.int64 or x.shape != (1, k) or not supported(weight):
+        raise ValueError(f"the quantised head takes one row of at most {SCALED_TUNING['block_k']} and "
+                         f"{2 * SLOTS} int64 slots")
     approx = linear(x, q, norm_weight=norm_weight, eps=eps, out_dtype=torch.float32, best=best[SLOTS:],
                     impl="triton", scales=scales)
     cfg = TUNING

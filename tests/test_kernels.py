@@ -304,6 +304,11 @@ def test_quantized_rows_bound_the_product_error():
     assert (scales[:, 1] <= 0.02 * w.norm(dim=1) + 1e-6).all()  # a bound that leaves few candidates
     with pytest.raises(ValueError, match="int8"):
         lin.linear(torch.randn(1, 96), w, impl="triton", scales=scales)
+    wide = torch.zeros(3, lin.SCALED_TUNING["block_k"] + 1)
+    assert lm_head.supported(w) and not lm_head.supported(wide)
+    with pytest.raises(ValueError, match="at most"):
+        lm_head.greedy_head(torch.zeros(1, wide.shape[1]), wide, lm_head.quantize_rows(wide), wide[0], 1e-6,
+                            torch.zeros(2 * greedy.SLOTS, dtype=torch.int64))
 
 
 def check_next_input(device):
