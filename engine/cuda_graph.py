@@ -62,9 +62,9 @@ class GraphDecoder:
         self.token = torch.zeros(1, dtype=torch.int64, device=device)
         self.position = torch.zeros(1, dtype=torch.int64, device=device)
         self.slot = torch.zeros(1, dtype=torch.int64, device=device)
-        # argmax keys of greedy steps, then the quantised head's lower bounds
         head = model.lm_head.weight.detach()
         self.head = quantize_rows(head) if QUANTIZED_HEAD and supported(head) else None
+        # argmax keys of greedy steps, then the quantised head's lower bounds
         self.best = torch.full((SLOTS if self.head is None else 2 * SLOTS,), EMPTY, dtype=torch.int64, device=device)
         self.capture = torch.device(device).type == "cuda"  # elsewhere the same steps run eagerly (for tests)
         # the token of the greedy step at each own slot, written by the step's last kernel

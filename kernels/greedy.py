@@ -35,6 +35,13 @@ def _key_token(key):
     return ((key >> 32) << 32) - key + _MAX_INDEX
 
 
+@triton.jit
+def _key_logit(key):
+    """The fp32 logit of a key."""
+    order = (key >> 32).to(tl.int32)
+    return tl.where(order < 0, order ^ 0x7FFFFFFF, order).to(tl.float32, bitcast=True)
+
+
 def keys_ref(logits: torch.Tensor) -> torch.Tensor:
     """logit_keys of a row of fp32 logits, in PyTorch."""
     bits = (logits.float() + 0.0).view(torch.int32)

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from kernels import launch, wait_for_inputs
-from kernels.greedy import _EMPTY, _SLOTS, SLOTS, logit_keys
+from kernels.greedy import _EMPTY, _SLOTS, SLOTS, _key_logit, logit_keys
 from kernels.linear import SCALED_TUNING, linear
 from kernels.rmsnorm import normed
 
@@ -46,13 +46,6 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scales[r0:r0 + QUANT_ROWS, 0] = s.float()
         scales[r0:r0 + QUANT_ROWS, 1] = (err * (1 + 2.0 ** -10)).float()  # the fp32 products' and sums' slack
     return q, scales
-
-
-@triton.jit
-def _key_logit(key):
-    """The fp32 logit of an argmax key (kernels.greedy.logit_keys)."""
-    order = (key >> 32).to(tl.int32)
-    return tl.where(order < 0, order ^ 0x7FFFFFFF, order).to(tl.float32, bitcast=True)
 
 
 @triton.jit
