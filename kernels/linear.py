@@ -2,7 +2,7 @@
 projection (QKV, gate/up), an optional bias (Qwen2), an optional SiLU(gate) * up of the output's two halves
 (the MLP) and an optional residual added to the output (o_proj, down). The LM head is one too, with the final
 RMSNorm, its logits written in fp32 and, for greedy decoding in a CUDA graph, folded into argmax keys
-(kernels.greedy), or from int8 rows with their scales (kernels.lm_head).
+(kernels.greedy).
 
 One program computes BLOCK_N outputs of one row, so the weight is read once per row; more rows than
 MAX_TRITON_ROWS go to cuBLAS, which is compute-bound there anyway (after the Triton RMSNorm on CUDA).
@@ -25,9 +25,6 @@ MAX_TRITON_ROWS = 16
 # (rag.bench_kernels --tune prefers other settings for back-to-back calls of one layer)
 TUNING = dict(block_n=4, block_k=4096, num_warps=4)
 GATED_TUNING = dict(block_n=8, block_k=4096, num_warps=4)
-# int8 rows (kernels.lm_head; H100, 2026-11-26: 8 outputs 0.741 / 0.848 ms a step at 1K / 4K, 4 0.742 / 0.859,
-# 16 0.748 / 0.857, 32 0.984 / 1.094, 32 with 8 warps 0.780 / 0.890)
-SCALED_TUNING = dict(block_n=8, block_k=4096, num_warps=4)
 
 
 def linear_ref(x, weight, bias=None, norm_weight=None, eps=1e-6, gated=False, residual=None, out_dtype=None,
@@ -55,16 +52,12 @@ def _input_block(x_row, norm_ptr, k0, cols, rstd, K: tl.constexpr, NORM: tl.cons
 
 
 @triton.jit(do_not_specialize=["stride_x", "stride_res"])
-def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, scale_ptr, out_ptr, best_ptr, eps, stride_x,
-                   stride_res, N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr,
-                   GATED: tl.constexpr, RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, SCALED: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WARP_ROWS: tl.constexpr, X_VEC: tl.constexpr,
-                   PDL: tl.constexpr):
+def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr, eps, stride_x, stride_res,
+                   N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr, GATED: tl.constexpr,
+                   RESIDUAL: tl.constexpr, ARGMAX: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   WARP_ROWS: tl.constexpr, X_VEC: tl.constexpr, PDL: tl.constexpr):
     """out[row, n] for BLOCK_N outputs n, rounded to the weight's dtype; GATED: the weight's rows N + n are the
     up projection of gate row n; ARGMAX (one row): the program's largest output folded into the argmax keys.
-    SCALED (one block, kernels.lm_head): int8 weight rows, each times its scale (scale_ptr [N, 2]: the scale and
-    the row's error bound); out is the product unrounded, and ARGMAX folds its lower bound, out minus the
-    input's norm times the error bound.
     The bias, and when one block spans the input (K <= BLOCK_K) the weights and the norm's, are loaded before
     waiting for the input, which is then read once.
 
@@ -73,10 +66,7 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, scale_ptr, out_ptr
     comes in the weights' shape, each warp reading its own copy in vectors of X_VEC (which divides stride_x)."""
     pid = tl.program_id(0)
     row = tl.program_id(1)
-    if SCALED:
-        dtype = x_ptr.dtype.element_ty
-    else:
-        dtype = w_ptr.dtype.element_ty
+    dtype = w_ptr.dtype.element_ty
     n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = n < N
     cols = tl.arange(0, BLOCK_K)
@@ -105,9 +95,6 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, scale_ptr, out_ptr
                 norm_w = tl.load(norm_ptr + cols, mask=k_ok, other=0.0)
     if BIAS:
         bias = tl.load(bias_ptr + n, mask=n_ok, other=0.0).to(tl.float32)
-    if SCALED:
-        scale = tl.load(scale_ptr + 2 * n, mask=n_ok, other=0.0)
-        bound = tl.load(scale_ptr + 2 * n + 1, mask=n_ok, other=0.0)
     wait_for_inputs(PDL)
     if RESIDUAL:  # loaded with the input, not after the product's reduction
         residual = tl.load(res_ptr + row * stride_res + n, mask=n_ok, other=0.0).to(tl.float32)
@@ -120,8 +107,6 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, scale_ptr, out_ptr
                 x = normed(x, norm_w, rstd[None, :, None], dtype)
             x = x.to(dtype).to(tl.float32)
             y = tl.sum(tl.sum(w.to(tl.float32) * x, 2), 0)
-            if SCALED:
-                x_norm = tl.sqrt(tl.sum(tl.sum(x * x, 2), 0))
             if GATED:
                 y_up = tl.sum(tl.sum(w_up.to(tl.float32) * x, 2), 0)
         else:
@@ -130,8 +115,6 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, scale_ptr, out_ptr
                 x = normed(x, norm_w, tl.rsqrt(tl.sum(x * x, 0) / K + eps), dtype)
             x = x.to(dtype).to(tl.float32)[None, :]
             y = tl.sum(w.to(tl.float32) * x, 1)
-            if SCALED:
-                x_norm = tl.sqrt(tl.sum(x * x, 1))
             if GATED:
                 y_up = tl.sum(w_up.to(tl.float32) * x, 1)
     else:
@@ -160,15 +143,10 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, scale_ptr, out_ptr
         y = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32) * up
     if RESIDUAL:
         y += residual
-    if SCALED:
-        y = y * scale
-        low = y - x_norm * bound
-    else:
-        y = y.to(dtype)
-        low = y.to(tl.float32)
+    y = y.to(dtype)
     tl.store(out_ptr + row * N + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
     if ARGMAX:
-        keys = tl.where(n_ok, logit_keys(low, n), _EMPTY)
+        keys = tl.where(n_ok, logit_keys(y.to(tl.float32), n), _EMPTY)
         tl.atomic_max(best_ptr + pid % _SLOTS, tl.max(keys, 0), sem="relaxed")
 
 
@@ -178,26 +156,24 @@ def _row_vector(x: torch.Tensor) -> int:
     return vec if x.stride(0) % vec == 0 else 1
 
 
-def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best, scales=None):
+def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best):
     rows, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]
     assert weight.shape[1] == k and weight.is_contiguous() and x.stride(1) == 1
     assert residual is None or residual.stride(1) == 1
     out = torch.empty((rows, n), dtype=out_dtype or weight.dtype, device=x.device)
-    cfg = SCALED_TUNING if scales is not None else GATED_TUNING if gated else TUNING
+    cfg = GATED_TUNING if gated else TUNING
     block_k = min(cfg["block_k"], triton.next_power_of_2(k))
-    assert scales is None or (block_k >= k and not gated and bias is None and residual is None)
     # warp rows where the input is normalised (its sum of squares not exchanged across warps) and fills the block
     # (padding would cost every warp its own share of it): measured per projection in docs/BENCHMARKS.md
     warp_rows = norm_weight is not None and k == block_k
-    flags = (norm_weight is not None, bias is not None, gated, residual is not None, best is not None,
-             scales is not None)
-    pointers = (x, norm_weight if flags[0] else x, weight, bias if flags[1] else x, residual if flags[3] else x,
-                scales if flags[5] else x, out, best if flags[4] else x)
+    flags = (norm_weight is not None, bias is not None, gated, residual is not None, best is not None)
+    pointers = (x, norm_weight if flags[0] else x, weight, bias if flags[1] else x, residual if flags[3] else x, out,
+                best if flags[4] else x)
     args = pointers + (eps, x.stride(0), residual.stride(0) if flags[3] else 0, n, k) + flags + (
         cfg["block_n"], block_k, warp_rows, _row_vector(x) if warp_rows else 1)
     key = ("linear", x.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
-           args[11:], cfg["num_warps"])
+           args[10:], cfg["num_warps"])
     launch(_linear_kernel, (triton.cdiv(n, cfg["block_n"]), rows), args, key, num_warps=cfg["num_warps"])
     return out
 
@@ -205,14 +181,11 @@ def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            norm_weight: torch.Tensor | None = None, eps: float = 1e-6, gated: bool = False,
            residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-           best: torch.Tensor | None = None, impl: str | None = None,
-           scales: torch.Tensor | None = None) -> torch.Tensor:
+           best: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
     """x [rows, K] -> y [rows, N]: y = weight @ rmsnorm(x) + bias (the norm when norm_weight is given); gated:
     weight is [2N, K] (gate rows, then up rows) and y = silu(gate) * up; residual [rows, N]: y + residual. y is
     rounded to the weight's dtype, then given in out_dtype (default: the weight's). best (one row): the argmax
-    keys of kernels.greedy (SLOTS int64), which take y's largest element and its index. scales (Triton, one
-    block, no bias, gate or residual): weight is int8 rows and scales their kernels.lm_head.quantize_rows
-    scales and error bounds; y is then unrounded, and best takes its lower bounds.
+    keys of kernels.greedy (SLOTS int64), which take y's largest element and its index.
 
     impl: None (Triton on CUDA for up to MAX_TRITON_ROWS rows, cuBLAS otherwise), "triton" (also on CPU under
     TRITON_INTERPRET=1) or "ref".
@@ -221,8 +194,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         raise ValueError("a gated linear layer takes no bias and no residual")
     if best is not None and (x.shape[0] != 1 or best.shape != (SLOTS,) or best.dtype != torch.int64):
         raise ValueError(f"the argmax keys take one row and {SLOTS} int64 slots")
-    if scales is not None and (impl != "triton" or weight.dtype != torch.int8):
-        raise ValueError("scales take int8 weight rows and the Triton kernel (impl='triton')")
     if impl is None:
         impl = "triton" if x.is_cuda and x.shape[0] <= MAX_TRITON_ROWS else "ref"
         if impl == "ref" and x.is_cuda and norm_weight is not None:
@@ -231,4 +202,4 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         return linear_ref(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best)
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
         raise RuntimeError("the Triton linear needs CUDA tensors or TRITON_INTERPRET=1")
-    return _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best, scales)
+    return _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best)

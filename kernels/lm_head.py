@@ -2,14 +2,17 @@
 head gives (kernels.linear with argmax keys: the largest logit rounded to the model's dtype, the lowest index
 among equal ones).
 
-quantize_rows keeps each weight row as int8 times a scale and an error bound e: |w . x - s q . x| <= |x| e for
-every x (the quantisation error's norm by Cauchy-Schwarz, plus the fp32 sums' rounding). The first pass (the
-GEMV of kernels.linear, SCALED) reads the int8 rows, half the bytes, writes the approximate logits a and folds
-their lower bounds a - |x| e into argmax keys of their own; the second (_exact_rows_kernel) recomputes from the
-full weight only the rows whose upper bound a + |x| e, rounded to the model's dtype, reaches the largest lower
-bound rounded: no other row can be the argmax or tie with it. Those rows are a handful where the logits have a
-clear winner; where many rows are within the bounds of the best (flat logits) the second pass reads them one
-at a time, slower than the full head but the same token.
+quantize_rows keeps each weight row w as int8 q times a scale s, with an error bound e (|w . x - s q . x| <=
+|x| e for every x: the quantisation error's norm by Cauchy-Schwarz, plus the fp32 sums' rounding) and the norm
+c of s q. The first pass (_approx_kernel) quantises the normalised input x too, a scale a block of BLOCK_K, so
+that the products are int8 tensor-core dots, exact in int32: its logits are s q . x' for the quantised x', off
+from w . x by at most |x| e + c |x - x'| (with a slack for the fp32 scaling). They and their lower bounds
+(argmax keys of their own) come from half the full head's bytes, at the memory's speed: unpacking int8 in
+registers for fp32 products made the GEMV bound by its conversions. The second pass (_exact_rows_kernel)
+recomputes from the full weight only the rows whose upper bound, rounded to the model's dtype, reaches the
+largest lower bound rounded: no other row can be the argmax or tie with it. Those rows are a handful where the
+logits have a clear winner; where many rows are within the bounds of the best (flat logits) the second pass
+reads them one at a time, slower than the full head but the same token.
 """
 import torch
 import triton
@@ -17,24 +20,24 @@ import triton.language as tl
 
 from kernels import launch, wait_for_inputs
 from kernels.greedy import _EMPTY, _SLOTS, SLOTS, _key_logit, logit_keys
-from kernels.linear import SCALED_TUNING, linear
 from kernels.rmsnorm import normed
 
-QUANT_ROWS = 8192  # rows quantised at once (their fp32 copy is the transient memory)
-TUNING = dict(block_r=128, num_warps=4)  # rows a program of the second pass checks
-
-
-def supported(weight: torch.Tensor) -> bool:
-    """Whether greedy_head takes this weight: its rows fit the GEMV's one block."""
-    return weight.shape[1] <= SCALED_TUNING["block_k"]
+QUANT_ROWS = 8192  # rows quantised at once (their fp64 copy is the transient memory)
+# the first pass's rows and input block a program (H100, 2026-11-27, the Qwen3 head alone: 58.6 us against 94.4
+# for the int8 GEMV with fp32 products and 101.5 for the bf16 head; reading the int8 rows alone takes 51.5)
+TUNING = dict(block_n=128, block_k=256, num_warps=4, num_stages=3)
+EXACT_TUNING = dict(block_r=128, num_warps=4)  # rows a program of the second pass checks
+SLACK = 2.0 ** -16  # of c |x|: the rounding of the first pass's fp32 scaling and sums, with a wide margin
+_SLACK = tl.constexpr(SLACK)
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """weight [N, K] -> int8 rows q [N, K] and [N, 2] fp32 (scale s, error bound e) with |w - s q| . x <= |x| e
-    and room for the rounding of an fp32 dot product of K terms on both sides."""
+    """weight [N, K] -> int8 rows q [N, K] and [N, 3] fp32 (scale s, error bound e, norm c of s q) with
+    |(w - s q) . x| <= |x| e, room for the rounding of an fp32 dot product of K terms on both sides, and c
+    rounded up."""
     n, k = weight.shape
     q = torch.empty((n, k), dtype=torch.int8, device=weight.device)
-    scales = torch.empty((n, 2), dtype=torch.float32, device=weight.device)
+    scales = torch.empty((n, 3), dtype=torch.float32, device=weight.device)
     gamma = 2 * k * 2.0 ** -24  # above k * u / (1 - k * u), the bound on a k-term fp32 sum's relative error
     for r0 in range(0, n, QUANT_ROWS):
         w = weight[r0:r0 + QUANT_ROWS].double()
@@ -45,12 +48,82 @@ def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         q[r0:r0 + QUANT_ROWS] = rows.to(torch.int8)
         scales[r0:r0 + QUANT_ROWS, 0] = s.float()
         scales[r0:r0 + QUANT_ROWS, 1] = (err * (1 + 2.0 ** -10)).float()  # the fp32 products' and sums' slack
+        scales[r0:r0 + QUANT_ROWS, 2] = (dequant.norm(dim=1) * (1 + 2.0 ** -10)).float()
     return q, scales
 
 
 @triton.jit
+def _rstd(x_ptr, eps, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    sq = tl.zeros([BLOCK_K], tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        x = tl.load(x_ptr + k0 + tl.arange(0, BLOCK_K), mask=k0 + tl.arange(0, BLOCK_K) < K, other=0.0)
+        sq += x.to(tl.float32) * x.to(tl.float32)
+    return tl.rsqrt(tl.sum(sq, 0) / K + eps)
+
+
+@triton.jit
+def _quantized_block(x_ptr, norm_ptr, k, rstd, K: tl.constexpr):
+    """The normalised input at k (rounded as the full head's GEMV rounds it) x, and x' = s q: q integers of
+    at most 127 in magnitude (as fp32), s their scale."""
+    ok = k < K
+    x = normed(tl.load(x_ptr + k, mask=ok, other=0.0).to(tl.float32), tl.load(norm_ptr + k, mask=ok, other=0.0),
+               rstd, x_ptr.dtype.element_ty)
+    s = tl.maximum(tl.max(tl.abs(x), 0) / 127, 1e-30)
+    return x, tl.floor(x / s + 0.5), s
+
+
+@triton.jit
+def _input_norms(x_ptr, norm_ptr, rstd, K: tl.constexpr, BLOCK_K: tl.constexpr):
+    """|x| and |x - x'| of _quantized_block's blocks."""
+    x2 = 0.0
+    dx2 = 0.0
+    for k0 in range(0, K, BLOCK_K):
+        x, q, s = _quantized_block(x_ptr, norm_ptr, k0 + tl.arange(0, BLOCK_K), rstd, K)
+        x2 += tl.sum(x * x, 0)
+        dx2 += tl.sum((x - q * s) * (x - q * s), 0)
+    return tl.sqrt(x2), tl.sqrt(dx2)
+
+
+@triton.jit
+def _bound(e, c, x_norm, dx_norm):
+    return e * x_norm + c * (dx_norm + _SLACK * x_norm)
+
+
+@triton.jit
+def _approx_kernel(x_ptr, norm_ptr, q_ptr, scale_ptr, out_ptr, best_ptr, eps, N: tl.constexpr, K: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    """The approximate logits s q . x' of BLOCK_N rows, their lower bounds folded into the keys at best_ptr."""
+    pid = tl.program_id(0)
+    n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_ok = n < N
+    scale = tl.load(scale_ptr + 3 * n, mask=n_ok, other=0.0)
+    e = tl.load(scale_ptr + 3 * n + 1, mask=n_ok, other=0.0)
+    c = tl.load(scale_ptr + 3 * n + 2, mask=n_ok, other=0.0)
+    wait_for_inputs(PDL)
+    rstd = _rstd(x_ptr, eps, K, BLOCK_K)
+    first_column = tl.arange(0, 16)[None, :] == 0  # the dot's narrowest right operand: x' and zeros
+    acc = tl.zeros([BLOCK_N], tl.float32)
+    x2 = 0.0
+    dx2 = 0.0
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        x, q, s = _quantized_block(x_ptr, norm_ptr, k, rstd, K)
+        x2 += tl.sum(x * x, 0)
+        dx2 += tl.sum((x - q * s) * (x - q * s), 0)
+        w = tl.load(q_ptr + n[:, None].to(tl.int64) * K + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0)
+        dots = tl.dot(w, tl.where(first_column, q[:, None], 0.0).to(tl.int8), out_dtype=tl.int32)
+        acc += tl.sum(dots, 1).to(tl.float32) * s
+    y = acc * scale
+    tl.store(out_ptr + n, y, mask=n_ok)
+    low = y - _bound(e, c, tl.sqrt(x2), tl.sqrt(dx2))
+    keys = tl.where(n_ok, logit_keys(low, n), _EMPTY)
+    tl.atomic_max(best_ptr + pid % _SLOTS, tl.max(keys, 0), sem="relaxed")
+
+
+@triton.jit
 def _exact_rows_kernel(x_ptr, norm_ptr, w_ptr, approx_ptr, scale_ptr, best_ptr, eps, N: tl.constexpr,
-                       K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                       K: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, QUANT_K: tl.constexpr,
+                       PDL: tl.constexpr):
     """For BLOCK_R rows: the full-weight logit of each row whose upper bound reaches the largest lower bound
     (the keys at best_ptr + SLOTS), folded into the argmax keys at best_ptr."""
     pid = tl.program_id(0)
@@ -59,14 +132,15 @@ def _exact_rows_kernel(x_ptr, norm_ptr, w_ptr, approx_ptr, scale_ptr, best_ptr, 
     cols = tl.arange(0, BLOCK_K)
     k_ok = cols < K
     dtype = x_ptr.dtype.element_ty
-    bound = tl.load(scale_ptr + 2 * r + 1, mask=r_ok, other=0.0)
+    e = tl.load(scale_ptr + 3 * r + 1, mask=r_ok, other=0.0)
+    c = tl.load(scale_ptr + 3 * r + 2, mask=r_ok, other=0.0)
     norm_w = tl.load(norm_ptr + cols, mask=k_ok, other=0.0)
     wait_for_inputs(PDL)
-    x = tl.load(x_ptr + cols, mask=k_ok, other=0.0).to(tl.float32)
-    x = normed(x, norm_w, tl.rsqrt(tl.sum(x * x, 0) / K + eps), dtype)  # as the head's GEMV rounds it
-    x_norm = tl.sqrt(tl.sum(x * x, 0))
+    rstd = _rstd(x_ptr, eps, K, QUANT_K)
+    x_norm, dx_norm = _input_norms(x_ptr, norm_ptr, rstd, K, QUANT_K)
+    x = normed(tl.load(x_ptr + cols, mask=k_ok, other=0.0).to(tl.float32), norm_w, rstd, dtype)
     low = _key_logit(tl.max(tl.load(best_ptr + _SLOTS + tl.arange(0, _SLOTS)), 0))
-    high = tl.load(approx_ptr + r, mask=r_ok, other=float("-inf")) + x_norm * bound
+    high = tl.load(approx_ptr + r, mask=r_ok, other=float("-inf")) + _bound(e, c, x_norm, dx_norm)
     candidate = r_ok & (high.to(dtype).to(tl.float32) >= low.to(dtype).to(tl.float32))
     order = tl.cumsum(candidate.to(tl.int32), 0)
     count = tl.sum(candidate.to(tl.int32), 0)
@@ -87,13 +161,19 @@ def greedy_head(x: torch.Tensor, weight: torch.Tensor, quantized: tuple[torch.Te
     Returns the approximate logits [1, N] (fp32)."""
     q, scales = quantized
     n, k = weight.shape
-    if best.shape != (2 * SLOTS,) or best.dtype != torch.int64 or x.shape != (1, k) or not supported(weight):
-        raise ValueError(f"the quantised head takes one row of at most {SCALED_TUNING['block_k']} and "
-                         f"{2 * SLOTS} int64 slots")
-    approx = linear(x, q, norm_weight=norm_weight, eps=eps, out_dtype=torch.float32, best=best[SLOTS:],
-                    impl="triton", scales=scales)
+    if best.shape != (2 * SLOTS,) or best.dtype != torch.int64 or x.shape != (1, k):
+        raise ValueError(f"the quantised head takes one row of {k} and {2 * SLOTS} int64 slots")
+    assert q.shape == (n, k) and scales.shape == (n, 3) and x.is_contiguous() and weight.is_contiguous()
+    approx = torch.empty((1, n), dtype=torch.float32, device=x.device)
     cfg = TUNING
+    block_k = max(32, min(cfg["block_k"], triton.next_power_of_2(k)))  # an int8 dot's shortest input
+    launch(_approx_kernel, (triton.cdiv(n, cfg["block_n"]),),
+           (x, norm_weight, q, scales, approx, best[SLOTS:], eps, n, k, cfg["block_n"], block_k),
+           ("approx_head", x.device.index, x.dtype, n, k, cfg["block_n"], block_k), num_warps=cfg["num_warps"],
+           num_stages=cfg["num_stages"])
+    cfg = EXACT_TUNING
     launch(_exact_rows_kernel, (triton.cdiv(n, cfg["block_r"]),),
-           (x, norm_weight, weight, approx, scales, best, eps, n, k, cfg["block_r"], triton.next_power_of_2(k)),
-           ("exact_rows", x.device.index, x.dtype, n, k, cfg["block_r"]), num_warps=cfg["num_warps"])
+           (x, norm_weight, weight, approx, scales, best, eps, n, k, cfg["block_r"], triton.next_power_of_2(k),
+            block_k), ("exact_rows", x.device.index, x.dtype, n, k, cfg["block_r"], block_k),
+           num_warps=cfg["num_warps"])
     return approx

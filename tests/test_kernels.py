@@ -9,6 +9,7 @@ import kernels.fused_rmsnorm_qkv as fr
 import kernels.greedy as greedy
 import kernels.linear as lin
 import kernels.lm_head as lm_head
+from kernels.rmsnorm import rmsnorm_ref
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -286,10 +287,20 @@ def check_quantized_head(n, k, device, dtype):
         full = torch.full((greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
         logits = lin.linear(x, w, norm_weight=norm, out_dtype=torch.float32, best=full, impl="triton")
         best = torch.full((2 * greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
-        approx = lm_head.greedy_head(x, w, lm_head.quantize_rows(w), norm, 1e-6, best)
+        quantized = lm_head.quantize_rows(w)
+        approx = lm_head.greedy_head(x, w, quantized, norm, 1e-6, best)
         token = greedy.best_token(best[:greedy.SLOTS].cpu().numpy())
         assert token == greedy.best_token(full.cpu().numpy()) == int(logits[0].argmax()), plant
         torch.testing.assert_close(approx, logits, atol=0.1, rtol=0.05)
+        # the first pass's error bound, with the input quantised as the kernel does, a block at a time
+        xn = rmsnorm_ref(x, norm, 1e-6)[0].double()
+        block = max(32, min(lm_head.TUNING["block_k"], 1 << (k - 1).bit_length()))
+        xq = torch.cat([b.abs().max().clamp_min(1e-30) / 127 * torch.floor(b / (b.abs().max().clamp_min(1e-30) / 127)
+                                                                            + 0.5) for b in xn.split(block)])
+        _, e, c = quantized[1].double().unbind(1)
+        bound = e * xn.norm() + c * ((xn - xq).norm() + lm_head.SLACK * xn.norm())
+        assert ((approx[0].double() - w.double() @ xn).abs() <= bound).all(), plant
+        assert (bound <= 0.05 * w.double().norm(dim=1) * xn.norm() + 1e-6).all(), plant  # leaves few candidates
 
 
 def test_quantized_rows_bound_the_product_error():
@@ -297,17 +308,15 @@ def test_quantized_rows_bound_the_product_error():
     w = torch.randn(300, 96) * torch.rand(300, 1) * 3
     w[7] = 0
     q, scales = lm_head.quantize_rows(w)
-    assert q.dtype == torch.int8 and scales.shape == (300, 2)
+    assert q.dtype == torch.int8 and scales.shape == (300, 3)
     x = torch.randn(96, 50).double()
-    err = (w.double() @ x - (q.double() * scales[:, :1].double()) @ x).abs()
-    assert (err <= x.norm(dim=0)[None, :] * scales[:, 1:].double()).all()
+    dequant = q.double() * scales[:, :1].double()
+    err = (w.double() @ x - dequant @ x).abs()
+    assert (err <= x.norm(dim=0)[None, :] * scales[:, 1:2].double()).all()
     assert (scales[:, 1] <= 0.02 * w.norm(dim=1) + 1e-6).all()  # a bound that leaves few candidates
-    with pytest.raises(ValueError, match="int8"):
-        lin.linear(torch.randn(1, 96), w, impl="triton", scales=scales)
-    wide = torch.zeros(3, lin.SCALED_TUNING["block_k"] + 1)
-    assert lm_head.supported(w) and not lm_head.supported(wide)
-    with pytest.raises(ValueError, match="at most"):
-        lm_head.greedy_head(torch.zeros(1, wide.shape[1]), wide, lm_head.quantize_rows(wide), wide[0], 1e-6,
+    assert (scales[:, 2].double() >= dequant.norm(dim=1)).all()
+    with pytest.raises(ValueError, match="one row of 96"):
+        lm_head.greedy_head(torch.zeros(2, 96), w, (q, scales), w[0], 1e-6,
                             torch.zeros(2 * greedy.SLOTS, dtype=torch.int64))
 
 
