@@ -22,7 +22,7 @@ import torch
 
 from kernels.chunk_attention import chunk_attention_table, chunk_tables, decode_workspace
 from kernels.greedy import EMPTY, SLOTS, next_input, publish_token, token_keys
-from kernels.lm_head import quantize_rows
+from kernels.lm_head import quantize_rows, supported
 from kernels.rope import rope_store
 
 from .kv_chunk import KVChunk
@@ -63,7 +63,7 @@ class GraphDecoder:
         self.position = torch.zeros(1, dtype=torch.int64, device=device)
         self.slot = torch.zeros(1, dtype=torch.int64, device=device)
         head = model.lm_head.weight.detach()
-        self.head = quantize_rows(head) if QUANTIZED_HEAD else None
+        self.head = quantize_rows(head) if QUANTIZED_HEAD and supported(head.device) else None
         # argmax keys of greedy steps, then the quantised head's lower bounds
         self.best = torch.full((SLOTS if self.head is None else 2 * SLOTS,), EMPTY, dtype=torch.int64, device=device)
         self.capture = torch.device(device).type == "cuda"  # elsewhere the same steps run eagerly (for tests)

@@ -12,7 +12,10 @@ registers for fp32 products made the GEMV bound by its conversions. The second p
 recomputes from the full weight only the rows whose upper bound, rounded to the model's dtype, reaches the
 largest lower bound rounded: no other row can be the argmax or tie with it. Those rows are a handful where the
 logits have a clear winner; where many rows are within the bounds of the best (flat logits) the second pass
-reads them one at a time, slower than the full head but the same token.
+reads them one at a time, slower than the full head but the same token. (The second pass normalises the input
+as the full head's GEMV does but sums its squares in another order: where that fp32 sum rounds differently, an
+input element can round to a neighbouring value of the model's dtype, which could change only a logit within
+that much of a tie.)
 """
 import torch
 import triton
@@ -29,6 +32,13 @@ TUNING = dict(block_n=128, block_k=256, num_warps=4, num_stages=3)
 EXACT_TUNING = dict(block_r=128, num_warps=4)  # rows a program of the second pass checks
 SLACK = 2.0 ** -16  # of c |x|: the rounding of the first pass's fp32 scaling and sums, with a wide margin
 _SLACK = tl.constexpr(SLACK)
+
+
+def supported(device: torch.device | str) -> bool:
+    """Whether the first pass's int8 tensor-core dots run on `device`: CUDA of compute capability 8.0 and up, or
+    the CPU under Triton's interpreter."""
+    device = torch.device(device)
+    return device.type != "cuda" or torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def quantize_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -315,6 +315,7 @@ def test_quantized_rows_bound_the_product_error():
     assert (err <= x.norm(dim=0)[None, :] * scales[:, 1:2].double()).all()
     assert (scales[:, 1] <= 0.02 * w.norm(dim=1) + 1e-6).all()  # a bound that leaves few candidates
     assert (scales[:, 2].double() >= dequant.norm(dim=1)).all()
+    assert lm_head.supported("cpu")
     with pytest.raises(ValueError, match="one row of 96"):
         lm_head.greedy_head(torch.zeros(2, 96), w, (q, scales), w[0], 1e-6,
                             torch.zeros(2 * greedy.SLOTS, dtype=torch.int64))
