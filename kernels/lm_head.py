@@ -73,7 +73,7 @@ def _rstd(x_ptr, eps, K: tl.constexpr, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _quantized_block(x_ptr, norm_ptr, k, rstd, K: tl.constexpr):
-    """The normalised input at k (rounded as the full head's GEMV rounds it) x, and x' = s q: q integers of
+    """The normalised input at k (rounded as the full head's GEMV rounds it) x, and x' = s qx: qx integers of
     at most 127 in magnitude (as fp32), s their scale."""
     ok = k < K
     x = normed(tl.load(x_ptr + k, mask=ok, other=0.0).to(tl.float32), tl.load(norm_ptr + k, mask=ok, other=0.0),
@@ -88,9 +88,9 @@ def _input_norms(x_ptr, norm_ptr, rstd, K: tl.constexpr, BLOCK_K: tl.constexpr):
     x2 = 0.0
     dx2 = 0.0
     for k0 in range(0, K, BLOCK_K):
-        x, q, s = _quantized_block(x_ptr, norm_ptr, k0 + tl.arange(0, BLOCK_K), rstd, K)
+        x, qx, s = _quantized_block(x_ptr, norm_ptr, k0 + tl.arange(0, BLOCK_K), rstd, K)
         x2 += tl.sum(x * x, 0)
-        dx2 += tl.sum((x - q * s) * (x - q * s), 0)
+        dx2 += tl.sum((x - qx * s) * (x - qx * s), 0)
     return tl.sqrt(x2), tl.sqrt(dx2)
 
 
@@ -117,11 +117,12 @@ def _approx_kernel(x_ptr, norm_ptr, q_ptr, scale_ptr, out_ptr, best_ptr, eps, N:
     dx2 = 0.0
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x, q, s = _quantized_block(x_ptr, norm_ptr, k, rstd, K)
+        x, qx, s = _quantized_block(x_ptr, norm_ptr, k, rstd, K)
         x2 += tl.sum(x * x, 0)
-        dx2 += tl.sum((x - q * s) * (x - q * s), 0)
-        w = tl.load(q_ptr + n[:, None].to(tl.int64) * K + k[None, :], mask=n_ok[:, None] & (k < K)[None, :], other=0)
-        dots = tl.dot(w, tl.where(first_column, q[:, None], 0.0).to(tl.int8), out_dtype=tl.int32)
+        dx2 += tl.sum((x - qx * s) * (x - qx * s), 0)
+        w = tl.load(q_ptr + n[:, None].to(tl.int64) * K + k[None, :], mask=n_ok[:, None] & (k < K)[None, :],
+                    other=0)
+        dots = tl.dot(w, tl.where(first_column, qx[:, None], 0.0).to(tl.int8), out_dtype=tl.int32)
         acc += tl.sum(dots, 1).to(tl.float32) * s
     y = acc * scale
     tl.store(out_ptr + n, y, mask=n_ok)

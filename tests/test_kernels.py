@@ -295,8 +295,8 @@ def check_quantized_head(n, k, device, dtype):
         # the first pass's error bound, with the input quantised as the kernel does, a block at a time
         xn = rmsnorm_ref(x, norm, 1e-6)[0].double()
         block = max(32, min(lm_head.TUNING["block_k"], 1 << (k - 1).bit_length()))
-        xq = torch.cat([b.abs().max().clamp_min(1e-30) / 127 * torch.floor(b / (b.abs().max().clamp_min(1e-30) / 127)
-                                                                            + 0.5) for b in xn.split(block)])
+        steps = [b.abs().max().clamp_min(1e-30) / 127 for b in xn.split(block)]
+        xq = torch.cat([s * torch.floor(b / s + 0.5) for b, s in zip(xn.split(block), steps)])
         _, e, c = quantized[1].double().unbind(1)
         bound = e * xn.norm() + c * ((xn - xq).norm() + lm_head.SLACK * xn.norm())
         assert ((approx[0].double() - w.double() @ xn).abs() <= bound).all(), plant
