@@ -73,13 +73,14 @@ def _rstd(x_ptr, eps, K: tl.constexpr, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _quantized_block(x_ptr, norm_ptr, k, rstd, K: tl.constexpr):
-    """The normalised input at k (rounded as the full head's GEMV rounds it) x, and x' = s qx: qx integers of
-    at most 127 in magnitude (as fp32), s their scale."""
+    """The normalised input x at k (rounded as the full head's GEMV rounds it) as x' = s qx: qx integers of at
+    most 127 in magnitude (as fp32) and s their scale, with the block's sums of x^2 and (x - x')^2."""
     ok = k < K
     x = normed(tl.load(x_ptr + k, mask=ok, other=0.0).to(tl.float32), tl.load(norm_ptr + k, mask=ok, other=0.0),
                rstd, x_ptr.dtype.element_ty)
     s = tl.maximum(tl.max(tl.abs(x), 0) / 127, 1e-30)
-    return x, tl.floor(x / s + 0.5), s
+    qx = tl.floor(x / s + 0.5)
+    return qx, s, tl.sum(x * x, 0), tl.sum((x - qx * s) * (x - qx * s), 0)
 
 
 @triton.jit
@@ -88,9 +89,9 @@ def _input_norms(x_ptr, norm_ptr, rstd, K: tl.constexpr, BLOCK_K: tl.constexpr):
     x2 = 0.0
     dx2 = 0.0
     for k0 in range(0, K, BLOCK_K):
-        x, qx, s = _quantized_block(x_ptr, norm_ptr, k0 + tl.arange(0, BLOCK_K), rstd, K)
-        x2 += tl.sum(x * x, 0)
-        dx2 += tl.sum((x - qx * s) * (x - qx * s), 0)
+        _, _, block_x2, block_dx2 = _quantized_block(x_ptr, norm_ptr, k0 + tl.arange(0, BLOCK_K), rstd, K)
+        x2 += block_x2
+        dx2 += block_dx2
     return tl.sqrt(x2), tl.sqrt(dx2)
 
 
@@ -117,9 +118,9 @@ def _approx_kernel(x_ptr, norm_ptr, q_ptr, scale_ptr, out_ptr, best_ptr, eps, N:
     dx2 = 0.0
     for k0 in range(0, K, BLOCK_K):
         k = k0 + tl.arange(0, BLOCK_K)
-        x, qx, s = _quantized_block(x_ptr, norm_ptr, k, rstd, K)
-        x2 += tl.sum(x * x, 0)
-        dx2 += tl.sum((x - qx * s) * (x - qx * s), 0)
+        qx, s, block_x2, block_dx2 = _quantized_block(x_ptr, norm_ptr, k, rstd, K)
+        x2 += block_x2
+        dx2 += block_dx2
         w = tl.load(q_ptr + n[:, None].to(tl.int64) * K + k[None, :], mask=n_ok[:, None] & (k < K)[None, :],
                     other=0)
         dots = tl.dot(w, tl.where(first_column, qx[:, None], 0.0).to(tl.int8), out_dtype=tl.int32)
