@@ -5,7 +5,7 @@ RMSNorm, its logits written in fp32 and, for greedy decoding in a CUDA graph, fo
 (kernels.greedy).
 
 One program computes BLOCK_N outputs of one row, so the weight is read once per row; more rows than
-MAX_TRITON_ROWS go to cuBLAS, which is compute-bound there anyway (after the Triton RMSNorm on CUDA).
+MAX_TRITON_ROWS go to cuBLAS (after the Triton RMSNorm on CUDA), which reads it once for all of them.
 """
 import os
 
@@ -18,7 +18,9 @@ from kernels import launch, wait_for_inputs
 from kernels.greedy import _EMPTY, SLOTS, _SLOTS, keys_ref, logit_keys
 from kernels.rmsnorm import normed, rmsnorm, rmsnorm_ref
 
-MAX_TRITON_ROWS = 16
+# a layer's four projections (Qwen3-0.6B shape, bf16, H100, 2026-11-27): the GEMVs 12.7 / 22.7 / 31.3 / 38.3 us at 1 / 2
+# / 3 / 4 rows (117.4 at 16), cuBLAS 27.8 / 33.3 / 33.8 / 33.3 (34.7 at 16)
+MAX_TRITON_ROWS = 3
 # outputs per program, input block, warps, chosen by the decode step's GPU time in the engine's CUDA graph (H100,
 # 2026-11-26): 4 outputs a program for the plain projections and 8 (16 weight rows) for gate/up; with the LM head a
 # GEMV too, 0.844-0.849 ms a step at 1K and 0.977 at 4K against 0.868 and 1.010 with 8 for all and cuBLAS's head
