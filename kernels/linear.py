@@ -152,6 +152,30 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
         tl.atomic_max(best_ptr + pid % _SLOTS, tl.max(keys, 0), sem="relaxed")
 
 
+@triton.jit(do_not_specialize=["stride_y"])
+def _silu_mul_kernel(y_ptr, out_ptr, stride_y, N: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """out = SiLU(gate) * up of a row of y = [gate, up], rounded as linear_ref rounds it."""
+    row = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    ok = cols < N
+    dtype = out_ptr.dtype.element_ty
+    wait_for_inputs(PDL)
+    gate = tl.load(y_ptr + row * stride_y + cols, mask=ok, other=0.0).to(tl.float32)
+    up = tl.load(y_ptr + row * stride_y + N + cols, mask=ok, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * N + cols, ((gate * tl.sigmoid(gate)).to(dtype).to(tl.float32) * up).to(dtype), mask=ok)
+
+
+def silu_mul(y: torch.Tensor) -> torch.Tensor:
+    """y [rows, 2N] (gate, then up) -> SiLU(gate) * up [rows, N] in one Triton kernel (torch takes two)."""
+    rows, n = y.shape[0], y.shape[1] // 2
+    assert y.stride(1) == 1 and y.shape[1] == 2 * n
+    out = torch.empty((rows, n), dtype=y.dtype, device=y.device)
+    block = min(1024, triton.next_power_of_2(n))
+    key = ("silu_mul", y.device.index, y.dtype, y.data_ptr() % 16 == 0, n, block)
+    launch(_silu_mul_kernel, (rows, triton.cdiv(n, block)), (y, out, y.stride(0), n, block), key, num_warps=4)
+    return out
+
+
 def _row_vector(x: torch.Tensor) -> int:
     """The elements that 16 bytes of x hold, if that many divide its row stride (else 1)."""
     vec = 16 // x.element_size()
@@ -189,8 +213,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rounded to the weight's dtype, then given in out_dtype (default: the weight's). best (one row): the argmax
     keys of kernels.greedy (SLOTS int64), which take y's largest element and its index.
 
-    impl: None (Triton on CUDA for up to MAX_TRITON_ROWS rows, cuBLAS otherwise), "triton" (also on CPU under
-    TRITON_INTERPRET=1) or "ref".
+    impl: None (Triton on CUDA for up to MAX_TRITON_ROWS rows, cuBLAS otherwise, with the Triton RMSNorm and
+    SiLU * up around it), "triton" (also on CPU under TRITON_INTERPRET=1) or "ref".
     """
     if gated and (bias is not None or residual is not None):
         raise ValueError("a gated linear layer takes no bias and no residual")
@@ -198,8 +222,12 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         raise ValueError(f"the argmax keys take one row and {SLOTS} int64 slots")
     if impl is None:
         impl = "triton" if x.is_cuda and x.shape[0] <= MAX_TRITON_ROWS else "ref"
-        if impl == "ref" and x.is_cuda and norm_weight is not None:
-            x, norm_weight = rmsnorm(x, norm_weight, eps), None
+        if impl == "ref" and x.is_cuda:
+            if norm_weight is not None:
+                x, norm_weight = rmsnorm(x, norm_weight, eps), None
+            if gated:  # cuBLAS's product, then SiLU(gate) * up in one kernel
+                y = silu_mul(F.linear(x, weight))
+                return y if out_dtype is None else y.to(out_dtype)
     if impl == "ref":
         return linear_ref(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best)
     if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":

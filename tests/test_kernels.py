@@ -234,6 +234,20 @@ def test_linear_input_rows_at_an_odd_stride(k):
                                lin.linear_ref(x, w, None, norm, 1e-6), atol=1e-4, rtol=1e-4)
 
 
+def check_silu_mul(rows, n, dtype, device):
+    torch.manual_seed(rows + n)
+    y = (3 * torch.randn(rows, 2 * n + 8, device=device)).to(dtype)[:, 8:]  # a row stride that is not 2N
+    gate, up = y.chunk(2, dim=-1)
+    rtol = 1e-6 if dtype == torch.float32 else 2 ** -7  # bf16: within one rounding step of torch's
+    torch.testing.assert_close(lin.silu_mul(y), torch.nn.functional.silu(gate) * up, atol=0, rtol=rtol)
+
+
+@interpreter
+@pytest.mark.parametrize("rows,n", [(3, 40), (2, 1500)])  # one block a row, and two with a masked tail
+def test_silu_mul_interpreted(rows, n):
+    check_silu_mul(rows, n, torch.float32, "cpu")
+
+
 def test_linear_dispatch_on_cpu_is_reference_and_gated_takes_no_residual():
     x, w, norm = torch.randn(2, 32), torch.randn(48, 32), torch.rand(32) + 0.5
     assert torch.equal(lin.linear(x, w, norm_weight=norm, gated=True), lin.linear_ref(x, w, None, norm, 1e-6, True))
@@ -449,3 +463,18 @@ def test_linear_gpu(case, dtype, atol, block_k, monkeypatch):
     for tuning in (lin.TUNING, lin.GATED_TUNING):
         monkeypatch.setitem(tuning, "block_k", block_k)
     check_linear(case, dtype, "cuda", atol)
+
+
+@gpu
+@pytest.mark.parametrize("rows", [4, 32, 300])
+def test_gated_linear_of_many_rows_gpu(rows):
+    """Past MAX_TRITON_ROWS: the Triton RMSNorm, cuBLAS and the Triton SiLU * up, against linear_ref."""
+    assert rows > lin.MAX_TRITON_ROWS
+    check_silu_mul(rows, 3072, torch.bfloat16, "cuda")
+    torch.manual_seed(rows)
+    x = torch.randn(rows, 1024, device="cuda", dtype=torch.bfloat16)
+    w = (torch.randn(6144, 1024, device="cuda") / 32).to(torch.bfloat16)
+    norm = (torch.rand(1024, device="cuda") + 0.5).to(torch.bfloat16)
+    got = lin.linear(x, w, norm_weight=norm, gated=True)
+    ref = lin.linear_ref(x, w, None, norm, 1e-6, True)
+    torch.testing.assert_close(got.float(), ref.float(), atol=2e-2, rtol=2e-2)
