@@ -155,7 +155,7 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
 @triton.jit(do_not_specialize=["stride_y"])
 def _silu_mul_kernel(y_ptr, out_ptr, stride_y, N: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
     """out = SiLU(gate) * up of a row of y = [gate, up], rounded as linear_ref rounds it."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # rows x row stride can pass 2^31 (a long prefill of a wide MLP)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < N
     dtype = out_ptr.dtype.element_ty
