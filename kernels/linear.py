@@ -53,6 +53,13 @@ def _input_block(x_row, norm_ptr, k0, cols, rstd, K: tl.constexpr, NORM: tl.cons
     return x.to(dtype).to(tl.float32)[None, :]
 
 
+@triton.jit
+def _silu_times(gate, up, dtype):
+    """F.silu(gate) * up's rounding (gate and up fp32 holding dtype values): SiLU rounded to dtype, times up in
+    fp32 (returned unrounded)."""
+    return (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32) * up
+
+
 @triton.jit(do_not_specialize=["stride_x", "stride_res"])
 def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr, eps, stride_x, stride_res,
                    N: tl.constexpr, K: tl.constexpr, NORM: tl.constexpr, BIAS: tl.constexpr, GATED: tl.constexpr,
@@ -139,10 +146,8 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
         y_up = tl.sum(acc_up, 1)
     if BIAS:
         y += bias
-    if GATED:  # rounded like F.silu(gate) * up on the projection's output
-        gate = y.to(dtype).to(tl.float32)
-        up = y_up.to(dtype).to(tl.float32)
-        y = (gate * tl.sigmoid(gate)).to(dtype).to(tl.float32) * up
+    if GATED:  # on the projection's output rounded to dtype, as F.linear gives it
+        y = _silu_times(y.to(dtype).to(tl.float32), y_up.to(dtype).to(tl.float32), dtype)
     if RESIDUAL:
         y += residual
     y = y.to(dtype)
@@ -162,7 +167,7 @@ def _silu_mul_kernel(y_ptr, out_ptr, stride_y, N: tl.constexpr, BLOCK: tl.conste
     wait_for_inputs(PDL)
     gate = tl.load(y_ptr + row * stride_y + cols, mask=ok, other=0.0).to(tl.float32)
     up = tl.load(y_ptr + row * stride_y + N + cols, mask=ok, other=0.0).to(tl.float32)
-    tl.store(out_ptr + row * N + cols, ((gate * tl.sigmoid(gate)).to(dtype).to(tl.float32) * up).to(dtype), mask=ok)
+    tl.store(out_ptr + row * N + cols, _silu_times(gate, up, dtype).to(dtype), mask=ok)
 
 
 def silu_mul(y: torch.Tensor) -> torch.Tensor:
