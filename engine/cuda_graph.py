@@ -20,10 +20,10 @@ Its LM head reads an int8 copy of the weight and recomputes only the rows that c
 import numpy as np
 import torch
 
-from kernels.chunk_attention import chunk_attention_table, chunk_tables, decode_workspace
-from kernels.greedy import EMPTY, SLOTS, next_input, publish_token, token_keys
-from kernels.lm_head import quantize_rows, supported
-from kernels.rope import rope_store
+from cascade_rag.kernels.chunk_attention import chunk_attention_table, chunk_tables, decode_workspace
+from cascade_rag.kernels.greedy import EMPTY, SLOTS, next_input, publish_token, token_keys
+from cascade_rag.kernels.lm_head import quantize_rows, supported
+from cascade_rag.kernels.rope import rope_store
 
 from .kv_chunk import KVChunk
 from .model import AttentionContext, Decoder, KVBuffer

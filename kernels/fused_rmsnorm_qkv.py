@@ -5,7 +5,7 @@ kernels.rope.rope_store (in a CUDA-graph decode step, by the attention kernel), 
 """
 import torch
 
-from kernels.linear import linear
+from .linear import linear
 
 
 def rmsnorm_qkv(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, w_qkv: torch.Tensor,

@@ -11,12 +11,12 @@ import os
 
 import torch
 import torch.nn.functional as F
+from .launcher import launch, wait_for_inputs  # before triton: it picks the interpreter without a GPU
 import triton
 import triton.language as tl
 
-from kernels import launch, wait_for_inputs
-from kernels.greedy import _EMPTY, SLOTS, _SLOTS, keys_ref, logit_keys
-from kernels.rmsnorm import normed, rmsnorm, rmsnorm_ref
+from .greedy import _EMPTY, SLOTS, _SLOTS, keys_ref, logit_keys
+from .rmsnorm import normed, rmsnorm, rmsnorm_ref
 
 # a layer's four projections (Qwen3-0.6B shape, bf16, H100, 2026-11-27): the GEMVs 12.7 / 22.7 / 31.3 / 38.3 us at 1 / 2
 # / 3 / 4 rows (117.4 at 16), cuBLAS 27.8 / 33.3 / 33.8 / 33.3 (34.7 at 16)
@@ -24,7 +24,7 @@ MAX_TRITON_ROWS = 3
 # outputs per program, input block, warps, chosen by the decode step's GPU time in the engine's CUDA graph (H100,
 # 2026-11-26): 4 outputs a program for the plain projections and 8 (16 weight rows) for gate/up; with the LM head a
 # GEMV too, 0.844-0.849 ms a step at 1K and 0.977 at 4K against 0.868 and 1.010 with 8 for all and cuBLAS's head
-# (rag.bench_kernels --tune prefers other settings for back-to-back calls of one layer)
+# (cascade_rag.rag.bench_kernels --tune prefers other settings for back-to-back calls of one layer)
 TUNING = dict(block_n=4, block_k=4096, num_warps=4)
 GATED_TUNING = dict(block_n=8, block_k=4096, num_warps=4)
 

@@ -18,12 +18,12 @@ input element can round to a neighbouring value of the model's dtype, which coul
 that much of a tie.)
 """
 import torch
+from .launcher import launch, wait_for_inputs  # before triton: it picks the interpreter without a GPU
 import triton
 import triton.language as tl
 
-from kernels import launch, wait_for_inputs
-from kernels.greedy import _EMPTY, _SLOTS, SLOTS, _key_logit, logit_keys
-from kernels.rmsnorm import normed
+from .greedy import _EMPTY, _SLOTS, SLOTS, _key_logit, logit_keys
+from .rmsnorm import normed
 
 QUANT_ROWS = 8192  # rows quantised at once (their fp64 copy is the transient memory)
 # the first pass's rows and input block a program (H100, 2026-11-27, the Qwen3 head alone: 58.6 us against 94.4

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, ModelConfig, SamplingParams, default_device,
+from cascade_rag.engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, ModelConfig, SamplingParams, default_device,
                     default_dtype, default_prefill_batch_tokens)
 
 QWEN3_06B = ModelConfig(architecture="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
@@ -113,7 +113,7 @@ def context_suite(engine: LLMEngine, hf, contexts, question_tokens: int, new_tok
                   tmpdir) -> list[dict]:
     """TTFT (full, cached from GPU/CPU/disk, transformers) and decode tokens/s against context length."""
     from pathlib import Path
-    from engine import KVChunk
+    from cascade_rag.engine import KVChunk
     device, fp = engine.device, engine.fingerprint("bench")
     weight_bytes = sum(p.nbytes for p in engine.model.parameters())
     level0 = engine.prefill_chunk(tokens(engine, 24, "system"), [], LEVEL_SYSTEM, fp)
@@ -210,7 +210,7 @@ def main(args) -> int:
     from transformers import AutoModelForCausalLM
     if args.shape:
         import tempfile
-        from engine import embedded_model_path
+        from cascade_rag.engine import embedded_model_path
         args.model = random_checkpoint(args.shape, args.shape_dir or tempfile.mkdtemp(),
                                        args.tokenizer or embedded_model_path())
     device = args.device or default_device()
@@ -285,19 +285,18 @@ def add_arguments(parser) -> None:
     parser.add_argument("--ingest", type=int, metavar="N", help="time the prefill of N passages (ingestion)")
     parser.add_argument("--batch-tokens", type=int,
                         help="passage tokens per batch for --ingest (default: as ingestion, 2048 on CPU, 8192 on GPU)")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--docs", type=int, default=5)
-    parser.add_argument("--doc-tokens", type=int, default=200)
-    parser.add_argument("--question-tokens", type=int, default=20)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--new-tokens", type=int, default=64, help="tokens decoded per timing (default 64)")
+    parser.add_argument("--docs", type=int, default=5, help="stored chunks per request (default 5)")
+    parser.add_argument("--doc-tokens", type=int, default=200, help="tokens of each passage (default 200)")
+    parser.add_argument("--question-tokens", type=int, default=20, help="tokens of the question (default 20)")
+    parser.add_argument("--repeat", type=int, default=5, help="timed repetitions; the median is kept (default 5)")
     parser.add_argument("--json", help="also write the results to this JSON file")
 
 
 if __name__ == "__main__":
     import argparse
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model")
-    parser.add_argument("--device")
-    parser.add_argument("--dtype")
+    from .cli import add_model_options
+    parser = argparse.ArgumentParser(prog="python -m cascade_rag.rag.bench", description=__doc__.split("\n\n")[0])
+    add_model_options(parser)
     add_arguments(parser)
     sys.exit(main(parser.parse_args()))

@@ -1,4 +1,4 @@
-"""`python -m rag.bench_kernels [--json PATH] [--tune [KERNELS]]`: the Triton kernels against PyTorch on the GPU.
+"""`python -m cascade_rag.rag.bench_kernels [--json PATH] [--tune [KERNELS]]`: the Triton kernels against PyTorch on the GPU.
 
 Chunk attention at decode (Qwen3-0.6B: 16 q heads, 8 KV heads, head_dim 128, bf16) over contexts split into
 chunks plus a small level-2 chunk, against SDPA over the pre-concatenated KV; and the linear layers of a
@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 import triton
 
-import kernels
-from kernels import chunk_attention as ca
-from kernels import linear as lin
+from cascade_rag.kernels import chunk_attention as ca
+from cascade_rag.kernels import launcher
+from cascade_rag.kernels import linear as lin
 
 PEAK_BYTES_PER_S = 3.0e12
 SWEEP_BYTES = 256 << 20
@@ -68,19 +68,19 @@ def gpu_s(calls, reps=15) -> float:
 
 def without_pdl_s(calls) -> float:
     """gpu_s of the calls with programmatic dependent launch off (each kernel starts after the one before)."""
-    kernels.PDL = False
+    launcher.PDL = False
     try:
         return gpu_s(calls)
     finally:
-        kernels.PDL = True
+        launcher.PDL = True
 
 
 def launch_host_s(call) -> tuple[float, float]:
-    """host_s of the call through kernels.launch's cached compiled kernels, and through plain Triton launches."""
+    """host_s of the call through launcher.launch's cached compiled kernels, and through plain Triton launches."""
     fast = host_s(call)
-    kernels.FAST_LAUNCH = False
+    launcher.FAST_LAUNCH = False
     plain = host_s(call)
-    kernels.FAST_LAUNCH = True
+    launcher.FAST_LAUNCH = True
     return fast, plain
 
 

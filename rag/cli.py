@@ -1,4 +1,5 @@
-"""The `cascade-rag` command: ingest, ask, delete, eval, demo, serve, health (and bench, served by rag.bench)."""
+"""The `cascade-rag` command: ingest, ask, list, delete, eval, demo, serve, health (and bench, served by
+cascade_rag.rag.bench)."""
 import argparse
 import logging
 import os
@@ -27,10 +28,11 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
 
 def add_answer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=4, help="passages to retrieve (default 4)")
-    p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default 128)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int)
+    p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens whose "
+                                                            "probabilities add up to this (default 1: all)")
+    p.add_argument("--seed", type=int, help="random seed of sampling (default: a fresh one each answer)")
 
 
 def add_server_options(p: argparse.ArgumentParser, token: bool = True) -> None:
@@ -46,7 +48,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("ingest", help="ingest .txt/.md/.jsonl files and folders")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files and folders (.txt, .md, .jsonl)")
     add_data_dir(p)
     p.add_argument("--passage-tokens", type=int, default=256, help="passage size in tokens (default 256)")
     p.add_argument("--overlap", type=int, default=32, help="tokens repeated between passages (default 32)")
@@ -58,7 +60,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_model_options(p)
 
     p = sub.add_parser("ask", help="answer a question from the ingested documents")
-    p.add_argument("question")
+    p.add_argument("question", help="the question, in quotes")
     add_data_dir(p)
     add_answer_options(p)
     p.add_argument("--mode", choices=["cached", "full", "blend"], default="cached",
@@ -68,8 +70,11 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--server", metavar="HOST:PORT", help="ask a running `cascade-rag serve` over gRPC instead")
     add_server_options(p)
 
-    p = sub.add_parser("delete", help="delete documents by id")
-    p.add_argument("ids", nargs="+", metavar="ID")
+    p = sub.add_parser("list", help="list the ingested documents: id, passages, tokens, title")
+    add_data_dir(p)
+
+    p = sub.add_parser("delete", help="delete documents by id (all or none: an unknown id deletes nothing)")
+    p.add_argument("ids", nargs="+", metavar="ID", help="document ids, as `cascade-rag list` shows them")
     add_data_dir(p)
 
     p = sub.add_parser("eval", help="exact match, F1, recall@k and time to first token on a QA set")
@@ -79,16 +84,16 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="first N questions only")
     p.add_argument("--distractors", type=int, help="ingest only the gold passages of the questions plus N others "
                                                    "sampled with --sample-seed (default: the whole corpus)")
-    p.add_argument("--sample-seed", type=int, default=0)
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the --distractors sample (default 0)")
     p.add_argument("--modes", default="cached,full", help="comma-separated: cached, full, blend (default cached,full)")
     p.add_argument("--output", type=Path, help="write the results as JSON here")
     p.add_argument("--fidelity-tokens", type=int, default=16,
                    help="also compare each mode with full token by token, teacher-forced on full's answer of this "
                         "many tokens: top-1 agreement and KL divergence (default 16; 0: off; needs full in --modes)")
-    p.add_argument("--passage-tokens", type=int, default=256)
-    p.add_argument("--overlap", type=int, default=32)
+    p.add_argument("--passage-tokens", type=int, default=256, help="passage size in tokens (default 256)")
+    p.add_argument("--overlap", type=int, default=32, help="tokens repeated between passages (default 32)")
     add_answer_options(p)
-    p.set_defaults(max_tokens=32)
+    p.set_defaults(max_tokens=32)  # the help of --max-tokens shows this default: it reads %(default)s
     add_model_options(p)
 
     p = sub.add_parser("serve", help="serve the gRPC API (proto/cascade_rag/v1) over a data directory")
@@ -106,17 +111,17 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_model_options(p)
 
     p = sub.add_parser("health", help="exit 0 when a server answers SERVING to the gRPC health check")
-    p.add_argument("--server", metavar="HOST:PORT", default="127.0.0.1:50051")
-    p.add_argument("--service", default="", help="a service name (default: the whole server)")
+    p.add_argument("--server", metavar="HOST:PORT", default="127.0.0.1:50051", help="default 127.0.0.1:50051")
+    p.add_argument("--service", default="", help="a service name (the default, empty: the whole server)")
     add_server_options(p, token=False)
 
     p = sub.add_parser("demo", help="serve samples/ from a scratch directory and answer sample questions over gRPC")
-    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-tokens", type=int, default=64, help="most tokens of each answer (default 64)")
     add_model_options(p)
 
     p = sub.add_parser("bench", help="our engine against transformers on this device (rag/bench.py)")
     add_model_options(p)
-    if argv and argv[0] == "bench":  # rag.bench (heavy) is imported only for its own command
+    if argv and argv[0] == "bench":  # cascade_rag.rag.bench (heavy) is imported only for its own command
         from . import bench
         getattr(bench, "add_arguments", lambda _: None)(p)
     return root
@@ -129,7 +134,7 @@ def open_rag(args, **extra):
 
 
 def sampling(args):
-    from engine import SamplingParams
+    from cascade_rag.engine import SamplingParams
     return SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                           seed=args.seed)
 
@@ -150,11 +155,8 @@ def print_answer(stream, out=sys.stdout) -> None:
         out.write(delta)
         out.flush()
     a = stream.answer
-    out.write("\n\nSources:\n")
-    for rank, s in enumerate(a.sources, 1):
-        out.write(f"  {rank}. {s.doc_id}  [{s.title}]  score {s.score:.3f}\n")
-    if not a.sources:
-        out.write("  (none: the data directory has no documents)\n")
+    from .answer_format import format_sources
+    out.write("\n\n" + format_sources([(s.doc_id, s.title, s.score) for s in a.sources]))
     tiers = ", ".join(f"{n} {tier}" for tier, n in sorted(a.tiers.items())) or "none"
     out.write(f"Timings ({a.mode}): retrieval {a.retrieval_s * 1e3:.0f} ms, chunks {a.chunks_s * 1e3:.0f} ms, "
               f"time to first token {a.first_token_s * 1e3:.0f} ms (prefill {a.ttft_s * 1e3:.0f} ms, "
@@ -165,19 +167,25 @@ def cmd_ask(args) -> int:
     if args.server:
         from .client import ask
         return ask(args)
-    with open_rag(args) as rag:
+    with open_rag(args, create=False) as rag:
         print_answer(rag.ask(args.question, top_k=args.top_k, mode=args.mode, params=sampling(args)))
     return 0
 
 
+def cmd_list(args) -> int:
+    with open_rag(args, create=False) as rag:
+        documents = rag.documents()
+    for d in documents:
+        print(f"{d['id']}\t{d['passages']} passages\t{d['tokens']} tokens\t{d['title']}")
+    print(f"{len(documents)} documents", file=sys.stderr)
+    return 0
+
+
 def cmd_delete(args) -> int:
-    with open_rag(args) as rag:
+    with open_rag(args, create=False) as rag:
         deleted = rag.delete(args.ids)
-    missing = [i for i in args.ids if i not in deleted]
-    print(f"deleted {len(deleted)} documents" + (f": {', '.join(deleted)}" if deleted else ""))
-    if missing:
-        print(f"cascade-rag: error: no such documents: {', '.join(missing)}", file=sys.stderr)
-    return 1 if missing else 0
+    print(f"deleted {len(deleted)} documents: {', '.join(deleted)}")
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -205,16 +213,20 @@ def cmd_health(args) -> int:
     return check_health(args)
 
 
-COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "delete": cmd_delete, "demo": cmd_demo, "eval": cmd_eval,
+COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "list": cmd_list, "delete": cmd_delete, "demo": cmd_demo, "eval": cmd_eval,
             "bench": cmd_bench, "serve": cmd_serve, "health": cmd_health}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser(argv).parse_args(argv)
-    logging.basicConfig(format="cascade-rag: warning: %(message)s", level=logging.WARNING)
-    from engine import KVChunkError, ModelLoadError
-    from engine.embedded import ModelPreparationError
+    # the handler filters too: some libraries (bm25s) set their own loggers to DEBUG, which the root's level
+    # alone does not stop
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING)
+    logging.basicConfig(format="cascade-rag: warning: %(message)s", level=logging.WARNING, handlers=[handler])
+    from cascade_rag.engine import KVChunkError, ModelLoadError
+    from cascade_rag.engine.embedded import ModelPreparationError
     from .store import StoreError
     try:
         return COMMANDS[args.command](args)

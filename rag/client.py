@@ -6,6 +6,7 @@ from typing import Iterable, Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from .answer_format import format_sources
 from .ingest import Document
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
@@ -93,11 +94,7 @@ def print_stream(responses, mode: str = "cached", out=sys.stdout) -> pb.QueryRes
             out.flush()
     if result is None:
         return None
-    out.write("\n\nSources:\n")
-    for rank, s in enumerate(result.sources, 1):
-        out.write(f"  {rank}. {s.document_id}  [{s.title}]  score {s.score:.3f}\n")
-    if not result.sources:
-        out.write("  (none: the server holds no documents)\n")
+    out.write("\n\n" + format_sources([(s.document_id, s.title, s.score) for s in result.sources]))
     t, tiers = result.timings, result.chunk_tiers
     used = ", ".join(f"{getattr(tiers, n)} {n}" for n in ("gpu", "cpu", "disk", "recomputed") if getattr(tiers, n))
     out.write(f"Timings ({mode}): queue {t.queue_time_ns / 1e6:.0f} ms, retrieval {t.retrieval_time_ns / 1e6:.0f} ms, "

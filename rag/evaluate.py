@@ -93,7 +93,7 @@ def summarize(rows: list[dict], modes: list[str], top_k: int) -> dict:
 def fidelity(rag, question: str, modes: list[str], top_k: int, tokens: int) -> dict:
     """Each mode against `full`, teacher-forced on full's greedy answer of `tokens` tokens: the share of those
     tokens the mode also ranks first, and the mean KL divergence of its next-token distributions from full's."""
-    from engine import SamplingParams
+    from cascade_rag.engine import SamplingParams
     chunks, ids = rag.composition(question, top_k)
     engine = rag.engine
     answer = engine.generate(ids, SamplingParams(max_new_tokens=tokens, ignore_eos=True), chunks, "full").token_ids
@@ -154,7 +154,7 @@ def table(summary: dict) -> str:
 
 
 def main(args) -> int:
-    from engine import MODES, SamplingParams
+    from cascade_rag.engine import MODES, SamplingParams
     from .pipeline import RAG
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):

@@ -2,7 +2,7 @@
 RESOURCE_EXHAUSTED. Starts its own `cascade-rag serve` (over a scratch directory with samples/ ingested) unless
 --server is given, samples the server's resident memory, and prints a JSON summary.
 
-    python -m rag.load_test --clients 32 --requests 10 [--server HOST:PORT --server-pid PID]"""
+    python -m cascade_rag.rag.load_test --clients 32 --requests 10 [--server HOST:PORT --server-pid PID]"""
 import argparse
 import json
 import os
@@ -43,7 +43,7 @@ class MemorySampler(threading.Thread):
 
 
 def start_server(data_dir: str, max_queue: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve", "--data-dir", data_dir, "--port", "0",
+    process = subprocess.Popen([sys.executable, "-m", "cascade_rag.rag.cli", "serve", "--data-dir", data_dir, "--port", "0",
                                 "--max-queue", str(max_queue), *extra], stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     if "serving on " not in line:
@@ -91,7 +91,7 @@ def run_clients(address: str, token: str | None, clients: int, requests: int, ma
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rag.load_test", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cascade_rag.rag.load_test", description=__doc__.split("\n\n")[0])
     p.add_argument("--server", metavar="HOST:PORT", help="a running server (default: start one)")
     p.add_argument("--server-pid", type=int, help="its process id, to sample its memory")
     p.add_argument("--token", default=os.environ.get("CASCADE_RAG_TOKEN"))

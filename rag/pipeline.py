@@ -15,14 +15,14 @@ from typing import Iterable, Iterator
 
 import torch
 
-from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, MODES, KVChunk, KVChunkError, LLMEngine, SamplingParams,
+from cascade_rag.engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, MODES, KVChunk, KVChunkError, LLMEngine, SamplingParams,
                     default_device, default_dtype, default_prefill_batch_tokens)
-from engine.kv_chunk import FORMAT_VERSION
+from cascade_rag.engine.kv_chunk import FORMAT_VERSION
 
 from .chunking import split_passages
 from .ingest import Document, Fields, IngestReport, InputError, read_paths, records
 from .prompt import DEFAULT_SYSTEM_PROMPT, PromptTemplate
-from .store import Passage, Store, StoreError, chunk_key, titled
+from .store import NoDocuments, Passage, Store, StoreError, chunk_key, ingest_hint, titled
 from .lexical_index import LexicalIndex, fuse
 from .vector_index import VectorIndex
 
@@ -99,8 +99,8 @@ class RAG:
                  device: str | None = None, dtype: str | None = None, system_prompt: str = DEFAULT_SYSTEM_PROMPT,
                  embedder: str | None = None, index: str | None = None, passage_tokens: int = 256,
                  overlap: int = 32, cache_bytes: int | None = None, cpu_cache_bytes: int = 8 << 30,
-                 prefill_batch_tokens: int | None = None):
-        self.store = Store(data_dir or default_data_dir())
+                 prefill_batch_tokens: int | None = None, create: bool = True):
+        self.store = Store(data_dir or default_data_dir(), create=create)
         self.model_path, self.system_prompt, self.embedder_path = model, system_prompt, embedder
         self.device = device or default_device()
         # bf16 matrix products are slow on CPUs without bf16 units; fp32 there unless asked otherwise
@@ -127,7 +127,7 @@ class RAG:
     def engine(self) -> LLMEngine:
         with self._engine_lock:
             if self._engine is None:
-                from engine import TieredChunkCache
+                from cascade_rag.engine import TieredChunkCache
                 engine = LLMEngine(self.model_path, device=self.device, dtype=self.dtype)
                 self.template = PromptTemplate.from_tokenizer(engine.tokenizer, self.system_prompt)
                 self.fingerprint = engine.fingerprint(self.system_prompt)
@@ -282,7 +282,8 @@ class RAG:
         _crash_point("committed")
 
     def delete(self, doc_ids: Iterable[str]) -> list[str]:
-        """Deletes documents with their passages, vectors and chunks; returns the ids that existed."""
+        """Deletes documents with their passages, vectors and chunks, all or none: an unknown id raises
+        UnknownDocuments and deletes nothing. Returns the deleted ids."""
         with self._write_lock:
             self.store.lock_for_writing()
             with self._state_lock:
@@ -304,10 +305,13 @@ class RAG:
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
 
+    def _require_documents(self) -> None:
+        if not self.store.counts()["documents"] or self._current_index() is None:
+            raise NoDocuments(f"data directory {self.store.dir} has no documents: {ingest_hint(self.store.dir)}")
+
     def _retrieve(self, question: str, top_k: int) -> list[tuple[Source, Passage]]:
         self._check_query(question, top_k)
-        if self._current_index() is None:
-            return []
+        self._require_documents()
         vector = self.embedder.encode([question])[0]
         depth = max(RETRIEVAL_DEPTH, top_k)
         with self._state_lock:
@@ -326,6 +330,7 @@ class RAG:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         self._check_query(question, top_k)
+        self._require_documents()
         began = time.perf_counter()
         self.engine  # loads the model here: a mismatch with the store raises from ask(), not from the stream
         hits = self._retrieve(question, top_k)

@@ -18,7 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engine import SamplingParams
+from cascade_rag.engine import SamplingParams
 
 from .ingest import Document, IngestReport
 from .pipeline import RAG

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from engine import KVChunk
-from engine.kv_chunk import write_atomic
+from cascade_rag.engine import KVChunk
+from cascade_rag.engine.kv_chunk import write_atomic
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -33,6 +33,22 @@ class StoreError(RuntimeError):
 
 class StoreLocked(StoreError):
     pass
+
+
+class NoDocuments(StoreError):
+    """A question asked of a data directory that is missing or holds no documents."""
+
+
+class UnknownDocuments(StoreError):
+    """A deletion naming ids the store does not hold (nothing is deleted)."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = missing
+        super().__init__(f"no such documents: {', '.join(map(repr, missing))}; nothing was deleted")
+
+
+def ingest_hint(data_dir: Path) -> str:
+    return f"ingest documents first: cascade-rag ingest PATH --data-dir {data_dir}"
 
 
 @dataclass
@@ -59,10 +75,14 @@ class Store:
     """Documents, passages (text, token ids, vector, chunk key) and the chunk files, in one data directory.
 
     Every change of passages bumps `generation` in the same transaction, so a saved vector index can tell
-    whether it is current. Writers hold a file lock on the directory; readers need none."""
+    whether it is current. Writers hold a file lock on the directory; readers need none. With create=False
+    (the read-only commands) a missing directory or store is an error (NoDocuments), never made."""
 
-    def __init__(self, data_dir: Path | str):
+    def __init__(self, data_dir: Path | str, create: bool = True):
         self.dir = Path(data_dir)
+        if not create and not (self.dir / "store.sqlite").is_file():
+            what = "does not exist" if not self.dir.exists() else "holds no cascade-rag store"
+            raise NoDocuments(f"data directory {self.dir} {what}: {ingest_hint(self.dir)}")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             (self.dir / "chunks").mkdir(exist_ok=True)
@@ -143,9 +163,15 @@ class Store:
         return removed, added
 
     def delete_documents(self, doc_ids: list[str]) -> tuple[list[str], list[int]]:
-        """Deletes the documents that exist; returns (deleted ids, removed passage ids)."""
+        """Deletes the documents, all or none (UnknownDocuments when an id is unknown); returns (deleted ids,
+        removed passage ids)."""
         with self._lock, self.db:
             self.db.execute("BEGIN IMMEDIATE")
+            known = {r[0] for r in self.db.execute(
+                f"SELECT id FROM documents WHERE id IN ({','.join('?' * len(doc_ids))})", doc_ids)}
+            missing = list(dict.fromkeys(i for i in doc_ids if i not in known))
+            if missing:
+                raise UnknownDocuments(missing)
             deleted, removed = [], []
             for doc_id in doc_ids:
                 pids = [r[0] for r in self.db.execute("SELECT pid FROM passages WHERE doc_id=?", (doc_id,))]

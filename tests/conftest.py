@@ -22,7 +22,7 @@ TINY_CONFIGS = {
 
 @pytest.fixture(scope="session")
 def embedded_path() -> Path:
-    from engine import embedded_model_path
+    from cascade_rag.engine import embedded_model_path
     return embedded_model_path()
 
 
@@ -33,7 +33,7 @@ def tokenizer_dir() -> Path:
     folder = os.environ.get("CASCADE_RAG_TOKENIZER")
     if folder:
         return Path(folder)
-    from engine import embedded_model_path
+    from cascade_rag.engine import embedded_model_path
     return embedded_model_path()
 
 

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, LLMEngine, SamplingParams
+from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, LLMEngine, SamplingParams
 
 SYSTEM, QUESTION = [1, 5, 9, 14, 33], [300, 301, 302, 303, 304]
 PASSAGES = [[20 + i for i in range(7)], [77], [100 + 3 * i for i in range(12)], [40, 41, 42]]  # uneven, one of 1
@@ -70,7 +70,7 @@ def test_bad_input_is_refused(engine):
 
 
 def test_batched_ingestion_stores_the_chunks_of_one_by_one_ingestion(tmp_path, tiny_model, monkeypatch):
-    from rag.pipeline import RAG
+    from cascade_rag.rag.pipeline import RAG
     text = ("Night trains carry sleeping cars so travellers can cover long distances while they sleep. Many routes "
             "were revived after 2020, and new operators joined. ")
     docs = [{"id": f"d{i}", "title": "Trains", "text": text * (i + 1)} for i in range(3)]

@@ -49,4 +49,4 @@ def test_compose_services_volume_healthcheck_and_profiles(compose):
 
 def test_image_prepares_the_model_cache_at_build_time():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert "RUN python -c 'from engine import embedded_model_path; embedded_model_path()'" in dockerfile
+    assert "RUN python -c 'from cascade_rag.engine import embedded_model_path; embedded_model_path()'" in dockerfile

@@ -5,8 +5,8 @@ captured and replayed."""
 import pytest
 import torch
 
-from engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, SamplingParams
-from engine.cuda_graph import GraphDecoder
+from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, SamplingParams
+from cascade_rag.engine.cuda_graph import GraphDecoder
 
 SYSTEM, DOCS, QUESTION = [1, 5, 9, 14], [[20 + i for i in range(n)] for n in (7, 1, 12)], [300, 301, 302, 303]
 

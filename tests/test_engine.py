@@ -6,8 +6,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from engine import LLMEngine, ModelLoadError, SamplingParams
-from engine.tokenizer import TextStream
+from cascade_rag.engine import LLMEngine, ModelLoadError, SamplingParams
+from cascade_rag.engine.tokenizer import TextStream
 
 PROMPT_IDS = [1, 17, 250, 33, 101, 7, 499, 64, 12, 300, 45, 9]
 
@@ -59,7 +59,7 @@ def test_stream_deltas_add_up_and_sampling_is_seeded(embedded_path):
 
 
 def test_text_stream_never_splits_characters_and_honours_stop_strings(embedded_path):
-    from engine.tokenizer import Tokenizer
+    from cascade_rag.engine.tokenizer import Tokenizer
     tokenizer = Tokenizer(embedded_path)
     text = "Grüße aus 東京 🙂 and more: STOP here"
     ids = tokenizer.encode(text)

@@ -3,14 +3,14 @@ eager decode, on random weights of the Qwen3-0.6B shape."""
 import pytest
 import torch
 
-from engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, SamplingParams
+from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, SamplingParams
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.fixture(scope="module")
 def qwen3_shape(tmp_path_factory, tokenizer_dir):
-    from rag.bench import random_checkpoint
+    from cascade_rag.rag.bench import random_checkpoint
     return random_checkpoint("qwen3-0.6b", tmp_path_factory.mktemp("qwen3"), tokenizer_dir)
 
 
@@ -48,10 +48,10 @@ def test_cuda_graph_decode_equals_eager_for_128_tokens(qwen3_shape, dtype):
 def test_programmatic_dependent_launch_changes_no_token(qwen3_shape, monkeypatch):
     """Graphs captured with the Triton kernels launched under programmatic dependent launch (each may start
     before the one it depends on ends, and waits for it) decode what they decode without it."""
-    import kernels
+    from cascade_rag.kernels import launcher
     tokens = {}
     for pdl in (True, False):
-        monkeypatch.setattr(kernels, "PDL", pdl)
+        monkeypatch.setattr(launcher, "PDL", pdl)
         engine = LLMEngine(qwen3_shape, device="cuda", dtype="bf16")
         chunks, question = composed(engine)
         tokens[pdl] = engine.generate(question, SamplingParams(max_new_tokens=128, ignore_eos=True), chunks).token_ids
@@ -83,7 +83,7 @@ def test_chunks_in_cpu_memory_answer_as_on_the_gpu(qwen3_shape):
 
 
 def test_a_chunk_from_disk_is_pinned_once_and_copied_from_there(tmp_path):
-    from engine import KVChunk, TieredChunkCache
+    from cascade_rag.engine import KVChunk, TieredChunkCache
     torch.manual_seed(0)
     keys, values = torch.randn(2, 7, 2, 64, dtype=torch.bfloat16), torch.randn(2, 7, 2, 64, dtype=torch.bfloat16)
     KVChunk(LEVEL_DOCUMENT, list(range(7)), 3, keys, values, "fp").save(tmp_path / "c.safetensors")

@@ -4,12 +4,12 @@ import os
 import pytest
 import torch
 
-import kernels.chunk_attention as ca  # kernels/__init__ sets TRITON_INTERPRET=1 when there is no GPU
-import kernels.fused_rmsnorm_qkv as fr
-import kernels.greedy as greedy
-import kernels.linear as lin
-import kernels.lm_head as lm_head
-from kernels.rmsnorm import rmsnorm_ref
+import cascade_rag.kernels.chunk_attention as ca  # kernels/__init__ sets TRITON_INTERPRET=1 when there is no GPU
+import cascade_rag.kernels.fused_rmsnorm_qkv as fr
+import cascade_rag.kernels.greedy as greedy
+import cascade_rag.kernels.linear as lin
+import cascade_rag.kernels.lm_head as lm_head
+from cascade_rag.kernels.rmsnorm import rmsnorm_ref
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -128,8 +128,8 @@ DECODE_TABLE_CASES = [
 def check_decode_table(case, dtype, device, atol, monkeypatch, short_splits=True):
     """A decode step over a chunk table with the rotary embedding in the attention kernel against rope_store_ref
     and chunk_attention_ref: the output and the new key and value stored at the slot."""
-    from engine.model import Rotary
-    from kernels.rope import rope_store_ref
+    from cascade_rag.engine.model import Rotary
+    from cascade_rag.kernels.rope import rope_store_ref
     lengths, slot, hq, hkv, d, pad, norm, scaled = case
     # many short splits (the new token's split varies), cut at the chunks' boundaries, or few of several tiles
     # and chunks, cut evenly

@@ -8,10 +8,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as save_tensors
 
-from engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, ChunkCache, FingerprintMismatch, KVChunk, KVChunkError, LLMEngine,
+from cascade_rag.engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, ChunkCache, FingerprintMismatch, KVChunk, KVChunkError, LLMEngine,
                     SamplingParams, TieredChunkCache)
-from kernels.chunk_attention import chunk_attention
-from kernels.rope import rotate
+from cascade_rag.kernels.chunk_attention import chunk_attention
+from cascade_rag.kernels.rope import rotate
 
 SYSTEM, DOCS, QUESTION = [1, 5, 9, 14], [[20 + i for i in range(n)] for n in (7, 1, 12)], [300, 301, 302, 303, 304]
 

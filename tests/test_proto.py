@@ -1,7 +1,7 @@
 """The committed gRPC stubs are what grpcio-tools makes of proto/ now."""
 from pathlib import Path
 
-from rag.proto_gen.generate import OUTPUTS, generate
+from cascade_rag.rag.proto_gen.generate import OUTPUTS, generate
 
 STUBS = Path(__file__).resolve().parent.parent / "rag" / "proto_gen"
 
@@ -14,7 +14,7 @@ def test_committed_stubs_are_current(tmp_path):
 
 
 def test_stubs_import_inside_the_rag_package():
-    from rag.proto_gen import cascade_rag_pb2, cascade_rag_pb2_grpc
+    from cascade_rag.rag.proto_gen import cascade_rag_pb2, cascade_rag_pb2_grpc
     assert cascade_rag_pb2.DESCRIPTOR.package == "cascade_rag.v1"
     assert {"Answer", "Documents", "Info"} <= set(cascade_rag_pb2.DESCRIPTOR.services_by_name)
     assert hasattr(cascade_rag_pb2_grpc, "AnswerStub")

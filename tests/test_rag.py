@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from engine import KVChunk, SamplingParams
-from rag.chunking import split_passages
-from rag.evaluate import evaluate, exact_match, select_corpus, table, token_f1
-from rag.pipeline import RAG
-from rag.store import Store, StoreLocked
+from cascade_rag.engine import KVChunk, SamplingParams
+from cascade_rag.rag.chunking import split_passages
+from cascade_rag.rag.evaluate import evaluate, exact_match, select_corpus, table, token_f1
+from cascade_rag.rag.pipeline import RAG
+from cascade_rag.rag.store import Store, StoreLocked, UnknownDocuments
 
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,10 @@ def test_update_replaces_passages_vectors_and_chunks(rag):
 def test_delete_removes_everything_of_the_document(rag):
     rag.ingest(documents=CORPUS)
     files = len(rag.store.chunk_files())
-    assert rag.delete(["rail", "no-such-id"]) == ["rail"]
+    with pytest.raises(UnknownDocuments, match="no such documents: 'no-such-id'; nothing was deleted"):
+        rag.delete(["rail", "no-such-id"])
+    assert "rail" in {d["id"] for d in rag.documents()} and len(rag.store.chunk_files()) == files
+    assert rag.delete(["rail"]) == ["rail"]
     assert "rail" not in {d["id"] for d in rag.documents()} and rag.check() == []
     assert len(rag.store.chunk_files()) < files
     assert all(s.doc_id != "rail" for s in rag.retrieve("night trains sleeping cars", top_k=4))
@@ -138,7 +141,7 @@ def test_bad_inputs_are_reported_and_the_rest_ingested(rag, tmp_path):
 
 
 def test_second_writer_gets_a_clear_error(rag, tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from rag.store import Store; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from cascade_rag.rag.store import Store; "
                                "s = Store(sys.argv[1]); s.lock_for_writing(); print('locked', flush=True); time.sleep(60)",
                                str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
@@ -152,7 +155,7 @@ def test_second_writer_gets_a_clear_error(rag, tmp_path):
 
 def run_ingest(data_dir, inputs, model, crash_at=None):
     env = dict(os.environ, CASCADE_RAG_CRASH_AT=crash_at or "")
-    cmd = [sys.executable, "-m", "rag.cli", "ingest", str(inputs), "--data-dir", str(data_dir), "--model",
+    cmd = [sys.executable, "-m", "cascade_rag.rag.cli", "ingest", str(inputs), "--data-dir", str(data_dir), "--model",
            str(model), "--passage-tokens", "24", "--overlap", "4", "--quiet"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -232,7 +235,7 @@ def test_store_refuses_a_second_writer_in_process_terms(tmp_path):
 def test_vector_index_saves_atomically_and_loads_only_its_generation(tmp_path, kind):
     import numpy as np
 
-    from rag.vector_index import VectorIndex
+    from cascade_rag.rag.vector_index import VectorIndex
     vectors = np.random.default_rng(0).standard_normal((50, 16)).astype(np.float32)
     ids = np.arange(100, 150)
     saved = VectorIndex.build(16, kind, 7, ids, vectors)
@@ -248,7 +251,7 @@ def test_vector_index_saves_atomically_and_loads_only_its_generation(tmp_path, k
 
 
 def test_lexical_index_and_rank_fusion():
-    from rag.lexical_index import LexicalIndex, fuse
+    from cascade_rag.rag.lexical_index import LexicalIndex, fuse
     index = LexicalIndex(3, [10, 11, 12], ["Varn lighthouse. The code is 4417.", "Sourdough bread rises.", ""])
     assert index.generation == 3
     assert [pid for pid, _ in index.search("What is the code 4417?", 5)] == [10]

@@ -4,8 +4,8 @@ Triton under the interpreter on the CPU and on the GPU, against the PyTorch refe
 import pytest
 import torch
 
-from kernels import rmsnorm as rn
-from kernels import rope
+from cascade_rag.kernels import rmsnorm as rn
+from cascade_rag.kernels import rope
 
 interpreter = pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs only without CUDA")
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -39,7 +39,7 @@ def rope_inputs(case, dtype, device, norm, scaled, views=True):
 def check_rope(case, dtype, device, atol, norm=False, scaled=False, views=True):
     n, hq, hkv, d, shifts = case
     q, k, v, positions, shifts, slots, kwargs = rope_inputs(case, dtype, device, norm, scaled, views)
-    from engine.model import Rotary
+    from cascade_rag.engine.model import Rotary
     rotary = Rotary(d, 10000.0, 64).to(device)
     outputs = []
     for impl in ("triton", "ref"):
@@ -92,7 +92,7 @@ def test_rope_store_ref_equals_composition(norm, scaled, dtype):
     case = ROPE_CASES[0]
     hkv, d = case[2], case[3]
     q, k, v, positions, shifts, slots, kwargs = rope_inputs(case, dtype, "cpu", norm, scaled)
-    from engine.model import Rotary
+    from cascade_rag.engine.model import Rotary
     rotary = Rotary(d, 10000.0, 64)
     buffers = [(torch.zeros(8, hkv, d, dtype=dtype), torch.zeros(8, hkv, d, dtype=dtype)) for _ in range(2)]
     folded = rope.rope_store_ref(q, k, v, positions, shifts, slots, *buffers[0], rotary.cos, rotary.sin, **kwargs)

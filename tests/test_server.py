@@ -15,11 +15,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from rag.client import Client
-from rag.pipeline import RAG
-from rag.proto_gen import cascade_rag_pb2 as pb
-from rag.proto_gen import cascade_rag_pb2_grpc as pb_grpc
-from rag.server import RAGServer
+from cascade_rag.rag.client import Client
+from cascade_rag.rag.pipeline import RAG
+from cascade_rag.rag.proto_gen import cascade_rag_pb2 as pb
+from cascade_rag.rag.proto_gen import cascade_rag_pb2_grpc as pb_grpc
+from cascade_rag.rag.server import RAGServer
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = [
@@ -134,7 +134,7 @@ def test_health_is_serving_and_reflection_lists_the_services(server, client):
 def test_cli_client_asks_and_checks_health(server):
     address = f"127.0.0.1:{server.port}"
     env = dict(os.environ, CASCADE_RAG_TOKEN="")
-    run = lambda *args: subprocess.run([sys.executable, "-m", "rag.cli", *args], cwd=ROOT, env=env,  # noqa: E731
+    run = lambda *args: subprocess.run([sys.executable, "-m", "cascade_rag.rag.cli", *args], cwd=ROOT, env=env,  # noqa: E731
                                        capture_output=True, text=True, timeout=120)
     asked = run("ask", "Who built the Varn lighthouse?", "--server", address, "--max-tokens", "5", "--top-k", "2")
     assert asked.returncode == 0, asked.stderr
@@ -348,7 +348,7 @@ def test_tls_with_token(rag, tmp_path):
 def test_sigterm_drains_in_flight_requests_then_exits(tmp_path, tiny_model):
     env = dict(os.environ, CASCADE_RAG_TOKEN="")
     log = open(tmp_path / "server.log", "w")
-    process = subprocess.Popen([sys.executable, "-m", "rag.cli", "serve", "--data-dir", str(tmp_path / "data"),
+    process = subprocess.Popen([sys.executable, "-m", "cascade_rag.rag.cli", "serve", "--data-dir", str(tmp_path / "data"),
                                 "--model", str(tiny_model), "--port", "0", "--max-queue", "2"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
@@ -404,8 +404,8 @@ def test_node_client_written_from_the_proto_alone(server, client):
 
 
 def test_ingestion_groups_keep_order_and_split_by_text_size():
-    from rag.ingest import Document
-    from rag.server import _groups
+    from cascade_rag.rag.ingest import Document
+    from cascade_rag.rag.server import _groups
     docs = [Document(str(i), "", "x" * n) for i, n in enumerate([10, 20, 5, 40, 1])]
     groups = _groups(docs, 30)
     assert [[d.id for d in g] for g in groups] == [["0", "1"], ["2"], ["3"], ["4"]]

@@ -1,5 +1,5 @@
 """Regenerates the Python stubs of proto/cascade_rag/v1/cascade_rag.proto with grpcio-tools:
-`python -m rag.proto_gen.generate [OUT_DIR]` (default: this folder)."""
+`python -m cascade_rag.rag.proto_gen.generate [OUT_DIR]` (default: this folder)."""
 import sys
 import tempfile
 from pathlib import Path

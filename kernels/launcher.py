@@ -1,13 +1,14 @@
-"""Triton kernels with their PyTorch references: chunk attention, the fused linear layers (RMSNorm + QKV,
-RMSNorm + gate/up + SiLU * up, projections with the residual), RMSNorm, and rotary embedding + KV store."""
+"""How every Triton kernel of cascade_rag.kernels is launched: the interpreter chosen where there is no GPU,
+programmatic dependent launch, and compiled kernels cached by key. (The kernels folder has no __init__.py on
+purpose: Hugging Face's `kernels` package, which transformers imports, has the same bare name.)"""
 import functools
 import os
 
 import torch
 
 if not torch.cuda.is_available():
-    # Without a GPU, Triton kernels can only run in Triton's interpreter, which must be chosen before triton
-    # is imported. The dispatchers still use the PyTorch references on the CPU unless asked otherwise.
+    # Without a GPU, Triton kernels can only run in Triton's interpreter, which must be chosen before any
+    # kernel is decorated (every kernel module imports this one first). The dispatchers still use the PyTorch references on the CPU unless asked otherwise.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import triton  # noqa: E402 (after TRITON_INTERPRET is chosen)
@@ -15,7 +16,7 @@ import triton.language as tl  # noqa: E402
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: E402
 
 FAST_LAUNCH = True
-PDL = True  # programmatic dependent launch where the GPU has it (rag.bench_kernels turns it off to compare)
+PDL = True  # programmatic dependent launch where the GPU has it (cascade_rag.rag.bench_kernels turns it off to compare)
 _compiled = {}
 
 
