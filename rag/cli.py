@@ -56,7 +56,13 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--id-field", default="id", help="JSONL field of the document id (default id)")
     p.add_argument("--title-field", default="title", help="JSONL field of the title (default title)")
     p.add_argument("--text-field", default="text", help="JSONL field of the text (default text)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--max-disk", metavar="SIZE",
+                   help="refuse, before ingesting anything, an ingestion estimated to take more disk than this for "
+                        "its KV chunks and passages, e.g. 500M, 2G or 1.5GiB (K, M, G: powers of 1024; KB, MB, GB: of "
+                        "1000; default: none). One beyond the free space of the data directory's filesystem is always "
+                        "refused")
+    p.add_argument("--quiet", action="store_true", help="no estimate line and no progress bar (the limits are "
+                                                        "still checked)")
     add_model_options(p)
 
     p = sub.add_parser("ask", help="answer a question from the ingested documents")
@@ -113,6 +119,8 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("health", help="exit 0 when a server answers SERVING to the gRPC health check")
     p.add_argument("--server", metavar="HOST:PORT", default="127.0.0.1:50051", help="default 127.0.0.1:50051")
     p.add_argument("--service", default="", help="a service name (the default, empty: the whole server)")
+    p.add_argument("--wait", type=float, metavar="SECONDS", help="ask again each second until SERVING, at most this "
+                                                                 "long (default: ask once)")
     add_server_options(p, token=False)
 
     p = sub.add_parser("demo", help="serve samples/ from a scratch directory and answer sample questions over gRPC")
@@ -141,9 +149,14 @@ def sampling(args):
 
 def cmd_ingest(args) -> int:
     from .ingest import Fields
+    from .ingest_cost import parse_size
     fields = Fields(args.id_field, args.title_field, args.text_field)
+    try:
+        max_disk = None if args.max_disk is None else parse_size(args.max_disk)
+    except ValueError as exc:
+        raise CLIError(f"--max-disk: {exc}") from None
     with open_rag(args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap) as rag:
-        report = rag.ingest(args.paths, fields=fields, progress=not args.quiet)
+        report = rag.ingest(args.paths, fields=fields, progress=not args.quiet, max_disk_bytes=max_disk)
     for error in report.errors:
         print(f"cascade-rag: error: {error}", file=sys.stderr)
     print(report.summary())

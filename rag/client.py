@@ -1,5 +1,6 @@
 """The gRPC client of a cascade-rag server (`cascade-rag ask --server`, `cascade-rag health`, the demo)."""
 import sys
+import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -120,12 +121,20 @@ def ask(args) -> int:
 
 
 def check_health(args) -> int:
-    """`cascade-rag health --server HOST:PORT`: exit status 0 when the server is SERVING."""
-    with Client(args.server, tls_ca=args.tls_ca) as client:
-        try:
-            status = client.health(args.service)
-        except grpc.RpcError as exc:
-            print(f"cascade-rag: error: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
+    """`cascade-rag health --server HOST:PORT [--wait S]`: exit status 0 when the server is SERVING; with --wait,
+    asks again each second until it is or S seconds have passed."""
+    deadline = time.monotonic() + (args.wait or 0)
+    while True:
+        with Client(args.server, tls_ca=args.tls_ca) as client:  # a new channel: no reconnection back-off
+            try:
+                status, error = client.health(args.service), None
+            except grpc.RpcError as exc:
+                status, error = None, f"{exc.code().name}: {exc.details()}"
+        if status == "SERVING" or time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    if error:
+        print(f"cascade-rag: error: {error}", file=sys.stderr)
+        return 1
     print(status)
     return 0 if status == "SERVING" else 1

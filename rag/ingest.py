@@ -3,7 +3,10 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from .ingest_cost import IngestEstimate
 
 SUFFIXES = (".txt", ".md", ".jsonl")
 
@@ -45,6 +48,8 @@ class IngestReport:
     kv_bytes: int = 0
     seconds: float = 0.0
     began: float = field(default_factory=time.perf_counter)
+    skipped: list[str] = field(default_factory=list)   # files in folders given that are not .txt, .md or .jsonl
+    estimate: "IngestEstimate | None" = None            # what it was to cost, known before it started
 
     @property
     def documents(self) -> int:
@@ -56,6 +61,7 @@ class IngestReport:
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.errors += other.errors
+        self.skipped += other.skipped
         self.passages += other.passages
         self.prefilled += other.prefilled
         self.tokens += other.tokens
@@ -69,16 +75,22 @@ class IngestReport:
                 f"KV {self.kv_bytes / 2**20:.1f} MiB, {self.seconds:.1f} s ({rate:.2f} passages/s prefilled)")
         if self.errors:
             line += f"; {len(self.errors)} inputs failed"
+        if self.skipped:
+            line += f"; {len(self.skipped)} files skipped"
         return line
 
 
-def read_paths(paths: Iterable[Path | str], fields: Fields = Fields()) -> Iterator[Document | InputError]:
+def read_paths(paths: Iterable[Path | str], fields: Fields = Fields(),
+               skipped: list[str] | None = None) -> Iterator[Document | InputError]:
     """Documents from files and folders (recursively: .txt, .md, .jsonl). A file's id is its path inside the
-    folder given, or its name when given directly; a JSONL file holds one record a line."""
+    folder given, or its name when given directly; a JSONL file holds one record a line. The other files found in
+    folders are not read: their paths go to `skipped` (a file of another type given directly is an error)."""
     for root in map(Path, paths):
         if root.is_dir():
-            files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-            for file in files:
+            files = sorted(p for p in root.rglob("*") if p.is_file())
+            if skipped is not None:
+                skipped += [str(p) for p in files if p.suffix.lower() not in SUFFIXES]
+            for file in (p for p in files if p.suffix.lower() in SUFFIXES):
                 yield from read_file(file, file.relative_to(root).as_posix(), fields)
         elif root.exists():
             if root.suffix.lower() not in SUFFIXES:
@@ -88,6 +100,13 @@ def read_paths(paths: Iterable[Path | str], fields: Fields = Fields()) -> Iterat
                 yield from read_file(root, root.name, fields)
         else:
             yield InputError(str(root), "no such file or folder")
+
+
+def skipped_message(skipped: list[str], shown: int = 10) -> str:
+    """One line naming the files skipped in folders (the first `shown` of them)."""
+    names = ", ".join(skipped[:shown]) + (f" and {len(skipped) - shown} more" if len(skipped) > shown else "")
+    files = "1 file" if len(skipped) == 1 else f"{len(skipped)} files"
+    return f"skipped {files} in the folders given, not of a type ingested ({', '.join(SUFFIXES)}): {names}"
 
 
 def read_file(path: Path, doc_id: str, fields: Fields) -> Iterator[Document | InputError]:

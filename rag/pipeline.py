@@ -5,7 +5,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import threading
 import time
 from collections import deque
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numpy as np
 import torch
 
 from cascade_rag.engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, MODES, KVChunk, KVChunkError, LLMEngine, SamplingParams,
@@ -20,7 +20,9 @@ from cascade_rag.engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, MODES, KVChunk, KV
 from cascade_rag.engine.kv_chunk import FORMAT_VERSION
 
 from .chunking import split_passages
-from .ingest import Document, Fields, IngestReport, InputError, read_paths, records
+from .ingest import Document, Fields, IngestReport, InputError, read_paths, records, skipped_message
+from .ingest_cost import IngestEstimate, check_disk
+from .ingest_progress import IngestProgress
 from .prompt import DEFAULT_SYSTEM_PROMPT, PromptTemplate
 from .store import NoDocuments, Passage, Store, StoreError, chunk_key, ingest_hint, titled
 from .lexical_index import LexicalIndex, fuse
@@ -31,6 +33,9 @@ DEFAULT_DATA_DIR = "./cascade-data"
 # retrieval fuses the best RETRIEVAL_DEPTH passages by vector similarity and by BM25 (reciprocal rank fusion):
 # recall@4 on squad-dev 0.885 by vectors alone, 0.96 fused (docs/EVALUATION.md)
 RETRIEVAL_DEPTH = 50
+# passages embedded in one call at ingestion: the progress bar moves between calls, and their chunks are prefilled
+# before the next slice is embedded
+EMBED_SLICE = 32
 
 
 def default_data_dir() -> Path:
@@ -207,19 +212,31 @@ class RAG:
 
     # --- ingestion ---------------------------------------------------------------------------------------------
     def ingest(self, paths: Iterable[Path | str] = (), documents: Iterable[dict | Document] = (),
-               fields: Fields = Fields(), progress: bool = False) -> IngestReport:
+               fields: Fields = Fields(), progress: bool = False, max_disk_bytes: int | None = None) -> IngestReport:
         """Ingests files and folders (.txt, .md, .jsonl) and records ({id, title, text} or Document). Unchanged
-        documents are skipped, changed ones replaced; bad inputs are reported in the result, not raised."""
-        documents = list(documents)
-        items = list(read_paths(paths, fields)) + [d for d in documents if isinstance(d, Document)]
+        documents are skipped, changed ones replaced; bad inputs are reported in the result, not raised, and files
+        of other types in folders are named in a warning and the result's `skipped`. See ingest_documents for
+        `progress` and `max_disk_bytes`."""
+        documents, skipped = list(documents), []
+        items = list(read_paths(paths, fields, skipped)) + [d for d in documents if isinstance(d, Document)]
         items += records([d for d in documents if not isinstance(d, Document)], fields)
-        return self.ingest_documents(items, progress)
+        if skipped:
+            log.warning(skipped_message(skipped))
+        report = self.ingest_documents(items, progress, max_disk_bytes)
+        report.skipped = skipped
+        return report
 
-    def ingest_documents(self, items: list[Document | InputError], progress: bool = False) -> IngestReport:
+    def ingest_documents(self, items: list[Document | InputError], progress: bool = False,
+                         max_disk_bytes: int | None = None) -> IngestReport:
+        """Ingests documents (InputErrors are reported in the result). Before anything is embedded, prefilled or
+        written, the cost is estimated (report.estimate: passages, tokens, bytes of the new KV chunks and rows) and
+        the ingestion refused with IngestTooLarge when its bytes exceed the free space of the data directory's
+        filesystem or `max_disk_bytes`. `progress`: on stderr, the estimate in one line (its time measured on
+        the first slice embedded and the first batch prefilled), then a bar over the passages' tokens."""
         with self._write_lock:
             self.store.lock_for_writing()
             if any(isinstance(item, Document) for item in items):
-                self._write_manifest()  # loads the models first
+                self.engine, self.embedder  # loads the models (and checks them against the manifest)
             report = IngestReport()
             plan, seen = [], set()
             for item in items:
@@ -235,13 +252,22 @@ class RAG:
                         report.unchanged.append(item.id)
                     else:
                         plan.append((item, digest, self._passages(item)))
-            from tqdm import tqdm
-            bar = tqdm(total=sum(len(p) for _, _, p in plan), unit="passage", disable=not progress,
-                       file=sys.stderr, dynamic_ncols=True)
             prefill = _BatchPrefill(self, [p for _, _, passages in plan for p in passages])
-            for document, digest, passages in plan:
-                self._ingest_one(document, digest, passages, report, bar, prefill)
-            bar.close()
+            if plan:
+                report.estimate = IngestEstimate.of([passages for _, _, passages in plan],
+                                                    [ids for _, ids in prefill.queue],
+                                                    self._engine.kv_bytes_per_token(), self._embedder.dim)
+                check_disk(report.estimate, self.store.dir, max_disk_bytes)  # nothing written before
+            if any(isinstance(item, Document) for item in items):
+                self._write_manifest()
+            bar = IngestProgress(report.estimate, progress and bool(plan))
+            try:
+                first = self._calibrate(plan, prefill, bar) if bar.enabled else []
+                for document, digest, passages in plan:
+                    self._ingest_one(document, digest, passages, report, bar, prefill, first)
+                    first = []
+            finally:
+                bar.close()
             self.store.collect_garbage()
             if self._current_index() is not None:
                 self._index.save(self.store.dir)
@@ -258,11 +284,31 @@ class RAG:
                                self.passage_tokens, self.overlap)
         return [(text, tok.encode(self.template.passage(document.title, text))) for text in texts]
 
-    def _ingest_one(self, document: Document, digest: str, passages, report: IngestReport, bar,
-                    prefill: "_BatchPrefill") -> None:
-        vectors = self._embedder.encode([titled(document.title, text) for text, _ in passages])
-        rows = []
+    def _calibrate(self, plan, prefill: "_BatchPrefill", bar: IngestProgress) -> list[np.ndarray]:
+        """Times the first slice of passages embedded and the first batch prefilled (both kept) for the time of
+        the estimate line, which it ends; returns the slice's vectors."""
+        bar.announce()
+        document, _, passages = plan[0]
+        began = time.perf_counter()
+        vectors = self._embed(document, passages[:EMBED_SLICE])
+        embed_s = time.perf_counter() - began
+        tokens, prefill_s = prefill.prefill_next() if prefill.queue else (0, 0.0)
+        bar.calibrated(sum(len(ids) for _, ids in passages[:EMBED_SLICE]), embed_s, tokens, prefill_s)
+        return vectors
+
+    def _embed(self, document: Document, passages) -> list[np.ndarray]:
+        return list(self._embedder.encode([titled(document.title, text) for text, _ in passages]))
+
+    def _ingest_one(self, document: Document, digest: str, passages, report: IngestReport, bar: IngestProgress,
+                    prefill: "_BatchPrefill", vectors: list[np.ndarray]) -> None:
+        """Embeds the passages slice by slice (after `vectors`, embedded ahead), each slice's chunks prefilled and
+        saved before the next slice, then commits the document."""
+        vectors, rows = list(vectors), []
         for text, ids in passages:
+            if len(rows) == len(vectors):
+                part = passages[len(rows):len(rows) + EMBED_SLICE]
+                vectors += self._embed(document, part)
+                bar.embedded(sum(len(i) for _, i in part))
             key = chunk_key(self.fingerprint, ids)
             if not self.store.has_chunk(key):
                 self.store.save_chunk(key, prefill.take(key, ids))
@@ -271,12 +317,12 @@ class RAG:
             rows.append((text, ids, key, vectors[len(rows)]))
             report.tokens += len(ids)
             report.kv_bytes += len(ids) * self._engine.kv_bytes_per_token()
-            bar.update(1)
+            bar.stored(len(ids))
         _crash_point("before_commit")
         with self._state_lock:
             existed = self.store.document_hash(document.id) is not None
             removed, added = self.store.put_document(document.id, document.title, document.source, digest, rows)
-            self._apply_to_index(removed, added, vectors, self.store.generation())
+            self._apply_to_index(removed, added, np.stack(vectors), self.store.generation())
         (report.updated if existed else report.added).append(document.id)
         report.passages += len(rows)
         _crash_point("committed")
@@ -446,21 +492,26 @@ class _BatchPrefill:
     def take(self, key: str, ids: list[int]) -> KVChunk:
         rag = self.rag
         while key not in self.ready and key in self.queued:  # documents ask in plan order: `key` heads the queue
-            batch = [self.queue.popleft()]
-            tokens = len(batch[0][1])
-            while self.queue and tokens + len(self.queue[0][1]) <= rag.prefill_batch_tokens:
-                batch.append(self.queue.popleft())
-                tokens += len(batch[-1][1])
-            self.queued.difference_update(k for k, _ in batch)
-            with rag._engine_lock:
-                chunks = rag._engine.prefill_chunks([b for _, b in batch], [rag.level0], LEVEL_DOCUMENT,
-                                                    rag.fingerprint)
-            self.ready.update(zip((k for k, _ in batch), chunks))
+            self.prefill_next()
         chunk = self.ready.pop(key, None)
         if chunk is None:  # not planned (its file was there when planning): on its own
             with rag._engine_lock:
                 chunk = rag._engine.prefill_chunk(ids, [rag.level0], LEVEL_DOCUMENT, rag.fingerprint)
         return chunk
+
+    def prefill_next(self) -> tuple[int, float]:
+        """Prefills the next batch of the queue; returns its tokens and seconds."""
+        rag, began = self.rag, time.perf_counter()
+        batch = [self.queue.popleft()]
+        tokens = len(batch[0][1])
+        while self.queue and tokens + len(self.queue[0][1]) <= rag.prefill_batch_tokens:
+            batch.append(self.queue.popleft())
+            tokens += len(batch[-1][1])
+        self.queued.difference_update(k for k, _ in batch)
+        with rag._engine_lock:
+            chunks = rag._engine.prefill_chunks([b for _, b in batch], [rag.level0], LEVEL_DOCUMENT, rag.fingerprint)
+        self.ready.update(zip((k for k, _ in batch), chunks))
+        return tokens, time.perf_counter() - began
 
 
 def _tokens_only(passage: Passage, start: int, fingerprint: str) -> KVChunk:
