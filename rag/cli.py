@@ -9,11 +9,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from .cli_error import CLIError  # noqa: E402
+
 SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-
-
-class CLIError(Exception):
-    pass
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:

@@ -20,12 +20,15 @@ from grpc_reflection.v1alpha import reflection
 
 from cascade_rag.engine import SamplingParams
 
+from .drain import Drain
 from .ingest import Document, IngestReport
+from .listen import PortInUse, add_port, check_port
 from .pipeline import RAG
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
 from .request_queue import Abandoned, QueueFull, RequestQueue
-from .store import StoreError, StoreLocked
+from .ingest_cost import IngestTooLarge
+from .store import NoDocuments, StoreError, StoreLocked, UnknownDocuments
 
 log = logging.getLogger("cascade_rag")
 
@@ -45,6 +48,10 @@ SERVICES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
 OPEN_METHODS = "/grpc.health.v1.Health/"
 MODES = {pb.MODE_UNSPECIFIED: "cached", pb.MODE_CACHED: "cached", pb.MODE_FULL: "full", pb.MODE_BLEND: "blend"}
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
+NO_DOCUMENTS = ("no documents have been ingested into this server's data directory: ingest some first "
+                "(Documents.IngestDocuments, or `cascade-rag ingest PATH --data-dir DIR` on the server's directory)")
+FLUSH_S = 1.0  # after the drain, for the last statuses to reach their clients (and health Watch streams to end)
+CANCELLED_S = 10.0  # for the handlers of the calls cancelled at the end of the drain to return
 
 
 def _version() -> str:
@@ -148,6 +155,8 @@ class AnswerService(pb_grpc.AnswerServicer):
                     self.models.call(stream.close)
             except ValueError as exc:  # e.g. passages + question + max_tokens longer than the model's context
                 _invalid(context, "top_k/max_tokens", str(exc))
+            except NoDocuments:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_DOCUMENTS)
         a = stream.answer
         timings = pb.Timings(
             queue_time_ns=_ns(queued_s), retrieval_time_ns=_ns(a.retrieval_s), chunks_time_ns=_ns(a.chunks_s),
@@ -163,7 +172,10 @@ class AnswerService(pb_grpc.AnswerServicer):
         top_k = _check_question(context, request.question, request.top_k)
         with _engine_slot(self.queue, context) as queued_s:
             began = time.perf_counter()
-            sources = self.models.call(self.rag.retrieve, request.question, top_k)
+            try:
+                sources = self.models.call(self.rag.retrieve, request.question, top_k)
+            except NoDocuments:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_DOCUMENTS)
         return pb.RetrieveResponse(passages=[_source(s) for s in sources], queue_time_ns=_ns(queued_s),
                                    retrieval_time_ns=_ns(time.perf_counter() - began))
 
@@ -212,6 +224,8 @@ class DocumentsService(pb_grpc.DocumentsServicer):
             report = IngestReport()
             for group in _groups(documents, INGEST_GROUP_CHARS):  # answers in flight go on between the groups
                 report.add(self.models.call(self.rag.ingest_documents, group))
+        except IngestTooLarge as exc:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except (StoreLocked, StoreError) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         if report.errors:
@@ -227,12 +241,10 @@ class DocumentsService(pb_grpc.DocumentsServicer):
     def DeleteDocuments(self, request, context):
         if not request.ids:
             _invalid(context, "ids", "none given")
-        missing = [i for i in request.ids if self.rag.store.document_hash(i) is None]
-        if missing:
-            context.abort(grpc.StatusCode.NOT_FOUND, f"ids: no such documents: {', '.join(map(repr, missing))}; "
-                                                     f"nothing was deleted")
         try:
             return pb.DeleteDocumentsResponse(deleted_ids=self.models.call(self.rag.delete, request.ids))
+        except UnknownDocuments as exc:  # checked in the deletion's own transaction: nothing was deleted
+            context.abort(grpc.StatusCode.NOT_FOUND, f"ids: {exc}")
         except (StoreLocked, StoreError) as exc:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
 
@@ -313,18 +325,22 @@ class TokenAuth(grpc.ServerInterceptor):
 
 class RAGServer:
     """The services bound to host:port (port 0 picks a free one: see `.port`); start(), then stop(grace).
-    Loads the models first, so the first request does not wait for them."""
+    Loads the models first, so the first request does not wait for them. Raises PortInUse or OSError when it
+    cannot listen."""
 
     def __init__(self, rag: RAG, host: str = "127.0.0.1", port: int = 50051, max_queue: int = 8,
                  token: str | None = None, tls: tuple[bytes, bytes] | None = None,
                  max_message_bytes: int = MAX_MESSAGE_BYTES):
+        check_port(host, port)  # before loading the models
         self.rag, self.queue = rag, RequestQueue(max_queue)
+        self.drain = Drain(OPEN_METHODS, counted=tuple(f"/{service}/" for service in SERVICES))
         workers = max_queue + 1 + SPARE_WORKERS
+        interceptors = [self.drain] + ([TokenAuth(token)] if token else [])  # a draining server refuses all
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0)]  # a port in use is an error, not a second server on it
         self.server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="cascade-rag-grpc"),
-                                  interceptors=[TokenAuth(token)] if token else [], options=options,
+                                  interceptors=interceptors, options=options,
                                   maximum_concurrent_rpcs=workers)
         self.models = ModelThread()
         self.models.call(lambda: (rag.engine, rag.embedder))  # loaded on the thread that will run them
@@ -334,17 +350,7 @@ class RAGServer:
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(SERVICES + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        try:
-            if tls:
-                cert, key = tls
-                self.port = self.server.add_secure_port(address, grpc.ssl_server_credentials([(key, cert)]))
-            else:
-                self.port = self.server.add_insecure_port(address)
-        except RuntimeError as exc:
-            raise OSError(f"cannot listen on {address}: {exc}") from None
-        if not self.port:
-            raise OSError(f"cannot listen on {address}")
+        self.port = add_port(self.server, host, port, tls)
 
     def start(self) -> "RAGServer":
         self.server.start()
@@ -353,16 +359,22 @@ class RAGServer:
         return self
 
     def stop(self, grace: float | None = 30.0) -> None:
-        """Refuses new calls, lets those in flight (queued ones included) finish for `grace` seconds, then
-        cancels the rest."""
+        """Drains: health turns NOT_SERVING and new calls get UNAVAILABLE, both still answered on the open port,
+        while the calls in flight (queued ones included) finish for up to `grace` seconds; then cancels the rest
+        and closes the port. `grace` None: cancels at once."""
+        began = time.monotonic()
         self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        self.drain.begin()
+        idle = grace is not None and self.drain.wait(grace - (time.monotonic() - began))
+        self.server.stop(None if grace is None else FLUSH_S if idle else 0).wait()  # closes the port
+        self.drain.wait(CANCELLED_S)  # the handlers of cancelled calls still use the model thread on their way out
         self.models.shutdown()
 
 
 def serve(args) -> int:
     """`cascade-rag serve`: loads the models, serves until SIGTERM or SIGINT, then drains and exits."""
-    from .cli import CLIError, open_rag
+    from .cli import open_rag
+    from .cli_error import CLIError
     token = args.token or os.environ.get("CASCADE_RAG_TOKEN") or None
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CLIError("--tls-cert and --tls-key go together")
@@ -370,6 +382,10 @@ def serve(args) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
         log.warning(f"listening on {args.host} without a token: anyone who can reach it can ingest and delete; "
                     f"set --token or CASCADE_RAG_TOKEN (and --tls-cert/--tls-key)")
+    try:
+        check_port(args.host, args.port)  # before loading the models: a port in use fails at once
+    except PortInUse as exc:
+        raise PortInUse(f"{exc}: stop the server on it or choose another --port (0 picks a free one)") from None
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

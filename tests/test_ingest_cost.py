@@ -127,8 +127,7 @@ def test_beyond_the_free_disk_space_is_refused_by_the_api_and_over_grpc(tmp_path
                 client.ingest(documents)
         finally:
             server.stop(1)
-        # RESOURCE_EXHAUSTED once the server maps IngestTooLarge; FAILED_PRECONDITION as a StoreError before that
-        assert raised.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.FAILED_PRECONDITION)
+        assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "only 4.0 KiB are free" in raised.value.details()
         assert rag.documents() == [] and not list((tmp_path / "chunks").iterdir())
 

@@ -1,0 +1,87 @@
+"""The drain of a stopping server: while the calls in flight finish, the listener stays open, so that health
+checks keep answering (NOT_SERVING, from the health service) and new calls get UNAVAILABLE instead of a refused
+connection. grpc's server.stop(grace) closes the listener at once, so it is called only once the drain is over."""
+import threading
+import time
+from contextlib import contextmanager
+
+import grpc
+
+REFUSAL = "the server is shutting down; retry on another instance or once it is back"
+SETTLE_S = 0.1  # a call let in just before the drain began starts its handler within this
+
+
+class Drain(grpc.ServerInterceptor):
+    """Counts the calls in flight to the methods under the `counted` prefixes, from the start of their handler to
+    its end, and, once begin() is called, refuses every new call with UNAVAILABLE, but those under `open_methods`
+    (health checks: a health Watch, never ending, is not counted either; nor is a reflection stream)."""
+
+    def __init__(self, open_methods: str, counted: tuple[str, ...]):
+        self.open_methods, self.counted = open_methods, counted
+        self._draining = False
+        self._in_flight = 0
+        self._idle = threading.Condition()
+
+    def begin(self) -> None:
+        """Refuses new calls from now on; returns once those let in just before have started (and count)."""
+        with self._idle:
+            self._draining = True
+        time.sleep(SETTLE_S)
+
+    def wait(self, seconds: float) -> bool:
+        """Waits until no call is in flight or `seconds` have passed; True when none is left."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, max(0.0, seconds))
+
+    def intercept_service(self, continuation, details):
+        handler = continuation(details)
+        if handler is None or details.method.startswith(self.open_methods):
+            return handler
+        with self._idle:
+            draining = self._draining
+        if draining:
+            return _handler_like(handler, _refuse, codecs=False)
+        if not details.method.startswith(self.counted):
+            return handler
+        behavior = _behavior(handler)
+        if handler.response_streaming:
+            def counted(request, context):
+                with self._call():
+                    yield from behavior(request, context)
+        else:
+            def counted(request, context):
+                with self._call():
+                    return behavior(request, context)
+        return _handler_like(handler, counted, codecs=True)
+
+    @contextmanager
+    def _call(self):
+        with self._idle:
+            self._in_flight += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+
+def _refuse(request, context):
+    context.abort(grpc.StatusCode.UNAVAILABLE, REFUSAL)
+
+
+def _behavior(handler):
+    return {(False, False): handler.unary_unary, (False, True): handler.unary_stream,
+            (True, False): handler.stream_unary, (True, True): handler.stream_stream}[
+        handler.request_streaming, handler.response_streaming]
+
+
+def _handler_like(handler, behavior, codecs: bool):
+    """A method handler of the same kind as `handler` running `behavior`, with its (de)serializers if `codecs`."""
+    make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}[
+        handler.request_streaming, handler.response_streaming]
+    if not codecs:
+        return make(behavior)
+    return make(behavior, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
