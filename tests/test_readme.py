@@ -77,3 +77,17 @@ def test_quick_start_targets_install_from_the_lock():
     assert any("pip install -q --index-url https://download.pytorch.org/whl/cpu 'torch==2.13.0+cpu'" in line
                for line in lines)
     assert lines[-2:] == [".venv/bin/cascade-rag demo", ".venv/bin/python -m pytest -q -ra"]
+
+
+def test_node_client_readme_matches_the_client():
+    """examples/node-client/README.md's commands are what the client's header and the suite's node test run."""
+    readme = (ROOT / "examples" / "node-client" / "README.md").read_text()
+    commands = re.findall(r"^```bash\n(.*?)^```", readme, flags=re.M | re.S)[0].splitlines()
+    assert [c.split("#")[0].strip() for c in commands] == \
+        ["cd examples/node-client", "npm install", "node client.js --server 127.0.0.1:50051"]
+    usage = (ROOT / "examples" / "node-client" / "client.js").read_text().splitlines()[1]
+    assert "node client.js [--server 127.0.0.1:50051] [--token TOKEN] [--tls-ca ca.pem] [--proto-dir ../../proto]" \
+        in usage
+    ignored = subprocess.run(["git", "check-ignore", "examples/node-client/package-lock.json",
+                              "examples/node-client/node_modules/x"], cwd=ROOT, capture_output=True, text=True)
+    assert ignored.stdout.split() == ["examples/node-client/package-lock.json", "examples/node-client/node_modules/x"]
