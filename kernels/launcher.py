@@ -7,8 +7,9 @@ import os
 import torch
 
 if not torch.cuda.is_available():
-    # Without a GPU, Triton kernels can only run in Triton's interpreter, which must be chosen before any
-    # kernel is decorated (every kernel module imports this one first). The dispatchers still use the PyTorch references on the CPU unless asked otherwise.
+    # Without a GPU, Triton kernels can only run in Triton's interpreter, which must be chosen before triton is
+    # imported (every kernel module imports this one first). The dispatchers still use the PyTorch references
+    # on the CPU unless asked otherwise.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import triton  # noqa: E402 (after TRITON_INTERPRET is chosen)

@@ -1,4 +1,5 @@
-"""`python -m cascade_rag.rag.bench_kernels [--json PATH] [--tune [KERNELS]]`: the Triton kernels against PyTorch on the GPU.
+"""`python -m cascade_rag.rag.bench_kernels [--json PATH] [--tune [KERNELS]]`: the Triton kernels against
+PyTorch on the GPU.
 
 Chunk attention at decode (Qwen3-0.6B: 16 q heads, 8 KV heads, head_dim 128, bf16) over contexts split into
 chunks plus a small level-2 chunk, against SDPA over the pre-concatenated KV; and the linear layers of a

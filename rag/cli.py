@@ -224,8 +224,8 @@ def cmd_health(args) -> int:
     return check_health(args)
 
 
-COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "list": cmd_list, "delete": cmd_delete, "demo": cmd_demo, "eval": cmd_eval,
-            "bench": cmd_bench, "serve": cmd_serve, "health": cmd_health}
+COMMANDS = {"ingest": cmd_ingest, "ask": cmd_ask, "list": cmd_list, "delete": cmd_delete, "demo": cmd_demo,
+            "eval": cmd_eval, "bench": cmd_bench, "serve": cmd_serve, "health": cmd_health}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
-"""Load test: N concurrent clients each send R Query requests (the whole repeated --rounds times); every request must be answered or rejected with
-RESOURCE_EXHAUSTED. Starts its own `cascade-rag serve` (over a scratch directory with samples/ ingested) unless
+"""Load test: N concurrent clients each send R Query requests (the whole repeated --rounds times); every
+request must be answered or rejected with RESOURCE_EXHAUSTED. Starts its own `cascade-rag serve` (over a scratch directory with samples/ ingested) unless
 --server is given, samples the server's resident memory, and prints a JSON summary.
 
     python -m cascade_rag.rag.load_test --clients 32 --requests 10 [--server HOST:PORT --server-pid PID]"""
@@ -43,8 +43,8 @@ class MemorySampler(threading.Thread):
 
 
 def start_server(data_dir: str, max_queue: int, extra: list[str]) -> tuple[subprocess.Popen, str]:
-    process = subprocess.Popen([sys.executable, "-m", "cascade_rag.rag.cli", "serve", "--data-dir", data_dir, "--port", "0",
-                                "--max-queue", str(max_queue), *extra], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "cascade_rag.rag.cli", "serve", "--data-dir", data_dir,
+                                "--port", "0", "--max-queue", str(max_queue), *extra], stdout=subprocess.PIPE, text=True)
     line = process.stdout.readline()
     if "serving on " not in line:
         raise SystemExit(f"the server did not start: {line!r}")

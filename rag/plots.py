@@ -1,4 +1,5 @@
-"""PNG plots of `cascade_rag.rag.bench --contexts ... --json F` results: time to first token and decode tokens/s against context.
+"""PNG plots of `cascade_rag.rag.bench --contexts ... --json F` results: time to first token and decode
+tokens/s against context.
 
     python -m cascade_rag.rag.plots docs/bench/qwen3-0.6b-h100.json docs/bench/smollm2-135m-h100.json --out docs
 """

@@ -15,7 +15,8 @@ SYSTEM, DOCS, QUESTION = [1, 5, 9, 14], [[20 + i for i in range(n)] for n in (7,
 def test_static_decode_equals_eager(name, tmp_path, tokenizer_dir):
     from tests.conftest import make_tiny_checkpoint
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    engine = LLMEngine(make_tiny_checkpoint(tmp_path / name, name, tokenizer_dir, head_dim=64), device=device, dtype="fp32")
+    engine = LLMEngine(make_tiny_checkpoint(tmp_path / name, name, tokenizer_dir, head_dim=64), device=device,
+                       dtype="fp32")
     level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
     chunks = [level0] + [engine.prefill_chunk(d, [level0], LEVEL_DOCUMENT, "fp") for d in DOCS]
     params = SamplingParams(max_new_tokens=8, ignore_eos=True)
