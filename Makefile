@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 LATEST := .venv-latest
 LOCK := requirements.lock
 # torch's build depends on the machine, so it is installed apart from the lock, at an exact version: the CPU
-# build from PyTorch's CPU index by default. On a CUDA machine `make TORCH_SPEC= ...` keeps the installed torch.
+# build from PyTorch's CPU index by default (its dependencies come from the lock). On a CUDA machine
+# `make TORCH_SPEC= ...` keeps the installed torch.
 TORCH_SPEC ?= torch==2.13.0+cpu
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # where `make lock` finds that build of torch to resolve its dependencies (a find-links page or a folder)
@@ -23,7 +24,7 @@ $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; v == "$(LOCK_PYTHON)" or print( \
 	  f"warning: $(LOCK) is resolved for Python $(LOCK_PYTHON), this is {v}; if it fails, use make test-latest")'
 	$(PYTHON) -m venv $(VENV)
-	$(if $(TORCH_SPEC),$(PY) -m pip install -q --index-url $(TORCH_INDEX) '$(TORCH_SPEC)')
+	$(if $(TORCH_SPEC),$(PY) -m pip install -q --no-deps --index-url $(TORCH_INDEX) '$(TORCH_SPEC)')
 	$(PY) -m pip install -q -r $(LOCK)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
@@ -36,7 +37,7 @@ test: setup
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
-	$(if $(TORCH_SPEC),$(LATEST)/bin/python -m pip install -q --index-url $(TORCH_INDEX) '$(TORCH_SPEC)')
+	$(if $(TORCH_SPEC),$(LATEST)/bin/python -m pip install -q --no-deps --index-url $(TORCH_INDEX) '$(TORCH_SPEC)')
 	$(LATEST)/bin/python -m pip install -q -e '.[dev]'
 	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/python -m pytest -q -ra

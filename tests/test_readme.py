@@ -74,7 +74,7 @@ def test_quick_start_targets_install_from_the_lock():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any("pip install -q -r requirements.lock" in line for line in lines)
-    assert any("pip install -q --index-url https://download.pytorch.org/whl/cpu 'torch==2.13.0+cpu'" in line
+    assert any("pip install -q --no-deps --index-url https://download.pytorch.org/whl/cpu 'torch==2.13.0+cpu'" in line
                for line in lines)
     assert lines[-2:] == [".venv/bin/cascade-rag demo", ".venv/bin/python -m pytest -q -ra"]
 
