@@ -69,8 +69,9 @@ def test_quick_start_targets_install_from_the_lock():
     """`make test` is what CI runs (.ci/run); the demo itself runs in tests/test_cli.py. Here: both targets set
     up from the lock and then run what the README says."""
     assert "make test" in (ROOT / ".ci" / "run").read_text()
-    result = subprocess.run(["make", "-n", "-B", "demo", "test", "PYTHON=python3"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=60)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test
+    result = subprocess.run(["make", "--no-print-directory", "-n", "-B", "demo", "test", "PYTHON=python3"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert any("pip install -q -r requirements.lock" in line for line in lines)
