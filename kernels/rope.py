@@ -1,5 +1,5 @@
 """Rotary embedding of the new tokens, in one kernel: the query rotated once per chunk (to its position minus
-the chunk's shift, see DESIGN.md "Positions") and scaled by the chunk's query scale, and the key rotated and
+the chunk's shift, see docs/DESIGN.md "Positions") and scaled by the chunk's query scale, and the key rotated and
 stored with the value in the request's own KV buffer at its slot. Qwen3's per-head q/k RMSNorm is applied first.
 The decode step of a CUDA graph does the same inside the attention kernel (kernels.chunk_attention), with the
 jit helpers below.

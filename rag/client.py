@@ -11,9 +11,8 @@ from .answer_format import format_sources
 from .ingest import Document
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
+from .wire import MAX_MESSAGE_BYTES, MODE_TO_PROTO
 
-MODES = {"cached": pb.MODE_CACHED, "full": pb.MODE_FULL, "blend": pb.MODE_BLEND}
-MAX_MESSAGE_BYTES = 16 << 20
 
 
 class Client:
@@ -35,7 +34,7 @@ class Client:
               top_p: float = 0.0, seed: int | None = None, mode: str = "cached", timeout: float | None = None):
         """The response stream (iterate for QueryResponse messages; .cancel() stops it)."""
         request = pb.QueryRequest(question=question, top_k=top_k, max_tokens=max_tokens, temperature=temperature,
-                                  top_p=top_p, seed=seed, mode=MODES[mode])
+                                  top_p=top_p, seed=seed, mode=MODE_TO_PROTO[mode])
         return self.answer.Query(request, timeout=timeout, metadata=self.metadata)
 
     def retrieve(self, question: str, top_k: int = 0, timeout: float | None = None) -> pb.RetrieveResponse:

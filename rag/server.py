@@ -26,6 +26,7 @@ from .listen import PortInUse, add_port, check_port
 from .pipeline import RAG
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
+from .wire import MAX_MESSAGE_BYTES, PROTO_TO_MODE
 from .request_queue import Abandoned, QueueFull, RequestQueue
 from .ingest_cost import IngestTooLarge
 from .store import NoDocuments, StoreError, StoreLocked, UnknownDocuments
@@ -40,13 +41,11 @@ DEFAULT_TOP_K, DEFAULT_MAX_TOKENS = 4, 128
 MAX_DOCUMENT_ID_CHARS = 256
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 100
 PAGE_TOKEN_PREFIX = "after:"
-MAX_MESSAGE_BYTES = 16 << 20
 MAX_INGEST_BYTES = 64 << 20       # all the documents of one IngestDocuments call
 INGEST_GROUP_CHARS = 32 << 10    # text ingested in one go on the model thread: about one GPU prefill batch
 SPARE_WORKERS = 8                 # threads beyond the queue, for health, info, documents and quick rejections
 SERVICES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
 OPEN_METHODS = "/grpc.health.v1.Health/"
-MODES = {pb.MODE_UNSPECIFIED: "cached", pb.MODE_CACHED: "cached", pb.MODE_FULL: "full", pb.MODE_BLEND: "blend"}
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 NO_DOCUMENTS = ("no documents have been ingested into this server's data directory: ingest some first "
                 "(Documents.IngestDocuments, or `cascade-rag ingest PATH --data-dir DIR` on the server's directory)")
@@ -92,7 +91,7 @@ def _sampling(context, request) -> SamplingParams:
         _invalid(context, "temperature", f"{request.temperature} is out of range 0..{MAX_TEMPERATURE}")
     if not (math.isfinite(request.top_p) and 0 <= request.top_p <= 1):
         _invalid(context, "top_p", f"{request.top_p} is out of range (0, 1]")
-    if request.mode not in MODES:
+    if request.mode not in PROTO_TO_MODE:
         _invalid(context, "mode", f"unknown mode {request.mode}")
     return SamplingParams(max_new_tokens=request.max_tokens or DEFAULT_MAX_TOKENS, temperature=request.temperature,
                           top_p=request.top_p or 1.0, seed=request.seed if request.HasField("seed") else None)
@@ -145,7 +144,7 @@ class AnswerService(pb_grpc.AnswerServicer):
         params = _sampling(context, request)
         with _engine_slot(self.queue, context) as queued_s:
             try:
-                stream = self.models.call(self.rag.ask, request.question, top_k, MODES[request.mode], params)
+                stream = self.models.call(self.rag.ask, request.question, top_k, PROTO_TO_MODE[request.mode], params)
                 try:
                     for delta in self.models.iterate(iter(stream)):
                         if not context.is_active():  # cancelled or past its deadline: free the engine now

@@ -122,3 +122,5 @@ def test_ask_mode_choices_are_the_engine_modes():
     sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
     mode = next(a for a in sub.choices["ask"]._actions if a.dest == "mode")
     assert tuple(mode.choices) == MODES
+    from cascade_rag.rag.wire import MODE_TO_PROTO, PROTO_TO_MODE
+    assert tuple(MODE_TO_PROTO) == MODES and set(PROTO_TO_MODE.values()) == set(MODES)

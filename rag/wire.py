@@ -1,0 +1,7 @@
+"""What the gRPC server and client agree on beyond the .proto: the message size limit, and the answer modes by
+the engine's names against the proto's enum."""
+from .proto_gen import cascade_rag_pb2 as pb
+
+MAX_MESSAGE_BYTES = 16 << 20
+MODE_TO_PROTO = {"cached": pb.MODE_CACHED, "full": pb.MODE_FULL, "blend": pb.MODE_BLEND}
+PROTO_TO_MODE = {**{value: name for name, value in MODE_TO_PROTO.items()}, pb.MODE_UNSPECIFIED: "cached"}
