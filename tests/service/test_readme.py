@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
@@ -57,7 +57,7 @@ def test_serving_block_runs(tmp_path):
 
 def test_compose_block_is_what_the_compose_file_defines():
     """No Docker engine here: the services and profile the block names are checked with the Compose binary
-    (tests/test_compose.py validates the file itself)."""
+    (tests/service/test_compose.py validates the file itself)."""
     block = blocks("bash")[2].strip()
     assert block == "docker compose up -d && docker compose --profile ingest run --rm ingest"
     compose = ROOT / "docker-compose.yml"
@@ -66,7 +66,7 @@ def test_compose_block_is_what_the_compose_file_defines():
 
 
 def test_quick_start_targets_install_from_the_lock():
-    """`make test` is what CI runs (.ci/run); the demo itself runs in tests/test_cli.py. Here: both targets set
+    """`make test` is what CI runs (.ci/run); the demo itself runs in tests/service/test_cli.py. Here: both targets set
     up from the lock and then run what the README says."""
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}  # under make test

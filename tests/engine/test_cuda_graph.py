@@ -7,13 +7,13 @@ import torch
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, SamplingParams
 from cascade_rag.engine.cuda_graph import GraphDecoder
+from tests.helpers import make_tiny_checkpoint
 
 SYSTEM, DOCS, QUESTION = [1, 5, 9, 14], [[20 + i for i in range(n)] for n in (7, 1, 12)], [300, 301, 302, 303]
 
 
 @pytest.mark.parametrize("name", ["qwen3-gqa-untied"])
 def test_static_decode_equals_eager(name, tmp_path, tokenizer_dir):
-    from tests.conftest import make_tiny_checkpoint
     device = "cuda" if torch.cuda.is_available() else "cpu"
     engine = LLMEngine(make_tiny_checkpoint(tmp_path / name, name, tokenizer_dir, head_dim=64), device=device,
                        dtype="fp32")

@@ -7,8 +7,6 @@ import torch
 from cascade_rag.kernels import rmsnorm as rn
 from cascade_rag.kernels import rope
 
-interpreter = pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter runs only without CUDA")
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 # (tokens, Hq, Hkv, D, chunk shifts)
 ROPE_CASES = [(1, 4, 2, 16, [0, -3, 7]), (3, 4, 1, 32, []), (2, 14, 2, 64, [5]), (1, 16, 8, 128, list(range(-8, 9, 2)))]
@@ -55,14 +53,14 @@ def check_rope(case, dtype, device, atol, norm=False, scaled=False, views=True):
     assert torch.equal(tv, rv) and not tk[:4].any() and not tk[4 + n:].any()
 
 
-@interpreter
+@pytest.mark.interpreter
 @pytest.mark.parametrize("norm,scaled", ROPE_OPTIONS)
 @pytest.mark.parametrize("case", ROPE_CASES)
 def test_rope_store_interpreted(case, norm, scaled):
     check_rope(case, torch.float32, "cpu", 1e-5, norm, scaled)
 
 
-@interpreter
+@pytest.mark.interpreter
 @pytest.mark.parametrize("norm,scaled", ROPE_OPTIONS)
 @pytest.mark.parametrize("case", ROPE_CASES)
 def test_rope_store_interpreted_fp16_rounds_like_reference(case, norm, scaled):
@@ -70,13 +68,13 @@ def test_rope_store_interpreted_fp16_rounds_like_reference(case, norm, scaled):
     check_rope(case, torch.float16, "cpu", 0.0, norm, scaled)
 
 
-@interpreter
+@pytest.mark.interpreter
 @pytest.mark.parametrize("case", ROPE_CASES[:2])
 def test_rope_store_interpreted_separate_tensors(case):
     check_rope(case, torch.float32, "cpu", 1e-5, True, True, views=False)
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("norm,scaled", ROPE_OPTIONS)
 @pytest.mark.parametrize("case", ROPE_CASES)
@@ -115,13 +113,13 @@ def check_rmsnorm(n, hidden, dtype, device, atol):
     torch.testing.assert_close(got.float(), rn.rmsnorm_ref(x, w, 1e-6).float(), atol=atol, rtol=atol)
 
 
-@interpreter
+@pytest.mark.interpreter
 @pytest.mark.parametrize("n,hidden", [(1, 64), (3, 96), (2, 576)])
 def test_rmsnorm_interpreted(n, hidden):
     check_rmsnorm(n, hidden, torch.float32, "cpu", 1e-5)
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("n,hidden", [(1, 1024), (7, 896), (1, 576)])
 def test_rmsnorm_gpu(n, hidden, dtype, atol):

@@ -1,9 +1,9 @@
 """The committed gRPC stubs are what grpcio-tools makes of proto/ now."""
-from pathlib import Path
 
 from cascade_rag.rag.proto_gen.generate import OUTPUTS, generate
+from tests.helpers import ROOT
 
-STUBS = Path(__file__).resolve().parent.parent / "rag" / "proto_gen"
+STUBS = ROOT / "rag" / "proto_gen"
 
 
 def test_committed_stubs_are_current(tmp_path):

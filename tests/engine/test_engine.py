@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 
 from cascade_rag.engine import LLMEngine, ModelLoadError, SamplingParams
 from cascade_rag.engine.tokenizer import TextStream
+from tests.helpers import make_tiny_checkpoint
 
 PROMPT_IDS = [1, 17, 250, 33, 101, 7, 499, 64, 12, 300, 45, 9]
 
@@ -90,7 +91,6 @@ def _copy_checkpoint(src, dst):
 def test_bad_checkpoints_are_named(tmp_path, embedded_path):
     with pytest.raises(ModelLoadError, match="does not exist"):
         LLMEngine(tmp_path / "nope", device="cpu")
-    from tests.conftest import make_tiny_checkpoint
     good = make_tiny_checkpoint(tmp_path / "good", "qwen3-gqa-untied", embedded_path)
 
     arch = _copy_checkpoint(good, tmp_path / "arch")
@@ -126,7 +126,6 @@ def test_bad_checkpoints_are_named(tmp_path, embedded_path):
 
 
 def test_sharded_checkpoint_loads(tmp_path, embedded_path):
-    from tests.conftest import make_tiny_checkpoint
     single = make_tiny_checkpoint(tmp_path / "single", "llama-gqa-untied", embedded_path)
     hf = AutoModelForCausalLM.from_pretrained(str(single), dtype=torch.float32)
     sharded = tmp_path / "sharded"

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -13,9 +12,9 @@ from cascade_rag.rag.chunking import split_passages
 from cascade_rag.rag.evaluate import evaluate, exact_match, select_corpus, table, token_f1
 from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.store import Store, StoreLocked, UnknownDocuments
+from tests.helpers import ROOT
 
 
-ROOT = Path(__file__).resolve().parent.parent
 PLANTED = {"id": "varn", "title": "Varn lighthouse",
            "text": "The lighthouse of Varn was built in 1841 by the engineer Ada Ilse. Its lamp can be seen 40 km "
                    "away. The secret code of the Varn lighthouse is 4417."}

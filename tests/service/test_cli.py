@@ -1,12 +1,11 @@
 """The `cascade-rag` command: the whole flow, clear one-line errors for bad input, the demo."""
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from tests.helpers import ROOT
 
 
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def cli(*args, timeout=300):

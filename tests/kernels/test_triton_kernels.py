@@ -1,20 +1,16 @@
 """Triton kernels against their PyTorch references: under TRITON_INTERPRET=1 on the CPU, and on CUDA when present."""
-import os
 
 import pytest
 import torch
 
-import cascade_rag.kernels.chunk_attention as ca  # kernels/__init__ sets TRITON_INTERPRET=1 when there is no GPU
+import cascade_rag.kernels.chunk_attention as ca  # kernels/launcher sets TRITON_INTERPRET=1 when there is no GPU
 import cascade_rag.kernels.fused_rmsnorm_qkv as fr
 import cascade_rag.kernels.greedy as greedy
 import cascade_rag.kernels.linear as lin
 import cascade_rag.kernels.lm_head as lm_head
 from cascade_rag.kernels.rmsnorm import rmsnorm_ref
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-interpreter = pytest.mark.skipif(not INTERPRET, reason="needs TRITON_INTERPRET=1")
-gpu = pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(), reason="needs CUDA (and no interpreter)")
 
 
 def make_chunks(lengths, hkv, d, dtype, device, layers=3, layer=1, odd=()):
@@ -66,13 +62,13 @@ def check_attention(case, dtype, device, atol):
     assert (out.float() - ref).abs().max().item() <= atol
 
 
-@interpreter
+@pytest.mark.interpreter
 @pytest.mark.parametrize("case", ATTENTION_CASES)
 def test_chunk_attention_interpreted(case):
     check_attention(case, torch.float32, "cpu", 1e-3)
 
 
-@interpreter
+@pytest.mark.interpreter
 def test_decode_merges_partials_in_several_passes(monkeypatch):
     monkeypatch.setitem(ca.DECODE_TUNING, "merge_elements", 4 * 2 * 64)  # 4 splits a pass at GQA 2, D 64
     check_attention(([150, 1, 200, 69], 1, 4, 2, 64, 18, ()), torch.float32, "cpu", 1e-3)  # 5 passes, the last of 2
@@ -86,7 +82,7 @@ def test_decode_splits_are_whole_merge_passes(monkeypatch):
     assert ca._decode_splits(1, 2, 64, 64, "cpu") == 2  # splits of 32 keys at least: less than one pass
 
 
-@interpreter
+@pytest.mark.interpreter
 def test_chunk_attention_without_keys_is_an_error():
     keys, values = make_chunks([0, 0], 2, 64, torch.float32, "cpu")
     with pytest.raises(ValueError, match="at least one key"):
@@ -171,7 +167,7 @@ def check_decode_table(case, dtype, device, atol, monkeypatch, short_splits=True
     assert torch.equal(own_keys[layer, slot + 1:], ref_keys[slot + 1:])  # nothing else written
 
 
-@interpreter
+@pytest.mark.interpreter
 @pytest.mark.parametrize("short_splits", [True, False])
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])  # (bf16: truncated here)
 @pytest.mark.parametrize("case", DECODE_TABLE_CASES)
@@ -179,7 +175,7 @@ def test_decode_table_rotates_and_stores_the_new_token_interpreted(case, dtype, 
     check_decode_table(case, dtype, "cpu", atol, monkeypatch, short_splits)
 
 
-@interpreter
+@pytest.mark.interpreter
 def test_decode_table_needs_the_projections_and_rope():
     workspace = ca.decode_workspace(1, 4, 64, 2, 64, "cpu")
     keys = torch.zeros(8, 2, 64)
@@ -214,7 +210,7 @@ def check_linear(case, dtype, device, atol):
     torch.testing.assert_close(got.float(), ref.float(), atol=atol, rtol=atol)
 
 
-@interpreter
+@pytest.mark.interpreter
 @pytest.mark.parametrize("block_k", [4096, 64])  # the whole input in one block (weights read first) or a loop
 @pytest.mark.parametrize("case", LINEAR_CASES)
 def test_linear_interpreted(case, block_k, monkeypatch):
@@ -223,7 +219,7 @@ def test_linear_interpreted(case, block_k, monkeypatch):
     check_linear(case, torch.float32, "cpu", 1e-3)
 
 
-@interpreter
+@pytest.mark.interpreter
 @pytest.mark.parametrize("k", [64, 512, 96])  # warp rows in one piece, in two, and the padded block
 def test_linear_input_rows_at_an_odd_stride(k):
     """The input's row stride decides whether its loads are vectorised: an odd one must not be rounded."""
@@ -242,7 +238,7 @@ def check_silu_mul(rows, n, dtype, device):
     torch.testing.assert_close(lin.silu_mul(y), torch.nn.functional.silu(gate) * up, atol=0, rtol=rtol)
 
 
-@interpreter
+@pytest.mark.interpreter
 @pytest.mark.parametrize("rows,n", [(3, 40), (2, 1500)])  # one block a row, and two with a masked tail
 def test_silu_mul_interpreted(rows, n):
     check_silu_mul(rows, n, torch.float32, "cpu")
@@ -370,24 +366,24 @@ def check_publish_token(device):
     assert out.tolist() == [-1] * 6 + [greedy.best_token(best.cpu().numpy()), -1] and int(out[6]) == 2
 
 
-@interpreter
+@pytest.mark.interpreter
 def test_publish_token_interpreted():
     check_publish_token("cpu")
 
 
-@interpreter
+@pytest.mark.interpreter
 def test_head_argmax_keys_interpreted():
     check_head_argmax(200, "cpu", torch.float32)
 
 
-@interpreter
+@pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("k", [64, 96])
 def test_quantized_head_gives_the_full_heads_token_interpreted(k, dtype):
     check_quantized_head(300, k, "cpu", dtype)
 
 
-@interpreter
+@pytest.mark.interpreter
 def test_next_input_interpreted():
     check_next_input("cpu")
 
@@ -412,14 +408,14 @@ GPU_ATTENTION_CASES = ATTENTION_CASES + [
 ]
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-3), (torch.bfloat16, 2e-2), (torch.float16, 2e-2)])
 @pytest.mark.parametrize("case", GPU_ATTENTION_CASES)
 def test_chunk_attention_gpu(case, dtype, atol):
     check_attention(case, dtype, "cuda", atol)
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-3), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("short_splits", [True, False])
 @pytest.mark.parametrize("case", DECODE_TABLE_CASES)
@@ -427,31 +423,31 @@ def test_decode_table_rotates_and_stores_the_new_token_gpu(case, dtype, atol, sh
     check_decode_table(case, dtype, "cuda", atol, monkeypatch, short_splits)
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n", [200, 151936])
 def test_head_argmax_keys_gpu(n, dtype):
     check_head_argmax(n, "cuda", dtype)
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("n,k", [(300, 96), (49152, 576), (151936, 1024)])  # SmolLM2's and Qwen3's heads
 def test_quantized_head_gives_the_full_heads_token_gpu(n, k, dtype):
     check_quantized_head(n, k, "cuda", dtype)
 
 
-@gpu
+@pytest.mark.gpu
 def test_next_input_gpu():
     check_next_input("cuda")
 
 
-@gpu
+@pytest.mark.gpu
 def test_publish_token_gpu():
     check_publish_token("cuda")
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-3), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("case", LINEAR_CASES + [(1, 1024, 4096, True, False, False, False),  # Qwen3-0.6B QKV
                                                  (1, 1024, 3072, True, False, True, False),   # gate/up
@@ -465,7 +461,7 @@ def test_linear_gpu(case, dtype, atol, block_k, monkeypatch):
     check_linear(case, dtype, "cuda", atol)
 
 
-@gpu
+@pytest.mark.gpu
 @pytest.mark.parametrize("rows", [4, 32, 300])
 def test_gated_linear_of_many_rows_gpu(rows):
     """Past MAX_TRITON_ROWS: the Triton RMSNorm, cuBLAS and the Triton SiLU * up, against linear_ref."""

@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 import pytest
@@ -23,8 +22,8 @@ from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.proto_gen import cascade_rag_pb2 as pb
 from cascade_rag.rag.proto_gen import cascade_rag_pb2_grpc as pb_grpc
 from cascade_rag.rag.server import RAGServer
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 CORPUS = [
     {"id": "varn", "title": "Varn lighthouse", "text": "The lighthouse of Varn was built in 1841 by the engineer Ada "
                                                        "Ilse. The secret code of the Varn lighthouse is 4417."},

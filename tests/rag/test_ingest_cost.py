@@ -16,8 +16,8 @@ from cascade_rag.rag.ingest_cost import IngestEstimate, IngestTooLarge, format_s
 from cascade_rag.rag.ingest_progress import IngestProgress
 from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.server import RAGServer
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = ["The ferry to Varn leaves at {0} o'clock from pier {0}.", "Lighthouse {0} was painted red in 18{0}.",
              "Bees of hive {0} flew {0} kilometres on the first warm day."]
 LINE = re.compile(r"ingesting (\d+) documents?: ([\d,]+) passages, ([\d,]+) tokens, ~([\d.,]+) (B|KiB|MiB|GiB) of KV "

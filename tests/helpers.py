@@ -1,0 +1,53 @@
+"""Shared by the tests: the repository root and the one helper that writes random-weight checkpoints."""
+import shutil
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+# name -> (model_type, extra config): GQA and MHA, tied and untied, each family's switches
+TINY_CONFIGS = {
+    "llama-gqa-untied": ("llama", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)),
+    "llama-mha-tied": ("llama", dict(num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)),
+    "qwen2-gqa-bias": ("qwen2", dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)),
+    "qwen3-gqa-tied": ("qwen3", dict(num_attention_heads=4, num_key_value_heads=1, tie_word_embeddings=True)),
+    "qwen3-gqa-untied": ("qwen3", dict(num_attention_heads=8, num_key_value_heads=2, tie_word_embeddings=False)),
+}
+# the embedded model's vocabulary and tokenizer on a random two-layer Llama: fast, reads real text
+EMBEDDED_VOCAB = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
+                      tie_word_embeddings=True, eos_token_id=2)
+
+
+def random_checkpoint(folder: Path, model_type: str, tokenizer_from: Path, seed: int = 0,
+                      perturb_norms: bool = False, **config) -> Path:
+    """A random-weight Hugging Face checkpoint of `model_type` with `config`, saved with transformers, with the
+    tokenizer files of `tokenizer_from`. `perturb_norms`: norm weights and biases away from 1 and 0, so that the
+    families' switches matter."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config), dtype=torch.float32)
+    if perturb_norms:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "norm" in name:
+                    p.copy_(1 + 0.5 * torch.randn_like(p))
+                elif name.endswith("bias"):
+                    p.copy_(0.5 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    for f in TOKENIZER_FILES:
+        if (tokenizer_from / f).exists():
+            shutil.copy(tokenizer_from / f, folder / f)
+    return folder
+
+
+def make_tiny_checkpoint(folder: Path, name: str, tokenizer_from: Path, seed: int = 0, head_dim: int = 16) -> Path:
+    """One of TINY_CONFIGS: three layers, a 512-token vocabulary."""
+    model_type, extra = TINY_CONFIGS[name]
+    return random_checkpoint(
+        folder, model_type, tokenizer_from, seed, perturb_norms=model_type in ("qwen2", "qwen3"), vocab_size=512,
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, head_dim=head_dim, max_position_embeddings=1024,
+        rms_norm_eps=1e-6, rope_theta=10000.0, initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        **extra)
