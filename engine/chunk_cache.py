@@ -1,7 +1,6 @@
 """Hot tiers of KV chunks: LRU by bytes on the engine's device and, when that is a GPU, in pinned CPU memory."""
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -62,32 +61,41 @@ class ChunkCache:
 
 
 class TieredChunkCache:
-    """Device tier, then (for a GPU device) a pinned CPU tier, then `load` (the disk)."""
+    """The device tier and, for a GPU device, a pinned CPU tier, in front of the chunk store: `lookup` finds a
+    chunk in them, `admit` keeps one that came from below."""
 
     def __init__(self, device: str, device_bytes: int, cpu_bytes: int = 0):
         self.device = torch.device(device)
         self.device_tier = ChunkCache(device_bytes)
         self.cpu_tier = ChunkCache(cpu_bytes) if self.device.type == "cuda" else None
 
-    def get(self, key: str, load: Callable[[], KVChunk]) -> tuple[KVChunk, str]:
-        """The chunk on the device and the tier it came from: 'gpu', 'cpu' (memory) or 'disk'."""
+    @property
+    def pins(self) -> bool:
+        """Whether chunks from below should arrive in pinned CPU memory (kept there, copied to the GPU)."""
+        return self.cpu_tier is not None
+
+    def lookup(self, key: str) -> tuple[KVChunk | None, str | None]:
+        """The chunk on the device and the tier that held it ('gpu' or 'cpu'), or (None, None)."""
         chunk = self.device_tier.get(key)
         if chunk is not None:
             return chunk, "gpu" if self.device.type == "cuda" else "cpu"
-        tier = "disk"
-        if self.cpu_tier is not None:
-            chunk = self.cpu_tier.get(key)
-            tier = "cpu" if chunk is not None else "disk"
+        chunk = self.cpu_tier.get(key) if self.cpu_tier is not None else None
         if chunk is None:
-            chunk = load()
-            if self.cpu_tier is not None:
-                pinned = _pinned(chunk)
-                self.cpu_tier.put(key, pinned)
-                if chunk.device.type == "cpu":  # read from disk: copied to the GPU from the pinned copy
-                    chunk = pinned
+            return None, None
         chunk = chunk.to(self.device, non_blocking=True)
         self.device_tier.put(key, chunk)
-        return chunk, tier
+        return chunk, "cpu"
+
+    def admit(self, key: str, chunk: KVChunk) -> KVChunk:
+        """A chunk from below the tiers (storage, a recompute) kept in them; returns it on the device."""
+        if self.cpu_tier is not None:
+            pinned = _pinned(chunk)
+            self.cpu_tier.put(key, pinned)
+            if chunk.device.type == "cpu":  # read from storage: copied to the GPU from the pinned copy
+                chunk = pinned
+        chunk = chunk.to(self.device, non_blocking=True)
+        self.device_tier.put(key, chunk)
+        return chunk
 
     def put(self, key: str, chunk: KVChunk) -> None:
         self.device_tier.put(key, chunk.to(self.device))

@@ -15,7 +15,8 @@ from cascade_rag.kernels.rope import rotate
 
 from .config import ModelLoadError
 from .embedded import embedded_model_path
-from .kv_chunk import FORMAT_VERSION, LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, KVChunk
+from .chunk_format import FORMAT_VERSION
+from .kv_chunk import LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, KVChunk
 from .loader import checkpoint_files, load_model
 from .model import AttentionContext, KVBuffer
 from .sampling import Sampler, SamplingParams

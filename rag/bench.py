@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from cascade_rag.engine.chunk_format import load_file, save_file
 from cascade_rag.engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, ModelConfig, SamplingParams, default_device,
                     default_dtype, default_prefill_batch_tokens)
 
@@ -139,9 +140,9 @@ def context_suite(engine: LLMEngine, hf, contexts, question_tokens: int, new_tok
             device, repeat)
         paths = [Path(tmpdir) / f"doc{i}.safetensors" for i in range(n_docs)]
         for c, p in zip(docs, paths):
-            c.save(p)
+            save_file(c, p)
         row["cached_disk_ttft_ms"] = 1e3 * timed(
-            lambda: engine.generate(question, one, [level0] + [KVChunk.load(p, fp, device) for p in paths]),
+            lambda: engine.generate(question, one, [level0] + [load_file(p, fp, device) for p in paths]),
             device, repeat)
         all_ids = torch.tensor([[t for c in chunks for t in c.token_ids] + question], device=device)
         with torch.inference_mode():

@@ -95,7 +95,7 @@ def fidelity(rag, question: str, modes: list[str], top_k: int, tokens: int) -> d
     tokens the mode also ranks first, and the mean KL divergence of its next-token distributions from full's."""
     from cascade_rag.engine import SamplingParams
     chunks, ids = rag.composition(question, top_k)
-    engine = rag.engine
+    engine = rag.model().engine
     answer = engine.generate(ids, SamplingParams(max_new_tokens=tokens, ignore_eos=True), chunks, "full").token_ids
     sequence = ids + answer[:-1]
 
@@ -178,7 +178,7 @@ def main(args) -> int:
             results = evaluate(rag, questions, modes, args.top_k, params, args.fidelity_tokens)
             results["summary"].update(
                 corpus_documents=len(corpus), corpus_passages=rag.stats()["passages"],
-                distractors=args.distractors, sample_seed=args.sample_seed, device=rag.device, dtype=rag.dtype,
+                distractors=args.distractors, sample_seed=args.sample_seed, device=rag.options.device, dtype=rag.options.dtype,
                 max_new_tokens=args.max_tokens, fidelity_tokens=args.fidelity_tokens, ingest={
                     "documents": report.documents, "unchanged": len(report.unchanged), "passages": report.passages,
                     "prefilled": report.prefilled, "tokens": report.tokens, "kv_bytes": report.kv_bytes,

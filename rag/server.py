@@ -273,18 +273,16 @@ class DocumentsService(pb_grpc.DocumentsServicer):
 class InfoService(pb_grpc.InfoServicer):
     def __init__(self, rag: RAG, queue: RequestQueue, max_message_bytes: int):
         self.rag, self.queue, self.max_message_bytes = rag, queue, max_message_bytes
-        # held here: the properties of RAG wait for the engine lock, which a running answer holds
-        self.engine, self.embedder = rag.engine, rag.embedder
+        # held here: loading them waits for the engine lock, which a running answer holds
+        self.engine, self.embedder = rag.model().engine, rag.embedder()
 
     def GetInfo(self, request, context):
         rag, engine, embedder = self.rag, self.engine, self.embedder
         stats = rag.stats()
         tiers = []
-        for name, tier in rag.cache.tiers().items():
-            s, lookups = tier.stats, tier.stats.hits + tier.stats.misses
-            tiers.append(pb.CacheTier(name=name, chunks=len(tier), bytes=tier.used_bytes, budget_bytes=tier.budget_bytes,
-                                      hits=s.hits, misses=s.misses, evictions=s.evictions,
-                                      hit_rate=s.hits / lookups if lookups else 0.0))
+        for name, tier in stats.get("cache", {}).items():
+            lookups = tier["hits"] + tier["misses"]
+            tiers.append(pb.CacheTier(name=name, hit_rate=tier["hits"] / lookups if lookups else 0.0, **tier))
         return pb.GetInfoResponse(
             version=_version(),
             model=pb.ModelInfo(path=str(engine.model_path), id=engine.model_id, dtype=str(engine.dtype).split(".")[-1],
@@ -342,7 +340,7 @@ class RAGServer:
                                   interceptors=interceptors, options=options,
                                   maximum_concurrent_rpcs=workers)
         self.models = ModelThread()
-        self.models.call(lambda: (rag.engine, rag.embedder))  # loaded on the thread that will run them
+        self.models.call(lambda: (rag.model(), rag.embedder()))  # loaded on the thread that will run them
         pb_grpc.add_AnswerServicer_to_server(AnswerService(rag, self.queue, self.models), self.server)
         pb_grpc.add_DocumentsServicer_to_server(DocumentsService(rag, self.models), self.server)
         pb_grpc.add_InfoServicer_to_server(InfoService(rag, self.queue, max_message_bytes), self.server)

@@ -1,5 +1,5 @@
-"""The data directory: SQLite document store (WAL), content-addressed KV chunk files, manifest, writer lock."""
-import hashlib
+"""The data directory's documents: a SQLite store (WAL) of documents and passages (text, token ids, vector, chunk
+key), the manifest, and the writer lock. The chunks themselves are in the chunk store (rag/chunk_store.py)."""
 import json
 import os
 import sqlite3
@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from cascade_rag.engine import KVChunk
-from cascade_rag.engine.kv_chunk import write_atomic
+from cascade_rag.engine.file_io import write_atomic
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
@@ -67,12 +66,8 @@ def titled(title: str, text: str) -> str:
     return f"{title}. {text}" if title else text
 
 
-def chunk_key(fingerprint: str, token_ids: list[int]) -> str:
-    return hashlib.sha256(json.dumps([fingerprint, token_ids]).encode()).hexdigest()
-
-
 class Store:
-    """Documents, passages (text, token ids, vector, chunk key) and the chunk files, in one data directory.
+    """Documents and passages (text, token ids, vector, chunk key), in one data directory.
 
     Every change of passages bumps `generation` in the same transaction, so a saved vector index can tell
     whether it is current. Writers hold a file lock on the directory; readers need none. With create=False
@@ -85,7 +80,6 @@ class Store:
             raise NoDocuments(f"data directory {self.dir} {what}: {ingest_hint(self.dir)}")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "chunks").mkdir(exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot use data directory {self.dir}: {exc}") from None
         self._lock = threading.RLock()
@@ -226,31 +220,3 @@ class Store:
     def chunk_keys(self) -> set[str]:
         with self._lock:
             return {r[0] for r in self.db.execute("SELECT DISTINCT chunk_key FROM passages")}
-
-    # --- KV chunk files ----------------------------------------------------------------------------------------
-    def chunk_path(self, key: str) -> Path:
-        return self.dir / "chunks" / f"{key}.safetensors"
-
-    def has_chunk(self, key: str) -> bool:
-        return self.chunk_path(key).exists()
-
-    def save_chunk(self, key: str, chunk: KVChunk) -> None:
-        chunk.save(self.chunk_path(key))
-
-    def load_chunk(self, key: str, fingerprint: str, device, pin: bool = False) -> KVChunk:
-        return KVChunk.load(self.chunk_path(key), fingerprint, device, pin)
-
-    def chunk_files(self) -> list[Path]:
-        return sorted(self.dir.glob("chunks/*.safetensors"))
-
-    def collect_garbage(self) -> int:
-        """Removes chunk files no passage refers to (left by replaced documents or an interrupted ingestion)."""
-        keep = self.chunk_keys()
-        removed = 0
-        for path in self.chunk_files():
-            if path.stem not in keep:
-                path.unlink(missing_ok=True)
-                removed += 1
-        for tmp in self.dir.glob("chunks/.*.tmp"):
-            tmp.unlink(missing_ok=True)
-        return removed

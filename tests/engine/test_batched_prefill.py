@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, LLMEngine, SamplingParams
+from cascade_rag.engine.chunk_format import load_file, save_file
 
 SYSTEM, QUESTION = [1, 5, 9, 14, 33], [300, 301, 302, 303, 304]
 PASSAGES = [[20 + i for i in range(7)], [77], [100 + 3 * i for i in range(12)], [40, 41, 42]]  # uneven, one of 1
@@ -32,8 +33,8 @@ def test_batched_chunks_equal_sequential_ones(engine, tmp_path):
     assert_same_chunks(batched, sequential)
     assert all(c.start == len(SYSTEM) for c in batched)
     assert batched[0].nbytes == len(PASSAGES[0]) * engine.kv_bytes_per_token()
-    batched[1].save(tmp_path / "one.safetensors")  # the 1-token passage survives a round trip
-    loaded = KVChunk.load(tmp_path / "one.safetensors", "fp")
+    save_file(batched[1], tmp_path / "one.safetensors")  # the 1-token passage survives a round trip
+    loaded = load_file(tmp_path / "one.safetensors", "fp")
     assert loaded.token_ids == PASSAGES[1] and torch.equal(loaded.keys, batched[1].keys)
 
 
@@ -86,8 +87,8 @@ def test_batched_ingestion_stores_the_chunks_of_one_by_one_ingestion(tmp_path, t
                  prefill_batch_tokens=budget) as rag:
             report = rag.ingest(documents=docs)
             assert rag.check() == [] and len(rag.documents()) == 4 and report.prefilled < report.passages
-            stored[budget] = (report.prefilled, {f.stem: KVChunk.load(f, rag.fingerprint)
-                                                 for f in rag.store.chunk_files()})
+            stored[budget] = (report.prefilled, {key: load_file(rag.chunks.backend.path(key), rag.model().fingerprint)
+                                                 for key in rag.chunks.sizes()})
         assert max(batches) == 1 if budget == 1 else max(batches) > 1
     assert stored[1][0] == stored[100][0] and stored[1][1].keys() == stored[100][1].keys()
     for key, one in stored[1][1].items():

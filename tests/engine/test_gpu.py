@@ -82,18 +82,20 @@ def test_chunks_in_cpu_memory_answer_as_on_the_gpu(qwen3_shape):
     assert engine.generate(question, params, [c.to("cpu") for c in chunks]).token_ids == on_gpu
 
 
-def test_a_chunk_from_disk_is_pinned_once_and_copied_from_there(tmp_path):
+def test_a_stored_chunk_is_pinned_once_and_copied_from_there(tmp_path):
     from cascade_rag.engine import KVChunk, TieredChunkCache
+    from cascade_rag.engine.chunk_format import load_file, save_file
     torch.manual_seed(0)
     keys, values = torch.randn(2, 7, 2, 64, dtype=torch.bfloat16), torch.randn(2, 7, 2, 64, dtype=torch.bfloat16)
-    KVChunk(LEVEL_DOCUMENT, list(range(7)), 3, keys, values, "fp").save(tmp_path / "c.safetensors")
-    loaded = KVChunk.load(tmp_path / "c.safetensors", "fp", "cpu", pin=True)
+    save_file(KVChunk(LEVEL_DOCUMENT, list(range(7)), 3, keys, values, "fp"), tmp_path / "c.safetensors")
+    loaded = load_file(tmp_path / "c.safetensors", "fp", "cpu", pin=True)
     assert loaded.keys.is_pinned() and loaded.values.is_pinned()
     tiers = TieredChunkCache("cuda", device_bytes=1 << 20, cpu_bytes=1 << 20)
-    chunk, tier = tiers.get("c", lambda: loaded)
-    assert tier == "disk" and chunk.keys.is_cuda
+    assert tiers.pins and tiers.lookup("c") == (None, None)
+    chunk = tiers.admit("c", loaded)
+    assert chunk.keys.is_cuda and tiers.lookup("c")[1] == "gpu"
     assert tiers.cpu_tier.get("c") is loaded  # kept as loaded: no second copy into pinned memory
     assert torch.equal(chunk.keys.cpu(), keys) and torch.equal(chunk.values.cpu(), values)
     recomputed = loaded.to("cuda")  # a chunk prefilled again on the GPU is kept there, not copied back from pinned
-    chunk, _ = tiers.get("r", lambda: recomputed)
+    chunk = tiers.admit("r", recomputed)
     assert chunk.keys.data_ptr() == recomputed.keys.data_ptr() and tiers.cpu_tier.get("r").keys.is_pinned()

@@ -10,6 +10,7 @@ from safetensors.torch import save as save_tensors
 
 from cascade_rag.engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, ChunkCache, FingerprintMismatch, KVChunk, KVChunkError, LLMEngine,
                     SamplingParams, TieredChunkCache)
+from cascade_rag.engine.chunk_format import checksum, load_file, save_file
 from cascade_rag.kernels.chunk_attention import chunk_attention
 from cascade_rag.kernels.rope import rotate
 
@@ -159,34 +160,34 @@ def chunk(tiny_checkpoint):
 
 def test_persistence_round_trip_is_bit_identical(chunk, tmp_path):
     path = tmp_path / "c.safetensors"
-    chunk.save(path)
-    loaded = KVChunk.load(path, "fp-a")
+    save_file(chunk, path)
+    loaded = load_file(path, "fp-a")
     assert torch.equal(loaded.keys.view(torch.int16), chunk.keys.view(torch.int16))
     assert torch.equal(loaded.values.view(torch.int16), chunk.values.view(torch.int16))
     assert (loaded.level, loaded.start, loaded.token_ids, loaded.fingerprint) == (
         chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint)
     assert loaded.keys.dtype == torch.bfloat16
     loaded.keys.add_(1)  # its own memory: the file, mapped while loading, stays as saved
-    assert torch.equal(KVChunk.load(path, "fp-a").keys.view(torch.int16), chunk.keys.view(torch.int16))
+    assert torch.equal(load_file(path, "fp-a").keys.view(torch.int16), chunk.keys.view(torch.int16))
 
 
 def test_bad_chunk_files_are_refused(chunk, tmp_path):
     path = tmp_path / "c.safetensors"
-    chunk.save(path)
+    save_file(chunk, path)
     with pytest.raises(FingerprintMismatch, match="fingerprint"):
-        KVChunk.load(path, "fp-b")
+        load_file(path, "fp-b")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 100])
     with pytest.raises(KVChunkError, match="truncated or corrupted"):
-        KVChunk.load(path, "fp-a")
+        load_file(path, "fp-a")
     for offset in (len(data) - 5, len(data) // 2, 20):
         flipped = bytearray(data)
         flipped[offset] ^= 0x10
         path.write_bytes(bytes(flipped))
         with pytest.raises(KVChunkError):
-            KVChunk.load(path, "fp-a")
+            load_file(path, "fp-a")
     with pytest.raises(KVChunkError, match="cannot read"):
-        KVChunk.load(tmp_path / "absent.safetensors", "fp-a")
+        load_file(tmp_path / "absent.safetensors", "fp-a")
 
 
 @pytest.mark.parametrize("algorithm", ["sha256", "crc32"])
@@ -194,16 +195,16 @@ def test_files_with_earlier_checksums_still_load(chunk, tmp_path, algorithm):
     path = tmp_path / "c.safetensors"
     metadata = {"format_version": "1", "level": str(chunk.level), "start": str(chunk.start),
                 "token_ids": json.dumps(chunk.token_ids), "fingerprint": chunk.fingerprint,
-                "checksum": chunk.checksum(algorithm)}
+                "checksum": checksum(chunk, algorithm)}
     data = save_tensors({"keys": chunk.keys, "values": chunk.values}, metadata=metadata)
     path.write_bytes(data)
-    assert torch.equal(KVChunk.load(path, "fp-a").values.view(torch.int16), chunk.values.view(torch.int16))
+    assert torch.equal(load_file(path, "fp-a").values.view(torch.int16), chunk.values.view(torch.int16))
     flipped = bytearray(data)
     flipped[len(data) // 2] ^= 0x10
     path.write_bytes(bytes(flipped))
     with pytest.raises(KVChunkError, match="checksum"):
-        KVChunk.load(path, "fp-a")
-    chunk.save(path)
+        load_file(path, "fp-a")
+    save_file(chunk, path)
     with safe_open(path, framework="pt") as f:
         assert f.metadata()["checksum"].startswith("xxh3:")
 
@@ -236,9 +237,9 @@ def test_lru_never_exceeds_budget_and_evicts_least_recent():
 
 def test_tiered_cache_reports_tiers():
     tiers = TieredChunkCache("cpu", device_bytes=10 * fake_chunk(10).nbytes)
-    loads = []
-    chunk, tier = tiers.get("x", lambda: loads.append(1) or fake_chunk(10))
-    assert tier == "disk" and loads == [1]
-    chunk, tier = tiers.get("x", lambda: loads.append(1) or fake_chunk(10))
-    assert tier == "cpu" and loads == [1]
-    assert set(tiers.tiers()) == {"cpu"}
+    assert tiers.lookup("x") == (None, None) and not tiers.pins
+    stored = fake_chunk(10)
+    assert tiers.admit("x", stored) is stored  # on the CPU device: kept as it came
+    chunk, tier = tiers.lookup("x")
+    assert tier == "cpu" and chunk is stored
+    assert set(tiers.tiers()) == {"cpu"} and tiers.device_tier.stats.misses == 1

@@ -9,7 +9,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from cascade_rag.rag import ingest_cost, pipeline
+from cascade_rag.rag import ingest_cost
 from cascade_rag.rag.client import Client
 from cascade_rag.rag.ingest import read_paths, skipped_message
 from cascade_rag.rag.ingest_cost import IngestEstimate, IngestTooLarge, format_size, parse_size
@@ -68,18 +68,17 @@ def test_estimate_matches_the_bytes_written_and_the_bar_counts_tokens_while_embe
     long = " ".join(s.format(i) for i in range(20) for s in SENTENCES)  # one document of several slices
     (folder / "long.txt").write_text(long)
     (folder / "short.md").write_text("# Kites\n\nBox kites were invented by Lawrence Hargrave in 1893.")
-    monkeypatch.setattr(pipeline, "EMBED_SLICE", 3)
     events = []
     advance = IngestProgress._advance
     monkeypatch.setattr(IngestProgress, "_advance",
                         lambda self, n: (advance(self, n), events.append(("bar", self.bar.n if self.bar else 0))))
     caplog.set_level(logging.WARNING)
-    with RAG(tmp_path / "data", model=tiny_model, passage_tokens=32, overlap=4) as rag:
-        encode = rag.embedder.encode
-        monkeypatch.setattr(rag.embedder, "encode",
+    with RAG(tmp_path / "data", model=tiny_model, passage_tokens=32, overlap=4, embed_slice=3) as rag:
+        encode = rag.embedder().encode
+        monkeypatch.setattr(rag.embedder(), "encode",
                             lambda texts: (events.append(("embed", len(texts))), encode(texts))[1])
         report = rag.ingest([folder], progress=True)
-        kv_per_token = rag.engine.kv_bytes_per_token()
+        kv_per_token = rag.model().engine.kv_bytes_per_token()
     estimate, err = report.estimate, capsys.readouterr().err
     assert sorted(report.added) == ["long.txt", "short.md"] and not report.errors
     assert (estimate.documents, estimate.passages, estimate.tokens) == (2, report.passages, report.tokens)

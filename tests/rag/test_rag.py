@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from cascade_rag.engine import KVChunk, SamplingParams
+from cascade_rag.engine import SamplingParams
+from cascade_rag.engine.chunk_format import load_file
 from cascade_rag.rag.chunking import split_passages
 from cascade_rag.rag.evaluate import evaluate, exact_match, select_corpus, table, token_f1
 from cascade_rag.rag.pipeline import RAG
@@ -41,7 +42,7 @@ def test_ingest_is_idempotent_and_consistent(rag):
     report = rag.ingest(documents=CORPUS)
     assert sorted(report.added) == sorted(d["id"] for d in CORPUS) and not report.errors
     assert report.passages == rag.stats()["passages"] >= len(CORPUS) and report.prefilled == report.passages
-    assert report.kv_bytes == report.tokens * rag.engine.kv_bytes_per_token()
+    assert report.kv_bytes == report.tokens * rag.model().engine.kv_bytes_per_token()
     assert rag.check() == []
     again = rag.ingest(documents=CORPUS)
     assert sorted(again.unchanged) == sorted(d["id"] for d in CORPUS) and again.passages == again.prefilled == 0
@@ -56,7 +57,7 @@ def test_planted_passage_is_retrieved_and_answered_in_every_mode(rag):
                          params=SamplingParams(max_new_tokens=40, stop=("4417",)))
         deltas = list(stream)
         answer = stream.answer
-        assert "".join(deltas) == answer.text and "4417" in rag.engine.tokenizer.decode(answer.token_ids), answer.text
+        assert "".join(deltas) == answer.text and "4417" in rag.model().engine.tokenizer.decode(answer.token_ids), answer.text
         assert [s.doc_id for s in answer.sources][0] == "varn" and answer.ttft_s > 0 and answer.first_token_s > 0
         assert sum(answer.tiers.values()) == (0 if mode == "full" else 2)
     again = rag.ask("What is the secret code of the Varn lighthouse?", top_k=2, params=QUICK).result()
@@ -78,24 +79,24 @@ def test_eval_compares_every_mode_with_full_token_by_token(rag):
 
 def test_update_replaces_passages_vectors_and_chunks(rag):
     rag.ingest(documents=CORPUS)
-    before = {p.stem for p in rag.store.chunk_files()}
+    before = set(rag.chunks.sizes())
     changed = dict(CORPUS[1], text="A honey bee colony is led by a queen. Bumblebees nest in the ground.")
     report = rag.ingest(documents=[changed])
     assert report.updated == ["bees"] and report.passages == 1
-    after = {p.stem for p in rag.store.chunk_files()}
+    after = set(rag.chunks.sizes())
     assert len(after - before) == 1 and len(before - after) == 1 and rag.check() == []
     assert "Bumblebees" in rag.retrieve("Where do bumblebees nest?", top_k=1)[0].text
 
 
 def test_delete_removes_everything_of_the_document(rag):
     rag.ingest(documents=CORPUS)
-    files = len(rag.store.chunk_files())
+    files = len(rag.chunks.sizes())
     with pytest.raises(UnknownDocuments, match="no such documents: 'no-such-id'; nothing was deleted"):
         rag.delete(["rail", "no-such-id"])
-    assert "rail" in {d["id"] for d in rag.documents()} and len(rag.store.chunk_files()) == files
+    assert "rail" in {d["id"] for d in rag.documents()} and len(rag.chunks.sizes()) == files
     assert rag.delete(["rail"]) == ["rail"]
     assert "rail" not in {d["id"] for d in rag.documents()} and rag.check() == []
-    assert len(rag.store.chunk_files()) < files
+    assert len(rag.chunks.sizes()) < files
     assert all(s.doc_id != "rail" for s in rag.retrieve("night trains sleeping cars", top_k=4))
     rag.ingest(documents=CORPUS)  # back for the other tests
 
@@ -104,17 +105,17 @@ def test_corrupt_and_missing_chunks_are_recomputed(rag, caplog):
     rag.ingest(documents=CORPUS)
     [source] = rag.retrieve("What is the secret code of the Varn lighthouse?", top_k=1)
     [passage] = rag.store.passages([source.passage_id]).values()
-    path = rag.store.chunk_path(passage.chunk_key)
+    path = rag.chunks.backend.path(passage.chunk_key)
     data = bytearray(path.read_bytes())
     data[-100] ^= 0xFF
     path.write_bytes(bytes(data))
-    rag.cache.discard(passage.chunk_key)
+    rag.model().tiers.discard(passage.chunk_key)
     answer = rag.ask("What is the secret code of the Varn lighthouse?", top_k=1, params=QUICK).result()
     assert answer.tiers == {"recomputed": 1} and "checksum" in answer.warnings[0]
     assert "checksum" in caplog.text
-    KVChunk.load(path, rag.fingerprint)  # stored again, whole
+    load_file(path, rag.model().fingerprint)  # stored again, whole
     path.unlink()
-    rag.cache.discard(passage.chunk_key)
+    rag.model().tiers.discard(passage.chunk_key)
     answer = rag.ask("What is the secret code of the Varn lighthouse?", top_k=1, params=QUICK).result()
     assert answer.tiers == {"recomputed": 1} and "missing" in answer.warnings[0] and path.exists()
 
@@ -187,7 +188,7 @@ def test_hnsw_index_survives_updates_and_deletes(tmp_path, tiny_model):
         rag.delete(["bees"])
         assert rag.check() == [] and rag.retrieve("dense dark rye bread", top_k=1)[0].doc_id == "bread"
     with RAG(tmp_path) as rag:  # a reader: the saved index of the current generation
-        assert rag.index_kind == "hnsw" and rag.check() == [] and len(rag.documents()) == 3
+        assert rag.options.index == "hnsw" and rag.check() == [] and len(rag.documents()) == 3
 
 
 def test_another_model_is_refused_on_a_data_dir(tmp_path, tiny_model):
@@ -198,7 +199,7 @@ def test_another_model_is_refused_on_a_data_dir(tmp_path, tiny_model):
 
 
 def test_passages_respect_the_size_and_cut_at_sentences(rag):
-    tok = rag.engine.tokenizer
+    tok = rag.model().engine.tokenizer
     count = lambda s: len(tok.encode(s))
     text = ("Short first paragraph.\n\n" + " ".join(f"Sentence number {i} is here." for i in range(40))
             + "\n\n" + "x" * 3000)

@@ -1,0 +1,102 @@
+"""ChunkProvider: the language model and the chunks it reads. It loads the engine on first use, with the prompt
+template, the fingerprint and the level-0 chunk; names chunks (chunk_key); and serves passage chunks from the
+memory tiers, the chunk store, or (on a miss, the one place that decides it) a recompute that is stored again."""
+import logging
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, LLMEngine, TieredChunkCache
+
+from .chunk_store import ChunkStore, ChunkWriteError, chunk_key
+from .manifest import Manifest
+from .options import RAGOptions
+from .prompt import PromptTemplate
+
+log = logging.getLogger("cascade_rag")
+
+
+@dataclass(frozen=True)
+class Model:
+    """The loaded engine and what is made with it once."""
+    engine: LLMEngine
+    template: PromptTemplate
+    fingerprint: str
+    level0: KVChunk
+    tiers: TieredChunkCache
+
+
+@dataclass(frozen=True)
+class Served:
+    """A passage's chunk on the engine's device, the tier it came from, and a warning when it was recomputed."""
+    chunk: KVChunk
+    tier: str
+    warning: str | None = None
+
+
+class ChunkProvider:
+    def __init__(self, options: RAGOptions, chunks: ChunkStore, manifest: Manifest):
+        self.options, self.chunks, self.manifest = options, chunks, manifest
+        self.lock = threading.RLock()  # the engine, the level-0 chunk and the tiers
+        self._model: Model | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def model(self) -> Model:
+        """The model, loaded on the first call (and checked against the manifest)."""
+        with self.lock:
+            if self._model is None:
+                o = self.options
+                engine = LLMEngine(o.model, device=o.device, dtype=o.dtype)
+                template = PromptTemplate.from_tokenizer(engine.tokenizer, o.system_prompt)
+                fingerprint = engine.fingerprint(o.system_prompt)
+                self.manifest.check("fingerprint", fingerprint, "the model, its dtype or the system prompt")
+                level0 = engine.prefill_chunk(engine.tokenizer.encode(template.level0), [], LEVEL_SYSTEM, fingerprint)
+                tiers = TieredChunkCache(o.device, o.cache_bytes, o.cpu_cache_bytes)
+                self._model = Model(engine, template, fingerprint, level0, tiers)
+            return self._model
+
+    def key(self, token_ids: list[int]) -> str:
+        return chunk_key(self.model().fingerprint, token_ids)
+
+    def prefill(self, batch: list[list[int]]) -> list[KVChunk]:
+        """The level-1 chunks of passages' token ids, prefilled together after level 0."""
+        m = self.model()
+        with self.lock:
+            return m.engine.prefill_chunks(batch, [m.level0], LEVEL_DOCUMENT, m.fingerprint)
+
+    def serve(self, key: str, token_ids: list[int], label: str) -> Served:
+        """The chunk of the passage `label` (its key and token ids), from the tiers or the store; on a miss,
+        prefilled again and stored again (a failure to store it is a warning: the answer goes on)."""
+        m = self.model()
+        with self.lock:
+            chunk, tier = m.tiers.lookup(key)
+            if chunk is not None:
+                return Served(chunk, tier)
+            found = self.chunks.get(key, m.fingerprint, "cpu", pin=m.tiers.pins)
+            if found.chunk is not None:
+                return Served(m.tiers.admit(key, found.chunk), "disk")
+            warning = f"{found.problem or f'KV chunk of passage {label} is missing'}; recomputing it"
+            log.warning(warning)
+            chunk = m.engine.prefill_chunk(token_ids, [m.level0], LEVEL_DOCUMENT, m.fingerprint)
+            try:
+                self.chunks.put(key, chunk)
+            except ChunkWriteError as exc:
+                log.warning(f"could not store the recomputed chunk: {exc}")
+            return Served(m.tiers.admit(key, chunk), "recomputed", warning)
+
+    def tokens_only(self, token_ids: list[int]) -> KVChunk:
+        """A chunk with token ids and no KV: `full` mode prefills the tokens itself and never reads stored KV."""
+        m, empty = self.model(), torch.empty(0)
+        return KVChunk(LEVEL_DOCUMENT, token_ids, m.level0.length, empty, empty, m.fingerprint)
+
+    def tier_stats(self) -> dict:
+        """Per memory tier: hits, misses, evictions, chunks, bytes and budget_bytes (empty before the model is
+        loaded)."""
+        if self._model is None:
+            return {}
+        return {name: dict(vars(tier.stats), chunks=len(tier), bytes=tier.used_bytes, budget_bytes=tier.budget_bytes)
+                for name, tier in self._model.tiers.tiers().items()}

@@ -1,0 +1,108 @@
+"""Stored KV chunks: the format (cascade_rag.engine.chunk_format) over a backend that keeps bytes by key.
+
+A backend has four verbs and a listing; the local directory (rag/local_backend.py) is one, and another (Redis,
+object storage) is one class of the same shape. Whatever the backend does when it fails, the store serves a
+chunk only when its bytes decode whole and checked: a failed or partial write is a miss."""
+import hashlib
+import json
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from cascade_rag.engine import KVChunk, KVChunkError
+from cascade_rag.engine.chunk_format import decode, encode
+
+log = logging.getLogger("cascade_rag")
+
+
+def chunk_key(fingerprint: str, token_ids: list[int]) -> str:
+    """The one name of a chunk's bytes: the fingerprint (model weights and tokenizer, dtype and so the layout, the
+    system prompt of level 0, the format version) and the passage's token ids."""
+    return hashlib.sha256(json.dumps([fingerprint, token_ids]).encode()).hexdigest()
+
+
+class ChunkBackend(ABC):
+    """Where chunk bytes live. Errors are raised as OSError (or any exception); none needs to be atomic for the
+    store to be safe, though a backend that is (the local one) keeps a failed write from costing a recompute."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Stores data under key, replacing what was there."""
+
+    @abstractmethod
+    def get(self, key: str) -> bytearray | None:
+        """The bytes under key (a writable buffer), or None when there are none."""
+
+    @abstractmethod
+    def contains(self, key: str) -> bool:
+        ...
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Removes key; no error when it is absent."""
+
+    @abstractmethod
+    def sizes(self) -> dict[str, int]:
+        """Every stored key and its size in bytes."""
+
+    def collect(self, keep: set[str]) -> int:
+        """Deletes every key not in keep (and whatever a backend leaves of interrupted writes); returns how many."""
+        stale = set(self.sizes()) - keep
+        for key in stale:
+            self.delete(key)
+        return len(stale)
+
+
+class ChunkWriteError(OSError):
+    """A chunk the backend could not store; nothing of it is served."""
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """A stored chunk, or a miss: `problem` says why an entry that was there could not be used."""
+    chunk: KVChunk | None
+    problem: str | None = None
+
+
+class ChunkStore:
+    def __init__(self, backend: ChunkBackend):
+        self.backend = backend
+
+    def contains(self, key: str) -> bool:
+        return self.backend.contains(key)
+
+    def get(self, key: str, fingerprint: str, device="cpu", pin: bool = False) -> Lookup:
+        """The chunk under key, checked against `fingerprint`, on `device` (pinned CPU memory if `pin`); or a miss
+        (absent, unreadable, truncated, corrupted, of another model)."""
+        try:
+            data = self.backend.get(key)
+        except Exception as exc:
+            return Lookup(None, f"cannot read KV chunk {key}: {exc}")
+        if data is None:
+            return Lookup(None)
+        try:
+            return Lookup(decode(data, fingerprint, device, pin, f"KV chunk {key}"))
+        except KVChunkError as exc:
+            return Lookup(None, str(exc))
+
+    def put(self, key: str, chunk: KVChunk) -> None:
+        """Stores the chunk; on failure removes what may have been written and raises ChunkWriteError."""
+        data = encode(chunk)
+        try:
+            self.backend.put(key, data)
+        except Exception as exc:
+            try:
+                self.backend.delete(key)
+            except Exception as cleanup:
+                log.warning(f"could not remove what was written of KV chunk {key}: {cleanup}")
+            raise ChunkWriteError(f"could not store KV chunk {key}: {exc}") from exc
+
+    def delete(self, key: str) -> None:
+        self.backend.delete(key)
+
+    def sizes(self) -> dict[str, int]:
+        return self.backend.sizes()
+
+    def collect(self, keep: set[str]) -> int:
+        """Removes the chunks no passage refers to (left by replaced documents or an interrupted ingestion)."""
+        return self.backend.collect(keep)

@@ -1,0 +1,116 @@
+"""Retriever: the passages for a question. The embedder (loaded on first use), the FAISS index and BM25, both
+kept at the store's generation, and reciprocal rank fusion of the two rankings. `lock` guards the store's rows
+and the index, which change together."""
+import threading
+
+import numpy as np
+
+from .answer import Source
+from .embedder import Embedder
+from .lexical_index import LexicalIndex, fuse
+from .manifest import Manifest
+from .store import NoDocuments, Passage, Store, ingest_hint, titled
+from .vector_index import VectorIndex
+
+# retrieval fuses the best RETRIEVAL_DEPTH passages by vector similarity and by BM25 (reciprocal rank fusion):
+# recall@4 on squad-dev 0.885 by vectors alone, 0.96 fused (docs/EVALUATION.md)
+RETRIEVAL_DEPTH = 50
+
+
+def check_query(question: str, top_k: int) -> None:
+    if not question.strip():
+        raise ValueError("the question is empty")
+    if top_k < 1:
+        raise ValueError(f"top_k must be at least 1, got {top_k}")
+
+
+class Retriever:
+    def __init__(self, store: Store, manifest: Manifest, index_kind: str, embedder_path: str | None = None):
+        self.store, self.manifest, self.index_kind, self.embedder_path = store, manifest, index_kind, embedder_path
+        self.lock = threading.RLock()
+        self._embedder: Embedder | None = None
+        self._index: VectorIndex | None = None
+        self._lexical: LexicalIndex | None = None
+
+    def embedder(self) -> Embedder:
+        """The embedder, loaded on the first call (and checked against the manifest)."""
+        with self.lock:
+            if self._embedder is None:
+                embedder = Embedder(self.embedder_path)
+                self.manifest.check("embedder", embedder.name, "the embedder")
+                self.manifest.check("dim", embedder.dim, "the embedder")
+                self._embedder = embedder
+            return self._embedder
+
+    def embed_passages(self, title: str, texts: list[str]) -> list[np.ndarray]:
+        return list(self.embedder().encode([titled(title, text) for text in texts]))
+
+    def index(self) -> VectorIndex | None:
+        """The index of the store's current generation: in memory, from its file, or rebuilt from the vectors."""
+        with self.lock:
+            generation = self.store.generation()
+            if self._index is not None and self._index.generation == generation:
+                return self._index
+            manifest = self.store.manifest()
+            if manifest is None:
+                return None
+            dim = manifest["dim"]
+            index = VectorIndex.load(self.store.dir, dim, self.index_kind, generation)
+            if index is None:
+                generation, ids, vectors = self.store.vectors()
+                index = VectorIndex.build(dim, self.index_kind, generation, ids, vectors)
+                if self.store.is_writer:
+                    index.save(self.store.dir)
+            self._index = index
+            return index
+
+    def _lexical_index(self) -> LexicalIndex:
+        """BM25 over the passages of the store's current generation, rebuilt after every change."""
+        with self.lock:
+            if self._lexical is None or self._lexical.generation != self.store.generation():
+                self._lexical = LexicalIndex(*self.store.texts())
+            return self._lexical
+
+    def changed(self, removed: list[int], added: list[int], vectors: np.ndarray | None, generation: int) -> None:
+        """Brings the index to `generation` after the store removed and added passages (call under `lock`)."""
+        index = self._index
+        if index is None or index.generation != generation - 1 or (removed and not index.supports_remove):
+            self._index = None
+            self.index()
+            return
+        if removed:
+            index.remove(removed)
+        if added:
+            index.add(added, vectors)
+        index.generation = generation
+
+    def save(self) -> None:
+        index = self.index()
+        if index is not None:
+            index.save(self.store.dir)
+
+    def require_documents(self) -> None:
+        if not self.store.counts()["documents"] or self.index() is None:
+            raise NoDocuments(f"data directory {self.store.dir} has no documents: {ingest_hint(self.store.dir)}")
+
+    def search(self, question: str, top_k: int) -> list[tuple[Source, Passage]]:
+        """The top_k passages by fused rank, with their cosine similarity to the question."""
+        check_query(question, top_k)
+        self.require_documents()
+        vector = self.embedder().encode([question])[0]
+        depth = max(RETRIEVAL_DEPTH, top_k)
+        with self.lock:
+            index = self.index()
+            pids = fuse([index.search(vector, depth), self._lexical_index().search(question, depth)])[:top_k]
+            scores = index.similarity(vector, pids)
+            passages = self.store.passages(pids)
+        return [(Source(p.doc_id, p.title, score, pid, p.text), p)
+                for pid, score in zip(pids, scores) if (p := passages.get(pid)) is not None]
+
+    def problems(self) -> list[str]:
+        """Where the index disagrees with the store's vectors (empty when it agrees)."""
+        _, ids, _ = self.store.vectors()
+        index = self.index()
+        if index is not None and sorted(index.ids().tolist()) != ids.tolist():
+            return [f"vector index holds {len(index)} vectors, the store {len(ids)}"]
+        return []
