@@ -24,6 +24,7 @@ COPY pyproject.toml README.md ./
 COPY engine engine
 COPY kernels kernels
 COPY rag rag
+COPY benchmarks benchmarks
 COPY proto proto
 COPY samples samples
 RUN pip install --no-deps -e .

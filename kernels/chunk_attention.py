@@ -399,7 +399,7 @@ def _interpreting() -> bool:
 
 
 HEAD_DIMS = (64, 128)  # what the Triton kernel supports
-# KV block, warps, pipeline depth, programs per SM to aim for, shortest split (cascade_rag.rag.bench_kernels --tune):
+# KV block, warps, pipeline depth, programs per SM to aim for, shortest split (cascade_rag.benchmarks.bench_kernels --tune):
 # _attn_kernel with up to 16 rows (swept at decode on 2026-11-25, H100), with row tiles of 64 (a 32-token
 # question, 2026-11-26, H200), and _decode_kernel (2026-11-26, H200; its min_split and merge_elements chosen
 # later that day with the splits rounded to whole merge passes; the same settings stay fastest in the engine with

@@ -17,7 +17,7 @@ import triton.language as tl  # noqa: E402
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait  # noqa: E402
 
 FAST_LAUNCH = True
-PDL = True  # programmatic dependent launch where the GPU has it (cascade_rag.rag.bench_kernels turns it off to compare)
+PDL = True  # programmatic dependent launch where the GPU has it (cascade_rag.benchmarks.bench_kernels turns it off to compare)
 _compiled = {}
 
 

@@ -24,7 +24,7 @@ MAX_TRITON_ROWS = 3
 # outputs per program, input block, warps, chosen by the decode step's GPU time in the engine's CUDA graph (H100,
 # 2026-11-26): 4 outputs a program for the plain projections and 8 (16 weight rows) for gate/up; with the LM head a
 # GEMV too, 0.844-0.849 ms a step at 1K and 0.977 at 4K against 0.868 and 1.010 with 8 for all and cuBLAS's head
-# (cascade_rag.rag.bench_kernels --tune prefers other settings for back-to-back calls of one layer)
+# (cascade_rag.benchmarks.bench_kernels --tune prefers other settings for back-to-back calls of one layer)
 TUNING = dict(block_n=4, block_k=4096, num_warps=4)
 GATED_TUNING = dict(block_n=8, block_k=4096, num_warps=4)
 

@@ -1,5 +1,5 @@
 """The `cascade-rag` command: ingest, ask, list, delete, eval, demo, serve, health (and bench, served by
-cascade_rag.rag.bench)."""
+cascade_rag.benchmarks.bench)."""
 import argparse
 import logging
 import os
@@ -10,35 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .cli_error import CLIError  # noqa: E402
-
-SAMPLES = Path(__file__).resolve().parent.parent / "samples"
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="Hugging Face checkpoint folder (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: fp32 on CPU, bf16 on GPU")
-
-
-def add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, help="data directory (default: $CASCADE_RAG_DATA or ./cascade-data)")
-
-
-def add_answer_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--top-k", type=int, default=4, help="passages to retrieve (default 4)")
-    p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 is greedy (default)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: keep the most likely tokens whose "
-                                                            "probabilities add up to this (default 1: all)")
-    p.add_argument("--seed", type=int, help="random seed of sampling (default: a fresh one each answer)")
-
-
-def add_server_options(p: argparse.ArgumentParser, token: bool = True) -> None:
-    p.add_argument("--tls-ca", type=Path, help="CA certificate (PEM) to verify a TLS server with")
-    if token:
-        p.add_argument("--token", default=os.environ.get("CASCADE_RAG_TOKEN"),
-                       help="bearer token (default: $CASCADE_RAG_TOKEN)")
-
+from .cli_options import (add_answer_options, add_data_dir, add_model_options, add_server_options,  # noqa: E402
+                          open_rag, sampling)
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cascade-rag", description="Retrieval-augmented generation over "
@@ -125,24 +98,12 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=64, help="most tokens of each answer (default 64)")
     add_model_options(p)
 
-    p = sub.add_parser("bench", help="our engine against transformers on this device (rag/bench.py)")
+    p = sub.add_parser("bench", help="our engine against transformers on this device (benchmarks/bench.py)")
     add_model_options(p)
-    if argv and argv[0] == "bench":  # cascade_rag.rag.bench (heavy) is imported only for its own command
-        from . import bench
+    if argv and argv[0] == "bench":  # cascade_rag.benchmarks.bench (heavy) is imported only for its own command
+        from cascade_rag.benchmarks import bench
         getattr(bench, "add_arguments", lambda _: None)(p)
     return root
-
-
-def open_rag(args, **extra):
-    from .pipeline import RAG
-    return RAG(args.data_dir, model=getattr(args, "model", None), device=getattr(args, "device", None),
-               dtype=getattr(args, "dtype", None), **extra)
-
-
-def sampling(args):
-    from cascade_rag.engine import SamplingParams
-    return SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
-                          seed=args.seed)
 
 
 def cmd_ingest(args) -> int:
@@ -210,12 +171,12 @@ def cmd_eval(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench
+    from cascade_rag.benchmarks import bench
     return bench.main(args) or 0
 
 
 def cmd_serve(args) -> int:
-    from .server import serve
+    from .serve_command import serve
     return serve(args)
 
 

@@ -3,7 +3,7 @@ and the sample questions are answered through the gRPC client, streamed with sou
 import json
 import tempfile
 
-from .cli import SAMPLES
+from .cli_options import SAMPLES
 
 
 def main(args) -> int:

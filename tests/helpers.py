@@ -1,11 +1,10 @@
-"""Shared by the tests: the repository root and the one helper that writes random-weight checkpoints."""
-import shutil
+"""Shared by the tests: the repository root and the tiny random-weight checkpoints (written by the one helper,
+cascade_rag.benchmarks.checkpoints.random_checkpoint)."""
 from pathlib import Path
 
-import torch
+from cascade_rag.benchmarks.checkpoints import random_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 # name -> (model_type, extra config): GQA and MHA, tied and untied, each family's switches
 TINY_CONFIGS = {
@@ -19,28 +18,6 @@ TINY_CONFIGS = {
 EMBEDDED_VOCAB = dict(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=2048,
                       tie_word_embeddings=True, eos_token_id=2)
-
-
-def random_checkpoint(folder: Path, model_type: str, tokenizer_from: Path, seed: int = 0,
-                      perturb_norms: bool = False, **config) -> Path:
-    """A random-weight Hugging Face checkpoint of `model_type` with `config`, saved with transformers, with the
-    tokenizer files of `tokenizer_from`. `perturb_norms`: norm weights and biases away from 1 and 0, so that the
-    families' switches matter."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **config), dtype=torch.float32)
-    if perturb_norms:
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "norm" in name:
-                    p.copy_(1 + 0.5 * torch.randn_like(p))
-                elif name.endswith("bias"):
-                    p.copy_(0.5 * torch.randn_like(p))
-    model.save_pretrained(folder)
-    for f in TOKENIZER_FILES:
-        if (tokenizer_from / f).exists():
-            shutil.copy(tokenizer_from / f, folder / f)
-    return folder
 
 
 def make_tiny_checkpoint(folder: Path, name: str, tokenizer_from: Path, seed: int = 0, head_dim: int = 16) -> Path:

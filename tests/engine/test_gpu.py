@@ -10,8 +10,8 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(scope="module")
 def qwen3_shape(tmp_path_factory, tokenizer_dir):
-    from cascade_rag.rag.bench import random_checkpoint
-    return random_checkpoint("qwen3-0.6b", tmp_path_factory.mktemp("qwen3"), tokenizer_dir)
+    from cascade_rag.benchmarks.checkpoints import shape_checkpoint
+    return shape_checkpoint("qwen3-0.6b", tmp_path_factory.mktemp("qwen3"), tokenizer_dir)
 
 
 def composed(engine):

@@ -239,7 +239,8 @@ def test_tiered_cache_reports_tiers():
     tiers = TieredChunkCache("cpu", device_bytes=10 * fake_chunk(10).nbytes)
     assert tiers.lookup("x") == (None, None) and not tiers.pins
     stored = fake_chunk(10)
-    assert tiers.admit("x", stored) is stored  # on the CPU device: kept as it came
+    admitted = tiers.admit("x", stored)  # on the CPU device: kept as it came, no copy
+    assert admitted.keys.data_ptr() == stored.keys.data_ptr()
     chunk, tier = tiers.lookup("x")
-    assert tier == "cpu" and chunk is stored
+    assert tier == "cpu" and chunk is admitted
     assert set(tiers.tiers()) == {"cpu"} and tiers.device_tier.stats.misses == 1

@@ -6,9 +6,11 @@ import time
 
 import torch
 
-from cascade_rag.engine.chunk_format import load_file, save_file
 from cascade_rag.engine import (LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, ModelConfig, SamplingParams, default_device,
-                    default_dtype, default_prefill_batch_tokens)
+                                default_dtype, default_prefill_batch_tokens)
+from cascade_rag.engine.chunk_format import load_file, save_file
+
+from .checkpoints import SHAPES, shape_checkpoint
 
 QWEN3_06B = ModelConfig(architecture="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
                         num_layers=28, num_heads=16, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-6,
@@ -81,33 +83,6 @@ def ttft(engine: LLMEngine, hf, docs: int, doc_tokens: int, question_tokens: int
         result["hf_full_ttft_ms"] = 1e3 * timed(lambda: hf(all_ids, logits_to_keep=1).logits[:, -1].argmax(), engine.device, repeat)
     result["full_over_cached"] = result["full_ttft_ms"] / result["cached_ttft_ms"]
     return result
-
-
-SHAPES = {  # random-weight checkpoints of real shapes, for speed only (no real Qwen weights can be had here)
-    "qwen3-0.6b": dict(model_type="qwen3", vocab_size=151936, hidden_size=1024, intermediate_size=3072,
-                       num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
-                       tie_word_embeddings=True, max_position_embeddings=40960, rope_theta=1e6),
-    "smollm2-135m": dict(model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, head_dim=64,
-                         tie_word_embeddings=True, max_position_embeddings=40960, rope_theta=100000.0),
-}
-
-
-def random_checkpoint(shape: str, folder, tokenizer_from) -> str:
-    """Saves a random-weight bf16 checkpoint of a named shape (tokenizer files copied from tokenizer_from)."""
-    import shutil
-    from pathlib import Path
-    from transformers import AutoConfig, AutoModelForCausalLM
-    folder, tokenizer_from = Path(folder), Path(tokenizer_from)
-    if not (folder / "config.json").exists():
-        extra = dict(SHAPES[shape])
-        config = AutoConfig.for_model(extra.pop("model_type"), bos_token_id=1, eos_token_id=2, **extra)
-        torch.manual_seed(0)
-        AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(folder)
-        for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-            if (tokenizer_from / name).exists():
-                shutil.copy(tokenizer_from / name, folder / name)
-    return str(folder)
 
 
 def context_suite(engine: LLMEngine, hf, contexts, question_tokens: int, new_tokens: int, repeat: int,
@@ -212,7 +187,7 @@ def main(args) -> int:
     if args.shape:
         import tempfile
         from cascade_rag.engine import embedded_model_path
-        args.model = random_checkpoint(args.shape, args.shape_dir or tempfile.mkdtemp(),
+        args.model = shape_checkpoint(args.shape, args.shape_dir or tempfile.mkdtemp(),
                                        args.tokenizer or embedded_model_path())
     device = args.device or default_device()
     engine = LLMEngine(args.model, device=device, dtype=args.dtype or default_dtype(device))
@@ -296,8 +271,8 @@ def add_arguments(parser) -> None:
 
 if __name__ == "__main__":
     import argparse
-    from .cli import add_model_options
-    parser = argparse.ArgumentParser(prog="python -m cascade_rag.rag.bench", description=__doc__.split("\n\n")[0])
+    from cascade_rag.rag.cli_options import add_model_options
+    parser = argparse.ArgumentParser(prog="python -m cascade_rag.benchmarks.bench", description=__doc__.split("\n\n")[0])
     add_model_options(parser)
     add_arguments(parser)
     sys.exit(main(parser.parse_args()))

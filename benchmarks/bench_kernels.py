@@ -1,4 +1,4 @@
-"""`python -m cascade_rag.rag.bench_kernels [--json PATH] [--tune [KERNELS]]`: the Triton kernels against
+"""`python -m cascade_rag.benchmarks.bench_kernels [--json PATH] [--tune [KERNELS]]`: the Triton kernels against
 PyTorch on the GPU.
 
 Chunk attention at decode (Qwen3-0.6B: 16 q heads, 8 KV heads, head_dim 128, bf16) over contexts split into

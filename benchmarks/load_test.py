@@ -2,7 +2,7 @@
 request must be answered or rejected with RESOURCE_EXHAUSTED. Starts its own `cascade-rag serve` (over a scratch directory with samples/ ingested) unless
 --server is given, samples the server's resident memory, and prints a JSON summary.
 
-    python -m cascade_rag.rag.load_test --clients 32 --requests 10 [--server HOST:PORT --server-pid PID]"""
+    python -m cascade_rag.benchmarks.load_test --clients 32 --requests 10 [--server HOST:PORT --server-pid PID]"""
 import argparse
 import json
 import os
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import grpc
 
-from .cli import SAMPLES
-from .client import Client
+from cascade_rag.rag.cli_options import SAMPLES
+from cascade_rag.rag.client import Client
 
 
 def rss_bytes(pid: int, field: str = "VmRSS") -> int:
@@ -53,7 +53,7 @@ def start_server(data_dir: str, max_queue: int, extra: list[str]) -> tuple[subpr
 
 def run_clients(address: str, token: str | None, clients: int, requests: int, max_tokens: int,
                 timeout: float, pause: float) -> tuple[Counter, list[float]]:
-    from .ingest import Document, read_paths
+    from cascade_rag.rag.ingest import Document, read_paths
     questions = [json.loads(line)["question"] for line in (SAMPLES / "questions.jsonl").read_text().splitlines()
                  if line]
     outcomes, latencies, lock = Counter(), [], threading.Lock()
@@ -91,7 +91,7 @@ def run_clients(address: str, token: str | None, clients: int, requests: int, ma
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cascade_rag.rag.load_test", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m cascade_rag.benchmarks.load_test", description=__doc__.split("\n\n")[0])
     p.add_argument("--server", metavar="HOST:PORT", help="a running server (default: start one)")
     p.add_argument("--server-pid", type=int, help="its process id, to sample its memory")
     p.add_argument("--token", default=os.environ.get("CASCADE_RAG_TOKEN"))

@@ -1,7 +1,7 @@
-"""PNG plots of `cascade_rag.rag.bench --contexts ... --json F` results: time to first token and decode
+"""PNG plots of `cascade_rag.benchmarks.bench --contexts ... --json F` results: time to first token and decode
 tokens/s against context.
 
-    python -m cascade_rag.rag.plots docs/bench/qwen3-0.6b-h100.json docs/bench/smollm2-135m-h100.json --out docs
+    python -m cascade_rag.benchmarks.plots docs/bench/qwen3-0.6b-h100.json docs/bench/smollm2-135m-h100.json --out docs
 """
 import argparse
 import json
@@ -34,8 +34,8 @@ def plot(results: list[dict], series: dict, ylabel: str, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m cascade_rag.rag.plots", description=__doc__.split("\n\n")[0])
-    p.add_argument("results", nargs="+", type=Path, help="JSON files written by cascade_rag.rag.bench --contexts ... --json")
+    p = argparse.ArgumentParser(prog="python -m cascade_rag.benchmarks.plots", description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", type=Path, help="JSON files written by cascade_rag.benchmarks.bench --contexts ... --json")
     p.add_argument("--out", type=Path, default=Path("docs"))
     args = p.parse_args(argv)
     results = [json.loads(f.read_text()) for f in args.results]
