@@ -39,12 +39,13 @@ def test_static_decode_equals_eager(name, tmp_path, tokenizer_dir):
     assert full == engine.generate(QUESTION, params, chunks, mode="full").token_ids
 
 
-def test_graphs_refuse_the_reference_kernels(tiny_model):
+def test_graphs_refuse_the_reference_kernels(tmp_path, tokenizer_dir):
     """CUDA graphs run the Triton kernels over their own tables: options without custom kernels are refused when
     made, and a graph decoder is not built over a model that runs the references."""
     with pytest.raises(ValueError, match="use_cuda_graphs=False"):
         EngineOptions(use_custom_kernels=False)
-    engine = LLMEngine(tiny_model, device="cpu", dtype="fp32", use_custom_kernels=False, use_cuda_graphs=False)
+    path = make_tiny_checkpoint(tmp_path / "tiny", "llama-gqa-untied", tokenizer_dir)
+    engine = LLMEngine(path, device="cpu", dtype="fp32", use_custom_kernels=False, use_cuda_graphs=False)
     assert not engine.model.ops.custom and engine.graphs is None
     with pytest.raises(ValueError, match="need use_custom_kernels=True"):
         GraphDecoder(engine.model, replace(engine.options, use_cuda_graphs=False, use_custom_kernels=True),
