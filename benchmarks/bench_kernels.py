@@ -14,18 +14,20 @@ timed without it. Host time:
 wall time per call of back-to-back eager calls, which is what a call costs when the host is the bottleneck.
 """
 import argparse
+import dataclasses
 import itertools
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 import triton
 
 from cascade_rag.kernels import chunk_attention as ca
-from cascade_rag.kernels import launcher
 from cascade_rag.kernels import linear as lin
+from cascade_rag.kernels.options import DEFAULT_KERNELS, KernelOptions
 
 PEAK_BYTES_PER_S = 3.0e12
 SWEEP_BYTES = 256 << 20
@@ -67,22 +69,8 @@ def gpu_s(calls, reps=15) -> float:
     return statistics.median(times)
 
 
-def without_pdl_s(calls) -> float:
-    """gpu_s of the calls with programmatic dependent launch off (each kernel starts after the one before)."""
-    launcher.PDL = False
-    try:
-        return gpu_s(calls)
-    finally:
-        launcher.PDL = True
-
-
-def launch_host_s(call) -> tuple[float, float]:
-    """host_s of the call through launcher.launch's cached compiled kernels, and through plain Triton launches."""
-    fast = host_s(call)
-    launcher.FAST_LAUNCH = False
-    plain = host_s(call)
-    launcher.FAST_LAUNCH = True
-    return fast, plain
+NO_PDL = replace(DEFAULT_KERNELS, pdl=False)  # each kernel starts after the one before
+PLAIN_LAUNCH = replace(DEFAULT_KERNELS, cached_launch=False)  # plain Triton launches, not launcher.launch's cache
 
 
 def host_s(call, n=300) -> float:
@@ -117,8 +105,9 @@ def decode_case(total: int, chunks: int, seed: int, num_q: int = 1):
     return q, keys, values
 
 
-def decode_calls(total: int, chunks: int, num_q: int = 1):
-    """Our call and the two SDPA calls (GQA, and heads repeated beforehand) for each copy of the inputs."""
+def decode_calls(total: int, chunks: int, num_q: int = 1, options: KernelOptions = DEFAULT_KERNELS):
+    """Our call (launched with `options`) and the two SDPA calls (GQA, and heads repeated beforehand) for each copy
+    of the inputs."""
     scale = D ** -0.5
     ours, gqa, rep = [], [], []
     for i in range(copies(2 * total * HKV * D * 2)):
@@ -127,7 +116,7 @@ def decode_calls(total: int, chunks: int, num_q: int = 1):
         v = torch.cat(values).transpose(0, 1).unsqueeze(0).contiguous()
         qs = q[0].transpose(0, 1).unsqueeze(0)  # [1, Hq, 1, D]
         k_rep, v_rep = k.repeat_interleave(HQ // HKV, 1), v.repeat_interleave(HQ // HKV, 1)
-        ours.append(lambda q=q, keys=keys, values=values: ca.chunk_attention(q, keys, values, scale))
+        ours.append(lambda q=q, keys=keys, values=values: ca.chunk_attention(q, keys, values, scale, options=options))
         gqa.append(lambda qs=qs, k=k, v=v: F.scaled_dot_product_attention(qs, k, v, scale=scale, enable_gqa=True))
         rep.append(lambda qs=qs, k=k_rep, v=v_rep: F.scaled_dot_product_attention(qs, k, v, scale=scale))
     return ours, gqa, rep
@@ -136,8 +125,9 @@ def decode_calls(total: int, chunks: int, num_q: int = 1):
 def bench_decode(total: int, chunks: int) -> dict:
     ours, gqa, rep = decode_calls(total, chunks)
     error = (ours[0]().float() - gqa[0]()[0].transpose(0, 1).float()).abs().max().item()
-    t, t_gqa, t_rep, t_plain = gpu_s(ours), gpu_s(gqa), gpu_s(rep), without_pdl_s(ours)
-    host, host_plain = launch_host_s(ours[0])
+    t, t_gqa, t_rep = gpu_s(ours), gpu_s(gqa), gpu_s(rep)
+    t_plain = gpu_s(decode_calls(total, chunks, options=NO_PDL)[0])
+    host, host_plain = host_s(ours[0]), host_s(decode_calls(total, chunks, options=PLAIN_LAUNCH)[0][0])
     nbytes = 2 * total * HKV * D * 2
     return dict(context=total, chunks=chunks + 1, us=t * 1e6, us_without_pdl=t_plain * 1e6, tb_per_s=nbytes / t / 1e12,
                 peak_fraction=nbytes / t / PEAK_BYTES_PER_S, sdpa_gqa_us=t_gqa * 1e6, sdpa_repeat_us=t_rep * 1e6,
@@ -152,10 +142,10 @@ def linear_args(k, n, norm, bias, gated, residual):
             rand(k, mean=1, std=0.1) if norm else None, 1e-6, gated, rand(1, n) if residual else None)
 
 
-def linear_calls(name: str):
+def linear_calls(name: str, options: KernelOptions = DEFAULT_KERNELS):
     shape = LINEAR_SHAPES[name]
     sets = [linear_args(*shape) for _ in range(copies((2 if shape[4] else 1) * shape[0] * shape[1] * 2))]
-    fused = [lambda a=a: lin.linear(*a, impl="triton") for a in sets]
+    fused = [lambda a=a: lin.linear(*a, impl="triton", options=options) for a in sets]
     unfused = [lambda a=a: lin.linear_ref(*a) for a in sets]
     return sets, fused, unfused
 
@@ -163,8 +153,9 @@ def linear_calls(name: str):
 def bench_linear(name: str) -> dict:
     sets, fused, unfused = linear_calls(name)
     error = (fused[0]().float() - unfused[0]().float()).abs().max().item()
-    t, t_ref, t_plain = gpu_s(fused), gpu_s(unfused), without_pdl_s(fused)
-    host, host_plain = launch_host_s(fused[0])
+    t, t_ref = gpu_s(fused), gpu_s(unfused)
+    t_plain = gpu_s([lambda a=a: lin.linear(*a, impl="triton", options=NO_PDL) for a in sets])
+    host, host_plain = host_s(fused[0]), host_s(lambda: lin.linear(*sets[0], impl="triton", options=PLAIN_LAUNCH))
     host_unfused = host_s(unfused[0])
     nbytes = sets[0][1].numel() * 2
     return dict(layer=name, weight=list(sets[0][1].shape), us=t * 1e6, us_without_pdl=t_plain * 1e6,
@@ -173,55 +164,63 @@ def bench_linear(name: str) -> dict:
                 unfused_host_us=host_unfused * 1e6, host_speedup=host_unfused / host, max_abs_err=error)
 
 
-def sweep(name: str, tuning: dict, settings: list[tuple], cases: dict) -> list[dict]:
-    """Times each setting (values in the order of `tuning`'s keys) on every case (label: calls) and leaves
-    `tuning` at the one whose worst ratio to the best time of each case is smallest."""
+def sweep(name: str, field: str, settings: list[tuple], cases) -> tuple[object, list[dict]]:
+    """Times each setting (values in the order of the fields of the KernelOptions field `field`, a tuning
+    dataclass) on every case (cases(options) -> {label: calls}) and returns the tuning whose worst ratio to the
+    best time of each case is smallest, with every timing."""
+    default = getattr(DEFAULT_KERNELS, field)
+    names = [f.name for f in dataclasses.fields(default)]
     times, results = {}, []
-    for label, calls in cases.items():
-        for s in settings:
-            tuning.update(zip(tuning, s))
+    for s in settings:
+        tuning = replace(default, **dict(zip(names, s)))
+        for label, calls in cases(replace(DEFAULT_KERNELS, **{field: tuning})).items():
             try:
                 times[(label,) + s] = t = gpu_s(calls, reps=5)
-                results.append(dict(case=label, **tuning, us=t * 1e6))
+                results.append(dict(case=label, **dataclasses.asdict(tuning), us=t * 1e6))
             except Exception as e:  # out of shared memory and the like
                 print(f"tune {name} {label} {tuning}: {type(e).__name__}: {str(e)[:100]}")
-    best_at = {label: min(t for k, t in times.items() if k[0] == label) for label in cases}
-    worst = {s: max(times.get((label,) + s, 1.0) / best_at[label] for label in cases) for s in settings}
+    labels = sorted({k[0] for k in times}, key=str)
+    best_at = {label: min(t for k, t in times.items() if k[0] == label) for label in labels}
+    worst = {s: max(times.get((label,) + s, 1.0) / best_at[label] for label in labels) for s in settings}
     ranked = sorted(settings, key=worst.get)
     for s in ranked[:5]:
-        print(name, s, f"worst ratio {worst[s]:.2f}", [round(times[(label,) + s] * 1e6, 1) for label in cases])
+        print(name, s, f"worst ratio {worst[s]:.2f}", [round(times.get((label,) + s, 1.0) * 1e6, 1) for label in labels])
     print(name, "best per case (us)", {k: round(v * 1e6, 1) for k, v in best_at.items()},
-          {label: min(settings, key=lambda s: times.get((label,) + s, 1.0)) for label in cases})
-    tuning.update(zip(tuning, ranked[0]))
-    return results
+          {label: min(settings, key=lambda s: times.get((label,) + s, 1.0)) for label in labels})
+    return replace(default, **dict(zip(names, ranked[0]))), results
 
 
-def settings() -> dict:
-    return dict(decode=dict(ca.DECODE_TUNING), prefill=dict(ca.PREFILL_TUNING), linear=dict(lin.TUNING),
-                linear_gated=dict(lin.GATED_TUNING))
+def settings(options: KernelOptions = DEFAULT_KERNELS) -> dict:
+    return {name: dataclasses.asdict(getattr(options, name))
+            for name in ("decode", "prefill", "attention", "linear", "linear_gated", "head")}
 
 
-def tune(which: list[str]) -> dict:
+def tune(which: list[str]) -> tuple[KernelOptions, dict]:
     """Sweeps the launch settings of the kernels named in `which` by GPU time: chunk attention at decode (one
     query) and in the question prefill over stored chunks (QUESTION queries, row tiles of 64), and the linear
-    layers' GEMV."""
+    layers' GEMV. Returns the kernel options with the winners (nothing global changes) and the timings."""
+    def attention_cases(num_q):
+        return lambda options: {total: decode_calls(total, chunks, num_q, options)[0] for total, chunks in CONTEXTS}
+
+    def linear_cases(gated):
+        return lambda options: {name: linear_calls(name, options)[1] for name, shape in LINEAR_SHAPES.items()
+                                if shape[4] == gated}
     sweeps = {
-        "decode": lambda: sweep("decode", ca.DECODE_TUNING,
-                                list(itertools.product((32, 64), (2,), (3, 4), (2, 4), (32, 64), (4096, 8192))),
-                                {total: decode_calls(total, chunks)[0] for total, chunks in CONTEXTS}),
-        "prefill": lambda: sweep("prefill", ca.PREFILL_TUNING,
-                                 list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4), (64, 256))),
-                                 {total: decode_calls(total, chunks, QUESTION)[0] for total, chunks in CONTEXTS}),
-        "linear": lambda: [result for gated, tuning in ((False, lin.TUNING), (True, lin.GATED_TUNING))
-                           for result in sweep("linear gated" if gated else "linear", tuning,
-                                               list(itertools.product((2, 4, 8), (1024, 4096), (4, 8))),
-                                               {name: linear_calls(name)[1] for name, shape in LINEAR_SHAPES.items()
-                                                if shape[4] == gated})],
+        "decode": [("decode", "decode", list(itertools.product((32, 64), (2,), (3, 4), (2, 4), (32, 64), (4096, 8192))),
+                    attention_cases(1))],
+        "prefill": [("prefill", "prefill", list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4), (1, 2, 4),
+                                                                  (64, 256))), attention_cases(QUESTION))],
+        "linear": [(name, field, list(itertools.product((2, 4, 8), (1024, 4096), (4, 8))), linear_cases(gated))
+                   for name, field, gated in (("linear", "linear", False), ("linear gated", "linear_gated", True))],
     }
-    results = {name: sweeps[name]() for name in which}
-    results["chosen"] = settings()
+    chosen, results = {}, {}
+    for which_name in which:
+        for name, field, grid, cases in sweeps[which_name]:
+            chosen[field], results[name] = sweep(name, field, grid, cases)
+    options = replace(DEFAULT_KERNELS, **chosen)
+    results["chosen"] = settings(options)
     print("chosen", results["chosen"], flush=True)
-    return results
+    return options, results
 
 
 def main() -> None:
@@ -233,7 +232,7 @@ def main() -> None:
     device = torch.cuda.get_device_name()
     report = dict(device=device, torch=torch.__version__, triton=triton.__version__)
     if args.tune:
-        report["tune"] = tune(args.tune.split(","))
+        _, report["tune"] = tune(args.tune.split(","))  # the tables of record below stay at the defaults
     report["settings"] = settings()
     report["decode"] = [bench_decode(total, chunks) for total, chunks in CONTEXTS]
     report["linear"] = [bench_linear(name) for name in LINEAR_SHAPES]

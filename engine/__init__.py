@@ -1,7 +1,10 @@
 from .config import ModelConfig, ModelLoadError
 from .embedded import ModelPreparationError, embedded_model_path
-from .engine import (BLEND_RATIO, MODES, Generation, LLMEngine, default_device, default_dtype,
-                     default_prefill_batch_tokens)
+from .composition import BLEND_RATIO, MODES
+from .engine import LLMEngine
+from .generation import Generation
+from .options import EngineOptions, default_device, default_dtype, default_prefill_batch_tokens
 from .kv_chunk import LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, FingerprintMismatch, KVChunk, KVChunkError
 from .sampling import SamplingParams
 from .chunk_cache import ChunkCache, TieredChunkCache
+from cascade_rag.kernels.options import KernelOptions

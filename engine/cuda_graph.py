@@ -6,7 +6,7 @@ position shift of every chunk, the request's own (level-2) KV buffer, and a per-
 offsets of every chunk's K/V from the own buffer's base, row strides, cumulative lengths). A request fills
 them once (`prepare`: the tables, shifts, scales and the padded question are written on the host into one
 pinned buffer and copied with one asynchronous copy); each step then only replays the graph. Chunks are
-padded with empty ones to MAX_CHUNKS so every request of a bucket uses the same graph. The table's last entry
+padded with empty ones to the options' graph_max_chunks so every request of a bucket uses the same graph. The table's last entry
 is the context's length; the attention kernel adds the own chunk's (the padded question, or the slot + 1 of a
 decode step). In a decode step the attention kernel also does rope_store's work (chunk_attention_table).
 
@@ -20,50 +20,72 @@ Its LM head reads an int8 copy of the weight and recomputes only the rows that c
 import numpy as np
 import torch
 
-from cascade_rag.kernels.chunk_attention import chunk_attention_table, chunk_tables, decode_workspace
+from cascade_rag.kernels.chunk_attention import DecodeWorkspace, chunk_tables, decode_workspace
 from cascade_rag.kernels.greedy import EMPTY, SLOTS, next_input, publish_token, token_keys
 from cascade_rag.kernels.lm_head import quantize_rows, supported
-from cascade_rag.kernels.rope import rope_store
 
+from .attention import AttentionContext, KVBuffer
 from .kv_chunk import KVChunk
-from .model import AttentionContext, Decoder, KVBuffer
-
-MAX_CHUNKS = 33          # level 0 + up to 31 passages + the request's own chunk
-MIN_BUCKET = 1024
-MAX_QUESTION = 512       # longest prompt prefilled by a graph (padded to a power of two, at least 16)
-QUANTIZED_HEAD = True    # greedy steps' LM head from kernels.lm_head's int8 copy (off: the full head, to compare)
+from .model import Decoder
+from .options import EngineOptions
 
 
 def question_bucket(n: int) -> int:
     return max(16, 1 << (n - 1).bit_length())
 
 
-def _input_sizes(layers: int) -> dict:
+def _input_sizes(layers: int, max_chunks: int, max_question: int) -> dict:
     """int64 elements of each input in GraphDecoder.inputs (the float32 scales take half as many)."""
-    return dict(tables=layers * (5 * MAX_CHUNKS + 1), shifts=MAX_CHUNKS - 1, scales=MAX_CHUNKS // 2,
-                prompt=MAX_QUESTION, prompt_positions=MAX_QUESTION, last=1)
+    return dict(tables=layers * (5 * max_chunks + 1), shifts=max_chunks - 1, scales=max_chunks // 2,
+                prompt=max_question, prompt_positions=max_question, last=1)
 
 
-def _input_views(buffer: torch.Tensor, layers: int) -> dict:
+def _input_views(buffer: torch.Tensor, layers: int, max_chunks: int, max_question: int) -> dict:
     views, offset = {}, 0
-    for name, size in _input_sizes(layers).items():
+    for name, size in _input_sizes(layers, max_chunks, max_question).items():
         views[name] = buffer[offset:offset + size]
         offset += size
-    views["tables"] = views["tables"].view(layers, 5 * MAX_CHUNKS + 1)
-    views["scales"] = views["scales"].view(torch.float32)[:MAX_CHUNKS - 1]
+    views["tables"] = views["tables"].view(layers, 5 * max_chunks + 1)
+    views["scales"] = views["scales"].view(torch.float32)[:max_chunks - 1]
     return views
 
 
+class TableAttention:
+    """The attention backend of a graph's step: chunk attention over the decoder's prebuilt per-layer tables; in a
+    decode step the attention kernel also rotates and stores the new token (no rotary kernel)."""
+
+    def __init__(self, tables: torch.Tensor, workspace: DecodeWorkspace):
+        self.tables, self.workspace = tables, workspace
+
+    def attend(self, ctx, layer, q, k, v, rotary, ops):
+        keys, values, scale = ctx.own.keys[layer], ctx.own.values[layer], q.shape[-1] ** -0.5
+        if self.workspace.decode:
+            return ops.chunk_attention_table(q, keys, values, self.tables[layer], scale, self.workspace, rotary,
+                                             (k, v))
+        return ops.chunk_attention_table(ops.rope_store(q, k, v, rotary), keys, values, self.tables[layer], scale,
+                                         self.workspace)
+
+
 class GraphDecoder:
-    def __init__(self, model: Decoder, own_capacity: int, dtype: torch.dtype, device: str):
+    """Owns a request's static buffers (own KV buffer, chunk tables, shifts and scales, the padded question, the
+    token, position and slot, the greedy steps' argmax keys and published tokens, the LM head's int8 copy) and the
+    CUDA graphs captured over them, by bucket; runs the decoder's steps through TableAttention. Elsewhere than
+    CUDA the same steps run eagerly (for tests). Refuses options without custom kernels: its tables exist for the
+    Triton chunk attention alone."""
+
+    def __init__(self, model: Decoder, options: EngineOptions, dtype: torch.dtype, device: str):
+        if not options.use_custom_kernels or not model.ops.custom:
+            raise ValueError("CUDA graphs run the Triton kernels: they need use_custom_kernels=True")
         c = model.config
-        self.model, self.config = model, c
+        self.model, self.config, self.options = model, c, options
+        self.max_chunks, self.max_question = options.graph_max_chunks, options.graph_max_question
+        own_capacity = options.graph_own_tokens
         self.own = KVBuffer.empty(c, own_capacity, dtype, device)
         self.token = torch.zeros(1, dtype=torch.int64, device=device)
         self.position = torch.zeros(1, dtype=torch.int64, device=device)
         self.slot = torch.zeros(1, dtype=torch.int64, device=device)
         head = model.lm_head.weight.detach()
-        self.head = quantize_rows(head) if QUANTIZED_HEAD and supported(head.device) else None
+        self.head = quantize_rows(head) if options.quantized_head and supported(head.device) else None
         # argmax keys of greedy steps, then the quantised head's lower bounds
         self.best = torch.full((SLOTS if self.head is None else 2 * SLOTS,), EMPTY, dtype=torch.int64, device=device)
         self.capture = torch.device(device).type == "cuda"  # elsewhere the same steps run eagerly (for tests)
@@ -71,40 +93,42 @@ class GraphDecoder:
         self.published = torch.zeros(own_capacity, dtype=torch.int64, pin_memory=self.capture)
         self.published_events = [torch.cuda.Event() for _ in range(2)] if self.capture else None
         self.last_slot = 0  # the own slot of the last step queued
-        self.prompt_slots = torch.arange(MAX_QUESTION, device=device)
+        self.prompt_slots = torch.arange(self.max_question, device=device)
         # what prepare writes: views of one int64 buffer, filled from its pinned host copy
-        self.inputs = torch.zeros(sum(_input_sizes(c.num_layers).values()), dtype=torch.int64, device=device)
+        sizes = (c.num_layers, self.max_chunks, self.max_question)
+        self.inputs = torch.zeros(sum(_input_sizes(*sizes).values()), dtype=torch.int64, device=device)
         self.staging = torch.zeros(self.inputs.shape, dtype=torch.int64, pin_memory=self.capture)
         self.staged = torch.cuda.Event() if self.capture else None  # the last copy out of staging
-        self.host = {name: t.numpy() for name, t in _input_views(self.staging, c.num_layers).items()}
-        views = _input_views(self.inputs, c.num_layers)
+        self.host = {name: t.numpy() for name, t in _input_views(self.staging, *sizes).items()}
+        views = _input_views(self.inputs, *sizes)
         self.tables, self.shifts, self.scales = views["tables"], views["shifts"], views["scales"]
         self.prompt, self.prompt_positions, self.last = views["prompt"], views["prompt_positions"], views["last"]
         self.graphs: dict[tuple, tuple] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
-        self.bucket, self.aligned = MIN_BUCKET, False
+        self.bucket, self.aligned = options.graph_min_bucket, False
 
     def fits(self, chunks: list[KVChunk], own_tokens: int) -> bool:
-        return len(chunks) < MAX_CHUNKS and own_tokens <= self.own.capacity
+        """Whether a request over these chunks whose own chunk holds at most own_tokens tokens runs in graphs."""
+        return len(chunks) < self.max_chunks and own_tokens <= self.own.capacity
 
     def prepare(self, ctx: AttentionContext, own_tokens: int, prompt: list[int], start: int) -> None:
         """Fills the static buffers for a request over ctx's chunks (on the device: the table holds their
         addresses) whose own chunk will hold at most own_tokens tokens, the first of them the prompt at
-        positions from `start` (prefilled by a graph if it has at most MAX_QUESTION tokens)."""
+        positions from `start` (prefilled by a graph if it has at most graph_max_question tokens)."""
         context = sum(k.shape[1] for k in ctx.keys)
         n = len(prompt)
-        if n <= MAX_QUESTION:
+        if n <= self.max_question:
             own_tokens = max(own_tokens, question_bucket(n))
-        self.bucket = max(MIN_BUCKET, 1 << (context + own_tokens - 1).bit_length())
+        self.bucket = max(self.options.graph_min_bucket, 1 << (context + own_tokens - 1).bit_length())
         if self.staged is not None:
             self.staged.synchronize()  # the previous request's copy has left the staging buffer
         host = self.host
-        tables = chunk_tables(list(zip(ctx.keys, ctx.values)), self.own.keys, self.own.values, MAX_CHUNKS)
+        tables = chunk_tables(list(zip(ctx.keys, ctx.values)), self.own.keys, self.own.values, self.max_chunks)
         host["tables"][:] = tables
-        self.aligned = bool((tables[:, :4 * MAX_CHUNKS] % 16 == 0).all())  # offsets, strides (not starts)
+        self.aligned = bool((tables[:, :4 * self.max_chunks] % 16 == 0).all())  # offsets, strides (not starts)
         host["shifts"][:] = 0
         host["scales"][:] = 1.0
-        if n <= MAX_QUESTION:
+        if n <= self.max_question:
             padded = question_bucket(n)
             host["prompt"][:n] = prompt
             host["prompt"][n:padded] = 0
@@ -119,19 +143,12 @@ class GraphDecoder:
         if ctx.scales is not None:
             self.scales[len(self.scales) - len(ctx.scales):].copy_(ctx.scales)
 
-    def _attend(self, layer: int, q, k, v, rope: dict, workspace) -> torch.Tensor:
-        scale = self.config.head_dim ** -0.5
-        keys, values = self.own.keys[layer], self.own.values[layer]
-        if workspace["decode"]:  # the attention kernel rotates and stores the new token itself
-            return chunk_attention_table(q, keys, values, self.tables[layer], scale, workspace, dict(rope, k=k, v=v))
-        return chunk_attention_table(rope_store(q, k, v, **rope), keys, values, self.tables[layer], scale, workspace)
-
     def _step(self, workspace, prompt: int = 0, greedy: bool = False) -> torch.Tensor:
         """A decode step (greedy: its token from the argmax keys), or (prompt > 0) the prefill of a prompt padded
         to `prompt` tokens: the padding comes after the real tokens, so causal masking keeps it out of their
         attention, and decoding overwrites its slots."""
         ctx = AttentionContext([], [], self.shifts, self.own, scales=self.scales,
-                               plan=lambda layer, q, k, v, rope: self._attend(layer, q, k, v, rope, workspace))
+                               backend=TableAttention(self.tables, workspace))
         if prompt:
             return self.model.step(self.prompt[:prompt], self.prompt_positions[:prompt], self.prompt_slots[:prompt],
                                    ctx, last=self.last)
@@ -139,13 +156,13 @@ class GraphDecoder:
         x = next_input(self.model.embed_tokens.weight, self.token, self.position, self.slot, best)
         logits = self.model.step_embedded(x, self.position, self.slot, ctx, best=best, head=self.head)
         if greedy:
-            publish_token(self.best, self.slot, self.published)
+            publish_token(self.best, self.slot, self.published, self.options.kernels)
         return logits
 
     def prefill(self, n: int) -> torch.Tensor | None:
         """Logits after the n-token prompt given to prepare, written to own slots from 0; None when the prompt is
         too long for a graph."""
-        if n > MAX_QUESTION:
+        if n > self.max_question:
             return None
         padded = question_bucket(n)
         return self._replay(("prefill", self.bucket, self.aligned, padded), padded)
@@ -195,8 +212,7 @@ class GraphDecoder:
     def _capture(self, prompt: int, greedy: bool):
         c = self.config
         workspace = decode_workspace(max(1, prompt), c.num_heads, c.head_dim, c.num_kv_heads, self.bucket,
-                                     self.own.keys.device)
-        workspace["aligned"] = self.aligned
+                                     self.own.keys.device, self.aligned, self.options.kernels)
         if not self.capture:
             return None, workspace, None
         state = (self.token, self.position, self.slot, self.best)  # the warm-up steps advance them

@@ -16,6 +16,9 @@ class FingerprintMismatch(KVChunkError):
 
 @dataclass
 class KVChunk:
+    """The keys and values [layers, n, kv_heads, head_dim] of one token sequence at its canonical positions (from
+    `start`), with its level, its tokens and the fingerprint of the model, dtype and system prompt that made it.
+    Owns its tensors (on any device); its bytes are engine/chunk_format.py's (encode, decode)."""
     level: int
     token_ids: list[int]
     start: int             # canonical position of the first token

@@ -1,4 +1,5 @@
 """Loads Hugging Face safetensors checkpoints (single file or sharded) into the Decoder."""
+import hashlib
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ from safetensors import safe_open
 
 from .config import ModelConfig, ModelLoadError
 from .model import Decoder
+from .ops import Ops
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
@@ -23,11 +25,29 @@ def checkpoint_files(folder: Path) -> list[Path]:
     return files
 
 
-def load_model(folder: Path, dtype: torch.dtype, device: str) -> Decoder:
+def model_identity(folder: Path) -> str:
+    """Cheap identity of the weights and tokenizer: file sizes, safetensors headers and sampled blocks."""
+    digest = hashlib.sha256()
+    for file in checkpoint_files(folder):
+        size = file.stat().st_size
+        digest.update(f"{file.name}:{size}".encode())
+        with open(file, "rb") as f:
+            for offset in range(0, size, max(1, size // 16)):
+                f.seek(offset)
+                digest.update(f.read(1 << 16))
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"):
+        path = folder / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_model(folder: Path, dtype: torch.dtype, device: str, ops: Ops = Ops()) -> Decoder:
+    """The checkpoint in `folder` as a Decoder in dtype on device, running the kernels `ops` chooses."""
     folder = Path(folder)
     config = ModelConfig.from_folder(folder)
     with torch.device("meta"):
-        model = Decoder(config)
+        model = Decoder(config, ops)
     model = model.to_empty(device=device).to(dtype)
     model.rotary = type(model.rotary)(config.head_dim, config.rope_theta, config.max_position).to(device)
     if config.tie_word_embeddings:

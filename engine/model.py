@@ -1,33 +1,29 @@
 """The decoder: Llama, Qwen2 (qkv bias) and Qwen3 (q/k RMSNorm) as one model with config switches.
 
 Attention runs over a list of KV chunks (each read in place, its position shift applied by rotating the
-query) followed by the request's own KV buffer, which receives the keys and values of the new tokens.
+query) followed by the request's own KV buffer, which receives the keys and values of the new tokens; how, the
+attention context's backend decides (engine.attention). Which kernels run, the decoder's Ops decide.
 """
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cascade_rag.kernels.chunk_attention import chunk_attention
-from cascade_rag.kernels.fused_rmsnorm_qkv import rmsnorm_qkv
-from cascade_rag.kernels.linear import linear
-from cascade_rag.kernels.lm_head import greedy_head
-from cascade_rag.kernels.rmsnorm import rmsnorm
-from cascade_rag.kernels.rope import rope_store
+from cascade_rag.kernels.rope import RotaryInputs
 
+from .attention import AttentionContext
 from .config import ModelConfig
+from .ops import Ops
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, ops: Ops):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
-        self.eps = eps
+        self.eps, self.ops = eps, ops
 
-    def forward(self, x, use_custom_kernels: bool = False):
-        return rmsnorm(x, self.weight, self.eps, impl=None if use_custom_kernels else "ref")
+    def forward(self, x):
+        return self.ops.rmsnorm(x, self.weight, self.eps)
 
 
 class Rotary(nn.Module):
@@ -44,130 +40,74 @@ class Rotary(nn.Module):
         return self.cos[positions], self.sin[positions]
 
 
-@dataclass
-class KVBuffer:
-    """The request's own (level-2) keys and values: [layers, capacity, kv_heads, head_dim], filled to `length`."""
-    keys: torch.Tensor
-    values: torch.Tensor
-    length: int = 0
-
-    @classmethod
-    def empty(cls, config: ModelConfig, capacity: int, dtype, device) -> "KVBuffer":
-        shape = (config.num_layers, capacity, config.num_kv_heads, config.head_dim)
-        return cls(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
-
-    @property
-    def capacity(self) -> int:
-        return self.keys.shape[1]
-
-
-@dataclass
-class AttentionContext:
-    """What the new tokens attend to: context chunks (per-layer keys/values and position shifts), then `own`."""
-    keys: list[torch.Tensor]      # each [layers, n_c, kv_heads, D], rotated at the chunk's canonical positions
-    values: list[torch.Tensor]
-    shifts: torch.Tensor          # [C] int64, placed start - canonical start
-    own: KVBuffer
-    # plan(layer, q, k, v, rope) -> attention output over a prebuilt chunk table (CUDA graphs), from the QKV
-    # projection and rope_store's other arguments
-    plan: Callable | None = None
-    # [n, context + own keys] bool, True where a new token attends (LLMEngine.prefill_chunks: several sequences in
-    # one pass, block-diagonal causal in `own`; LLMEngine.blend: some tokens among the own keys); needs all shifts
-    # zero: the query rotated at its own position serves every context chunk
-    mask: torch.Tensor | None = None
-    scales: torch.Tensor | None = None  # [C] fp32: each context chunk's query scale (its scores' 1 / temperature)
-
-
 class Attention(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: ModelConfig, layer: int, ops: Ops):
         super().__init__()
-        self.config, self.layer = config, layer
+        self.config, self.layer, self.ops = config, layer, ops
         self.qkv_proj = nn.Linear(config.hidden_size, config.qkv_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.num_heads * config.head_dim, config.hidden_size, bias=False)
         if config.qk_norm:
-            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
-            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps)
+            self.q_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
+            self.k_norm = RMSNorm(config.head_dim, config.rms_norm_eps, ops)
 
-    def forward(self, x, norm: RMSNorm, positions, slots, ctx: AttentionContext, rotary: Rotary,
-                use_custom_kernels: bool):
-        c, impl = self.config, None if use_custom_kernels else "ref"
-        q, k, v = rmsnorm_qkv(x, norm.weight, norm.eps, self.qkv_proj.weight, self.qkv_proj.bias, c.num_heads,
-                              c.num_kv_heads, c.head_dim, impl=impl)
-        n, own = x.shape[0], ctx.own
-        rope = dict(positions=positions, shifts=ctx.shifts, slots=slots, own_keys=own.keys[self.layer],
-                    own_values=own.values[self.layer], cos=rotary.cos, sin=rotary.sin,
-                    q_norm=self.q_norm.weight if c.qk_norm else None, k_norm=self.k_norm.weight if c.qk_norm else None,
-                    qk_eps=c.rms_norm_eps, scales=ctx.scales)
-        if ctx.plan is not None:
-            return ctx.plan(self.layer, q, k, v, rope).reshape(n, -1)
-        queries = rope_store(q, k, v, **rope, impl=impl)
-        if ctx.mask is not None:  # explicit mask over [context keys, the own buffer's first keys]
-            group = c.num_heads // c.num_kv_heads
-            end = ctx.mask.shape[1] - sum(chunk.shape[1] for chunk in ctx.keys)
-            keys, values = (torch.cat([chunk[self.layer] for chunk in chunks] + [buffer[self.layer, :end]])
-                            .repeat_interleave(group, dim=1).transpose(0, 1)[None]
-                            for chunks, buffer in ((ctx.keys, own.keys), (ctx.values, own.values)))
-            out = F.scaled_dot_product_attention(queries[-1].transpose(0, 1)[None], keys, values, attn_mask=ctx.mask,
-                                                 scale=c.head_dim ** -0.5)[0].transpose(0, 1)
-        elif not ctx.keys and own.length == 0:  # a plain causal prefill (full mode, level 0): flash attention
-            group = c.num_heads // c.num_kv_heads  # heads repeated: SDPA's flash path takes no GQA
-            keys, values = (t[self.layer, :n].repeat_interleave(group, dim=1).transpose(0, 1)[None]
-                            for t in (own.keys, own.values))
-            out = F.scaled_dot_product_attention(queries[-1].transpose(0, 1)[None], keys, values, is_causal=True,
-                                                 scale=c.head_dim ** -0.5)[0].transpose(0, 1)
-        else:
-            end = own.length + n
-            keys = [chunk[self.layer] for chunk in ctx.keys] + [own.keys[self.layer, :end]]
-            values = [chunk[self.layer] for chunk in ctx.values] + [own.values[self.layer, :end]]
-            out = chunk_attention(queries, keys, values, c.head_dim ** -0.5, impl=impl)
-        return out.reshape(n, -1)
+    def forward(self, x, norm: RMSNorm, positions, slots, ctx: AttentionContext, rotary: Rotary):
+        c, ops, own = self.config, self.ops, ctx.own
+        q, k, v = ops.rmsnorm_qkv(x, norm.weight, norm.eps, self.qkv_proj.weight, self.qkv_proj.bias, c.num_heads,
+                                  c.num_kv_heads, c.head_dim)
+        inputs = RotaryInputs(positions, ctx.shifts, slots, own.keys[self.layer], own.values[self.layer], rotary.cos,
+                              rotary.sin, self.q_norm.weight if c.qk_norm else None,
+                              self.k_norm.weight if c.qk_norm else None, c.rms_norm_eps, ctx.scales)
+        return ctx.attention().attend(ctx, self.layer, q, k, v, inputs, ops).reshape(x.shape[0], -1)
 
 
 class MLP(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, ops: Ops):
         super().__init__()
+        self.ops = ops
         self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x, norm: RMSNorm, use_custom_kernels: bool):
+    def forward(self, x, norm: RMSNorm):
         """x + the MLP of norm(x)."""
-        impl = None if use_custom_kernels else "ref"
-        h = linear(x, self.gate_up_proj.weight, norm_weight=norm.weight, eps=norm.eps, gated=True, impl=impl)
-        return linear(h, self.down_proj.weight, residual=x, impl=impl)
+        h = self.ops.linear(x, self.gate_up_proj.weight, norm_weight=norm.weight, eps=norm.eps, gated=True)
+        return self.ops.linear(h, self.down_proj.weight, residual=x)
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, layer: int):
+    def __init__(self, config: ModelConfig, layer: int, ops: Ops):
         super().__init__()
-        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer)
-        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = MLP(config)
+        self.ops = ops
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.self_attn = Attention(config, layer, ops)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
+        self.mlp = MLP(config, ops)
 
-    def forward(self, x, positions, slots, ctx, rotary, use_custom_kernels):
-        attn = self.self_attn(x, self.input_layernorm, positions, slots, ctx, rotary, use_custom_kernels)
-        x = linear(attn, self.self_attn.o_proj.weight, residual=x, impl=None if use_custom_kernels else "ref")
-        return self.mlp(x, self.post_attention_layernorm, use_custom_kernels)
+    def forward(self, x, positions, slots, ctx, rotary):
+        attn = self.self_attn(x, self.input_layernorm, positions, slots, ctx, rotary)
+        x = self.ops.linear(attn, self.self_attn.o_proj.weight, residual=x)
+        return self.mlp(x, self.post_attention_layernorm)
 
 
 class Decoder(nn.Module):
+    """The model: owns the weights, the rotary tables and its Ops (which kernels run); runs new tokens over an
+    attention context, whose own buffer receives their KV (forward, step, step_embedded), or recomputes a chosen
+    share of them from the second layer on (recompute: CacheBlend)."""
     # checkpoint tensor name fragment -> (our parameter name fragment, shard index); shards are laid out in order
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
         "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
     }
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, ops: Ops = Ops()):
         super().__init__()
-        self.config = config
+        self.config, self.ops = config, ops
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
-        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.layers = nn.ModuleList(DecoderLayer(config, i, ops) for i in range(config.num_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps, ops)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = Rotary(config.head_dim, config.rope_theta, config.max_position)
-        self.use_custom_kernels = True
 
     def shard_sizes(self, packed: str) -> list[int]:
         c = self.config
@@ -202,16 +142,33 @@ class Decoder(nn.Module):
         custom kernels only), from the head's quantised copy `head` if given (kernels.lm_head: the logits
         returned are then approximate)."""
         for layer in self.layers:
-            x = layer(x, positions, slots, ctx, self.rotary, self.use_custom_kernels)
+            x = layer(x, positions, slots, ctx, self.rotary)
         if last is not None:
             x = x.index_select(0, last)
         elif not all_logits:
             x = x[-1:]
-        if self.use_custom_kernels and head is not None and best is not None:
-            return greedy_head(x, self.lm_head.weight, head, self.norm.weight, self.norm.eps, best)
-        if self.use_custom_kernels:  # the final RMSNorm in the LM head's GEMV
-            return linear(x, self.lm_head.weight, norm_weight=self.norm.weight, eps=self.norm.eps,
-                          out_dtype=torch.float32, best=best)
+        if self.ops.custom and head is not None and best is not None:
+            return self.ops.greedy_head(x, self.lm_head.weight, head, self.norm.weight, self.norm.eps, best)
+        if self.ops.custom:  # the final RMSNorm in the LM head's GEMV
+            return self.ops.linear(x, self.lm_head.weight, norm_weight=self.norm.weight, eps=self.norm.eps,
+                                   out_dtype=torch.float32, best=best)
         if best is not None:
             raise ValueError("the argmax keys come from the custom LM head")
         return self.lm_head(self.norm(x)).float()
+
+    @torch.inference_mode()
+    def recompute(self, input_ids, positions, slots, ctx: AttentionContext, choose_after: int,
+                  choose: Callable[[], torch.Tensor]) -> None:
+        """Runs the tokens through the layers, their KV written at `slots` of ctx.own (ctx.mask's rows being
+        theirs), and after layer `choose_after` goes on with the tokens at the indices choose() gives (sorted;
+        none: it stops there). No logits."""
+        x = self.embed_tokens(input_ids)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, slots, ctx, self.rotary)
+            if i == choose_after:
+                chosen = choose()
+                if len(chosen) == 0:
+                    return
+                x, positions, slots = x[chosen], positions[chosen], slots[chosen]
+                if ctx.mask is not None:
+                    ctx.mask = ctx.mask[chosen]

@@ -15,11 +15,13 @@ from .launcher import launch, wait_for_inputs  # before triton: it picks the int
 import triton
 import triton.language as tl
 
+from .options import DEFAULT_KERNELS, KernelOptions
 
 SLOTS = 64
 MAX_INDEX = 2 ** 31 - 1
 EMPTY = -2 ** 63  # a slot no key has reached
-_SLOTS, _MAX_INDEX, _EMPTY = tl.constexpr(SLOTS), tl.constexpr(MAX_INDEX), tl.constexpr(EMPTY)  # for the kernels
+# the same as constexprs, for the kernels (kernels.linear and kernels.lm_head use them too)
+SLOTS_C, MAX_INDEX_C, EMPTY_C = tl.constexpr(SLOTS), tl.constexpr(MAX_INDEX), tl.constexpr(EMPTY)
 
 
 @triton.jit
@@ -27,16 +29,16 @@ def logit_keys(y, n):
     """The keys of the fp32 logits y at the vocabulary indices n (int32, of y's shape)."""
     bits = (y + 0.0).to(tl.int32, bitcast=True)  # + 0.0: -0.0 ties with 0.0
     order = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
-    return (order.to(tl.int64) << 32) - n.to(tl.int64) + _MAX_INDEX
+    return (order.to(tl.int64) << 32) - n.to(tl.int64) + MAX_INDEX_C
 
 
 @triton.jit
-def _key_token(key):
-    return ((key >> 32) << 32) - key + _MAX_INDEX
+def key_token(key):
+    return ((key >> 32) << 32) - key + MAX_INDEX_C
 
 
 @triton.jit
-def _key_logit(key):
+def key_logit(key):
     """The fp32 logit of a key."""
     order = (key >> 32).to(tl.int32)
     return tl.where(order < 0, order ^ 0x7FFFFFFF, order).to(tl.float32, bitcast=True)
@@ -64,8 +66,8 @@ def best_token(keys: np.ndarray) -> int:
 def _next_input_kernel(best_ptr, token_ptr, pos_ptr, slot_ptr, embed_ptr, x_ptr, HIDDEN: tl.constexpr,
                        BLOCK: tl.constexpr, GREEDY: tl.constexpr, CLEAR: tl.constexpr):
     if GREEDY:
-        token = _key_token(tl.max(tl.load(best_ptr + tl.arange(0, _SLOTS)), 0))
-        tl.store(best_ptr + tl.arange(0, CLEAR), tl.full([CLEAR], _EMPTY, tl.int64))
+        token = key_token(tl.max(tl.load(best_ptr + tl.arange(0, SLOTS_C)), 0))
+        tl.store(best_ptr + tl.arange(0, CLEAR), tl.full([CLEAR], EMPTY_C, tl.int64))
         tl.store(token_ptr, token)
     else:
         token = tl.load(token_ptr)
@@ -97,15 +99,16 @@ def next_input(embed: torch.Tensor, token: torch.Tensor, position: torch.Tensor,
 def _publish_kernel(best_ptr, slot_ptr, out_ptr, PDL: tl.constexpr):
     slot = tl.load(slot_ptr)  # next_input wrote it, and it ends before the step's other kernels start
     wait_for_inputs(PDL)
-    s = tl.arange(0, _SLOTS)
-    tl.store(out_ptr + slot, _key_token(tl.max(tl.load(best_ptr + s), 0)))
+    s = tl.arange(0, SLOTS_C)
+    tl.store(out_ptr + slot, key_token(tl.max(tl.load(best_ptr + s), 0)))
 
 
-def publish_token(best: torch.Tensor, slot: torch.Tensor, out: torch.Tensor) -> None:
+def publish_token(best: torch.Tensor, slot: torch.Tensor, out: torch.Tensor,
+                  options: KernelOptions = DEFAULT_KERNELS) -> None:
     """out[slot] = the token that the slots `best` hold; out may be pinned host memory, which the kernel writes
     directly (slot: [1] int64 on the device, out: int64)."""
     assert best.numel() in (SLOTS, 2 * SLOTS) and out.dtype == torch.int64 and slot.dtype == torch.int64
-    launch(_publish_kernel, (1,), (best, slot, out), ("publish", best.device.index), num_warps=1)
+    launch(_publish_kernel, (1,), (best, slot, out), ("publish", best.device.index), options, num_warps=1)
 
 
 def next_input_ref(embed, token, position, slot, best=None):

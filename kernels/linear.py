@@ -7,26 +7,19 @@ RMSNorm, its logits written in fp32 and, for greedy decoding in a CUDA graph, fo
 One program computes BLOCK_N outputs of one row, so the weight is read once per row; more rows than
 MAX_TRITON_ROWS go to cuBLAS (after the Triton RMSNorm on CUDA), which reads it once for all of them.
 """
-import os
-
 import torch
 import torch.nn.functional as F
 from .launcher import launch, wait_for_inputs  # before triton: it picks the interpreter without a GPU
 import triton
 import triton.language as tl
 
-from .greedy import _EMPTY, SLOTS, _SLOTS, keys_ref, logit_keys
+from .dispatch import implementation
+from .greedy import EMPTY_C, SLOTS, SLOTS_C, keys_ref, logit_keys
+from .options import DEFAULT_KERNELS, KernelOptions
 from .rmsnorm import normed, rmsnorm, rmsnorm_ref
 
-# a layer's four projections (Qwen3-0.6B shape, bf16, H100, 2026-11-27): the GEMVs 12.7 / 22.7 / 31.3 / 38.3 us at 1 / 2
-# / 3 / 4 rows (117.4 at 16), cuBLAS 27.8 / 33.3 / 33.8 / 33.3 (34.7 at 16)
+# rows up to which the GEMV beats cuBLAS (measured: docs/BENCHMARKS.md, "Kernel launch settings")
 MAX_TRITON_ROWS = 3
-# outputs per program, input block, warps, chosen by the decode step's GPU time in the engine's CUDA graph (H100,
-# 2026-11-26): 4 outputs a program for the plain projections and 8 (16 weight rows) for gate/up; with the LM head a
-# GEMV too, 0.844-0.849 ms a step at 1K and 0.977 at 4K against 0.868 and 1.010 with 8 for all and cuBLAS's head
-# (cascade_rag.benchmarks.bench_kernels --tune prefers other settings for back-to-back calls of one layer)
-TUNING = dict(block_n=4, block_k=4096, num_warps=4)
-GATED_TUNING = dict(block_n=8, block_k=4096, num_warps=4)
 
 
 def linear_ref(x, weight, bias=None, norm_weight=None, eps=1e-6, gated=False, residual=None, out_dtype=None,
@@ -153,8 +146,8 @@ def _linear_kernel(x_ptr, norm_ptr, w_ptr, bias_ptr, res_ptr, out_ptr, best_ptr,
     y = y.to(dtype)
     tl.store(out_ptr + row * N + n, y.to(out_ptr.dtype.element_ty), mask=n_ok)
     if ARGMAX:
-        keys = tl.where(n_ok, logit_keys(y.to(tl.float32), n), _EMPTY)
-        tl.atomic_max(best_ptr + pid % _SLOTS, tl.max(keys, 0), sem="relaxed")
+        keys = tl.where(n_ok, logit_keys(y.to(tl.float32), n), EMPTY_C)
+        tl.atomic_max(best_ptr + pid % SLOTS_C, tl.max(keys, 0), sem="relaxed")
 
 
 @triton.jit(do_not_specialize=["stride_y"])
@@ -170,14 +163,15 @@ def _silu_mul_kernel(y_ptr, out_ptr, stride_y, N: tl.constexpr, BLOCK: tl.conste
     tl.store(out_ptr + row * N + cols, _silu_times(gate, up, dtype).to(dtype), mask=ok)
 
 
-def silu_mul(y: torch.Tensor) -> torch.Tensor:
+def silu_mul(y: torch.Tensor, options: KernelOptions = DEFAULT_KERNELS) -> torch.Tensor:
     """y [rows, 2N] (gate, then up) -> SiLU(gate) * up [rows, N] in one Triton kernel (torch takes two)."""
     rows, n = y.shape[0], y.shape[1] // 2
     assert y.stride(1) == 1 and y.shape[1] == 2 * n
     out = torch.empty((rows, n), dtype=y.dtype, device=y.device)
     block = min(1024, triton.next_power_of_2(n))
     key = ("silu_mul", y.device.index, y.dtype, y.data_ptr() % 16 == 0, n, block)
-    launch(_silu_mul_kernel, (rows, triton.cdiv(n, block)), (y, out, y.stride(0), n, block), key, num_warps=4)
+    launch(_silu_mul_kernel, (rows, triton.cdiv(n, block)), (y, out, y.stride(0), n, block), key, options,
+           num_warps=4)
     return out
 
 
@@ -187,14 +181,14 @@ def _row_vector(x: torch.Tensor) -> int:
     return vec if x.stride(0) % vec == 0 else 1
 
 
-def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best):
+def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best, options: KernelOptions):
     rows, k = x.shape
     n = weight.shape[0] // 2 if gated else weight.shape[0]
     assert weight.shape[1] == k and weight.is_contiguous() and x.stride(1) == 1
     assert residual is None or residual.stride(1) == 1
     out = torch.empty((rows, n), dtype=out_dtype or weight.dtype, device=x.device)
-    cfg = GATED_TUNING if gated else TUNING
-    block_k = min(cfg["block_k"], triton.next_power_of_2(k))
+    cfg = options.linear_gated if gated else options.linear
+    block_k = min(cfg.block_k, triton.next_power_of_2(k))
     # warp rows where the input is normalised (its sum of squares not exchanged across warps) and fills the block
     # (padding would cost every warp its own share of it): measured per projection at commit 70376fb
     warp_rows = norm_weight is not None and k == block_k
@@ -202,17 +196,18 @@ def _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype
     pointers = (x, norm_weight if flags[0] else x, weight, bias if flags[1] else x, residual if flags[3] else x, out,
                 best if flags[4] else x)
     args = pointers + (eps, x.stride(0), residual.stride(0) if flags[3] else 0, n, k) + flags + (
-        cfg["block_n"], block_k, warp_rows, _row_vector(x) if warp_rows else 1)
+        cfg.block_n, block_k, warp_rows, _row_vector(x) if warp_rows else 1)
     key = ("linear", x.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
-           args[10:], cfg["num_warps"])
-    launch(_linear_kernel, (triton.cdiv(n, cfg["block_n"]), rows), args, key, num_warps=cfg["num_warps"])
+           args[10:], cfg.num_warps)
+    launch(_linear_kernel, (triton.cdiv(n, cfg.block_n), rows), args, key, options, num_warps=cfg.num_warps)
     return out
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
            norm_weight: torch.Tensor | None = None, eps: float = 1e-6, gated: bool = False,
            residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-           best: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
+           best: torch.Tensor | None = None, impl: str | None = None,
+           options: KernelOptions = DEFAULT_KERNELS) -> torch.Tensor:
     """x [rows, K] -> y [rows, N]: y = weight @ rmsnorm(x) + bias (the norm when norm_weight is given); gated:
     weight is [2N, K] (gate rows, then up rows) and y = silu(gate) * up; residual [rows, N]: y + residual. y is
     rounded to the weight's dtype, then given in out_dtype (default: the weight's). best (one row): the argmax
@@ -225,16 +220,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         raise ValueError("a gated linear layer takes no bias and no residual")
     if best is not None and (x.shape[0] != 1 or best.shape != (SLOTS,) or best.dtype != torch.int64):
         raise ValueError(f"the argmax keys take one row and {SLOTS} int64 slots")
-    if impl is None:
-        impl = "triton" if x.is_cuda and x.shape[0] <= MAX_TRITON_ROWS else "ref"
-        if impl == "ref" and x.is_cuda:
-            if norm_weight is not None:
-                x, norm_weight = rmsnorm(x, norm_weight, eps), None
-            if gated:  # cuBLAS's product, then SiLU(gate) * up in one kernel
-                y = silu_mul(F.linear(x, weight))
-                return y if out_dtype is None else y.to(out_dtype)
-    if impl == "ref":
+    chosen = implementation(impl, x, x.shape[0] <= MAX_TRITON_ROWS, "linear")
+    if chosen == "ref" and impl is None and x.is_cuda:  # many rows: cuBLAS, with the Triton norm and SiLU * up
+        if norm_weight is not None:
+            x, norm_weight = rmsnorm(x, norm_weight, eps, options=options), None
+        if gated:  # cuBLAS's product, then SiLU(gate) * up in one kernel
+            y = silu_mul(F.linear(x, weight), options)
+            return y if out_dtype is None else y.to(out_dtype)
+    if chosen == "ref":
         return linear_ref(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best)
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("the Triton linear needs CUDA tensors or TRITON_INTERPRET=1")
-    return _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best)
+    return _linear_triton(x, weight, bias, norm_weight, eps, gated, residual, out_dtype, best, options)

@@ -22,14 +22,11 @@ from .launcher import launch, wait_for_inputs  # before triton: it picks the int
 import triton
 import triton.language as tl
 
-from .greedy import _EMPTY, _SLOTS, SLOTS, _key_logit, logit_keys
+from .greedy import EMPTY_C, SLOTS, SLOTS_C, key_logit, logit_keys
+from .options import DEFAULT_KERNELS, KernelOptions
 from .rmsnorm import normed
 
 QUANT_ROWS = 8192  # rows quantised at once (their fp64 copy is the transient memory)
-# the first pass's rows and input block a program (H100, 2026-11-27, the Qwen3 head alone: 58.6 us against 94.4
-# for the int8 GEMV with fp32 products and 101.5 for the bf16 head; reading the int8 rows alone takes 51.5)
-TUNING = dict(block_n=128, block_k=256, num_warps=4, num_stages=3)
-EXACT_TUNING = dict(block_r=128, num_warps=4)  # rows a program of the second pass checks
 SLACK = 2.0 ** -16  # of c |x|: the rounding of the first pass's fp32 scaling and sums, with a wide margin
 _SLACK = tl.constexpr(SLACK)
 
@@ -128,8 +125,8 @@ def _approx_kernel(x_ptr, norm_ptr, q_ptr, scale_ptr, out_ptr, best_ptr, eps, N:
     y = acc * scale
     tl.store(out_ptr + n, y, mask=n_ok)
     low = y - _bound(e, c, tl.sqrt(x2), tl.sqrt(dx2))
-    keys = tl.where(n_ok, logit_keys(low, n), _EMPTY)
-    tl.atomic_max(best_ptr + pid % _SLOTS, tl.max(keys, 0), sem="relaxed")
+    keys = tl.where(n_ok, logit_keys(low, n), EMPTY_C)
+    tl.atomic_max(best_ptr + pid % SLOTS_C, tl.max(keys, 0), sem="relaxed")
 
 
 @triton.jit
@@ -151,23 +148,29 @@ def _exact_rows_kernel(x_ptr, norm_ptr, w_ptr, approx_ptr, scale_ptr, best_ptr, 
     rstd = _rstd(x_ptr, eps, K, QUANT_K)
     x_norm, dx_norm = _input_norms(x_ptr, norm_ptr, rstd, K, QUANT_K)
     x = normed(tl.load(x_ptr + cols, mask=k_ok, other=0.0).to(tl.float32), norm_w, rstd, dtype)
-    low = _key_logit(tl.max(tl.load(best_ptr + _SLOTS + tl.arange(0, _SLOTS)), 0))
+    low = key_logit(tl.max(tl.load(best_ptr + SLOTS_C + tl.arange(0, SLOTS_C)), 0))
     high = tl.load(approx_ptr + r, mask=r_ok, other=float("-inf")) + _bound(e, c, x_norm, dx_norm)
     candidate = r_ok & (high.to(dtype).to(tl.float32) >= low.to(dtype).to(tl.float32))
     order = tl.cumsum(candidate.to(tl.int32), 0)
     count = tl.sum(candidate.to(tl.int32), 0)
-    best = tl.full([1], _EMPTY, tl.int64)
+    best = tl.full([1], EMPTY_C, tl.int64)
     for i in range(count):
         row = tl.min(tl.where(candidate & (order == i + 1), r, N), 0)
         w = tl.load(w_ptr + row.to(tl.int64) * K + cols, mask=k_ok, other=0.0).to(tl.float32)
         y = tl.sum((w * x)[None, :], 1).to(dtype).to(tl.float32)
         best = tl.maximum(best, logit_keys(y, row + tl.zeros([1], tl.int32)))
     if count > 0:
-        tl.atomic_max(best_ptr + pid % _SLOTS + tl.arange(0, 1), best, sem="relaxed")
+        tl.atomic_max(best_ptr + pid % SLOTS_C + tl.arange(0, 1), best, sem="relaxed")
+
+
+def input_block(k: int, options: KernelOptions = DEFAULT_KERNELS) -> int:
+    """The first pass's input block (each a scale of the quantised input) for an input of k."""
+    return max(32, min(options.head.block_k, triton.next_power_of_2(k)))  # an int8 dot's shortest input
 
 
 def greedy_head(x: torch.Tensor, weight: torch.Tensor, quantized: tuple[torch.Tensor, torch.Tensor],
-                norm_weight: torch.Tensor, eps: float, best: torch.Tensor) -> torch.Tensor:
+                norm_weight: torch.Tensor, eps: float, best: torch.Tensor,
+                options: KernelOptions = DEFAULT_KERNELS) -> torch.Tensor:
     """The argmax keys (best[:SLOTS]) of the logits weight @ rmsnorm(x) for one row x [1, K], from quantize_rows'
     copy of the weight; best[SLOTS:] (cleared, as the first SLOTS, before the step) takes the lower bounds.
     Returns the approximate logits [1, N] (fp32)."""
@@ -177,15 +180,14 @@ def greedy_head(x: torch.Tensor, weight: torch.Tensor, quantized: tuple[torch.Te
         raise ValueError(f"the quantised head takes one row of {k} and {2 * SLOTS} int64 slots")
     assert q.shape == (n, k) and scales.shape == (n, 3) and x.is_contiguous() and weight.is_contiguous()
     approx = torch.empty((1, n), dtype=torch.float32, device=x.device)
-    cfg = TUNING
-    block_k = max(32, min(cfg["block_k"], triton.next_power_of_2(k)))  # an int8 dot's shortest input
-    launch(_approx_kernel, (triton.cdiv(n, cfg["block_n"]),),
-           (x, norm_weight, q, scales, approx, best[SLOTS:], eps, n, k, cfg["block_n"], block_k),
-           ("approx_head", x.device.index, x.dtype, n, k, cfg["block_n"], block_k), num_warps=cfg["num_warps"],
-           num_stages=cfg["num_stages"])
-    cfg = EXACT_TUNING
-    launch(_exact_rows_kernel, (triton.cdiv(n, cfg["block_r"]),),
-           (x, norm_weight, weight, approx, scales, best, eps, n, k, cfg["block_r"], triton.next_power_of_2(k),
-            block_k), ("exact_rows", x.device.index, x.dtype, n, k, cfg["block_r"], block_k),
-           num_warps=cfg["num_warps"])
+    cfg = options.head
+    block_k = input_block(k, options)
+    launch(_approx_kernel, (triton.cdiv(n, cfg.block_n),),
+           (x, norm_weight, q, scales, approx, best[SLOTS:], eps, n, k, cfg.block_n, block_k),
+           ("approx_head", x.device.index, x.dtype, n, k, cfg.block_n, block_k, cfg.num_warps, cfg.num_stages),
+           options, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    launch(_exact_rows_kernel, (triton.cdiv(n, cfg.exact_rows),),
+           (x, norm_weight, weight, approx, scales, best, eps, n, k, cfg.exact_rows, triton.next_power_of_2(k),
+            block_k), ("exact_rows", x.device.index, x.dtype, n, k, cfg.exact_rows, block_k, cfg.exact_warps),
+           options, num_warps=cfg.exact_warps)
     return approx

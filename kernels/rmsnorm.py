@@ -1,12 +1,11 @@
 """RMSNorm of a few rows in one kernel (the post-attention and final norms of a decode step)."""
-import os
-
 import torch
 from .launcher import launch, wait_for_inputs  # before triton: it picks the interpreter without a GPU
 import triton
 import triton.language as tl
 
-
+from .dispatch import implementation
+from .options import DEFAULT_KERNELS, KernelOptions
 
 def rmsnorm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
@@ -35,25 +34,22 @@ def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, eps, stride_x, HIDDEN: tl.constexpr, 
     tl.store(out_ptr + row * HIDDEN + cols, y.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def _rmsnorm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _rmsnorm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float, options: KernelOptions) -> torch.Tensor:
     n, hidden = x.shape
     assert x.stride(1) == 1 and weight.is_contiguous()
     out = torch.empty((n, hidden), dtype=torch.promote_types(x.dtype, weight.dtype), device=x.device)
     args = (x, weight, out, eps, x.stride(0), hidden, triton.next_power_of_2(hidden))
     key = ("rmsnorm", x.device.index, x.dtype, weight.dtype, x.data_ptr() % 16 == 0, hidden)
-    launch(_rmsnorm_kernel, (n,), args, key, num_warps=4)
+    launch(_rmsnorm_kernel, (n,), args, key, options, num_warps=4)
     return out
 
 
-def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, impl: str | None = None) -> torch.Tensor:
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, impl: str | None = None,
+            options: KernelOptions = DEFAULT_KERNELS) -> torch.Tensor:
     """x [n, hidden] -> weight * x / rms(x), normalised in fp32 and rounded to x's dtype before the weight.
 
     impl: None (Triton on CUDA, the reference elsewhere), "triton" (also on CPU under TRITON_INTERPRET=1) or "ref".
     """
-    if impl is None:
-        impl = "triton" if x.is_cuda and x.dim() == 2 else "ref"
-    if impl == "ref":
+    if implementation(impl, x, x.dim() == 2, "rmsnorm") == "ref":
         return rmsnorm_ref(x, weight, eps)
-    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("the Triton rmsnorm needs CUDA tensors or TRITON_INTERPRET=1")
-    return _rmsnorm_triton(x, weight, eps)
+    return _rmsnorm_triton(x, weight, eps, options)

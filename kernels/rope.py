@@ -4,14 +4,35 @@ stored with the value in the request's own KV buffer at its slot. Qwen3's per-he
 The decode step of a CUDA graph does the same inside the attention kernel (kernels.chunk_attention), with the
 jit helpers below.
 """
-import os
+from dataclasses import dataclass
 
 import torch
 from .launcher import launch, wait_for_inputs  # before triton: it picks the interpreter without a GPU
 import triton
 import triton.language as tl
 
+from .dispatch import implementation
+from .options import DEFAULT_KERNELS, KernelOptions
 from .rmsnorm import normed, rmsnorm_ref
+
+
+@dataclass(frozen=True)
+class RotaryInputs:
+    """What rope_store needs besides the projections: the new tokens' positions [n] and own-buffer slots [n], the
+    context chunks' position shifts [C] (and query scales [C] fp32, their scores' 1 / temperature), the own
+    buffer's keys and values [capacity, Hkv, D] that receive the new ones, the cos/sin tables [P, D] fp32, and
+    Qwen3's per-head q/k RMSNorm weights [D] with their eps."""
+    positions: torch.Tensor
+    shifts: torch.Tensor
+    slots: torch.Tensor
+    own_keys: torch.Tensor
+    own_values: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+    qk_eps: float = 1e-6
+    scales: torch.Tensor | None = None
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -21,8 +42,10 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
-def rope_store_ref(q, k, v, positions, shifts, slots, own_keys, own_values, cos, sin, q_norm=None, k_norm=None,
-                   qk_eps=1e-6, scales=None):
+def rope_store_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: RotaryInputs) -> torch.Tensor:
+    positions, shifts, slots, cos, sin = rotary.positions, rotary.shifts, rotary.slots, rotary.cos, rotary.sin
+    q_norm, k_norm, qk_eps, scales = rotary.q_norm, rotary.k_norm, rotary.qk_eps, rotary.scales
+    own_keys, own_values = rotary.own_keys, rotary.own_values
     if q_norm is not None:
         q = rmsnorm_ref(q, q_norm, qk_eps)
     if k_norm is not None:
@@ -107,8 +130,10 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
         tl.store(ov_ptr + dst, v, mask=kv_ok[:, None])
 
 
-def _rope_store_triton(q, k, v, positions, shifts, slots, own_keys, own_values, cos, sin, q_norm, k_norm, qk_eps,
-                       scales):
+def _rope_store_triton(q, k, v, rotary: RotaryInputs, options: KernelOptions):
+    positions, shifts, slots, cos, sin = rotary.positions, rotary.shifts, rotary.slots, rotary.cos, rotary.sin
+    q_norm, k_norm, qk_eps, scales = rotary.q_norm, rotary.k_norm, rotary.qk_eps, rotary.scales
+    own_keys, own_values = rotary.own_keys, rotary.own_values
     n, hq, head_dim = q.shape
     hkv = k.shape[1]
     assert q.stride()[1:] == (head_dim, 1) and k.stride()[1:] == (head_dim, 1) and v.stride()[1:] == (head_dim, 1)
@@ -125,15 +150,13 @@ def _rope_store_triton(q, k, v, positions, shifts, slots, own_keys, own_values, 
                        triton.next_power_of_2(hq), triton.next_power_of_2(hkv)) + flags
     key = ("rope", q.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
            q.stride(0) % 16 == 0, k.stride(0) % 16 == 0, v.stride(0) % 16 == 0, hq, hkv, head_dim) + flags
-    launch(_rope_store_kernel, (n, num_shifts + 2), args, key, num_warps=4)
+    launch(_rope_store_kernel, (n, num_shifts + 2), args, key, options, num_warps=4)
     return out
 
 
-def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, shifts: torch.Tensor,
-               slots: torch.Tensor, own_keys: torch.Tensor, own_values: torch.Tensor, cos: torch.Tensor,
-               sin: torch.Tensor, q_norm: torch.Tensor | None = None, k_norm: torch.Tensor | None = None,
-               qk_eps: float = 1e-6, scales: torch.Tensor | None = None, impl: str | None = None) -> torch.Tensor:
-    """q [n, Hq, D], k/v [n, Hkv, D] at positions [n]; shifts [C] of the context chunks; cos/sin [P, D] fp32.
+def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: RotaryInputs, impl: str | None = None,
+               options: KernelOptions = DEFAULT_KERNELS) -> torch.Tensor:
+    """q [n, Hq, D], k/v [n, Hkv, D] at rotary.positions [n]; rotary.shifts [C] of the context chunks.
 
     q and k are first RMS-normalised per head by the weights q_norm/k_norm [D] (eps qk_eps), when given, as
     rmsnorm_ref does. Writes the rotated keys and the values to own_keys/own_values [capacity, Hkv, D] at slots
@@ -141,11 +164,6 @@ def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: tor
     of chunk c multiplied by scales[c] (scales [C] fp32, rounded to q's dtype) when given.
     impl: None (Triton on CUDA, the reference elsewhere), "triton" (also on CPU under TRITON_INTERPRET=1) or "ref".
     """
-    args = (q, k, v, positions, shifts, slots, own_keys, own_values, cos, sin, q_norm, k_norm, qk_eps, scales)
-    if impl is None:
-        impl = "triton" if q.is_cuda and q.shape[-1] & (q.shape[-1] - 1) == 0 else "ref"
-    if impl == "ref":
-        return rope_store_ref(*args)
-    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-        raise RuntimeError("the Triton rope_store needs CUDA tensors or TRITON_INTERPRET=1")
-    return _rope_store_triton(*args)
+    if implementation(impl, q, q.shape[-1] & (q.shape[-1] - 1) == 0, "rope_store") == "ref":
+        return rope_store_ref(q, k, v, rotary)
+    return _rope_store_triton(q, k, v, rotary, options)

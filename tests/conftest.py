@@ -4,14 +4,14 @@ from pathlib import Path
 import pytest
 import torch
 
-import cascade_rag.kernels.launcher  # noqa: F401 (chooses Triton's interpreter where there is no GPU)
+from cascade_rag.kernels.dispatch import interpreted  # the one place that chooses Triton's interpreter
 
 from .helpers import EMBEDDED_VOCAB, TINY_CONFIGS, make_tiny_checkpoint, random_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+INTERPRETED = interpreted()
 MARKERS = {
     "slow": ("end-to-end tests on the real embedded model", None),
     "gpu": ("needs CUDA, Triton compiled", None if torch.cuda.is_available() and not INTERPRETED else "needs CUDA"),

@@ -5,7 +5,9 @@ captured and replayed."""
 import pytest
 import torch
 
-from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, SamplingParams
+from dataclasses import replace
+
+from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, EngineOptions, LLMEngine, SamplingParams
 from cascade_rag.engine.cuda_graph import GraphDecoder
 from tests.helpers import make_tiny_checkpoint
 
@@ -16,7 +18,7 @@ SYSTEM, DOCS, QUESTION = [1, 5, 9, 14], [[20 + i for i in range(n)] for n in (7,
 def test_static_decode_equals_eager(name, tmp_path, tokenizer_dir):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     engine = LLMEngine(make_tiny_checkpoint(tmp_path / name, name, tokenizer_dir, head_dim=64), device=device,
-                       dtype="fp32")
+                       dtype="fp32", graph_own_tokens=64)
     level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
     chunks = [level0] + [engine.prefill_chunk(d, [level0], LEVEL_DOCUMENT, "fp") for d in DOCS]
     params = SamplingParams(max_new_tokens=8, ignore_eos=True)
@@ -26,7 +28,7 @@ def test_static_decode_equals_eager(name, tmp_path, tokenizer_dir):
     eager_other = engine.generate(other[1], params, other[0]).token_ids
     sampling = SamplingParams(max_new_tokens=8, ignore_eos=True, temperature=5.0, seed=3)  # fed from the host
     eager_sampled = engine.generate(QUESTION, sampling, chunks).token_ids
-    engine.graphs = GraphDecoder(engine.model, 64, engine.dtype, device)
+    engine.graphs = GraphDecoder(engine.model, engine.options, engine.dtype, device)
     static = engine.generate(QUESTION, params, chunks).token_ids
     assert static == eager and len(static) == 8
     # the next request rewrites every graph input (tables, shift padding, question, positions)
@@ -35,3 +37,16 @@ def test_static_decode_equals_eager(name, tmp_path, tokenizer_dir):
     full = engine.generate(QUESTION, params, chunks, mode="full").token_ids  # a second request reuses the buffers
     engine.graphs = None
     assert full == engine.generate(QUESTION, params, chunks, mode="full").token_ids
+
+
+def test_graphs_refuse_the_reference_kernels(tmp_path, tokenizer_dir):
+    """CUDA graphs run the Triton kernels over their own tables: options without custom kernels are refused when
+    made, and a graph decoder is not built over a model that runs the references."""
+    with pytest.raises(ValueError, match="use_cuda_graphs=False"):
+        EngineOptions(use_custom_kernels=False)
+    path = make_tiny_checkpoint(tmp_path / "tiny", "llama-gqa-untied", tokenizer_dir)
+    engine = LLMEngine(path, device="cpu", dtype="fp32", use_custom_kernels=False, use_cuda_graphs=False)
+    assert not engine.model.ops.custom and engine.graphs is None
+    with pytest.raises(ValueError, match="need use_custom_kernels=True"):
+        GraphDecoder(engine.model, replace(engine.options, use_cuda_graphs=False, use_custom_kernels=True),
+                     engine.dtype, "cpu")

@@ -3,7 +3,7 @@ eager decode, on random weights of the Qwen3-0.6B shape."""
 import pytest
 import torch
 
-from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, SamplingParams
+from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, EngineOptions, KernelOptions, LLMEngine, SamplingParams
 
 pytestmark = pytest.mark.gpu
 
@@ -27,35 +27,51 @@ def test_custom_kernels_equal_references_for_64_greedy_tokens(qwen3_shape):
     chunks, question = composed(engine)
     params = SamplingParams(max_new_tokens=64, ignore_eos=True)
     on = engine.generate(question, params, chunks).token_ids
-    engine.use_custom_kernels = False
-    off = engine.generate(question, params, chunks).token_ids
+    reference = LLMEngine(qwen3_shape, device="cuda", dtype="fp32", use_cuda_graphs=False, use_custom_kernels=False)
+    assert not reference.model.ops.custom
+    off = reference.generate(question, params, chunks).token_ids
     assert on == off and len(on) == 64
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_cuda_graph_decode_equals_eager_for_128_tokens(qwen3_shape, dtype):
     engine = LLMEngine(qwen3_shape, device="cuda", dtype=dtype)
+    assert engine.graphs is not None
     chunks, question = composed(engine)
     params = SamplingParams(max_new_tokens=128, ignore_eos=True)
     graphed = engine.generate(question, params, chunks)
-    graphs, engine.graphs = engine.graphs, None
-    eager = engine.generate(question, params, chunks)
-    engine.graphs = graphs
+    eager_engine = LLMEngine(qwen3_shape, device="cuda", dtype=dtype, use_cuda_graphs=False)
+    assert eager_engine.graphs is None
+    eager = eager_engine.generate(question, params, chunks)
     print(f"{dtype}: graph {graphed.decode_tokens_per_s:.0f} tok/s, eager {eager.decode_tokens_per_s:.0f} tok/s")
     assert graphed.token_ids == eager.token_ids and len(eager.token_ids) == 128
 
 
-def test_programmatic_dependent_launch_changes_no_token(qwen3_shape, monkeypatch):
-    """Graphs captured with the Triton kernels launched under programmatic dependent launch (each may start
-    before the one it depends on ends, and waits for it) decode what they decode without it."""
-    from cascade_rag.kernels import launcher
-    tokens = {}
-    for pdl in (True, False):
-        monkeypatch.setattr(launcher, "PDL", pdl)
-        engine = LLMEngine(qwen3_shape, device="cuda", dtype="bf16")
-        chunks, question = composed(engine)
-        tokens[pdl] = engine.generate(question, SamplingParams(max_new_tokens=128, ignore_eos=True), chunks).token_ids
-    assert tokens[True] == tokens[False] and len(tokens[True]) == 128
+def greedy_tokens(path, options: EngineOptions) -> list[int]:
+    engine = LLMEngine(path, options, device="cuda", dtype="bf16")
+    assert (engine.graphs.head is None) == (not options.quantized_head)
+    chunks, question = composed(engine)
+    return engine.generate(question, SamplingParams(max_new_tokens=128, ignore_eos=True), chunks).token_ids
+
+
+@pytest.fixture(scope="module")
+def default_tokens(qwen3_shape) -> list[int]:
+    return greedy_tokens(qwen3_shape, EngineOptions())
+
+
+OPTIONS = [dict(kernels=KernelOptions(pdl=False)), dict(kernels=KernelOptions(cached_launch=False)),
+           dict(quantized_head=False), dict(graph_max_question=8), dict(graph_min_bucket=8192),
+           dict(graph_max_chunks=3)]
+
+
+@pytest.mark.parametrize("option", OPTIONS)
+def test_each_option_changes_no_token(qwen3_shape, default_tokens, option):
+    """Graphs captured without programmatic dependent launch (on: each kernel may start before the one it
+    depends on ends, and waits for it), with plain Triton launches, with the full LM head, with the question
+    prefilled eagerly (longer than graph_max_question), in a larger bucket, or eagerly altogether (more chunks
+    than graph_max_chunks) decode what the defaults decode."""
+    tokens = greedy_tokens(qwen3_shape, EngineOptions(**option))
+    assert tokens == default_tokens and len(tokens) == 128
 
 
 def test_blend_at_ratio_one_equals_full(qwen3_shape):

@@ -43,8 +43,8 @@ def check_rope(case, dtype, device, atol, norm=False, scaled=False, views=True):
     for impl in ("triton", "ref"):
         own_k = torch.zeros(8, hkv, d, dtype=dtype, device=device)
         own_v = torch.zeros(8, hkv, d, dtype=dtype, device=device)
-        queries = rope.rope_store(q, k, v, positions, shifts, slots, own_k, own_v, rotary.cos, rotary.sin, **kwargs,
-                                  impl=impl)
+        inputs = rope.RotaryInputs(positions, shifts, slots, own_k, own_v, rotary.cos, rotary.sin, **kwargs)
+        queries = rope.rope_store(q, k, v, inputs, impl=impl)
         outputs.append((queries, own_k, own_v))
     (tq, tk, tv), (rq, rk, rv) = outputs
     assert tq.shape == (len(shifts) + 1, n, hq, d) and tq.dtype == dtype
@@ -93,10 +93,12 @@ def test_rope_store_ref_equals_composition(norm, scaled, dtype):
     from cascade_rag.engine.model import Rotary
     rotary = Rotary(d, 10000.0, 64)
     buffers = [(torch.zeros(8, hkv, d, dtype=dtype), torch.zeros(8, hkv, d, dtype=dtype)) for _ in range(2)]
-    folded = rope.rope_store_ref(q, k, v, positions, shifts, slots, *buffers[0], rotary.cos, rotary.sin, **kwargs)
+    folded = rope.rope_store_ref(q, k, v, rope.RotaryInputs(positions, shifts, slots, *buffers[0], rotary.cos,
+                                                            rotary.sin, **kwargs))
     if norm:
         q, k = rn.rmsnorm_ref(q, kwargs["q_norm"], 1e-6), rn.rmsnorm_ref(k, kwargs["k_norm"], 1e-6)
-    composed = rope.rope_store_ref(q, k, v, positions, shifts, slots, *buffers[1], rotary.cos, rotary.sin)
+    composed = rope.rope_store_ref(q, k, v, rope.RotaryInputs(positions, shifts, slots, *buffers[1], rotary.cos,
+                                                              rotary.sin))
     if scaled:
         assert (kwargs["scales"] != 1).any()
         composed[:-1] *= kwargs["scales"].view(-1, 1, 1, 1).to(dtype)

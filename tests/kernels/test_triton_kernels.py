@@ -3,13 +3,20 @@
 import pytest
 import torch
 
-import cascade_rag.kernels.chunk_attention as ca  # kernels/launcher sets TRITON_INTERPRET=1 when there is no GPU
+from dataclasses import replace
+
+import cascade_rag.kernels.chunk_attention as ca  # kernels.dispatch sets TRITON_INTERPRET=1 when there is no GPU
 import cascade_rag.kernels.fused_rmsnorm_qkv as fr
 import cascade_rag.kernels.greedy as greedy
 import cascade_rag.kernels.linear as lin
 import cascade_rag.kernels.lm_head as lm_head
+from cascade_rag.kernels.options import DEFAULT_KERNELS, KernelOptions
 from cascade_rag.kernels.rmsnorm import rmsnorm_ref
 
+
+def decode_options(**tuning) -> KernelOptions:
+    """The default kernel options with these decode settings."""
+    return replace(DEFAULT_KERNELS, decode=replace(DEFAULT_KERNELS.decode, **tuning))
 
 
 
@@ -48,14 +55,15 @@ ATTENTION_CASES = [
 ]
 
 
-def check_attention(case, dtype, device, atol):
+def check_attention(case, dtype, device, atol, options=DEFAULT_KERNELS):
     lengths, nq, hq, hkv, d, splits, odd = case
     torch.manual_seed(sum(lengths) + nq + hq + d)
     keys, values = make_chunks(lengths, hkv, d, dtype, device, odd=odd)
     q = torch.randn(len(lengths), nq, hq, d, dtype=dtype, device=device)
     scale = d ** -0.5
-    out = ca.chunk_attention(q, keys, values, scale, impl="triton", num_splits=splits)
-    assert torch.equal(out, ca.chunk_attention(q, keys, values, scale, impl="triton", num_splits=splits))
+    out = ca.chunk_attention(q, keys, values, scale, impl="triton", num_splits=splits, options=options)
+    assert torch.equal(out, ca.chunk_attention(q, keys, values, scale, impl="triton", num_splits=splits,
+                                               options=options))
     ref = ca.chunk_attention_ref(q.float(), [k.float() for k in keys], [v.float() for v in values], scale)
     assert out.shape == (nq, hq, d) and out.dtype == dtype
     assert torch.isfinite(out).all()
@@ -69,17 +77,17 @@ def test_chunk_attention_interpreted(case):
 
 
 @pytest.mark.interpreter
-def test_decode_merges_partials_in_several_passes(monkeypatch):
-    monkeypatch.setitem(ca.DECODE_TUNING, "merge_elements", 4 * 2 * 64)  # 4 splits a pass at GQA 2, D 64
-    check_attention(([150, 1, 200, 69], 1, 4, 2, 64, 18, ()), torch.float32, "cpu", 1e-3)  # 5 passes, the last of 2
+def test_decode_merges_partials_in_several_passes():
+    options = decode_options(merge_elements=4 * 2 * 64)  # 4 splits a pass at GQA 2, D 64
+    check_attention(([150, 1, 200, 69], 1, 4, 2, 64, 18, ()), torch.float32, "cpu", 1e-3, options)  # 5 passes
 
 
-def test_decode_splits_are_whole_merge_passes(monkeypatch):
-    monkeypatch.setitem(ca.DECODE_TUNING, "merge_elements", 12 * 2 * 64)  # 8 splits a pass (a power of two)
-    monkeypatch.setitem(ca.DECODE_TUNING, "programs_per_sm", 5)  # 20 programs for the CPU's 4 "SMs"
-    monkeypatch.setitem(ca.DECODE_TUNING, "min_split", 32)
-    assert ca._decode_splits(1, 2, 64, 10_000, "cpu") == 16
-    assert ca._decode_splits(1, 2, 64, 64, "cpu") == 2  # splits of 32 keys at least: less than one pass
+def test_decode_splits_are_whole_merge_passes():
+    # 8 splits a pass (a power of two), 20 programs for the CPU's 4 "SMs"
+    tuning = decode_options(merge_elements=12 * 2 * 64, programs_per_sm=5, min_split=32).decode
+    assert ca.decode_splits(1, 2, 64, 10_000, "cpu", tuning) == 16
+    assert ca.decode_splits(1, 2, 64, 64, "cpu", tuning) == 2  # splits of 32 keys at least: less than one pass
+    assert ca.decode_splits(1, 2, 64, 10_000, "cpu", DEFAULT_KERNELS.decode) == 8  # the default: 2 a "SM"
 
 
 @pytest.mark.interpreter
@@ -121,17 +129,16 @@ DECODE_TABLE_CASES = [
 ]
 
 
-def check_decode_table(case, dtype, device, atol, monkeypatch, short_splits=True):
+def check_decode_table(case, dtype, device, atol, short_splits=True):
     """A decode step over a chunk table with the rotary embedding in the attention kernel against rope_store_ref
     and chunk_attention_ref: the output and the new key and value stored at the slot."""
     from cascade_rag.engine.model import Rotary
-    from cascade_rag.kernels.rope import rope_store_ref
+    from cascade_rag.kernels.rope import RotaryInputs, rope_store_ref
     lengths, slot, hq, hkv, d, pad, norm, scaled = case
     # many short splits (the new token's split varies), cut at the chunks' boundaries, or few of several tiles
     # and chunks, cut evenly
-    monkeypatch.setitem(ca.DECODE_TUNING, "programs_per_sm", 16 if short_splits else 1)
-    monkeypatch.setitem(ca.DECODE_TUNING, "min_split", 8 if short_splits else 64)
-    monkeypatch.setitem(ca.DECODE_TUNING, "piece_tiles", 8 if short_splits else 0)
+    options = decode_options(programs_per_sm=16 if short_splits else 1, min_split=8 if short_splits else 64,
+                             piece_tiles=8 if short_splits else 0)
     torch.manual_seed(sum(lengths) + slot + hq)
     layers, layer, capacity = 2, 1, 32
     chunks = [tuple(torch.randn(layers, n, hkv, d, dtype=dtype, device=device) for _ in "kv") for n in lengths]
@@ -139,9 +146,9 @@ def check_decode_table(case, dtype, device, atol, monkeypatch, short_splits=True
     own_keys[layer, slot], own_values[layer, slot] = float("nan"), float("nan")  # stale memory is never read
     num_chunks = len(lengths) + 1 + pad
     table = torch.from_numpy(ca.chunk_tables(chunks, own_keys, own_values, num_chunks)).to(device)
-    workspace = ca.decode_workspace(1, hq, d, hkv, sum(lengths) + capacity, device)
-    assert workspace["decode"] and (workspace["num_splits"] > 4 or not short_splits)
-    assert workspace["pieces"] == short_splits
+    workspace = ca.decode_workspace(1, hq, d, hkv, sum(lengths) + capacity, device, options=options)
+    assert workspace.decode and (workspace.num_splits > 4 or not short_splits)
+    assert workspace.pieces == short_splits
     q, k, v = ((3 * torch.randn(1, h, d, device=device)).to(dtype) for h in (hq, hkv, hkv))
     shifts = torch.tensor([-3 * c for c in range(len(lengths))], dtype=torch.int64, device=device)
     rotary = Rotary(d, 10000.0, 512).to(device)
@@ -152,14 +159,15 @@ def check_decode_table(case, dtype, device, atol, monkeypatch, short_splits=True
                 q_norm=(1 + 0.5 * torch.randn(d, device=device)).to(dtype) if norm else None,
                 k_norm=(1 + 0.5 * torch.randn(d, device=device)).to(dtype) if norm else None)
     ref_keys, ref_values = own_keys[layer].clone(), own_values[layer].clone()
-    queries = rope_store_ref(q, k, v, shifts=shifts, own_keys=ref_keys, own_values=ref_values, **rope)
+    queries = rope_store_ref(q, k, v, RotaryInputs(shifts=shifts, own_keys=ref_keys, own_values=ref_values, **rope))
     keys, values = ([c[i][layer].float() for c in chunks] + [own[:slot + 1].float()]
                     for i, own in ((0, ref_keys), (1, ref_values)))
     ref = ca.chunk_attention_ref(queries.float(), keys, values, d ** -0.5)
     padded = dict(rope, shifts=torch.cat((torch.zeros(pad, dtype=torch.int64, device=device), shifts)),
                   scales=torch.cat((torch.ones(pad, device=device), rope["scales"])))
     out = ca.chunk_attention_table(q, own_keys[layer], own_values[layer], table[layer], d ** -0.5, workspace,
-                                   dict(padded, own_keys=own_keys[layer], own_values=own_values[layer], k=k, v=v))
+                                   RotaryInputs(own_keys=own_keys[layer], own_values=own_values[layer], **padded),
+                                   (k, v), options)
     assert out.shape == (1, hq, d) and torch.isfinite(out).all()
     assert (out.float() - ref).abs().max().item() <= atol
     torch.testing.assert_close(own_keys[layer, slot].float(), ref_keys[slot].float(), atol=atol, rtol=atol)
@@ -171,13 +179,14 @@ def check_decode_table(case, dtype, device, atol, monkeypatch, short_splits=True
 @pytest.mark.parametrize("short_splits", [True, False])
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])  # (bf16: truncated here)
 @pytest.mark.parametrize("case", DECODE_TABLE_CASES)
-def test_decode_table_rotates_and_stores_the_new_token_interpreted(case, dtype, atol, short_splits, monkeypatch):
-    check_decode_table(case, dtype, "cpu", atol, monkeypatch, short_splits)
+def test_decode_table_rotates_and_stores_the_new_token_interpreted(case, dtype, atol, short_splits):
+    check_decode_table(case, dtype, "cpu", atol, short_splits)
 
 
 @pytest.mark.interpreter
 def test_decode_table_needs_the_projections_and_rope():
     workspace = ca.decode_workspace(1, 4, 64, 2, 64, "cpu")
+    assert workspace.decode and not workspace.aligned
     keys = torch.zeros(8, 2, 64)
     with pytest.raises(ValueError, match="projections and rope"):
         ca.chunk_attention_table(torch.zeros(1, 4, 64), keys, keys, torch.zeros(11, dtype=torch.int64), 0.125,
@@ -194,7 +203,13 @@ LINEAR_CASES += [(rows, k, n, norm, False, True, False) for rows in (1, 2) for k
 LINEAR_CASES += [(3, 512, 12, True, False, False, True), (2, 512, 10, True, False, True, False)]  # warp rows, 2 pieces
 
 
-def check_linear(case, dtype, device, atol):
+def linear_options(block_k: int) -> KernelOptions:
+    """The default kernel options with this input block for both GEMVs."""
+    return replace(DEFAULT_KERNELS, linear=replace(DEFAULT_KERNELS.linear, block_k=block_k),
+                   linear_gated=replace(DEFAULT_KERNELS.linear_gated, block_k=block_k))
+
+
+def check_linear(case, dtype, device, atol, options=DEFAULT_KERNELS):
     rows, k, n, norm, bias, gated, residual = case
     torch.manual_seed(rows + k + n)
 
@@ -203,8 +218,10 @@ def check_linear(case, dtype, device, atol):
     x = rand(rows, 2 * k)[:, k:] if residual else rand(rows, k)  # rows apart by more than K
     args = (x, rand((2 if gated else 1) * n, k, std=k ** -0.5), rand(n, std=0.5) if bias else None,
             rand(k, mean=1, std=0.5) if norm else None, 1e-6, gated, rand(rows, n) if residual else None)
-    got = lin.linear(*args, impl="triton")
-    assert torch.equal(got, lin.linear(*args, impl="triton"))  # cached launch
+    got = lin.linear(*args, impl="triton", options=options)
+    assert torch.equal(got, lin.linear(*args, impl="triton", options=options))  # cached launch
+    plain = replace(options, cached_launch=False, pdl=False)
+    assert torch.equal(got, lin.linear(*args, impl="triton", options=plain))  # a plain Triton launch, no PDL
     ref = lin.linear_ref(*args)
     assert got.shape == (rows, n) and got.dtype == dtype
     torch.testing.assert_close(got.float(), ref.float(), atol=atol, rtol=atol)
@@ -213,10 +230,8 @@ def check_linear(case, dtype, device, atol):
 @pytest.mark.interpreter
 @pytest.mark.parametrize("block_k", [4096, 64])  # the whole input in one block (weights read first) or a loop
 @pytest.mark.parametrize("case", LINEAR_CASES)
-def test_linear_interpreted(case, block_k, monkeypatch):
-    for tuning in (lin.TUNING, lin.GATED_TUNING):
-        monkeypatch.setitem(tuning, "block_k", block_k)
-    check_linear(case, torch.float32, "cpu", 1e-3)
+def test_linear_interpreted(case, block_k):
+    check_linear(case, torch.float32, "cpu", 1e-3, linear_options(block_k))
 
 
 @pytest.mark.interpreter
@@ -304,7 +319,7 @@ def check_quantized_head(n, k, device, dtype):
         torch.testing.assert_close(approx, logits, atol=0.1, rtol=0.05)
         # the first pass's error bound, with the input quantised as the kernel does, a block at a time
         xn = rmsnorm_ref(x, norm, 1e-6)[0].double()
-        block = max(32, min(lm_head.TUNING["block_k"], 1 << (k - 1).bit_length()))
+        block = lm_head.input_block(k)
         steps = [b.abs().max().clamp_min(1e-30) / 127 for b in xn.split(block)]
         xq = torch.cat([s * torch.floor(b / s + 0.5) for b, s in zip(xn.split(block), steps)])
         _, e, c = quantized[1].double().unbind(1)
@@ -419,8 +434,8 @@ def test_chunk_attention_gpu(case, dtype, atol):
 @pytest.mark.parametrize("dtype,atol", [(torch.float32, 1e-3), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("short_splits", [True, False])
 @pytest.mark.parametrize("case", DECODE_TABLE_CASES)
-def test_decode_table_rotates_and_stores_the_new_token_gpu(case, dtype, atol, short_splits, monkeypatch):
-    check_decode_table(case, dtype, "cuda", atol, monkeypatch, short_splits)
+def test_decode_table_rotates_and_stores_the_new_token_gpu(case, dtype, atol, short_splits):
+    check_decode_table(case, dtype, "cuda", atol, short_splits)
 
 
 @pytest.mark.gpu
@@ -455,10 +470,8 @@ def test_publish_token_gpu():
                                                  (5, 896, 1152, True, True, False, False),    # Qwen2-0.5B QKV
                                                  (1, 1024, 151936, True, False, False, False)])  # final norm + head
 @pytest.mark.parametrize("block_k", [4096, 64])
-def test_linear_gpu(case, dtype, atol, block_k, monkeypatch):
-    for tuning in (lin.TUNING, lin.GATED_TUNING):
-        monkeypatch.setitem(tuning, "block_k", block_k)
-    check_linear(case, dtype, "cuda", atol)
+def test_linear_gpu(case, dtype, atol, block_k):
+    check_linear(case, dtype, "cuda", atol, linear_options(block_k))
 
 
 @pytest.mark.gpu

@@ -25,7 +25,7 @@ def free_port() -> int:
 
 def test_readme_has_the_blocks_these_tests_run():
     bash = blocks("bash")
-    assert len(blocks("python")) == 1 and len(bash) == 3
+    assert len(blocks("python")) == 2 and len(bash) == 3  # the engine API, the engine options
     assert bash[0].splitlines() == ["make demo   # sets everything up, then runs the demo on the embedded models",
                                     "make test   # sets everything up, then runs the test suite"]
 

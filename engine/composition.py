@@ -1,0 +1,139 @@
+"""Composition: how stored chunks are laid out for a request (positions and shifts, the document temperature, the
+three modes) and CacheBlend, over a Decoder."""
+import itertools
+import math
+
+import torch
+
+from cascade_rag.kernels.rope import rotate
+
+from .attention import AttentionContext, KVBuffer
+from .kv_chunk import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk
+from .model import Decoder
+
+MODES = ("cached", "full", "blend")
+BLEND_RATIO = 0.15  # share of document tokens that `blend` recomputes at every layer (CacheBlend's default)
+
+
+class Composer:
+    """Lays chunks out for the decoder `model` (dtype, device, document temperature) and blends them."""
+
+    def __init__(self, model: Decoder, dtype: torch.dtype, device: str, document_temperature: float):
+        self.model, self.config = model, model.config
+        self.dtype, self.device, self.temperature = dtype, device, document_temperature
+
+    def context(self, chunks: list[KVChunk], capacity: int, start: int | None = None, own: KVBuffer | None = None,
+                canonical: bool = False) -> tuple[AttentionContext, int]:
+        """Lays the chunks at consecutive positions ending at `start` (default: from 0), or (canonical) each at its
+        canonical position: chunks prefilled one after the other then compose exactly as one prefill, and chunks
+        sharing positions (documents prefilled after the same level 0) sit side by side, the new tokens' scores
+        over them divided by the document temperature. Returns the context and the next free position. The new
+        tokens' KV goes to `own` (emptied) or a fresh buffer of `capacity`."""
+        total = sum(c.length for c in chunks)
+        if start is not None and start < total:
+            raise ValueError(f"start {start} leaves no room for {total} context tokens before it")
+        shifts, position = [], 0 if start is None else start - total
+        for chunk in chunks:
+            if chunk.keys.dtype != self.dtype:
+                raise ValueError(f"chunk dtype {chunk.keys.dtype} does not match the engine dtype {self.dtype}")
+            shifts.append(0 if canonical else position - chunk.start)
+            position = max(position, chunk.start + chunk.length) if canonical else position + chunk.length
+        scales = None
+        if canonical:
+            spans = [(c.start, c.start + c.length) for c in chunks]
+            shared = [any(i != j and a < d and c < b for j, (c, d) in enumerate(spans)) for i, (a, b) in enumerate(spans)]
+            if any(shared):
+                scales = torch.tensor([1 / self.temperature if s else 1.0 for s in shared], dtype=torch.float32,
+                                      device=self.device)
+        if own is None:
+            own = KVBuffer.empty(self.config, capacity, self.dtype, self.device)
+        own.length = 0
+        ctx = AttentionContext(
+            keys=[c.keys.to(self.device) for c in chunks], values=[c.values.to(self.device) for c in chunks],
+            shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own, scales=scales,
+        )
+        return ctx, position
+
+    def check_length(self, total: int) -> None:
+        if total > self.config.max_position:
+            raise ValueError(f"sequence of {total} tokens exceeds the model's {self.config.max_position} positions")
+
+    def compose(self, chunks, mode: str) -> list[KVChunk]:
+        """The chunks to prefill over: for `blend`, level 0 and the blended documents."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        return self.blend(list(chunks)) if mode == "blend" else list(chunks)
+
+    def prefill_inputs(self, chunks, token_ids, mode, max_new_tokens, own=None):
+        """The context, the tokens to prefill and the position of the first. `full`: every token prefilled in
+        order; `cached`: the chunks at their canonical positions (context); `blend`: its blended documents after
+        level 0."""
+        if mode == "full":
+            token_ids = [t for c in chunks for t in c.token_ids] + list(token_ids)
+            chunks = []
+        if not token_ids:
+            raise ValueError("nothing to prefill: the prompt is empty")
+        ctx, start = self.context(chunks, len(token_ids) + max_new_tokens, own=own, canonical=mode == "cached")
+        self.check_length(start + len(token_ids) + max_new_tokens)
+        return ctx, list(token_ids), start
+
+    def batched(self, token_lists: list[list[int]], context: list[KVChunk]):
+        """The context, the concatenated tokens, their positions and the start of several sequences prefilled in
+        one pass at the canonical start, each attending to the context and causally to itself only (an explicit
+        block-diagonal mask), never to the others; None when the context chunks are away from their canonical
+        positions (their queries are rotated per chunk, which one masked attention cannot do)."""
+        offsets = itertools.accumulate((c.length for c in context), initial=0)
+        if any(chunk.start != offset for chunk, offset in zip(context, offsets)):
+            return None
+        lengths = [len(ids) for ids in token_lists]
+        total = sum(lengths)
+        ctx, start = self.context(context, total)
+        self.check_length(start + max(lengths))
+        ids = torch.tensor([t for seq in token_lists for t in seq], dtype=torch.int64, device=self.device)
+        segment = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths)).to(self.device)
+        index = torch.cat([torch.arange(n) for n in lengths]).to(self.device)  # position inside its own sequence
+        own = (segment[:, None] == segment[None, :]) & (index[:, None] >= index[None, :])
+        ctx.mask = torch.cat((torch.ones(total, start, dtype=torch.bool, device=self.device), own), dim=1)
+        return ctx, ids, start + index, start
+
+    def blend(self, chunks: list[KVChunk], ratio: float = BLEND_RATIO) -> list[KVChunk]:
+        """Level 0 and one chunk holding the documents' KV laid after it, where the tokens that the composition
+        changes most see the documents before them (CacheBlend): every document token is recomputed over
+        everything before it through the second layer (the first whose KV depends on the context), where the
+        deviation of its values from the stored ones is measured; at the later layers the `ratio` share of
+        tokens that deviate most is recomputed, the others keep their stored KV. ratio 1 gives exactly the KV of
+        a full prefill. The stored chunks are not modified."""
+        if not chunks or chunks[0].level != LEVEL_SYSTEM or chunks[0].start != 0:
+            raise ValueError("blend needs the level-0 chunk first, at position 0")
+        if not 0 <= ratio <= 1:
+            raise ValueError(f"the blend ratio must be within [0, 1], got {ratio}")
+        level0, documents = chunks[0], chunks[1:]
+        if not documents:
+            return [level0]
+        n = sum(c.length for c in documents)
+        ctx, start = self.context([level0], n)
+        self.check_length(start + n)
+        offsets = list(itertools.accumulate((c.length for c in documents), initial=0))
+        cos, sin = self.model.rotary.cos, self.model.rotary.sin
+        with torch.inference_mode():
+            for chunk, offset in zip(documents, offsets):
+                shift = start + offset - chunk.start  # the stored keys turned from canonical to placed positions
+                if shift < 0:
+                    raise ValueError(f"a chunk at canonical position {chunk.start} cannot be placed before it")
+                ctx.own.keys[:, offset:offset + chunk.length] = rotate(chunk.keys.to(self.device), cos[shift],
+                                                                       sin[shift])
+                ctx.own.values[:, offset:offset + chunk.length] = chunk.values.to(self.device)
+            measured = min(1, self.config.num_layers - 1)
+            stored_values = ctx.own.values[measured].clone()
+            token_ids = [t for c in documents for t in c.token_ids]
+            causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
+            ctx.mask = torch.cat((torch.ones(n, start, dtype=torch.bool, device=self.device), causal), dim=1)
+
+            def choose() -> torch.Tensor:  # the tokens whose values deviate most at the measured layer
+                deviation = (ctx.own.values[measured] - stored_values).float().square().sum(dim=(-2, -1))
+                return deviation.topk(math.ceil(ratio * n)).indices.sort().values
+            self.model.recompute(torch.tensor(token_ids, dtype=torch.int64, device=self.device),
+                                 torch.arange(start, start + n, device=self.device),
+                                 torch.arange(n, device=self.device), ctx, 1, choose)
+        return [level0, KVChunk(level=LEVEL_DOCUMENT, token_ids=token_ids, start=start, keys=ctx.own.keys,
+                                values=ctx.own.values, fingerprint=level0.fingerprint)]

@@ -1,0 +1,90 @@
+"""EngineOptions: everything that configures an LLMEngine, as one frozen value passed down to the decoder, the
+CUDA-graph decoder and the kernel launchers (no module-level switch is read at run time)."""
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from cascade_rag.kernels.options import DEFAULT_KERNELS, KernelOptions
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+# `cached` divides the new tokens' attention scores over documents sharing positions by this temperature (APE,
+# Yang et al. 2025): chosen on squad-dev questions 1-100, checked on 101-200 (docs/EVALUATION.md)
+DOCUMENT_TEMPERATURE = 0.9
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> str:
+    """The dtype of the pipeline, the CLI and bench: fp32 on a CPU (whose bf16 matmuls are slow), bf16 on a GPU."""
+    return "fp32" if device == "cpu" else "bf16"
+
+
+def default_prefill_batch_tokens(device: str) -> int:
+    """Passage tokens prefilled in one forward pass at ingestion. The batch attends under one block-diagonal mask,
+    so its attention grows with the square of the batch: on a CPU, beyond about 2,048 tokens that costs more than
+    batching saves."""
+    return 2048 if device == "cpu" else 8192
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    """A torch dtype from a name of DTYPES or a torch dtype; None: bf16."""
+    if dtype is None:
+        return torch.bfloat16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"unsupported dtype {dtype!r}; choose one of fp32, bf16, fp16")
+    return DTYPES[dtype]
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How an LLMEngine runs. Fields left None are filled in by resolved() for the machine.
+
+    - device: "cuda", "cpu", ... (default: CUDA where there is a GPU); dtype: fp32, bf16, fp16 or a torch dtype
+      (default bf16; the pipeline and CLI pass default_dtype(device)).
+    - use_custom_kernels: the Triton kernels (off: their PyTorch references, on every path; CUDA graphs run the
+      Triton kernels, so off needs use_cuda_graphs=False).
+    - use_cuda_graphs: on CUDA, decode steps and (in `cached` and `blend`) the question prefill replay CUDA graphs,
+      within the limits graph_own_tokens (the request's own KV buffer: question + answer), graph_max_chunks
+      (chunks + the own one), graph_max_question (longest question prefilled by a graph) and graph_min_bucket
+      (the shortest context bucket); larger requests run eagerly.
+    - quantized_head: greedy graph steps read the LM head's int8 copy (kernels.lm_head; the token is the same).
+    - document_temperature: divides the new tokens' scores over documents that share positions (`cached`).
+    - prefill_batch_tokens: passage tokens prefilled in one forward pass at ingestion (default by device).
+    - kernels: programmatic dependent launch, cached launches and the kernels' tuning (kernels.options).
+    """
+    device: str | None = None
+    dtype: str | torch.dtype | None = None
+    use_custom_kernels: bool = True
+    use_cuda_graphs: bool = True
+    graph_own_tokens: int = 4096
+    graph_max_chunks: int = 33
+    graph_max_question: int = 512
+    graph_min_bucket: int = 1024
+    quantized_head: bool = True
+    document_temperature: float = DOCUMENT_TEMPERATURE
+    prefill_batch_tokens: int | None = None
+    kernels: KernelOptions = field(default_factory=lambda: DEFAULT_KERNELS)
+
+    def __post_init__(self):
+        if self.document_temperature <= 0:
+            raise ValueError(f"the document temperature must be positive, got {self.document_temperature}")
+        if self.use_cuda_graphs and not self.use_custom_kernels:
+            raise ValueError("CUDA graphs run the Triton kernels: use_custom_kernels=False needs use_cuda_graphs=False")
+        if self.dtype is not None:
+            resolve_dtype(self.dtype)
+        for name in ("graph_own_tokens", "graph_max_chunks", "graph_max_question", "graph_min_bucket"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.prefill_batch_tokens is not None and self.prefill_batch_tokens < 1:
+            raise ValueError(f"prefill_batch_tokens must be at least 1, got {self.prefill_batch_tokens}")
+
+    def resolved(self) -> "EngineOptions":
+        """These options with the device, the dtype (a torch dtype) and the prefill batch filled in."""
+        device = self.device or default_device()
+        return replace(self, device=device, dtype=resolve_dtype(self.dtype),
+                       prefill_batch_tokens=self.prefill_batch_tokens or default_prefill_batch_tokens(device))

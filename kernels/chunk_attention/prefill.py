@@ -1,0 +1,129 @@
+"""Chunk attention of several queries (a prefill over stored chunks, or a decode step with more than 16 query heads
+a KV head): _attn_kernel, a program per row tile x KV head x split, then, with several splits, _merge_kernel."""
+import torch
+from ..launcher import launch, wait_for_inputs  # before triton: it picks the interpreter without a GPU
+import triton
+import triton.language as tl
+
+from ..dispatch import interpreted
+from ..options import AttentionTuning, KernelOptions
+from .common import LOG2E, attend_tile, chunk_span, merge_partials, split_prologue
+
+
+@triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
+def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
+                 num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
+                 HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
+                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr, TOTAL_IN_TABLE: tl.constexpr, PDL: tl.constexpr):
+    pid_m = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    first, last, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs = split_prologue(
+        table_ptr, num_chunks, split, tl.num_programs(2), split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE, 0, ALIGNED)
+    own_start = tl.load(table_ptr + 5 * num_chunks - 1)
+    wait_for_inputs(PDL)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    qi = rows // GROUP
+    head = kv_head * GROUP + rows % GROUP
+    row_ok = qi < num_q
+    d = tl.arange(0, HEAD_DIM)
+    q_rows = q_ptr + (qi * HQ + head)[:, None] * HEAD_DIM + d[None, :]
+    causal_limit = qi + (total_len - own_start - num_q)
+
+    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    for c in range(first, last):
+        start, end, chunk_start, k_off, v_off, k_stride, v_stride = chunk_span(
+            table_ptr, c, first, num_chunks, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs, ALIGNED)
+        if start < end:  # padding chunks are empty: no loads, no pipeline prologue
+            q = tl.load(q_rows + c * stride_qc, mask=row_ok[:, None], other=0.0)
+            if DOT_F32:
+                q = q.to(tl.float32)
+            limit = tl.where(c == num_chunks - 1, causal_limit, total_len)
+            k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
+            v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
+            for n0 in range(start, end, BLOCK_N):
+                pos = n0 + tl.arange(0, BLOCK_N)
+                j = pos - chunk_start
+                in_range = pos < end
+                k = tl.load(k_rows + j[:, None] * k_stride, mask=in_range[:, None], other=0.0)
+                v = tl.load(v_rows + j[:, None] * v_stride, mask=in_range[:, None], other=0.0)
+                visible = in_range[None, :] & (j[None, :] <= limit[:, None])
+                m_i, l_i, acc = attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
+
+    out_rows = qi * HQ + head
+    if SPLIT:
+        n_rows = num_q * HQ
+        part = split * n_rows + out_rows
+        ml_ptr = part_ptr + tl.num_programs(2) * n_rows * HEAD_DIM
+        tl.store(part_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None])
+        tl.store(ml_ptr + part, m_i, mask=row_ok)
+        tl.store(ml_ptr + tl.num_programs(2) * n_rows + part, l_i, mask=row_ok)
+    else:
+        o = acc / l_i[:, None]
+        tl.store(out_ptr + out_rows[:, None] * HEAD_DIM + d[None, :], o.to(out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None])
+
+
+@triton.jit(do_not_specialize=["num_splits", "n_rows"])
+def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
+                  PDL: tl.constexpr):
+    """Output row `row` from its splits' partials by log-sum-exp: one online pass, each block of BLOCK_S
+    splits' m, l and accumulators loaded together (one memory round trip a block)."""
+    row = tl.program_id(0)
+    wait_for_inputs(PDL)
+    ml_ptr = part_ptr + num_splits * n_rows * HEAD_DIM
+    d = tl.arange(0, HEAD_DIM)
+    m_all = tl.full([1], -1.0e30, tl.float32)
+    l_all = tl.zeros([1], tl.float32)
+    acc = tl.zeros([1, HEAD_DIM], tl.float32)
+    for s0 in range(0, num_splits, BLOCK_S):
+        sb = (s0 + tl.arange(0, BLOCK_S))[:, None]  # [BLOCK_S, 1]: the splits of one row
+        ok = sb < num_splits
+        m_b = tl.load(ml_ptr + sb * n_rows + row, mask=ok, other=-1.0e30)
+        l_b = tl.load(ml_ptr + (num_splits + sb) * n_rows + row, mask=ok, other=0.0)
+        o_b = tl.load(part_ptr + ((sb * n_rows + row) * HEAD_DIM)[:, :, None] + d[None, None, :], mask=ok[:, :, None],
+                      other=0.0)
+        m_all, l_all, acc = merge_partials(m_all, l_all, acc, m_b, l_b, o_b)
+    out = acc / l_all[:, None]
+    tl.store(out_ptr + row * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty))
+
+
+def merge_block(num_splits: int, head_dim: int) -> int:
+    """Splits a block of _merge_kernel loads at once: all of them, up to 8,192 values."""
+    return min(triton.next_power_of_2(num_splits), 8192 // head_dim)
+
+
+def row_tile(num_q: int, group: int) -> int:
+    """Rows (query x query head) of a program's tile: 16 to 64."""
+    return min(64, max(16, triton.next_power_of_2(num_q * group)))
+
+
+def tuning(block_m: int, options: KernelOptions) -> AttentionTuning:
+    """The launch settings of _attn_kernel for row tiles of block_m."""
+    return options.prefill if block_m == 64 else options.attention
+
+
+def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,
+                aligned, total_in_table, options: KernelOptions):
+    """_attn_kernel over rotated queries q [C, Nq, Hq, D] in row tiles of block_m, then, with several splits, the
+    merge of their partials (in part)."""
+    num_q, hq, head_dim = q.shape[1:]
+    hkv = k_base.shape[-2]
+    group = hq // hkv
+    cfg = tuning(block_m, options)
+    split = num_splits > 1
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    args = (q, k_base, v_base, table, out, part, num_chunks, num_q, split_len, total, scale * LOG2E, q.stride(0), hq,
+            group, head_dim, block_m, cfg.block_n, triton.next_power_of_2(num_chunks + 1), split, aligned,
+            interpreted(), precision, total_in_table)
+    key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:6])) + args[12:] + (
+        cfg.num_warps, cfg.num_stages)
+    launch(_attn_kernel, (triton.cdiv(num_q * group, block_m), hkv, num_splits), args, key, options,
+           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if split:
+        block_s = merge_block(num_splits, head_dim)
+        launch(_merge_kernel, (num_q * hq,), (part, out, num_splits, num_q * hq, head_dim, block_s),
+               ("merge", out.device.index, out.dtype, head_dim, block_s), options, num_warps=4)

@@ -1,0 +1,71 @@
+"""How the kernels are launched, as one frozen value passed to every launcher: programmatic dependent launch,
+the cached launch of compiled kernels, and each kernel's launch settings (tuning), with the measured defaults
+(how they were measured: docs/BENCHMARKS.md, "Kernel launch settings"; `cascade_rag.benchmarks.bench_kernels --tune`
+sweeps them and returns the winners)."""
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class AttentionTuning:
+    """Chunk attention with several query rows (_attn_kernel): KV block, warps, pipeline depth, programs per SM
+    to aim for, shortest split (in keys)."""
+    block_n: int = 32
+    num_warps: int = 2
+    num_stages: int = 2
+    programs_per_sm: int = 4
+    min_split: int = 32
+
+
+@dataclass(frozen=True)
+class DecodeTuning:
+    """Chunk attention of one query (the decode kernel): AttentionTuning's settings, then merge_elements (partial
+    values the merging program reads at once: splits a pass x query heads x head_dim) and piece_tiles (the longest
+    split, in KV blocks, that is cut at chunk boundaries; 0: never)."""
+    block_n: int = 32
+    num_warps: int = 2
+    num_stages: int = 3
+    programs_per_sm: int = 2
+    min_split: int = 32
+    merge_elements: int = 8192
+    piece_tiles: int = 8
+
+
+@dataclass(frozen=True)
+class LinearTuning:
+    """The GEMV of kernels.linear: outputs a program, input block, warps."""
+    block_n: int = 4
+    block_k: int = 4096
+    num_warps: int = 4
+
+
+@dataclass(frozen=True)
+class HeadTuning:
+    """kernels.lm_head: the first pass's rows and input block a program, warps and stages; the second pass's
+    rows a program and warps."""
+    block_n: int = 128
+    block_k: int = 256
+    num_warps: int = 4
+    num_stages: int = 3
+    exact_rows: int = 128
+    exact_warps: int = 4
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """pdl: programmatic dependent launch where the GPU has it (compute capability 9 and up: each kernel starts
+    before the ones ahead of it finish, and waits for their results); cached_launch: compiled kernels launched
+    from launcher.launch's cache (off: plain Triton launches, which bind every argument on each call). The
+    tuning of each kernel: `attention` (up to 16 query rows), `prefill` (row tiles of 64), `decode`, `linear`,
+    `linear_gated` (gate/up), `head` (the quantised LM head)."""
+    pdl: bool = True
+    cached_launch: bool = True
+    attention: AttentionTuning = field(default_factory=AttentionTuning)
+    prefill: AttentionTuning = field(default_factory=lambda: AttentionTuning(block_n=32, num_warps=4, num_stages=3,
+                                                                              programs_per_sm=2, min_split=64))
+    decode: DecodeTuning = field(default_factory=DecodeTuning)
+    linear: LinearTuning = field(default_factory=LinearTuning)
+    linear_gated: LinearTuning = field(default_factory=lambda: LinearTuning(block_n=8))
+    head: HeadTuning = field(default_factory=HeadTuning)
+
+
+DEFAULT_KERNELS = KernelOptions()
