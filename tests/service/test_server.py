@@ -500,8 +500,8 @@ def test_node_client_written_from_the_proto_alone(server, client):
 
 def test_ingestion_groups_keep_order_and_split_by_text_size():
     from cascade_rag.rag.ingest import Document
-    from cascade_rag.rag.server import _groups
+    from cascade_rag.rag.documents_service import groups
     docs = [Document(str(i), "", "x" * n) for i, n in enumerate([10, 20, 5, 40, 1])]
-    groups = _groups(docs, 30)
+    groups = groups(docs, 30)
     assert [[d.id for d in g] for g in groups] == [["0", "1"], ["2"], ["3"], ["4"]]
-    assert _groups(docs[:1], 5) == [docs[:1]]
+    assert groups(docs[:1], 5) == [docs[:1]]
