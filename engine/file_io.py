@@ -1,4 +1,5 @@
-"""Whole files: written atomically, read into one writable buffer."""
+"""Whole files: written atomically, mapped as one writable buffer."""
+import mmap
 import os
 from pathlib import Path
 
@@ -17,10 +18,12 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def read_buffer(path: Path) -> bytearray:
-    """The file's bytes in one writable buffer (tensors can view it), read with one copy."""
+def read_buffer(path: Path) -> bytearray | mmap.mmap:
+    """The file's bytes as one writable buffer that tensors can view: a private copy-on-write mapping (pages come
+    from the page cache as they are read; writes to it never reach the file, which is only ever replaced by
+    rename), or an empty bytearray for an empty file."""
     with open(path, "rb") as f:
-        data = bytearray(os.fstat(f.fileno()).st_size)
-        if f.readinto(data) != len(data):
-            raise OSError(f"{path} changed while it was read")
-    return data
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return bytearray()
+        return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)

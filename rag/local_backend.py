@@ -1,4 +1,6 @@
-"""The chunk backend of one data directory: a file per chunk, `<key>.safetensors`, written atomically."""
+"""The chunk backend of one data directory: a file per chunk, `<key>.safetensors`, written atomically and read
+through a private mapping (no copy before the tensors view it)."""
+import mmap
 from pathlib import Path
 
 from cascade_rag.engine.file_io import read_buffer, write_atomic
@@ -19,7 +21,7 @@ class LocalDirectoryBackend(ChunkBackend):
     def put(self, key: str, data: bytes) -> None:
         write_atomic(self.path(key), data)
 
-    def get(self, key: str) -> bytearray | None:
+    def get(self, key: str) -> bytearray | mmap.mmap | None:
         try:
             return read_buffer(self.path(key))
         except FileNotFoundError:
