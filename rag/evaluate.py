@@ -117,6 +117,8 @@ def evaluate(rag, questions: list[dict], modes: list[str], top_k: int, params, f
                                      kl=row["fidelity"][mode]["kl"])
         rows.append(row)
         scores = " ".join(f"{m} f1 {row[m]['f1']:.2f} ttft {row[m]['first_token_s'] * 1e3:.0f} ms" for m in modes)
+        scores += "".join(f"; {name} top-1 {m['top1_agreement']:.3f} kl {m['kl']:.4f}"
+                          for name, m in row.get("fidelity", {}).items() if "kl" in m)
         print(f"[{n}/{len(questions)}] {q['id']}: gold retrieved {row['gold_retrieved']}; {scores}", file=log,
               flush=True)
     summary = summarize(rows, modes, top_k)
