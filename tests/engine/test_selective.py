@@ -69,3 +69,21 @@ def test_variants_share_the_model_and_change_only_the_composition(tiny_checkpoin
     assert (warmer.logits(chunks, QUESTION) - engine.logits(chunks, QUESTION)).abs().max() > 1e-5
     with pytest.raises(ValueError, match="composition only, not dtype"):
         engine.variant(dtype="bf16")
+
+
+@pytest.mark.interpreter
+def test_graph_steps_over_recomputed_prefixes_equal_eager(tmp_path, tokenizer_dir):
+    """The recomputed rows and the stored ones after them through the graph decoder's tables and the Triton
+    kernels (in the interpreter on the CPU), the limited-attention kernel included, against eager decode."""
+    from cascade_rag.engine.cuda_graph import GraphDecoder
+    from tests.helpers import make_tiny_checkpoint
+    path = make_tiny_checkpoint(tmp_path / "q", "qwen3-gqa-untied", tokenizer_dir, head_dim=64)
+    engine = LLMEngine(path, device="cpu", dtype="fp32", graph_own_tokens=64, blend=Recompute(None, 4))
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    chunks = [level0] + [engine.prefill_chunk([20 + i + 40 * j for i in range(n)], [level0], LEVEL_DOCUMENT, "fp")
+                         for j, n in enumerate((20, 30, 25))]
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    engine.graphs = None
+    eager = engine.generate(QUESTION, params, chunks, "blend").token_ids
+    engine.graphs = GraphDecoder(engine.model, engine.options, engine.dtype, "cpu")
+    assert engine.generate(QUESTION, params, chunks, "blend").token_ids == eager and len(eager) == 6
