@@ -85,6 +85,10 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                    "(default: $CASCADE_RAG_TOKEN)")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port of --host, at /metrics "
+                                                    "(default: none; 0 picks a free port)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text (default) or json: one JSON object a line, each call's with its request id")
     add_model_options(p)
 
     p = sub.add_parser("health", help="exit 0 when a server answers SERVING to the gRPC health check")

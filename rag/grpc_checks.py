@@ -10,7 +10,7 @@ from cascade_rag.engine import SamplingParams
 
 from .answer import Source
 from .proto_gen import cascade_rag_pb2 as pb
-from .request_queue import Abandoned, QueueFull, RequestQueue
+from .request_queue import Abandoned, QueueFull
 from .wire import PROTO_TO_MODE
 
 MAX_QUESTION_CHARS = 4000
@@ -64,11 +64,10 @@ def source(s: Source) -> pb.Source:
 
 
 @contextmanager
-def engine_slot(queue: RequestQueue, context):
-    """RequestQueue.slot with its refusals turned into gRPC statuses."""
+def engine_slot(context):
+    """The refusals of RequestQueue.slot in the body turned into gRPC statuses."""
     try:
-        with queue.slot(lambda: alive(context)) as queued_s:
-            yield queued_s
+        yield
     except QueueFull as exc:
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     except Abandoned:
