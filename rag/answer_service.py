@@ -3,24 +3,28 @@ import time
 
 import grpc
 
-from .grpc_checks import NO_DOCUMENTS, alive, check_question, engine_slot, invalid, ns, sampling, source
+from .grpc_checks import alive, check_question, engine_slot, invalid, no_documents, ns, sampling, source
+from .grpc_scope import collection_of, filter_of
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
 from .serving import Question, Serving
 from .store import NoDocuments
+from .token_scopes import TokenScopes
 from .wire import PROTO_TO_MODE
 
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 
 
 class AnswerService(pb_grpc.AnswerServicer):
-    def __init__(self, serving: Serving):
-        self.serving = serving
+    def __init__(self, serving: Serving, tokens: TokenScopes | None = None):
+        self.serving, self.tokens = serving, tokens
 
     def Query(self, request, context):
         arrived = time.perf_counter()
+        collection = collection_of(context, self.tokens, request.collection)
         question = Question(request.question, check_question(context, request.question, request.top_k),
-                            PROTO_TO_MODE[request.mode], sampling(context, request))
+                            PROTO_TO_MODE[request.mode], sampling(context, request), collection,
+                            filter_of(context, request))
         served = self.serving.ask(question, lambda: alive(context), arrived)
         with engine_slot(context):
             try:
@@ -29,7 +33,7 @@ class AnswerService(pb_grpc.AnswerServicer):
             except ValueError as exc:  # e.g. passages + question + max_tokens longer than the model's context
                 invalid(context, "top_k/max_tokens", str(exc))
             except NoDocuments:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_DOCUMENTS)
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, no_documents(collection))
         if not served.complete:  # the client left, or its deadline passed while decoding
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
@@ -47,11 +51,13 @@ class AnswerService(pb_grpc.AnswerServicer):
             chunk_tiers=pb.ChunkTiers(**a.tiers)))
 
     def Retrieve(self, request, context):
-        question = Question(request.question, check_question(context, request.question, request.top_k))
+        collection = collection_of(context, self.tokens, request.collection)
+        question = Question(request.question, check_question(context, request.question, request.top_k),
+                            collection=collection, where=filter_of(context, request))
         with engine_slot(context):
             try:
                 sources, queued_s, retrieval_s = self.serving.retrieve(question, lambda: alive(context))
             except NoDocuments:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_DOCUMENTS)
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, no_documents(collection))
         return pb.RetrieveResponse(passages=[source(s) for s in sources], queue_time_ns=ns(queued_s),
                                    retrieval_time_ns=ns(retrieval_s))

@@ -10,6 +10,8 @@ from typing import Callable, Iterator
 from cascade_rag.engine import SamplingParams
 
 from .answer import Answer, Source
+from .collection import DEFAULT_COLLECTION
+from .filters import MetadataFilter
 from .metrics import ServingMetrics
 from .model_thread import ModelThread
 from .pipeline import RAG
@@ -23,6 +25,8 @@ class Question:
     top_k: int
     mode: str = "cached"
     params: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=128))
+    collection: str = DEFAULT_COLLECTION
+    where: MetadataFilter | None = None
 
 
 class ServedAnswer:
@@ -41,7 +45,7 @@ class ServedAnswer:
         with s.queue.slot(self.alive) as queued_s:
             self.queued_s = queued_s
             metrics.queued(queued_s)
-            stream = s.models.call(s.rag.ask, q.text, q.top_k, q.mode, q.params)
+            stream = s.models.call(s.rag.ask, q.text, q.top_k, q.mode, q.params, q.collection, q.where)
             self.answer = stream.answer
             try:
                 last = None
@@ -77,7 +81,8 @@ class Serving:
         with self.queue.slot(alive) as queued_s:
             self.metrics.queued(queued_s)
             began = time.perf_counter()
-            sources = self.models.call(self.rag.retrieve, question.text, question.top_k)
+            sources = self.models.call(self.rag.retrieve, question.text, question.top_k, question.collection,
+                                       question.where)
         return sources, queued_s, time.perf_counter() - began
 
 
