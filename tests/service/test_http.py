@@ -137,7 +137,7 @@ def test_serve_command_with_every_port_and_json_logs(tmp_path, tiny_model):
     log = open(tmp_path / "server.log", "w")
     process = subprocess.Popen([sys.executable, "-m", "cascade_rag.rag.cli", "serve", "--data-dir",
                                 str(tmp_path / "data"), "--model", str(tiny_model), "--port", "0", "--http-port", "0",
-                                "--metrics-port", "0", "--log-format", "json"],
+                                "--metrics-port", "0", "--log-format", "json", "--drain-seconds", "5"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log, text=True)
     try:
         line = process.stdout.readline()
