@@ -79,8 +79,8 @@ class RAG:
 
     def ingest_documents(self, items: list[Document | InputError], progress: bool = False,
                          max_disk_bytes: int | None = None, collection: str = DEFAULT_COLLECTION) -> IngestReport:
-        """Ingests documents into the collection (InputErrors are reported in the result). Before anything is embedded, prefilled or
-        written, the cost is estimated (report.estimate: passages, tokens, bytes of the new KV chunks and rows) and
+        """Ingests documents into the collection (InputErrors are reported in the result). Before anything is
+        embedded, prefilled or written, the cost is estimated (report.estimate: passages, tokens, bytes of the new KV chunks and rows) and
         the ingestion refused with IngestTooLarge when its bytes exceed the free space of the data directory's
         filesystem or `max_disk_bytes`. `progress`: on stderr, the estimate in one line (its time measured on
         the first slice embedded and the first batch prefilled), then a bar over the passages' tokens."""

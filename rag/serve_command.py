@@ -26,7 +26,8 @@ def serve(args) -> int:
         log.warning(f"listening on {args.host} without a token: anyone who can reach it can ingest and delete; "
                     f"set --token or CASCADE_RAG_TOKEN (and --tls-cert/--tls-key)")
     if tls and args.http_port is not None:
-        raise CLIError("--http-port serves plaintext: put a TLS proxy in front of it, or leave out --tls-cert/--tls-key")
+        raise CLIError("--http-port serves plaintext: put a TLS proxy in front of it, or leave out "
+                       "--tls-cert/--tls-key")
     for option, port in (("--port", args.port), ("--http-port", args.http_port), ("--metrics-port", args.metrics_port)):
         try:
             if port is not None:

@@ -189,8 +189,8 @@ class Store:
                 f"FROM passages p JOIN documents d ON d.collection = p.collection AND d.id = p.doc_id "
                 f"WHERE p.pid IN ({','.join('?' * len(pids))})", pids).fetchall()
             metadata = self._metadata({(r[7], r[1]) for r in rows})
-        return {r[0]: Passage(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7], metadata.get((r[7], r[1]), {}))
-                for r in rows}
+        return {r[0]: Passage(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7],
+                              metadata.get((r[7], r[1]), {})) for r in rows}
 
     def _metadata(self, documents: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
         """{(collection, document id): metadata} of these documents (call under the lock)."""
