@@ -6,6 +6,8 @@ from cascade_rag.engine import MODES, KVChunk, SamplingParams
 
 from .answer import Answer, AnswerStream
 from .chunk_provider import ChunkProvider
+from .collection import DEFAULT_COLLECTION
+from .filters import MetadataFilter
 from .retriever import Retriever, check_query
 from .store import Passage
 
@@ -14,15 +16,16 @@ class Answerer:
     def __init__(self, provider: ChunkProvider, retriever: Retriever):
         self.provider, self.retriever = provider, retriever
 
-    def ask(self, question: str, top_k: int, mode: str, params: SamplingParams) -> AnswerStream:
+    def ask(self, question: str, top_k: int, mode: str, params: SamplingParams,
+            collection: str = DEFAULT_COLLECTION, where: MetadataFilter | None = None) -> AnswerStream:
         """See RAG.ask."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         check_query(question, top_k)
-        self.retriever.require_documents()
+        self.retriever.require_documents(collection)
         began = time.perf_counter()
         self.provider.model()  # loaded here: a mismatch with the store raises from ask(), not from the stream
-        hits = self.retriever.search(question, top_k)
+        hits = self.retriever.search(question, top_k, collection, where)
         answer = Answer(question, mode, [s for s, _ in hits], retrieval_s=time.perf_counter() - began)
         return AnswerStream(answer, self._stream(answer, [p for _, p in hits], params, began))
 

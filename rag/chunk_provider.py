@@ -9,6 +9,7 @@ import torch
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, LLMEngine, TieredChunkCache
 
+from .collection import DEFAULT_COLLECTION
 from .chunk_store import ChunkStore, ChunkWriteError, chunk_key
 from .manifest import Manifest
 from .options import RAGOptions
@@ -59,8 +60,10 @@ class ChunkProvider:
                 self._model = Model(engine, template, fingerprint, level0, tiers)
             return self._model
 
-    def key(self, token_ids: list[int]) -> str:
-        return chunk_key(self.model().fingerprint, token_ids)
+    def key(self, token_ids: list[int], collection: str = DEFAULT_COLLECTION) -> str:
+        """The chunk key of a passage of the collection (the default collection's keys are those of stores made
+        before collections)."""
+        return chunk_key(self.model().fingerprint, token_ids, None if collection == DEFAULT_COLLECTION else collection)
 
     def prefill(self, batch: list[list[int]]) -> list[KVChunk]:
         """The level-1 chunks of passages' token ids, prefilled together after level 0."""

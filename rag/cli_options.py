@@ -17,6 +17,10 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="data directory (default: $CASCADE_RAG_DATA or ./cascade-data)")
 
 
+def add_collection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collection", default="default", help="the collection of documents (default default)")
+
+
 def add_answer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=4, help="passages to retrieve (default 4)")
     p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default %(default)s)")

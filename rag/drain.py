@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import grpc
 
+from .grpc_handlers import behavior_of, handler_like
+
 REFUSAL = "the server is shutting down; retry on another instance or once it is back"
 SETTLE_S = 0.1  # a call let in just before the drain began starts its handler within this
 
@@ -40,22 +42,28 @@ class Drain(grpc.ServerInterceptor):
         with self._idle:
             draining = self._draining
         if draining:
-            return _handler_like(handler, _refuse, codecs=False)
+            return handler_like(handler, _refuse, codecs=False)
         if not details.method.startswith(self.counted):
             return handler
-        behavior = _behavior(handler)
+        behavior = behavior_of(handler)
         if handler.response_streaming:
             def counted(request, context):
-                with self._call():
+                with self.call():
                     yield from behavior(request, context)
         else:
             def counted(request, context):
-                with self._call():
+                with self.call():
                     return behavior(request, context)
-        return _handler_like(handler, counted, codecs=True)
+        return handler_like(handler, counted, codecs=True)
+
+    @property
+    def draining(self) -> bool:
+        with self._idle:
+            return self._draining
 
     @contextmanager
-    def _call(self):
+    def call(self):
+        """Counts a call in flight for its duration (the HTTP endpoint's calls too)."""
         with self._idle:
             self._in_flight += 1
         try:
@@ -68,20 +76,3 @@ class Drain(grpc.ServerInterceptor):
 
 def _refuse(request, context):
     context.abort(grpc.StatusCode.UNAVAILABLE, REFUSAL)
-
-
-def _behavior(handler):
-    return {(False, False): handler.unary_unary, (False, True): handler.unary_stream,
-            (True, False): handler.stream_unary, (True, True): handler.stream_stream}[
-        handler.request_streaming, handler.response_streaming]
-
-
-def _handler_like(handler, behavior, codecs: bool):
-    """A method handler of the same kind as `handler` running `behavior`, with its (de)serializers if `codecs`."""
-    make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}[
-        handler.request_streaming, handler.response_streaming]
-    if not codecs:
-        return make(behavior)
-    return make(behavior, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)

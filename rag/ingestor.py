@@ -13,6 +13,7 @@ from cascade_rag.engine.chunk_format import FORMAT_VERSION
 from .batch_prefill import BatchPrefill
 from .chunk_provider import ChunkProvider
 from .chunking import split_passages
+from .collection import DEFAULT_COLLECTION
 from .crash_points import CrashHook, no_crash
 from .ingest import Document, IngestReport, InputError
 from .ingest_cost import IngestEstimate, check_disk
@@ -31,16 +32,16 @@ class Ingestor:
         self.lock = threading.Lock()
 
     def ingest(self, items: list[Document | InputError], progress: bool = False,
-               max_disk_bytes: int | None = None) -> IngestReport:
+               max_disk_bytes: int | None = None, collection: str = DEFAULT_COLLECTION) -> IngestReport:
         """See RAG.ingest_documents."""
         with self.lock:
             self.store.lock_for_writing()
             if any(isinstance(item, Document) for item in items):
                 self.provider.model(), self.retriever.embedder()  # loaded and checked against the manifest
             report = IngestReport()
-            plan = self._plan(items, report)
+            plan = self._plan(items, report, collection)
             prefill = BatchPrefill(self.provider, [ids for _, _, passages in plan for _, ids in passages],
-                                   self.options.prefill_batch_tokens)
+                                   self.options.prefill_batch_tokens, collection)
             if plan:
                 report.estimate = IngestEstimate.of([passages for _, _, passages in plan], prefill.planned(),
                                                     self.provider.model().engine.kv_bytes_per_token(),
@@ -52,7 +53,7 @@ class Ingestor:
             try:
                 first = self._calibrate(plan, prefill, bar) if bar.enabled else []
                 for document, digest, passages in plan:
-                    self._ingest_one(document, digest, passages, report, bar, prefill, first)
+                    self._ingest_one(collection, document, digest, passages, report, bar, prefill, first)
                     first = []
             finally:
                 bar.close()
@@ -68,7 +69,7 @@ class Ingestor:
                 "embedder": embedder.name, "dim": embedder.dim, "index": o.index,
                 "kv_bytes_per_token": model.engine.kv_bytes_per_token()}
 
-    def _plan(self, items: list[Document | InputError], report: IngestReport) -> list:
+    def _plan(self, items: list[Document | InputError], report: IngestReport, collection: str) -> list:
         """(document, content hash, passages) of the new and changed documents; the rest reported."""
         plan, seen = [], set()
         for item in items:
@@ -80,7 +81,7 @@ class Ingestor:
             else:
                 seen.add(item.id)
                 digest = self._content_hash(item)
-                if self.store.document_hash(item.id) == digest:
+                if self.store.document_hash(collection, item.id) == digest:
                     report.unchanged.append(item.id)
                 else:
                     plan.append((item, digest, self._passages(item)))
@@ -88,6 +89,7 @@ class Ingestor:
 
     def _content_hash(self, document: Document) -> str:
         key = [document.title, document.text, self.options.passage_tokens, self.options.overlap]
+        key += [sorted(document.metadata.items())] if document.metadata else []
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
     def _passages(self, document: Document) -> list[tuple[str, list[int]]]:
@@ -110,8 +112,8 @@ class Ingestor:
         bar.calibrated(sum(len(ids) for _, ids in first), embed_s, tokens, prefill_s)
         return vectors
 
-    def _ingest_one(self, document: Document, digest: str, passages, report: IngestReport, bar: IngestProgress,
-                    prefill: BatchPrefill, vectors: list[np.ndarray]) -> None:
+    def _ingest_one(self, collection: str, document: Document, digest: str, passages, report: IngestReport,
+                    bar: IngestProgress, prefill: BatchPrefill, vectors: list[np.ndarray]) -> None:
         """Embeds the passages slice by slice (after `vectors`, embedded ahead), each slice's chunks prefilled and
         saved before the next slice, then commits the document."""
         vectors, rows, chunks = list(vectors), [], self.provider.chunks
@@ -121,7 +123,7 @@ class Ingestor:
                 part = passages[len(rows):len(rows) + self.options.embed_slice]
                 vectors += self.retriever.embed_passages(document.title, [t for t, _ in part])
                 bar.embedded(sum(len(i) for _, i in part))
-            key = self.provider.key(ids)
+            key = self.provider.key(ids, collection)
             if not chunks.contains(key):
                 chunks.put(key, prefill.take(key, ids))
                 report.prefilled += 1
@@ -132,19 +134,20 @@ class Ingestor:
             bar.stored(len(ids))
         self.crash("before_commit")
         with self.retriever.lock:
-            existed = self.store.document_hash(document.id) is not None
-            removed, added = self.store.put_document(document.id, document.title, document.source, digest, rows)
+            existed = self.store.document_hash(collection, document.id) is not None
+            removed, added = self.store.put_document(collection, document.id, document.title, document.source, digest,
+                                                     rows, document.metadata)
             self.retriever.changed(removed, added, np.stack(vectors), self.store.generation())
         (report.updated if existed else report.added).append(document.id)
         report.passages += len(rows)
         self.crash("committed")
 
-    def delete(self, doc_ids: list[str]) -> list[str]:
+    def delete(self, doc_ids: list[str], collection: str = DEFAULT_COLLECTION) -> list[str]:
         """See RAG.delete."""
         with self.lock:
             self.store.lock_for_writing()
             with self.retriever.lock:
-                deleted, removed = self.store.delete_documents(doc_ids)
+                deleted, removed = self.store.delete_documents(collection, doc_ids)
                 if deleted and self.store.manifest() is not None:
                     self.retriever.changed(removed, [], None, self.store.generation())
                     self.retriever.save()

@@ -6,6 +6,7 @@ import faiss
 import numpy as np
 
 INDEX_TYPES = ("flat", "hnsw")
+HNSW_EF_SEARCH = 64  # candidates an HNSW search keeps; raised to k, and kept high under a selection of ids
 
 
 class VectorIndex:
@@ -39,10 +40,18 @@ class VectorIndex:
     def remove(self, ids) -> None:
         self.index.remove_ids(np.asarray(ids, dtype=np.int64))
 
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        if len(self) == 0 or k < 1:
+    def search(self, vector: np.ndarray, k: int, among: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The k nearest passages, only of the ids `among` when given (selected inside FAISS's search, so the k are
+        the k nearest of those)."""
+        n = len(self) if among is None else min(len(self), len(among))
+        if n == 0 or k < 1:
             return []
-        scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(k, len(self)))
+        params = None
+        if among is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(HNSW_EF_SEARCH, k)) \
+                if self.kind == "hnsw" else faiss.SearchParameters(sel=selector)
+        scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(k, n), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
     def similarity(self, vector: np.ndarray, ids: list[int]) -> list[float]:
