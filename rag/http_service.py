@@ -122,17 +122,23 @@ def http_app(serving: Serving, drain: Drain, tokens: TokenScopes | None, model_n
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": int(started),
                                             "owned_by": "cascade-rag"}]}
 
+    def ending(event, request: Request, question):
+        """For an answer's error event: its refusal raised; for a client gone: the 499 response; else None."""
+        if event[0] == "error":
+            raise refusal(event[1], question.collection) or event[1]
+        if event[0] == "gone":
+            request.state.status = "CANCELLED"
+            return JSONResponse({}, status_code=499)
+        return None
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         arrived = time.perf_counter()
         question = question_of(body, authorized(request))
         bridge = AnswerBridge(serving, question, arrived)
         first = await bridge.next(request)
-        if first[0] == "error":
-            raise refusal(first[1], question.collection) or first[1]
-        if first[0] == "gone":
-            request.state.status = "CANCELLED"
-            return JSONResponse({}, status_code=499)
+        if (ended := ending(first, request, question)) is not None:
+            return ended
         completion = Completion(request.state.request_id, model_name)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -142,11 +148,8 @@ def http_app(serving: Serving, drain: Drain, tokens: TokenScopes | None, model_n
         while event[0] == "delta":
             text += event[1]
             event = await bridge.next(request)
-        if event[0] == "error":
-            raise refusal(event[1], question.collection) or event[1]
-        if event[0] == "gone":
-            request.state.status = "CANCELLED"
-            return JSONResponse({}, status_code=499)
+        if (ended := ending(event, request, question)) is not None:
+            return ended
         return completion.whole(bridge.served.answer)
 
     started = time.time()
