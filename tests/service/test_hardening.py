@@ -1,0 +1,66 @@
+"""Issue 34's findings, each against a real server on 127.0.0.1: a stored chunk is used only when it is the
+passage's own, user text never becomes chat control tokens, a sampling temperature just above zero answers, and
+malformed requests are INVALID_ARGUMENT."""
+import shutil
+
+import grpc
+import pytest
+
+from cascade_rag.engine.chunk_format import load_file
+from cascade_rag.rag.client import Client
+from cascade_rag.rag.pipeline import RAG
+from cascade_rag.rag.server import RAGServer
+
+from .test_server import consume, rpc_error
+
+CORPUS = [
+    {"id": "varn", "title": "Varn lighthouse", "text": "The lighthouse of Varn was built in 1841 by the engineer Ada "
+                                                       "Ilse. Its secret code is 4417."},
+    {"id": "bees", "title": "Honey bees", "text": "A honey bee colony has one queen and thousands of workers."},
+]
+
+
+@pytest.fixture(scope="module")
+def rag(tmp_path_factory, tiny_model):
+    with RAG(tmp_path_factory.mktemp("data"), model=tiny_model, passage_tokens=48, overlap=8) as rag:
+        yield rag
+
+
+@pytest.fixture(scope="module")
+def server(rag):
+    server = RAGServer(rag, "127.0.0.1", 0, max_queue=2).start()
+    with Client(f"127.0.0.1:{server.port}") as client:
+        client.ingest(CORPUS)
+    yield server
+    server.stop(1)
+
+
+@pytest.fixture
+def client(server):
+    with Client(f"127.0.0.1:{server.port}") as client:
+        yield client
+
+
+def passages_of(rag, doc_id: str):
+    _, pids, _ = rag.store.vectors()
+    return [p for p in rag.store.passages(pids.tolist()).values() if p.doc_id == doc_id]
+
+
+# --- finding 1: a valid chunk file of another passage ------------------------------------------------------------
+def test_a_chunk_file_of_another_passage_is_a_miss_recomputed_rewritten_and_reported(rag, client):
+    [varn], [bees] = passages_of(rag, "varn"), passages_of(rag, "bees")
+    folder = rag.store.dir / "chunks"
+    shutil.copyfile(folder / f"{bees.chunk_key}.safetensors", folder / f"{varn.chunk_key}.safetensors")
+    for key in (varn.chunk_key, bees.chunk_key):
+        rag.model().tiers.discard(key)
+    question = "Who built the Varn lighthouse?"
+    _, result = consume(client.query(question, top_k=1, max_tokens=4))
+    assert [s.document_id for s in result.sources] == ["varn"]
+    assert result.chunk_tiers.recomputed == 1 and result.chunk_tiers.disk == 0, result
+    assert len(result.warnings) == 1 and "holds the chunk of another passage" in result.warnings[0]
+    assert "recomputing it" in result.warnings[0]
+    rewritten = load_file(folder / f"{varn.chunk_key}.safetensors", rag.model().fingerprint)
+    assert rewritten.token_ids == varn.token_ids  # rewritten with the passage's own chunk
+    rag.model().tiers.discard(varn.chunk_key)
+    _, again = consume(client.query(question, top_k=1, max_tokens=4))
+    assert again.chunk_tiers.disk == 1 and list(again.warnings) == []
