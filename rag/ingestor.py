@@ -93,9 +93,9 @@ class Ingestor:
     def _passages(self, document: Document) -> list[tuple[str, list[int]]]:
         model = self.provider.model()
         tok = model.engine.tokenizer
-        texts = split_passages(document.text, lambda s: len(tok.encode(s)), tok.encode, tok.decode,
+        texts = split_passages(document.text, lambda s: len(tok.encode_text(s)), tok.encode_text, tok.decode,
                                self.options.passage_tokens, self.options.overlap)
-        return [(text, tok.encode(model.template.passage(document.title, text))) for text in texts]
+        return [(text, tok.encode_text(model.template.passage(document.title, text))) for text in texts]
 
     def _calibrate(self, plan, prefill: BatchPrefill, bar: IngestProgress) -> list[np.ndarray]:
         """Times the first slice of passages embedded and the first batch prefilled (both kept) for the time of
