@@ -1,15 +1,13 @@
 """The Answer service: Query (streamed answer, then its sources, usage and timings) and Retrieve."""
 import time
 
-import grpc
-
-from .grpc_checks import NO_DOCUMENTS, check_question, engine_slot, invalid, ns, sampling, source
+from .grpc_checks import check_question, engine_slot, invalid, ns, sampling, source
+from .grpc_errors import statuses
 from .model_thread import ModelThread
 from .pipeline import RAG
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
 from .request_queue import RequestQueue
-from .store import NoDocuments
 from .wire import PROTO_TO_MODE
 
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
@@ -23,7 +21,7 @@ class AnswerService(pb_grpc.AnswerServicer):
         arrived = time.perf_counter()
         top_k = check_question(context, request.question, request.top_k)
         params = sampling(context, request)
-        with engine_slot(self.queue, context) as queued_s:
+        with engine_slot(self.queue, context) as queued_s, statuses(context):
             try:
                 stream = self.models.call(self.rag.ask, request.question, top_k, PROTO_TO_MODE[request.mode], params)
                 try:
@@ -35,8 +33,6 @@ class AnswerService(pb_grpc.AnswerServicer):
                     self.models.call(stream.close)
             except ValueError as exc:  # e.g. passages + question + max_tokens longer than the model's context
                 invalid(context, "top_k/max_tokens", str(exc))
-            except NoDocuments:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_DOCUMENTS)
         a = stream.answer
         timings = pb.Timings(
             queue_time_ns=ns(queued_s), retrieval_time_ns=ns(a.retrieval_s), chunks_time_ns=ns(a.chunks_s),
@@ -50,11 +46,8 @@ class AnswerService(pb_grpc.AnswerServicer):
 
     def Retrieve(self, request, context):
         top_k = check_question(context, request.question, request.top_k)
-        with engine_slot(self.queue, context) as queued_s:
+        with engine_slot(self.queue, context) as queued_s, statuses(context):
             began = time.perf_counter()
-            try:
-                sources = self.models.call(self.rag.retrieve, request.question, top_k)
-            except NoDocuments:
-                context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_DOCUMENTS)
+            sources = self.models.call(self.rag.retrieve, request.question, top_k)
         return pb.RetrieveResponse(passages=[source(s) for s in sources], queue_time_ns=ns(queued_s),
                                    retrieval_time_ns=ns(time.perf_counter() - began))

@@ -10,8 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .cli_error import CLIError  # noqa: E402
-from .cli_options import (add_answer_options, add_data_dir, add_model_options, add_server_options,  # noqa: E402
-                          open_rag, sampling)
+from .cli_options import (add_answer_options, add_data_dir, add_ingest_limits, add_model_options,  # noqa: E402
+                          add_server_options, open_rag, sampling)
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cascade-rag", description="Retrieval-augmented generation over "
@@ -81,10 +81,11 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                                             "RESOURCE_EXHAUSTED (default 8)")
     p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may "
                                                                      "finish (default 30)")
-    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every call but health "
-                                   "(default: $CASCADE_RAG_TOKEN)")
+    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every call but health (default: "
+                                   "$CASCADE_RAG_TOKEN, preferred: a flag shows in `ps` to every user of the machine)")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
+    add_ingest_limits(p)
     add_model_options(p)
 
     p = sub.add_parser("health", help="exit 0 when a server answers SERVING to the gRPC health check")

@@ -1,36 +1,21 @@
-"""The Documents service: IngestDocuments (checked, then ingested in groups so that answers go on between them),
-DeleteDocuments (all or nothing) and ListDocuments (paged by id)."""
+"""The Documents service: IngestDocuments (checked, then ingested all or nothing in small steps on the model thread,
+so that answers go on between them), DeleteDocuments (all or nothing) and ListDocuments (paged by id)."""
 import base64
 import binascii
+from typing import Callable
 
-import grpc
-
-from .grpc_checks import invalid, ns
-from .ingest import Document, IngestReport
-from .ingest_cost import IngestTooLarge
+from .grpc_checks import alive, invalid, ns
+from .grpc_errors import SHUTTING_DOWN, statuses
+from .ingest import Document
 from .model_thread import ModelThread
 from .pipeline import RAG
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
-from .store import StoreError, UnknownDocuments
 
 MAX_DOCUMENT_ID_CHARS = 256
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 100
 PAGE_TOKEN_PREFIX = "after:"
 MAX_INGEST_BYTES = 64 << 20       # all the documents of one IngestDocuments call
-INGEST_GROUP_CHARS = 32 << 10    # text ingested in one go on the model thread: about one GPU prefill batch
-
-
-def groups(documents: list[Document], max_chars: int) -> list[list[Document]]:
-    """Consecutive groups of documents of at most max_chars characters of text (a longer document alone)."""
-    result, size = [[]], 0
-    for d in documents:
-        if result[-1] and size + len(d.text) > max_chars:
-            result.append([])
-            size = 0
-        result[-1].append(d)
-        size += len(d.text)
-    return result
 
 
 def documents_of(request_iterator, context) -> list[Document]:
@@ -59,19 +44,15 @@ def documents_of(request_iterator, context) -> list[Document]:
 
 
 class DocumentsService(pb_grpc.DocumentsServicer):
-    def __init__(self, rag: RAG, models: ModelThread):
-        self.rag, self.models = rag, models
+    def __init__(self, rag: RAG, models: ModelThread, drain_over: Callable[[], bool] = lambda: False):
+        self.rag, self.models, self.drain_over = rag, models, drain_over
 
     def IngestDocuments(self, request_iterator, context):
         documents = documents_of(request_iterator, context)
-        try:
-            report = IngestReport()
-            for group in groups(documents, INGEST_GROUP_CHARS):  # answers in flight go on between the groups
-                report.add(self.models.call(self.rag.ingest_documents, group))
-        except IngestTooLarge as exc:
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except StoreError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        with statuses(context, {d.id: i for i, d in enumerate(documents)}):
+            # all or nothing, in small steps on the model thread: answers go on between them
+            report = self.rag.ingest_documents(documents, all_or_nothing=True, run=self.models.call,
+                                               stop=lambda: self._stop(context))
         if report.errors:
             invalid(context, "documents", "; ".join(map(str, report.errors)))
         status = {**{i: pb.INGEST_STATUS_ADDED for i in report.added},
@@ -85,12 +66,16 @@ class DocumentsService(pb_grpc.DocumentsServicer):
     def DeleteDocuments(self, request, context):
         if not request.ids:
             invalid(context, "ids", "none given")
-        try:
-            return pb.DeleteDocumentsResponse(deleted_ids=self.models.call(self.rag.delete, request.ids))
-        except UnknownDocuments as exc:  # checked in the deletion's own transaction: nothing was deleted
-            context.abort(grpc.StatusCode.NOT_FOUND, f"ids: {exc}")
-        except StoreError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        with statuses(context):  # unknown ids are checked in the deletion's own transaction: nothing was deleted
+            return pb.DeleteDocumentsResponse(deleted_ids=self.rag.delete(request.ids, run=self.models.call))
+
+    def _stop(self, context) -> str | None:
+        """Why an ingestion should stop now: the server's drain is over, or the call was cancelled or expired."""
+        if self.drain_over():
+            return f"{SHUTTING_DOWN} and its drain time is over"
+        if not alive(context):
+            return "the call was cancelled or its deadline passed"
+        return None
 
     def ListDocuments(self, request, context):
         if request.page_size > MAX_PAGE_SIZE:

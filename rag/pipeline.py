@@ -17,7 +17,7 @@ from .chunk_store import ChunkBackend, ChunkStore
 from .crash_points import CrashHook, crash_hook_from_env
 from .embedder import Embedder
 from .ingest import Document, Fields, IngestReport, InputError, read_paths, records, skipped_message
-from .ingestor import Ingestor
+from .ingestor import Ingestor, Run, Stop, here
 from .local_backend import LocalDirectoryBackend
 from .manifest import Manifest
 from .options import RAGOptions
@@ -75,18 +75,24 @@ class RAG:
         return report
 
     def ingest_documents(self, items: list[Document | InputError], progress: bool = False,
-                         max_disk_bytes: int | None = None) -> IngestReport:
+                         max_disk_bytes: int | None = None, *, all_or_nothing: bool = False, run: Run = here,
+                         stop: Stop | None = None) -> IngestReport:
         """Ingests documents (InputErrors are reported in the result). Before anything is embedded, prefilled or
-        written, the cost is estimated (report.estimate: passages, tokens, bytes of the new KV chunks and rows) and
-        the ingestion refused with IngestTooLarge when its bytes exceed the free space of the data directory's
-        filesystem or `max_disk_bytes`. `progress`: on stderr, the estimate in one line (its time measured on
-        the first slice embedded and the first batch prefilled), then a bar over the passages' tokens."""
-        return self.ingestor.ingest(items, progress, max_disk_bytes)
+        written, each document and the whole are checked against options.ingest_limits (LimitExceeded,
+        InvalidDocument) and the cost is estimated (report.estimate: passages, tokens, bytes of the new KV chunks
+        and rows) and the ingestion refused with IngestTooLarge when its bytes exceed the free space of the data
+        directory's filesystem (less the limits' reserve) or `max_disk_bytes`. `progress`: on stderr, the estimate
+        in one line (its time measured on the first slice embedded and the first batch prefilled), then a bar over
+        the passages' tokens. Each document is committed on its own, or with `all_or_nothing` all in one
+        transaction, which a failure anywhere leaves unmade. The work runs in small steps through `run(fn, *args)`
+        (e.g. a server's model thread); `stop()`, asked after each, ends an ingestion not yet committed with
+        IngestStopped when it returns a reason."""
+        return self.ingestor.ingest(items, progress, max_disk_bytes, all_or_nothing=all_or_nothing, run=run, stop=stop)
 
-    def delete(self, doc_ids: Iterable[str]) -> list[str]:
+    def delete(self, doc_ids: Iterable[str], run: Run = here) -> list[str]:
         """Deletes documents with their passages, vectors and chunks, all or none: an unknown id raises
-        UnknownDocuments and deletes nothing. Returns the deleted ids."""
-        return self.ingestor.delete(list(doc_ids))
+        UnknownDocuments and deletes nothing. Returns the deleted ids. `run`: as for ingest_documents."""
+        return self.ingestor.delete(list(doc_ids), run)
 
     # --- answering ---------------------------------------------------------------------------------------------
     def retrieve(self, question: str, top_k: int = 4) -> list[Source]:

@@ -6,7 +6,7 @@ import sys
 import threading
 
 from .cli_error import CLIError
-from .cli_options import open_rag
+from .cli_options import ingest_limits, open_rag
 from .listen import PortInUse, check_port
 from .server import RAGServer
 
@@ -15,6 +15,10 @@ log = logging.getLogger("cascade_rag")
 
 def serve(args) -> int:
     token = args.token or os.environ.get("CASCADE_RAG_TOKEN") or None
+    if args.token:
+        log.warning("--token shows in the process list (`ps`) to every user of this machine; prefer the "
+                    "CASCADE_RAG_TOKEN environment variable")
+    limits = ingest_limits(args)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CLIError("--tls-cert and --tls-key go together")
     tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert else None
@@ -28,7 +32,7 @@ def serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with open_rag(args) as rag:
+    with open_rag(args, ingest_limits=limits) as rag:
         print("cascade-rag: loading the models ...", file=sys.stderr, flush=True)
         server = RAGServer(rag, args.host, args.port, args.max_queue, token, tls).start()
         print(f"cascade-rag: serving on {args.host}:{server.port} (queue {args.max_queue}, "

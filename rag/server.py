@@ -12,6 +12,7 @@ from .documents_service import DocumentsService
 from .drain import Drain
 from .info_service import InfoService
 from .listen import add_port, check_port
+from .malformed import MalformedRequests
 from .model_thread import ModelThread
 from .pipeline import RAG
 from .proto_gen import cascade_rag_pb2 as pb
@@ -40,7 +41,7 @@ class RAGServer:
         self.drain = Drain(OPEN_METHODS, counted=tuple(f"/{service}/" for service in SERVICES))
         workers = max_queue + 1 + SPARE_WORKERS
         # a draining server refuses all
-        interceptors = [self.drain] + ([TokenAuth(token, OPEN_METHODS)] if token else [])
+        interceptors = [self.drain] + ([TokenAuth(token, OPEN_METHODS)] if token else []) + [MalformedRequests()]
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0)]  # a port in use is an error, not a second server on it
@@ -50,7 +51,7 @@ class RAGServer:
         self.models = ModelThread()
         self.models.call(lambda: (rag.model(), rag.embedder()))  # loaded on the thread that will run them
         pb_grpc.add_AnswerServicer_to_server(AnswerService(rag, self.queue, self.models), self.server)
-        pb_grpc.add_DocumentsServicer_to_server(DocumentsService(rag, self.models), self.server)
+        pb_grpc.add_DocumentsServicer_to_server(DocumentsService(rag, self.models, self.drain.over), self.server)
         pb_grpc.add_InfoServicer_to_server(InfoService(rag, self.queue, max_message_bytes), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -69,7 +70,7 @@ class RAGServer:
         and closes the port. `grace` None: cancels at once."""
         began = time.monotonic()
         self.health.enter_graceful_shutdown()
-        self.drain.begin()
+        self.drain.begin(grace)  # an ingestion in flight stops, uncommitted, once `grace` is over
         idle = grace is not None and self.drain.wait(grace - (time.monotonic() - began))
         self.server.stop(None if grace is None else FLUSH_S if idle else 0).wait()  # closes the port
         self.drain.wait(CANCELLED_S)  # the handlers of cancelled calls still use the model thread on their way out

@@ -4,6 +4,7 @@ import json
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,12 +39,36 @@ class NoDocuments(StoreError):
     """A question asked of a data directory that is missing or holds no documents."""
 
 
+class DiskFull(StoreError):
+    """A write the filesystem had no room for (rolled back: nothing of it is stored)."""
+
+
 class UnknownDocuments(StoreError):
     """A deletion naming ids the store does not hold (nothing is deleted)."""
 
     def __init__(self, missing: list[str]):
         self.missing = missing
         super().__init__(f"no such documents: {', '.join(map(repr, missing))}; nothing was deleted")
+
+
+@contextmanager
+def writing(data_dir: Path, db: sqlite3.Connection):
+    """SQLite's refusals of a write as StoreErrors that say what happened; the transaction is rolled back (SQLite may
+    have done so itself on a full disk: then ROLLBACK has nothing to do)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        if "disk is full" in str(exc):
+            raise DiskFull(f"the disk of data directory {data_dir} is full ({exc}); nothing of this change was "
+                           f"stored: free some space") from None
+        if "readonly" in str(exc) or "read-only" in str(exc):
+            raise StoreError(f"data directory {data_dir} is read-only ({exc}); nothing was changed") from None
+        raise StoreError(f"data directory {data_dir}: {exc}; nothing of this change was stored") from None
 
 
 def ingest_hint(data_dir: Path) -> str:
@@ -137,29 +162,31 @@ class Store:
             row = self.db.execute("SELECT content_hash FROM documents WHERE id=?", (doc_id,)).fetchone()
         return row[0] if row else None
 
-    def put_document(self, doc_id: str, title: str, source: str | None, content_hash: str,
-                     passages: list[tuple[str, list[int], str, np.ndarray]]) -> tuple[list[int], list[int]]:
-        """Replaces the document and its passages (text, token ids, chunk key, vector) in one transaction;
-        returns (removed passage ids, new passage ids)."""
-        with self._lock, self.db:
+    def put_documents(self, documents: list[tuple[str, str, str | None, str, list]]) -> tuple[list[int], list[int]]:
+        """Replaces the documents (id, title, source, content hash, passages: text, token ids, chunk key, vector)
+        and their passages, all in one transaction (a failure stores none of them: DiskFull when the filesystem is
+        full); returns (removed passage ids, new passage ids)."""
+        with self._lock, writing(self.dir, self.db), self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            removed = [r[0] for r in self.db.execute("SELECT pid FROM passages WHERE doc_id=?", (doc_id,))]
-            self.db.execute("DELETE FROM documents WHERE id=?", (doc_id,))
-            self.db.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)",
-                            (doc_id, title, source, content_hash, len(passages), sum(len(p[1]) for p in passages)))
-            added = []
-            for seq, (text, ids, key, vector) in enumerate(passages):
-                cur = self.db.execute(
-                    "INSERT INTO passages (doc_id, seq, text, token_ids, chunk_key, vector) VALUES (?, ?, ?, ?, ?, ?)",
-                    (doc_id, seq, text, json.dumps(ids), key, np.asarray(vector, dtype=np.float32).tobytes()))
-                added.append(cur.lastrowid)
+            removed, added = [], []
+            for doc_id, title, source, content_hash, passages in documents:
+                removed += [r[0] for r in self.db.execute("SELECT pid FROM passages WHERE doc_id=?", (doc_id,))]
+                self.db.execute("DELETE FROM documents WHERE id=?", (doc_id,))
+                self.db.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)",
+                                (doc_id, title, source, content_hash, len(passages), sum(len(p[1]) for p in passages)))
+                for seq, (text, ids, key, vector) in enumerate(passages):
+                    cur = self.db.execute(
+                        "INSERT INTO passages (doc_id, seq, text, token_ids, chunk_key, vector) "
+                        "VALUES (?, ?, ?, ?, ?, ?)",
+                        (doc_id, seq, text, json.dumps(ids), key, np.asarray(vector, dtype=np.float32).tobytes()))
+                    added.append(cur.lastrowid)
             self._bump_generation()
         return removed, added
 
     def delete_documents(self, doc_ids: list[str]) -> tuple[list[str], list[int]]:
         """Deletes the documents, all or none (UnknownDocuments when an id is unknown); returns (deleted ids,
         removed passage ids)."""
-        with self._lock, self.db:
+        with self._lock, writing(self.dir, self.db), self.db:
             self.db.execute("BEGIN IMMEDIATE")
             known = {r[0] for r in self.db.execute(
                 f"SELECT id FROM documents WHERE id IN ({','.join('?' * len(doc_ids))})", doc_ids)}
