@@ -140,13 +140,13 @@ def cmd_ask(args) -> int:
     if args.server:
         from .client import ask
         return ask(args)
-    with open_rag(args, create=False) as rag:
+    with open_rag(args, read_only=True) as rag:
         print_answer(rag.ask(args.question, top_k=args.top_k, mode=args.mode, params=sampling(args)))
     return 0
 
 
 def cmd_list(args) -> int:
-    with open_rag(args, create=False) as rag:
+    with open_rag(args, read_only=True) as rag:
         documents = rag.documents()
     for d in documents:
         print(f"{d['id']}\t{d['passages']} passages\t{d['tokens']} tokens\t{d['title']}")

@@ -35,12 +35,14 @@ def default_data_dir() -> Path:
 
 class RAG:
     """`RAG(data_dir, model=..., device=...)`: the keyword arguments are RAGOptions' fields (or pass `options`).
-    `create=False` refuses a missing data directory instead of making one. `chunk_backend`: where chunks live
+    `create=False` refuses a missing data directory instead of making one; `read_only` also writes nothing to it
+    (ingest and delete are refused). `chunk_backend`: where chunks live
     (default: the data directory's `chunks/` folder)."""
 
     def __init__(self, data_dir: Path | str | None = None, options: RAGOptions | None = None, *, create: bool = True,
-                 chunk_backend: ChunkBackend | None = None, crash_hook: CrashHook | None = None, **fields):
-        self.store = Store(data_dir or default_data_dir(), create=create)
+                 read_only: bool = False, chunk_backend: ChunkBackend | None = None,
+                 crash_hook: CrashHook | None = None, **fields):
+        self.store = Store(data_dir or default_data_dir(), create=create, read_only=read_only)
         manifest = Manifest(self.store)
         self.options = (options or RAGOptions(**fields)).resolved((manifest.read() or {}).get("index"))
         self.chunks = ChunkStore(chunk_backend or LocalDirectoryBackend(self.store.dir / "chunks"))

@@ -71,6 +71,22 @@ def writing(data_dir: Path, db: sqlite3.Connection):
         raise StoreError(f"data directory {data_dir}: {exc}; nothing of this change was stored") from None
 
 
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """The store opened for reading only: `mode=ro`, which needs the WAL's shared-memory file or a directory where
+    it can be made; else, on a read-only directory, `immutable=1` (nothing can change it there)."""
+    problem = None
+    for query in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True, check_same_thread=False,
+                             isolation_level=None, timeout=30)
+        try:
+            db.execute("SELECT COUNT(*) FROM documents").fetchone()
+            return db
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            problem = exc
+    raise StoreError(f"{path} is not a usable document store: {problem}")
+
+
 def ingest_hint(data_dir: Path) -> str:
     return f"ingest documents first: cascade-rag ingest PATH --data-dir {data_dir}"
 
@@ -95,20 +111,24 @@ class Store:
     """Documents and passages (text, token ids, vector, chunk key), in one data directory.
 
     Every change of passages bumps `generation` in the same transaction, so a saved vector index can tell
-    whether it is current. Writers hold a file lock on the directory; readers need none. With create=False
-    (the read-only commands) a missing directory or store is an error (NoDocuments), never made."""
+    whether it is current. Writers hold a file lock on the directory; readers need none. With create=False a
+    missing directory or store is an error (NoDocuments), never made; read_only (the commands that only read) also
+    writes nothing, so that they work on a read-only data directory."""
 
-    def __init__(self, data_dir: Path | str, create: bool = True):
-        self.dir = Path(data_dir)
-        if not create and not (self.dir / "store.sqlite").is_file():
+    def __init__(self, data_dir: Path | str, create: bool = True, read_only: bool = False):
+        self.dir, self.read_only = Path(data_dir), read_only
+        if (read_only or not create) and not (self.dir / "store.sqlite").is_file():
             what = "does not exist" if not self.dir.exists() else "holds no cascade-rag store"
             raise NoDocuments(f"data directory {self.dir} {what}: {ingest_hint(self.dir)}")
+        self._lock = threading.RLock()
+        self._writer_lock: FileLock | None = None
+        if read_only:
+            self.db = connect_read_only(self.dir / "store.sqlite")
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot use data directory {self.dir}: {exc}") from None
-        self._lock = threading.RLock()
-        self._writer_lock: FileLock | None = None
         try:
             self.db = sqlite3.connect(self.dir / "store.sqlite", check_same_thread=False, isolation_level=None,
                                       timeout=30)
@@ -122,6 +142,8 @@ class Store:
     def lock_for_writing(self) -> None:
         if self._writer_lock is not None:
             return
+        if self.read_only:
+            raise StoreError(f"data directory {self.dir} was opened read-only")
         lock = FileLock(str(self.dir / "writer.lock"))
         try:
             lock.acquire(timeout=0)
