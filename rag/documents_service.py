@@ -1,21 +1,27 @@
 """The Documents service: IngestDocuments (checked, then ingested all or nothing in small steps on the model thread,
 so that answers go on between them), DeleteDocuments (all or nothing) and ListDocuments (paged by id)."""
-import base64
-import binascii
+import unicodedata
 from typing import Callable
 
 from .grpc_checks import alive, invalid, ns
 from .grpc_errors import SHUTTING_DOWN, statuses
 from .ingest import Document
 from .model_thread import ModelThread
+from .page_token import PageTokens
 from .pipeline import RAG
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
 
 MAX_DOCUMENT_ID_CHARS = 256
+HIDDEN_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}
 MAX_PAGE_SIZE, DEFAULT_PAGE_SIZE = 1000, 100
-PAGE_TOKEN_PREFIX = "after:"
 MAX_INGEST_BYTES = 64 << 20       # all the documents of one IngestDocuments call
+
+
+def hidden_character(text: str) -> str | None:
+    """The first character of `text` that is a control (NUL, escapes), a format character (bidirectional overrides,
+    zero-width ones) or a line or paragraph separator: none of them belongs in an id shown to people."""
+    return next((c for c in text if unicodedata.category(c) in HIDDEN_CATEGORIES), None)
 
 
 def documents_of(request_iterator, context) -> list[Document]:
@@ -32,6 +38,9 @@ def documents_of(request_iterator, context) -> list[Document]:
                 invalid(context, f"{field}.id", "must not be empty")
             if len(d.id) > MAX_DOCUMENT_ID_CHARS:
                 invalid(context, f"{field}.id", f"{len(d.id)} characters, at most {MAX_DOCUMENT_ID_CHARS}")
+            if (bad := hidden_character(d.id)) is not None:
+                invalid(context, f"{field}.id", f"holds the control or formatting character U+{ord(bad):04X} "
+                                                f"({unicodedata.name(bad, 'unnamed')}); ids must be visible text")
             if d.id in seen:
                 invalid(context, f"{field}.id", f"{d.id!r} is given twice")
             if not d.text.strip():
@@ -46,6 +55,7 @@ def documents_of(request_iterator, context) -> list[Document]:
 class DocumentsService(pb_grpc.DocumentsServicer):
     def __init__(self, rag: RAG, models: ModelThread, drain_over: Callable[[], bool] = lambda: False):
         self.rag, self.models, self.drain_over = rag, models, drain_over
+        self.page_tokens = PageTokens()
 
     def IngestDocuments(self, request_iterator, context):
         documents = documents_of(request_iterator, context)
@@ -80,20 +90,15 @@ class DocumentsService(pb_grpc.DocumentsServicer):
     def ListDocuments(self, request, context):
         if request.page_size > MAX_PAGE_SIZE:
             invalid(context, "page_size", f"{request.page_size} is out of range 1..{MAX_PAGE_SIZE}")
-        after = None
-        if request.page_token:
-            try:
-                after = base64.b64decode(request.page_token, altchars=b"-_", validate=True).decode()
-            except (binascii.Error, UnicodeDecodeError, ValueError):
-                pass
-            if after is None or not after.startswith(PAGE_TOKEN_PREFIX):
-                invalid(context, "page_token", "not a token this server gave out")
-            after = after.removeprefix(PAGE_TOKEN_PREFIX)
+        after = self.page_tokens.read(request.page_token) if request.page_token else None
+        if request.page_token and after is None:
+            invalid(context, "page_token", "not a token this server gave out (tokens do not outlive the server "
+                                           "process: start again from the first page)")
         documents = self.rag.documents()  # ordered by id
         start = 0 if after is None else next((n for n, d in enumerate(documents) if d["id"] > after), len(documents))
         page = documents[start:start + (request.page_size or DEFAULT_PAGE_SIZE)]
         more = start + len(page) < len(documents)
-        token = base64.urlsafe_b64encode((PAGE_TOKEN_PREFIX + page[-1]["id"]).encode()).decode() if more else ""
+        token = self.page_tokens.make(page[-1]["id"]) if more else ""
         return pb.ListDocumentsResponse(
             documents=[pb.DocumentInfo(id=d["id"], title=d["title"] or "", source=d["source"] or "",
                                        passages=d["passages"], tokens=d["tokens"]) for d in page],

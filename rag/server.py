@@ -7,6 +7,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .admission import Admission
 from .answer_service import AnswerService
 from .documents_service import DocumentsService
 from .drain import Drain
@@ -22,6 +23,7 @@ from .token_auth import TokenAuth
 from .wire import MAX_MESSAGE_BYTES
 
 SPARE_WORKERS = 8                 # threads beyond the queue, for health, info, documents and quick rejections
+REFUSAL_WORKERS = 4               # threads beyond those, for Admission's refusals (gRPC's own refusals beyond)
 SERVICES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
 OPEN_METHODS = "/grpc.health.v1.Health/"
 FLUSH_S = 1.0  # after the drain, for the last statuses to reach their clients (and health Watch streams to end)
@@ -40,14 +42,15 @@ class RAGServer:
         self.rag, self.queue = rag, RequestQueue(max_queue)
         self.drain = Drain(OPEN_METHODS, counted=tuple(f"/{service}/" for service in SERVICES))
         workers = max_queue + 1 + SPARE_WORKERS
-        # a draining server refuses all
-        interceptors = [self.drain] + ([TokenAuth(token, OPEN_METHODS)] if token else []) + [MalformedRequests()]
+        # a draining server refuses all; beyond `workers` calls in progress, calls are refused and counted
+        interceptors = [self.drain, Admission(workers, self.queue)] + \
+            ([TokenAuth(token, OPEN_METHODS)] if token else []) + [MalformedRequests()]
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0)]  # a port in use is an error, not a second server on it
-        self.server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="cascade-rag-grpc"),
-                                  interceptors=interceptors, options=options,
-                                  maximum_concurrent_rpcs=workers)
+        threads = workers + REFUSAL_WORKERS
+        self.server = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="cascade-rag-grpc"),
+                                  interceptors=interceptors, options=options, maximum_concurrent_rpcs=threads)
         self.models = ModelThread()
         self.models.call(lambda: (rag.model(), rag.embedder()))  # loaded on the thread that will run them
         pb_grpc.add_AnswerServicer_to_server(AnswerService(rag, self.queue, self.models), self.server)
