@@ -90,6 +90,11 @@ def test_past_a_limit_is_refused_naming_it_and_nothing_is_written(rag, client, d
     assert unchanged(rag, before) and set(rag.chunks.sizes()) == files
 
 
+def test_the_limits_are_in_get_info(client):
+    limits = client.info().limits.ingest
+    assert (limits.max_title_chars, limits.max_call_passages, limits.max_document_chunk_bytes) == (200, 40, 0)
+
+
 def test_a_title_past_the_models_positions_is_invalid_argument_not_an_internal_error(tmp_path, tiny_model):
     with RAG(tmp_path, model=tiny_model, passage_tokens=48, overlap=8) as rag:  # no title limit
         server = RAGServer(rag, "127.0.0.1", 0).start()
