@@ -33,7 +33,8 @@ SERVER_LIMITS = IngestLimits(max_title_chars=500, max_document_passages=2000, ma
                              max_document_chunk_bytes=4 << 30, max_call_passages=10_000, max_call_tokens=1_000_000,
                              max_call_chunk_bytes=16 << 30, disk_reserve_bytes=256 << 20)
 # the serve flag of each limit (named in refusals)
-FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in fields(IngestLimits)} | {"disk_reserve_bytes": "--disk-reserve"}
+FLAGS = {f.name: "--" + f.name.replace("_", "-") for f in fields(IngestLimits)} | \
+    {"disk_reserve_bytes": "--disk-reserve"}
 
 
 class LimitExceeded(IngestTooLarge):
