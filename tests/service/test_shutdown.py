@@ -15,7 +15,7 @@ from tests.helpers import ROOT
 
 from .test_server import health_or_code, serve_command, wait_until
 
-DRAIN_S, BOUND_S = 1.0, 15.0
+DRAIN_S, BOUND_S = 4.0, 15.0
 
 
 def test_sigterm_during_an_ingestion_stops_it_uncommitted_within_the_drain_and_exits_cleanly(tmp_path, tiny_model):
