@@ -4,6 +4,7 @@ import time
 import grpc
 
 from .grpc_checks import alive, check_question, engine_slot, invalid, no_documents, ns, sampling, source
+from .grpc_errors import statuses
 from .grpc_scope import collection_of, filter_of
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
@@ -26,7 +27,7 @@ class AnswerService(pb_grpc.AnswerServicer):
                             PROTO_TO_MODE[request.mode], sampling(context, request), collection,
                             filter_of(context, request))
         served = self.serving.ask(question, lambda: alive(context), arrived)
-        with engine_slot(context):
+        with statuses(context), engine_slot(context):
             try:
                 for delta in served:
                     yield pb.QueryResponse(text=delta)
@@ -54,7 +55,7 @@ class AnswerService(pb_grpc.AnswerServicer):
         collection = collection_of(context, self.tokens, request.collection)
         question = Question(request.question, check_question(context, request.question, request.top_k),
                             collection=collection, where=filter_of(context, request))
-        with engine_slot(context):
+        with statuses(context), engine_slot(context):
             try:
                 sources, queued_s, retrieval_s = self.serving.retrieve(question, lambda: alive(context))
             except NoDocuments:

@@ -37,10 +37,11 @@ class Answerer:
         answer = Answer(question, "cached", [s for s, _ in hits])
         with self.provider.lock:
             chunks = [model.level0] + [self._chunk(p, answer) for _, p in hits]
-        return chunks, model.engine.tokenizer.encode(model.template.query(question))
+        return chunks, model.template.query_ids(model.engine.tokenizer, question)
 
     def _chunk(self, passage: Passage, answer: Answer) -> KVChunk:
-        served = self.provider.serve(passage.chunk_key, passage.token_ids, f"{passage.pid} ({passage.doc_id})")
+        served = self.provider.serve(passage.chunk_key, passage.token_ids, f"{passage.pid} ({passage.doc_id})",
+                                     passage.collection)
         answer.tiers[served.tier] = answer.tiers.get(served.tier, 0) + 1
         if served.warning:
             answer.warnings.append(served.warning)
@@ -53,7 +54,7 @@ class Answerer:
             chunks = [model.level0] + [self._chunk(p, answer) if answer.mode != "full" else
                                        self.provider.tokens_only(p.token_ids) for p in passages]
             answer.chunks_s = time.perf_counter() - loaded
-            ids = model.engine.tokenizer.encode(model.template.query(answer.question))
+            ids = model.template.query_ids(model.engine.tokenizer, answer.question)
             generation = model.engine.stream(ids, params, chunks, answer.mode)
             answer.prompt_tokens = generation.prompt_tokens
             for delta in generation:

@@ -10,8 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .cli_error import CLIError  # noqa: E402
-from .cli_options import (add_answer_options, add_collection, add_data_dir, add_model_options,  # noqa: E402
-                          add_server_options, open_rag, sampling)
+from .cli_options import (add_answer_options, add_collection, add_data_dir, add_ingest_limits,  # noqa: E402
+                          add_model_options, add_server_options, open_rag, sampling)
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cascade-rag", description="Retrieval-augmented generation over "
@@ -86,8 +86,8 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                                             "RESOURCE_EXHAUSTED (default 8)")
     p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may "
                                                                      "finish (default 30)")
-    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every call but health "
-                                   "(default: $CASCADE_RAG_TOKEN)")
+    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every call but health (default: "
+                                   "$CASCADE_RAG_TOKEN, preferred: a flag shows in `ps` to every user of the machine)")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
     p.add_argument("--token-file", type=Path, help="JSON file of more tokens, each scoped to collections: "
@@ -100,6 +100,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                                     "(default: none; 0 picks a free port)")
     p.add_argument("--log-format", choices=["text", "json"], default="text",
                    help="text (default) or json: one JSON object a line, each call's with its request id")
+    add_ingest_limits(p)
     add_model_options(p)
 
     p = sub.add_parser("health", help="exit 0 when a server answers SERVING to the gRPC health check")
@@ -155,14 +156,14 @@ def cmd_ask(args) -> int:
     if args.server:
         from .client import ask
         return ask(args)
-    with open_rag(args, create=False) as rag:
+    with open_rag(args, read_only=True) as rag:
         print_answer(rag.ask(args.question, top_k=args.top_k, mode=args.mode, params=sampling(args),
                              collection=args.collection))
     return 0
 
 
 def cmd_list(args) -> int:
-    with open_rag(args, create=False) as rag:
+    with open_rag(args, read_only=True) as rag:
         documents = rag.documents(args.collection)
     for d in documents:
         print(f"{d['id']}\t{d['passages']} passages\t{d['tokens']} tokens\t{d['title']}")

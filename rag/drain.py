@@ -7,7 +7,7 @@ from contextlib import contextmanager
 
 import grpc
 
-from .grpc_handlers import behavior_of, handler_like
+from .method_handlers import behavior_of, handler_like
 
 REFUSAL = "the server is shutting down; retry on another instance or once it is back"
 SETTLE_S = 0.1  # a call let in just before the drain began starts its handler within this
@@ -21,14 +21,22 @@ class Drain(grpc.ServerInterceptor):
     def __init__(self, open_methods: str, counted: tuple[str, ...]):
         self.open_methods, self.counted = open_methods, counted
         self._draining = False
+        self._deadline = float("inf")
         self._in_flight = 0
         self._idle = threading.Condition()
 
-    def begin(self) -> None:
-        """Refuses new calls from now on; returns once those let in just before have started (and count)."""
+    def begin(self, seconds: float | None = None) -> None:
+        """Refuses new calls from now on, for a drain of `seconds` (None: none); returns once the calls let in just
+        before have started (and count)."""
         with self._idle:
             self._draining = True
+            self._deadline = time.monotonic() + (seconds or 0.0)
         time.sleep(SETTLE_S)
+
+    def over(self) -> bool:
+        """Whether the drain has begun and its time is over: the calls still in flight are to stop now."""
+        with self._idle:
+            return self._draining and time.monotonic() >= self._deadline
 
     def wait(self, seconds: float) -> bool:
         """Waits until no call is in flight or `seconds` have passed; True when none is left."""
@@ -54,7 +62,7 @@ class Drain(grpc.ServerInterceptor):
             def counted(request, context):
                 with self.call():
                     return behavior(request, context)
-        return handler_like(handler, counted, codecs=True)
+        return handler_like(handler, counted)
 
     @property
     def draining(self) -> bool:

@@ -5,11 +5,11 @@ import grpc
 from .collection import collection_name
 from .filters import MetadataFilter
 from .grpc_checks import invalid
-from .token_scopes import ALL, TokenScopes
+from .token_scopes import ALL, TokenScopes, authorization_of
 
 
 def authorization(context) -> str:
-    return dict(context.invocation_metadata() or ()).get("authorization", "")
+    return authorization_of(context.invocation_metadata())
 
 
 def collection_of(context, tokens: TokenScopes | None, name: str) -> str:

@@ -23,7 +23,7 @@ from .http_status import CallContext, StatusError, refusal
 from .openai_api import ChatRequest, Completion, source_json
 from .proto_gen import cascade_rag_pb2 as pb
 from .serving import Question, ServedAnswer, Serving
-from .token_scopes import TokenScopes
+from .token_scopes import TokenScopes, authorization_of
 from .wire import MODE_TO_PROTO
 
 log = logging.getLogger("cascade_rag")
@@ -82,10 +82,10 @@ def http_app(serving: Serving, drain: Drain, tokens: TokenScopes | None, model_n
         return await status_error(request, StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"{field}: {first['msg']}"))
 
     def authorized(request: Request) -> CallContext:
-        context = CallContext(request.headers.get("authorization"))
+        context = CallContext(authorization_of(request.headers.items()))
         if tokens is not None and tokens.collections(context.authorization) is None:
             raise StatusError(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token: send the header "
-                                                               "'Authorization: Bearer <token>'")
+                                                               "'Authorization: Bearer <token>' (once)")
         return context
 
     def question_of(body: ChatRequest, context: CallContext) -> Question:

@@ -42,4 +42,5 @@ class InfoService(pb_grpc.InfoServicer):
             queue=pb.QueueInfo(max_queue=self.queue.max_queue, waiting=self.queue.waiting, running=self.queue.running,
                                answered=self.queue.served, rejected=self.queue.rejected),
             limits=pb.Limits(max_question_chars=MAX_QUESTION_CHARS, max_top_k=MAX_TOP_K, max_tokens=MAX_TOKENS,
-                             max_message_bytes=self.max_message_bytes))
+                             max_message_bytes=self.max_message_bytes, ingest=pb.IngestLimits(
+                                 **{k: v or 0 for k, v in vars(self.rag.options.ingest_limits).items()})))

@@ -19,7 +19,7 @@ from .collection import DEFAULT_COLLECTION, collection_name
 from .embedder import Embedder
 from .filters import MetadataFilter
 from .ingest import Document, Fields, IngestReport, InputError, read_paths, records, skipped_message
-from .ingestor import Ingestor
+from .ingestor import Ingestor, Run, Stop, here
 from .local_backend import LocalDirectoryBackend
 from .manifest import Manifest
 from .options import RAGOptions
@@ -37,12 +37,14 @@ def default_data_dir() -> Path:
 
 class RAG:
     """`RAG(data_dir, model=..., device=...)`: the keyword arguments are RAGOptions' fields (or pass `options`).
-    `create=False` refuses a missing data directory instead of making one. `chunk_backend`: where chunks live
+    `create=False` refuses a missing data directory instead of making one; `read_only` also writes nothing to it
+    (ingest and delete are refused). `chunk_backend`: where chunks live
     (default: the data directory's `chunks/` folder)."""
 
     def __init__(self, data_dir: Path | str | None = None, options: RAGOptions | None = None, *, create: bool = True,
-                 chunk_backend: ChunkBackend | None = None, crash_hook: CrashHook | None = None, **fields):
-        self.store = Store(data_dir or default_data_dir(), create=create)
+                 read_only: bool = False, chunk_backend: ChunkBackend | None = None,
+                 crash_hook: CrashHook | None = None, **fields):
+        self.store = Store(data_dir or default_data_dir(), create=create, read_only=read_only)
         manifest = Manifest(self.store)
         self.options = (options or RAGOptions(**fields)).resolved((manifest.read() or {}).get("index"))
         self.chunks = ChunkStore(chunk_backend or LocalDirectoryBackend(self.store.dir / "chunks"))
@@ -78,18 +80,25 @@ class RAG:
         return report
 
     def ingest_documents(self, items: list[Document | InputError], progress: bool = False,
-                         max_disk_bytes: int | None = None, collection: str = DEFAULT_COLLECTION) -> IngestReport:
+                         max_disk_bytes: int | None = None, collection: str = DEFAULT_COLLECTION, *,
+                         all_or_nothing: bool = False, run: Run = here, stop: Stop | None = None) -> IngestReport:
         """Ingests documents into the collection (InputErrors are reported in the result). Before anything is
-        embedded, prefilled or written, the cost is estimated (report.estimate: passages, tokens, bytes of the new KV chunks and rows) and
-        the ingestion refused with IngestTooLarge when its bytes exceed the free space of the data directory's
-        filesystem or `max_disk_bytes`. `progress`: on stderr, the estimate in one line (its time measured on
-        the first slice embedded and the first batch prefilled), then a bar over the passages' tokens."""
-        return self.ingestor.ingest(items, progress, max_disk_bytes, collection_name(collection))
+        embedded, prefilled or written, each document and the whole are checked against options.ingest_limits
+        (LimitExceeded, InvalidDocument) and the cost is estimated (report.estimate: passages, tokens, bytes of the
+        new KV chunks and rows) and the ingestion refused with IngestTooLarge when its bytes exceed the free space
+        of the data directory's filesystem (less the limits' reserve) or `max_disk_bytes`. `progress`: on stderr,
+        the estimate in one line (its time measured on the first slice embedded and the first batch prefilled),
+        then a bar over the passages' tokens. Each document is committed on its own, or with `all_or_nothing` all
+        in one transaction, which a failure anywhere leaves unmade. The work runs in small steps through
+        `run(fn, *args)` (e.g. a server's model thread); `stop()`, asked after each, ends an ingestion not yet
+        committed with IngestStopped when it returns a reason."""
+        return self.ingestor.ingest(items, progress, max_disk_bytes, collection_name(collection),
+                                    all_or_nothing=all_or_nothing, run=run, stop=stop)
 
-    def delete(self, doc_ids: Iterable[str], collection: str = DEFAULT_COLLECTION) -> list[str]:
+    def delete(self, doc_ids: Iterable[str], collection: str = DEFAULT_COLLECTION, run: Run = here) -> list[str]:
         """Deletes documents of the collection with their passages, vectors and chunks, all or none: an unknown id
-        raises UnknownDocuments and deletes nothing. Returns the deleted ids."""
-        return self.ingestor.delete(list(doc_ids), collection_name(collection))
+        raises UnknownDocuments and deletes nothing. Returns the deleted ids. `run`: as for ingest_documents."""
+        return self.ingestor.delete(list(doc_ids), collection_name(collection), run)
 
     # --- answering ---------------------------------------------------------------------------------------------
     def retrieve(self, question: str, top_k: int = 4, collection: str = DEFAULT_COLLECTION,

@@ -8,7 +8,7 @@ import uuid
 
 import grpc
 
-from .grpc_handlers import behavior_of, handler_like
+from .method_handlers import behavior_of, handler_like
 from .metrics import ServingMetrics
 
 REQUEST_ID = "x-request-id"

@@ -6,7 +6,7 @@ import signal
 import threading
 
 from .cli_error import CLIError
-from .cli_options import open_rag
+from .cli_options import ingest_limits, open_rag
 from .listen import PortInUse, check_port
 from .log_format import configure
 from .server import RAGServer
@@ -19,6 +19,10 @@ def serve(args) -> int:
     configure(args.log_format)
     token = args.token or os.environ.get("CASCADE_RAG_TOKEN") or None
     tokens = TokenScopes.of(token_file=args.token_file) if args.token_file else None  # ValueError names the file
+    if args.token:
+        log.warning("--token shows in the process list (`ps`) to every user of this machine; prefer the "
+                    "CASCADE_RAG_TOKEN environment variable")
+    limits = ingest_limits(args)
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CLIError("--tls-cert and --tls-key go together")
     tls = (args.tls_cert.read_bytes(), args.tls_key.read_bytes()) if args.tls_cert else None
@@ -37,7 +41,7 @@ def serve(args) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    with open_rag(args) as rag:
+    with open_rag(args, ingest_limits=limits) as rag:
         log.info("loading the models ...")
         server = RAGServer(rag, args.host, args.port, args.max_queue, token, tls, metrics_port=args.metrics_port,
                            tokens=tokens, http_port=args.http_port).start()

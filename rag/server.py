@@ -7,6 +7,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .admission import Admission
 from .answer_service import AnswerService
 from .documents_service import DocumentsService
 from .drain import Drain
@@ -14,6 +15,7 @@ from .info_service import InfoService
 from .http_server import HTTPServer
 from .http_service import http_app
 from .listen import add_port, check_port
+from .malformed import MalformedRequests
 from .metrics import ServingMetrics
 from .model_thread import ModelThread
 from .pipeline import RAG
@@ -27,6 +29,7 @@ from .token_scopes import TokenScopes
 from .wire import MAX_MESSAGE_BYTES
 
 SPARE_WORKERS = 8                 # threads beyond the queue, for health, info, documents and quick rejections
+REFUSAL_WORKERS = 4               # threads beyond those, for Admission's refusals (gRPC's own refusals beyond)
 SERVICES = [d.full_name for d in pb.DESCRIPTOR.services_by_name.values()]
 OPEN_METHODS = "/grpc.health.v1.Health/"
 FLUSH_S = 1.0  # after the drain, for the last statuses to reach their clients (and health Watch streams to end)
@@ -57,19 +60,22 @@ class RAGServer:
         engine = self.models.call(lambda: (rag.model(), rag.embedder())[0].engine)  # loaded on their thread
         self.metrics = ServingMetrics(served_model_name(engine), list(rag.provider.tier_stats()))
         self.metrics.watch(lambda: self.queue.waiting, lambda: self.queue.running, self._tier_bytes)
-        # every call logged and counted, those refused too; a draining server refuses all
-        interceptors = [RequestLog(self.metrics, tuple(f"/{service}/" for service in SERVICES)), self.drain]
+        # every call logged and counted, those refused too; a draining server refuses all; beyond `workers` calls
+        # in progress, calls are refused and counted in the queue's rejections
+        interceptors = [RequestLog(self.metrics, tuple(f"/{service}/" for service in SERVICES)), self.drain,
+                        Admission(workers, self.queue)]
         self.tokens = (tokens or TokenScopes({})).with_token(token) if token else tokens
-        interceptors += [TokenAuth(self.tokens, OPEN_METHODS)] if self.tokens else []
+        interceptors += ([TokenAuth(self.tokens, OPEN_METHODS)] if self.tokens else []) + [MalformedRequests()]
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.so_reuseport", 0)]  # a port in use is an error, not a second server on it
-        self.server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="cascade-rag-grpc"),
-                                  interceptors=interceptors, options=options,
-                                  maximum_concurrent_rpcs=workers)
+        threads = workers + REFUSAL_WORKERS
+        self.server = grpc.server(ThreadPoolExecutor(threads, thread_name_prefix="cascade-rag-grpc"),
+                                  interceptors=interceptors, options=options, maximum_concurrent_rpcs=threads)
         self.serving = Serving(rag, self.queue, self.models, self.metrics)
         pb_grpc.add_AnswerServicer_to_server(AnswerService(self.serving, self.tokens), self.server)
-        pb_grpc.add_DocumentsServicer_to_server(DocumentsService(rag, self.models, self.tokens), self.server)
+        pb_grpc.add_DocumentsServicer_to_server(DocumentsService(rag, self.models, self.tokens, self.drain.over),
+                                                self.server)
         pb_grpc.add_InfoServicer_to_server(InfoService(rag, self.queue, max_message_bytes, self.tokens), self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -98,7 +104,7 @@ class RAGServer:
         and closes the port. `grace` None: cancels at once."""
         began = time.monotonic()
         self.health.enter_graceful_shutdown()
-        self.drain.begin()
+        self.drain.begin(grace)  # an ingestion in flight stops, uncommitted, once `grace` is over
         idle = grace is not None and self.drain.wait(grace - (time.monotonic() - began))
         self.server.stop(None if grace is None else FLUSH_S if idle else 0).wait()  # closes the port
         if self.http is not None:

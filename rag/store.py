@@ -4,6 +4,7 @@ import json
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from cascade_rag.engine.file_io import write_atomic
 
 from .collection import DEFAULT_COLLECTION
 from .filters import MetadataFilter
-from .store_schema import create_or_migrate
+from .store_schema import create_or_migrate, is_current
 
 class StoreError(RuntimeError):
     pass
@@ -28,12 +29,52 @@ class NoDocuments(StoreError):
     """A question asked of a data directory that is missing or holds no documents."""
 
 
+class DiskFull(StoreError):
+    """A write the filesystem had no room for (rolled back: nothing of it is stored)."""
+
+
 class UnknownDocuments(StoreError):
     """A deletion naming ids the store does not hold (nothing is deleted)."""
 
     def __init__(self, missing: list[str]):
         self.missing = missing
         super().__init__(f"no such documents: {', '.join(map(repr, missing))}; nothing was deleted")
+
+
+@contextmanager
+def writing(data_dir: Path, db: sqlite3.Connection):
+    """SQLite's refusals of a write as StoreErrors that say what happened; the transaction is rolled back (SQLite may
+    have done so itself on a full disk: then ROLLBACK has nothing to do)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        if "disk is full" in str(exc):
+            raise DiskFull(f"the disk of data directory {data_dir} is full ({exc}); nothing of this change was "
+                           f"stored: free some space") from None
+        if "readonly" in str(exc) or "read-only" in str(exc):
+            raise StoreError(f"data directory {data_dir} is read-only ({exc}); nothing was changed") from None
+        raise StoreError(f"data directory {data_dir}: {exc}; nothing of this change was stored") from None
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """The store opened for reading only: `mode=ro`, which needs the WAL's shared-memory file or a directory where
+    it can be made; else, on a read-only directory, `immutable=1` (nothing can change it there)."""
+    problem = None
+    for query in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True, check_same_thread=False,
+                             isolation_level=None, timeout=30)
+        try:
+            db.execute("SELECT COUNT(*) FROM documents").fetchone()
+            return db
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            problem = exc
+    raise StoreError(f"{path} is not a usable document store: {problem}")
 
 
 def ingest_hint(data_dir: Path) -> str:
@@ -62,20 +103,28 @@ class Store:
     """Documents and passages (text, token ids, vector, chunk key), in one data directory.
 
     Every change of passages bumps `generation` in the same transaction, so a saved vector index can tell
-    whether it is current. Writers hold a file lock on the directory; readers need none. With create=False
-    (the read-only commands) a missing directory or store is an error (NoDocuments), never made."""
+    whether it is current. Writers hold a file lock on the directory; readers need none. With create=False a
+    missing directory or store is an error (NoDocuments), never made; read_only (the commands that only read) also
+    writes nothing, so that they work on a read-only data directory."""
 
-    def __init__(self, data_dir: Path | str, create: bool = True):
-        self.dir = Path(data_dir)
-        if not create and not (self.dir / "store.sqlite").is_file():
+    def __init__(self, data_dir: Path | str, create: bool = True, read_only: bool = False):
+        self.dir, self.read_only = Path(data_dir), read_only
+        if (read_only or not create) and not (self.dir / "store.sqlite").is_file():
             what = "does not exist" if not self.dir.exists() else "holds no cascade-rag store"
             raise NoDocuments(f"data directory {self.dir} {what}: {ingest_hint(self.dir)}")
+        self._lock = threading.RLock()
+        self._writer_lock: FileLock | None = None
+        if read_only:
+            self.db = connect_read_only(self.dir / "store.sqlite")
+            if not is_current(self.db):
+                raise StoreError(f"data directory {self.dir} holds a store made before collections, which cannot be "
+                                 f"read without writing: open it once for writing (`cascade-rag ingest` or `serve`) "
+                                 f"to migrate it in place")
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot use data directory {self.dir}: {exc}") from None
-        self._lock = threading.RLock()
-        self._writer_lock: FileLock | None = None
         try:
             self.db = sqlite3.connect(self.dir / "store.sqlite", check_same_thread=False, isolation_level=None,
                                       timeout=30)
@@ -89,6 +138,8 @@ class Store:
     def lock_for_writing(self) -> None:
         if self._writer_lock is not None:
             return
+        if self.read_only:
+            raise StoreError(f"data directory {self.dir} was opened read-only")
         lock = FileLock(str(self.dir / "writer.lock"))
         try:
             lock.acquire(timeout=0)
@@ -130,35 +181,35 @@ class Store:
                                   (collection, doc_id)).fetchone()
         return row[0] if row else None
 
-    def put_document(self, collection: str, doc_id: str, title: str, source: str | None, content_hash: str,
-                     passages: list[tuple[str, list[int], str, np.ndarray]],
-                     metadata: dict[str, str] | None = None) -> tuple[list[int], list[int]]:
-        """Replaces the document of the collection, its metadata and its passages (text, token ids, chunk key,
-        vector) in one transaction; returns (removed passage ids, new passage ids)."""
-        with self._lock, self.db:
+    def put_documents(self, collection: str, documents: list[tuple]) -> tuple[list[int], list[int]]:
+        """Replaces documents of the collection (id, title, source, content hash, passages: text, token ids, chunk
+        key, vector; metadata), their metadata and their passages, all in one transaction (a failure stores none of
+        them: DiskFull when the filesystem is full); returns (removed passage ids, new passage ids)."""
+        with self._lock, writing(self.dir, self.db), self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            removed = [r[0] for r in self.db.execute("SELECT pid FROM passages WHERE collection=? AND doc_id=?",
-                                                     (collection, doc_id))]
-            self.db.execute("DELETE FROM documents WHERE collection=? AND id=?", (collection, doc_id))
-            self.db.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            (collection, doc_id, title, source, content_hash, len(passages),
-                             sum(len(p[1]) for p in passages)))
-            self.db.executemany("INSERT INTO metadata VALUES (?, ?, ?, ?)",
-                                [(collection, doc_id, k, v) for k, v in (metadata or {}).items()])
-            added = []
-            for seq, (text, ids, key, vector) in enumerate(passages):
-                cur = self.db.execute(
-                    "INSERT INTO passages (collection, doc_id, seq, text, token_ids, chunk_key, vector) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)", (collection, doc_id, seq, text, json.dumps(ids), key,
-                                                     np.asarray(vector, dtype=np.float32).tobytes()))
-                added.append(cur.lastrowid)
+            removed, added = [], []
+            for doc_id, title, source, content_hash, passages, metadata in documents:
+                removed += [r[0] for r in self.db.execute("SELECT pid FROM passages WHERE collection=? AND doc_id=?",
+                                                          (collection, doc_id))]
+                self.db.execute("DELETE FROM documents WHERE collection=? AND id=?", (collection, doc_id))
+                self.db.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (collection, doc_id, title, source, content_hash, len(passages),
+                                 sum(len(p[1]) for p in passages)))
+                self.db.executemany("INSERT INTO metadata VALUES (?, ?, ?, ?)",
+                                    [(collection, doc_id, k, v) for k, v in (metadata or {}).items()])
+                for seq, (text, ids, key, vector) in enumerate(passages):
+                    cur = self.db.execute(
+                        "INSERT INTO passages (collection, doc_id, seq, text, token_ids, chunk_key, vector) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (collection, doc_id, seq, text, json.dumps(ids), key,
+                                                         np.asarray(vector, dtype=np.float32).tobytes()))
+                    added.append(cur.lastrowid)
             self._bump_generation()
         return removed, added
 
     def delete_documents(self, collection: str, doc_ids: list[str]) -> tuple[list[str], list[int]]:
         """Deletes the documents of the collection, all or none (UnknownDocuments when an id is unknown in it);
         returns (deleted ids, removed passage ids)."""
-        with self._lock, self.db:
+        with self._lock, writing(self.dir, self.db), self.db:
             self.db.execute("BEGIN IMMEDIATE")
             known = {r[0] for r in self.db.execute(
                 f"SELECT id FROM documents WHERE collection=? AND id IN ({','.join('?' * len(doc_ids))})",

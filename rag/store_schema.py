@@ -25,10 +25,15 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+def is_current(db: sqlite3.Connection) -> bool:
+    """Whether the store is empty or of this schema (a store made before collections is not)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(documents)")}
+    return not columns or "collection" in columns
+
+
 def create_or_migrate(db: sqlite3.Connection) -> None:
     """Creates the tables, or brings a store without collections to this schema in one transaction."""
-    columns = {r[1] for r in db.execute("PRAGMA table_info(documents)")}
-    if not columns or "collection" in columns:
+    if is_current(db):
         db.executescript(SCHEMA)
         return
     db.execute("PRAGMA foreign_keys=OFF")  # outside the transaction: the old tables are renamed, then dropped

@@ -31,9 +31,10 @@ class TokenScopes:
         return cls(scopes) if scopes else None
 
     def collections(self, authorization: str | None) -> frozenset[str] | None:
-        """The collections of the token in an `authorization: Bearer <token>` value; None when it is no token of
-        ours."""
-        given = authorization[len("Bearer "):].encode() if (authorization or "").startswith("Bearer ") else b""
+        """The collections of the token in an `authorization: Bearer <token>` value (the scheme in any case, RFC
+        7235); None when it is no token of ours."""
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        given = credentials.strip().encode() if scheme.lower() == "bearer" else b""
         found = None
         for token, collections in self.scopes.items():  # no early exit: the time does not tell which one matched
             if hmac.compare_digest(given, token.encode()):
@@ -43,6 +44,13 @@ class TokenScopes:
     def allows(self, authorization: str | None, collection: str) -> bool:
         collections = self.collections(authorization)
         return collections is not None and (ALL in collections or collection in collections)
+
+
+def authorization_of(metadata) -> str:
+    """The one `authorization` value of a call's metadata or an HTTP request's headers ((key, value) pairs); empty
+    when there is none or more than one, so that a repeated header is refused whichever of them holds the token."""
+    given = [value for key, value in metadata or () if key.lower() == "authorization"]
+    return given[0] if len(given) == 1 and isinstance(given[0], str) else ""
 
 
 def read_token_file(path: Path) -> dict[str, frozenset[str]]:

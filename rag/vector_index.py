@@ -1,9 +1,10 @@
 """FAISS inner-product index over passage vectors, keyed by int64 passage ids, saved by write-then-rename."""
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
+
+from cascade_rag.engine.file_io import write_atomic
 
 INDEX_TYPES = ("flat", "hnsw")
 HNSW_EF_SEARCH = 64  # candidates an HNSW search keeps; raised to k, and kept high under a selection of ids
@@ -65,12 +66,9 @@ class VectorIndex:
         return Path(folder) / f"index-{kind}.{generation}.faiss"
 
     def save(self, folder: Path) -> Path:
+        """Writes the index atomically (a failed write, e.g. on a full disk, leaves no temporary file)."""
         path = self.path_for(folder, self.kind, self.generation)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, faiss.serialize_index(self.index).tobytes())
         for old in Path(folder).glob("index-*.faiss"):
             if old != path:
                 old.unlink(missing_ok=True)

@@ -370,16 +370,38 @@ class QueueInfo(_message.Message):
     def __init__(self, max_queue: _Optional[int] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ..., answered: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_question_chars", "max_top_k", "max_tokens", "max_message_bytes")
+    __slots__ = ("max_question_chars", "max_top_k", "max_tokens", "max_message_bytes", "ingest")
     MAX_QUESTION_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INGEST_FIELD_NUMBER: _ClassVar[int]
     max_question_chars: int
     max_top_k: int
     max_tokens: int
     max_message_bytes: int
-    def __init__(self, max_question_chars: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    ingest: IngestLimits
+    def __init__(self, max_question_chars: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., ingest: _Optional[_Union[IngestLimits, _Mapping]] = ...) -> None: ...
+
+class IngestLimits(_message.Message):
+    __slots__ = ("max_title_chars", "max_document_passages", "max_document_tokens", "max_document_chunk_bytes", "max_call_passages", "max_call_tokens", "max_call_chunk_bytes", "disk_reserve_bytes")
+    MAX_TITLE_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENT_PASSAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENT_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_PASSAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_RESERVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_title_chars: int
+    max_document_passages: int
+    max_document_tokens: int
+    max_document_chunk_bytes: int
+    max_call_passages: int
+    max_call_tokens: int
+    max_call_chunk_bytes: int
+    disk_reserve_bytes: int
+    def __init__(self, max_title_chars: _Optional[int] = ..., max_document_passages: _Optional[int] = ..., max_document_tokens: _Optional[int] = ..., max_document_chunk_bytes: _Optional[int] = ..., max_call_passages: _Optional[int] = ..., max_call_tokens: _Optional[int] = ..., max_call_chunk_bytes: _Optional[int] = ..., disk_reserve_bytes: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("version", "model", "embedder", "counts", "cache_tiers", "queue", "limits")

@@ -156,7 +156,8 @@ def test_a_store_without_collections_is_migrated_in_place(tmp_path):
         assert store.generation() == 7 and store.documents() == [
             dict(id="a", title="A", source=None, passages=1, tokens=3, metadata={})]
         assert store.passage_ids("default").tolist() == [41] and store.passages([41])[41].chunk_key == "k41"
-        added = store.put_document("default", "b", "B", None, "h2", [("b", [4], "k", np.ones(1, np.float32))])[1]
+        passages = [("b", [4], "k", np.ones(1, np.float32))]
+        added = store.put_documents("default", [("b", "B", None, "h2", passages, {})])[1]
         assert added[0] > 41  # passage ids are not reused
         assert store.delete_documents("default", ["a"]) == (["a"], [41])
     finally:
