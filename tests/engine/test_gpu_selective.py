@@ -22,13 +22,7 @@ def test_recomputing_everything_equals_full(qwen3_shape, recompute):  # noqa: F8
             == engine.generate(question, params, chunks, "full").token_ids)
 
 
-@pytest.mark.parametrize("recompute", [
-    Recompute(0.15, 0),
-    # on the lent H100 this case ended in "an illegal memory access" (bf16, graphs, stored rows after recomputed
-    # prefixes), which poisons the CUDA context for every later test; the same steps in Triton's interpreter on the
-    # CPU equal eager decode. Not run until that is found.
-    pytest.param(Recompute(None, 16), marks=pytest.mark.xfail(run=False, reason="illegal memory access on the "
-                                                                                 "H100, not yet found"))])
+@pytest.mark.parametrize("recompute", [Recompute(0.15, 0), Recompute(None, 16)])
 def test_graphs_over_recomputed_rows_equal_eager(qwen3_shape, recompute):  # noqa: F811
     graphed = LLMEngine(qwen3_shape, device="cuda", dtype="bf16", blend=recompute)
     eager = LLMEngine(qwen3_shape, device="cuda", dtype="bf16", blend=recompute, use_cuda_graphs=False,
