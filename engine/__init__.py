@@ -1,9 +1,9 @@
 from .config import ModelConfig, ModelLoadError
 from .embedded import ModelPreparationError, embedded_model_path
-from .composition import BLEND_RATIO, MODES
+from .composition import MODES
 from .engine import LLMEngine
 from .generation import Generation
-from .options import EngineOptions, default_device, default_dtype, default_prefill_batch_tokens
+from .options import BLEND_RATIO, EngineOptions, Recompute, default_device, default_dtype, default_prefill_batch_tokens
 from .kv_chunk import LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, FingerprintMismatch, KVChunk, KVChunkError
 from .sampling import SamplingParams
 from .chunk_cache import ChunkCache, TieredChunkCache

@@ -1,18 +1,16 @@
 """Composition: how stored chunks are laid out for a request (positions and shifts, the document temperature, the
-three modes) and CacheBlend, over a Decoder."""
+three modes), over a Decoder; `blend`'s selective recompute is engine.selective's."""
 import itertools
-import math
 
 import torch
 
-from cascade_rag.kernels.rope import rotate
-
 from .attention import AttentionContext, KVBuffer
-from .kv_chunk import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk
+from .kv_chunk import KVChunk
 from .model import Decoder
+from .options import Recompute
+from .selective import SelectiveRecompute
 
 MODES = ("cached", "full", "blend")
-BLEND_RATIO = 0.15  # share of document tokens that `blend` recomputes at every layer (CacheBlend's default)
 
 
 class Composer:
@@ -58,11 +56,11 @@ class Composer:
         if total > self.config.max_position:
             raise ValueError(f"sequence of {total} tokens exceeds the model's {self.config.max_position} positions")
 
-    def compose(self, chunks, mode: str) -> list[KVChunk]:
-        """The chunks to prefill over: for `blend`, level 0 and the blended documents."""
+    def compose(self, chunks, mode: str, recompute: Recompute = Recompute()) -> list[KVChunk]:
+        """The chunks to prefill over: for `blend`, level 0 and the documents partly recomputed by `recompute`."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        return self.blend(list(chunks)) if mode == "blend" else list(chunks)
+        return self.blend(list(chunks), recompute) if mode == "blend" else list(chunks)
 
     def prefill_inputs(self, chunks, token_ids, mode, max_new_tokens, own=None):
         """The context, the tokens to prefill and the position of the first. `full`: every token prefilled in
@@ -96,44 +94,7 @@ class Composer:
         ctx.mask = torch.cat((torch.ones(total, start, dtype=torch.bool, device=self.device), own), dim=1)
         return ctx, ids, start + index, start
 
-    def blend(self, chunks: list[KVChunk], ratio: float = BLEND_RATIO) -> list[KVChunk]:
-        """Level 0 and one chunk holding the documents' KV laid after it, where the tokens that the composition
-        changes most see the documents before them (CacheBlend): every document token is recomputed over
-        everything before it through the second layer (the first whose KV depends on the context), where the
-        deviation of its values from the stored ones is measured; at the later layers the `ratio` share of
-        tokens that deviate most is recomputed, the others keep their stored KV. ratio 1 gives exactly the KV of
-        a full prefill. The stored chunks are not modified."""
-        if not chunks or chunks[0].level != LEVEL_SYSTEM or chunks[0].start != 0:
-            raise ValueError("blend needs the level-0 chunk first, at position 0")
-        if not 0 <= ratio <= 1:
-            raise ValueError(f"the blend ratio must be within [0, 1], got {ratio}")
-        level0, documents = chunks[0], chunks[1:]
-        if not documents:
-            return [level0]
-        n = sum(c.length for c in documents)
-        ctx, start = self.context([level0], n)
-        self.check_length(start + n)
-        offsets = list(itertools.accumulate((c.length for c in documents), initial=0))
-        cos, sin = self.model.rotary.cos, self.model.rotary.sin
-        with torch.inference_mode():
-            for chunk, offset in zip(documents, offsets):
-                shift = start + offset - chunk.start  # the stored keys turned from canonical to placed positions
-                if shift < 0:
-                    raise ValueError(f"a chunk at canonical position {chunk.start} cannot be placed before it")
-                ctx.own.keys[:, offset:offset + chunk.length] = rotate(chunk.keys.to(self.device), cos[shift],
-                                                                       sin[shift])
-                ctx.own.values[:, offset:offset + chunk.length] = chunk.values.to(self.device)
-            measured = min(1, self.config.num_layers - 1)
-            stored_values = ctx.own.values[measured].clone()
-            token_ids = [t for c in documents for t in c.token_ids]
-            causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril()
-            ctx.mask = torch.cat((torch.ones(n, start, dtype=torch.bool, device=self.device), causal), dim=1)
-
-            def choose() -> torch.Tensor:  # the tokens whose values deviate most at the measured layer
-                deviation = (ctx.own.values[measured] - stored_values).float().square().sum(dim=(-2, -1))
-                return deviation.topk(math.ceil(ratio * n)).indices.sort().values
-            self.model.recompute(torch.tensor(token_ids, dtype=torch.int64, device=self.device),
-                                 torch.arange(start, start + n, device=self.device),
-                                 torch.arange(n, device=self.device), ctx, 1, choose)
-        return [level0, KVChunk(level=LEVEL_DOCUMENT, token_ids=token_ids, start=start, keys=ctx.own.keys,
-                                values=ctx.own.values, fingerprint=level0.fingerprint)]
+    def blend(self, chunks: list[KVChunk], recompute: Recompute = Recompute()) -> list[KVChunk]:
+        """Level 0 and the documents laid one after it, part of their KV recomputed (engine.selective); the
+        stored chunks are not modified."""
+        return SelectiveRecompute(self.model, self.dtype, self.device)(chunks, recompute)

@@ -1,4 +1,5 @@
 """LLMEngine: loads a checkpoint, prefills KV chunks and generates at batch size 1 over composed chunks."""
+import copy
 import hashlib
 import json
 import time
@@ -9,7 +10,7 @@ import torch
 
 from cascade_rag.kernels.chunk_attention import HEAD_DIMS
 
-from .composition import BLEND_RATIO, Composer
+from .composition import Composer
 from .cuda_graph import GraphDecoder
 from .embedded import embedded_model_path
 from .generation import Generation
@@ -17,7 +18,7 @@ from .chunk_format import FORMAT_VERSION
 from .kv_chunk import KVChunk
 from .loader import load_model, model_identity
 from .ops import Ops
-from .options import EngineOptions
+from .options import BLEND_RATIO, EngineOptions, Recompute
 from .sampling import Sampler, SamplingParams
 from .stepper import EagerStepper, GraphStepper
 from .tokenizer import TextStream, Tokenizer
@@ -43,6 +44,17 @@ class LLMEngine:
         on_device = self.device.startswith("cuda") or self.options.graph_steps_off_cuda
         if self.options.use_cuda_graphs and on_device and self.config.head_dim in HEAD_DIMS:
             self.graphs = GraphDecoder(self.model, self.options, self.dtype, self.device)
+
+    def variant(self, **fields) -> "LLMEngine":
+        """This engine, its model, tokenizer and graphs shared, with other composition options (fields of
+        EngineOptions: document_temperature, blend); for measuring settings side by side."""
+        unknown = set(fields) - {"document_temperature", "blend"}
+        if unknown:
+            raise ValueError(f"a variant changes the composition only, not {', '.join(sorted(unknown))}")
+        other = copy.copy(self)
+        other.options = replace(self.options, **fields)
+        other.composer = Composer(self.model, self.dtype, self.device, other.options.document_temperature)
+        return other
 
     def fingerprint(self, system_prompt: str) -> str:
         """Identity of stored chunks: weights, tokenizer, dtype, system prompt and chunk-format version."""
@@ -89,14 +101,18 @@ class LLMEngine:
             offset += len(seq)
         return chunks
 
-    def blend(self, chunks: list[KVChunk], ratio: float = BLEND_RATIO) -> list[KVChunk]:
-        """Level 0 and one chunk of the documents' KV, partly recomputed so that they see each other (CacheBlend:
-        engine.composition.Composer.blend); the stored chunks are not modified."""
-        return self.composer.blend(chunks, ratio)
+    def blend(self, chunks: list[KVChunk], ratio: float | None = BLEND_RATIO, prefix: int = 0) -> list[KVChunk]:
+        """Level 0 and the documents laid after it, their KV partly recomputed so that they see each other
+        (engine.selective: CacheBlend's `ratio`, None for none; EPIC's first `prefix` tokens of each document); the
+        stored chunks are not modified. Laid one after the other, the chunks returned compose as `blend` does (the
+        mode recomputes as the options' `blend` says)."""
+        return self.composer.blend(chunks, Recompute(ratio, prefix))
 
-    def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached") -> torch.Tensor:
-        """Logits of every token of token_ids after the chunks ([n, vocab], fp32); for tests and evaluation."""
-        chunks = self.composer.compose(chunks, mode)
+    def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached",
+               recompute: Recompute | None = None) -> torch.Tensor:
+        """Logits of every token of token_ids after the chunks ([n, vocab], fp32); `blend` recomputes as
+        `recompute` says (default: the options' blend); for tests and evaluation."""
+        chunks = self.composer.compose(chunks, mode, recompute or self.options.blend)
         ctx, prompt, start = self.composer.prefill_inputs(chunks, token_ids, mode, 0)
         return self.model(*self._device_inputs(prompt, start), ctx, all_logits=True)[-len(token_ids):]
 
@@ -111,7 +127,7 @@ class LLMEngine:
 
         At batch size 1 one generation runs at a time: starting another abandons the previous one."""
         began = time.perf_counter()
-        chunks = self.composer.compose(chunks, mode)
+        chunks = self.composer.compose(chunks, mode, self.options.blend)
         context_tokens = sum(c.length for c in chunks)
         own_tokens = len(token_ids) + params.max_new_tokens + (context_tokens if mode == "full" else 0)
         graphs = self.graphs if self.graphs is not None and self.graphs.fits(

@@ -4,8 +4,6 @@ Attention runs over a list of KV chunks (each read in place, its position shift 
 query) followed by the request's own KV buffer, which receives the keys and values of the new tokens; how, the
 attention context's backend decides (engine.attention). Which kernels run, the decoder's Ops decide.
 """
-from typing import Callable
-
 import torch
 from torch import nn
 
@@ -90,8 +88,8 @@ class DecoderLayer(nn.Module):
 
 class Decoder(nn.Module):
     """The model: owns the weights, the rotary tables and its Ops (which kernels run); runs new tokens over an
-    attention context, whose own buffer receives their KV (forward, step, step_embedded), or recomputes a chosen
-    share of them from the second layer on (recompute: CacheBlend)."""
+    attention context, whose own buffer receives their KV (forward, step, step_embedded; engine.selective runs the
+    layers itself for a selective recompute)."""
     # checkpoint tensor name fragment -> (our parameter name fragment, shard index); shards are laid out in order
     packed_modules_mapping = {
         "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
@@ -155,20 +153,3 @@ class Decoder(nn.Module):
         if best is not None:
             raise ValueError("the argmax keys come from the custom LM head")
         return self.lm_head(self.norm(x)).float()
-
-    @torch.inference_mode()
-    def recompute(self, input_ids, positions, slots, ctx: AttentionContext, choose_after: int,
-                  choose: Callable[[], torch.Tensor]) -> None:
-        """Runs the tokens through the layers, their KV written at `slots` of ctx.own (ctx.mask's rows being
-        theirs), and after layer `choose_after` goes on with the tokens at the indices choose() gives (sorted;
-        none: it stops there). No logits."""
-        x = self.embed_tokens(input_ids)
-        for i, layer in enumerate(self.layers):
-            x = layer(x, positions, slots, ctx, self.rotary)
-            if i == choose_after:
-                chosen = choose()
-                if len(chosen) == 0:
-                    return
-                x, positions, slots = x[chosen], positions[chosen], slots[chosen]
-                if ctx.mask is not None:
-                    ctx.mask = ctx.mask[chosen]

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cascade_rag.kernels.chunk_attention import DecodeWorkspace, chunk_attention, chunk_attention_table
+from cascade_rag.kernels.chunk_attention.limited import limited_attention
 from cascade_rag.kernels.fused_rmsnorm_qkv import rmsnorm_qkv
 from cascade_rag.kernels.linear import linear
 from cascade_rag.kernels.lm_head import greedy_head
@@ -39,6 +40,9 @@ class Ops:
 
     def chunk_attention(self, q, keys, values, scale):
         return chunk_attention(q, keys, values, scale, impl=self.impl, options=self.kernels)
+
+    def limited_attention(self, q, keys, values, scale, limits):
+        return limited_attention(q, keys, values, scale, limits, impl=self.impl, options=self.kernels)
 
     def chunk_attention_table(self, q, k_base, v_base, table, scale, workspace: DecodeWorkspace,
                               rotary: RotaryInputs | None = None, new_kv=None):

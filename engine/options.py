@@ -11,6 +11,28 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 # `cached` divides the new tokens' attention scores over documents sharing positions by this temperature (APE,
 # Yang et al. 2025): chosen on squad-dev questions 1-100, checked on 101-200 (docs/EVALUATION.md)
 DOCUMENT_TEMPERATURE = 0.9
+BLEND_RATIO = 0.15  # share of document tokens that `blend` recomputes at every layer (CacheBlend's default)
+
+
+@dataclass(frozen=True)
+class Recompute:
+    """Which document tokens a selective recompute computes again. ratio: CacheBlend's share (None: no layer
+    recomputes every token, nothing is measured); prefix: each document's first tokens (EPIC). Neither: the
+    documents laid one after the other, nothing recomputed. ratio 1: exactly a full prefill's KV."""
+    ratio: float | None = BLEND_RATIO
+    prefix: int = 0
+
+    def __post_init__(self):
+        if self.ratio is not None and not 0 <= self.ratio <= 1:
+            raise ValueError(f"the blend ratio must be within [0, 1], got {self.ratio}")
+        if self.prefix < 0:
+            raise ValueError(f"the recomputed prefix must be at least 0 tokens, got {self.prefix}")
+
+    @property
+    def label(self) -> str:
+        parts = ([] if self.ratio is None else [f"{self.ratio:.0%}"]) + ([f"first {self.prefix}"] if self.prefix
+                                                                         else [])
+        return " + ".join(parts) or "none"
 
 
 def default_device() -> str:
@@ -55,6 +77,7 @@ class EngineOptions:
       the graph decoder's static steps uncaptured (slow; for tests of the graph path and its options on a CPU).
     - quantized_head: greedy graph steps read the LM head's int8 copy (kernels.lm_head; the token is the same).
     - document_temperature: divides the new tokens' scores over documents that share positions (`cached`).
+    - blend: which document tokens `blend` recomputes (engine.selective; default CacheBlend's 15%).
     - prefill_batch_tokens: passage tokens prefilled in one forward pass at ingestion (default by device).
     - kernels: programmatic dependent launch, cached launches and the kernels' tuning (kernels.options).
     """
@@ -69,6 +92,7 @@ class EngineOptions:
     graph_steps_off_cuda: bool = False
     quantized_head: bool = True
     document_temperature: float = DOCUMENT_TEMPERATURE
+    blend: Recompute = Recompute()
     prefill_batch_tokens: int | None = None
     kernels: KernelOptions = field(default_factory=lambda: DEFAULT_KERNELS)
 

@@ -50,7 +50,7 @@ def rope_store_ref(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: Ro
         q = rmsnorm_ref(q, q_norm, qk_eps)
     if k_norm is not None:
         k = rmsnorm_ref(k, k_norm, qk_eps)
-    query_positions = torch.cat((positions.unsqueeze(0) - shifts.unsqueeze(1), positions.unsqueeze(0)))
+    query_positions = torch.cat(((positions.unsqueeze(0) - shifts.unsqueeze(1)).clamp(min=0), positions.unsqueeze(0)))
     cos, sin = cos[query_positions], sin[query_positions]  # the last row: the tokens' own positions
     own_keys.index_copy_(0, slots, rotate(k, cos[-1], sin[-1]))
     own_values.index_copy_(0, slots, v)
@@ -109,7 +109,8 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
         q_heads = tl.arange(0, HQ_P2)
         q_ok = q_heads < HQ
         x, xr = normed_heads(q_ptr + i * stride_q, q_heads, q_ok, d, partner, q_norm_ptr, qk_eps, HEAD_DIM, Q_NORM)
-        cos, sin = cos_sin(cos_ptr, sin_ptr, position - shift, 0 * q_heads[:, None] + d[None, :], HEAD_DIM, dtype)
+        cos, sin = cos_sin(cos_ptr, sin_ptr, tl.maximum(position - shift, 0), 0 * q_heads[:, None] + d[None, :],
+                           HEAD_DIM, dtype)
         rq = rotated(x, xr, d, cos, sin, HEAD_DIM, dtype)
         if HAS_SCALES:  # the own chunk's scale is 1
             scale = tl.load(scale_ptr + c, mask=c < num_shifts, other=1.0).to(rq.dtype).to(tl.float32)
@@ -161,7 +162,9 @@ def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: Rotary
     q and k are first RMS-normalised per head by the weights q_norm/k_norm [D] (eps qk_eps), when given, as
     rmsnorm_ref does. Writes the rotated keys and the values to own_keys/own_values [capacity, Hkv, D] at slots
     [n] and returns the queries rotated for each chunk and for the own chunk (shift 0): [C + 1, n, Hq, D], those
-    of chunk c multiplied by scales[c] (scales [C] fp32, rounded to q's dtype) when given.
+    of chunk c multiplied by scales[c] (scales [C] fp32, rounded to q's dtype) when given. A query is rotated for
+    every chunk, also for one placed after it (a selective recompute, whose key limits hide that chunk): its
+    position minus the shift is then below 0, and it is rotated to position 0 (never to a row before the tables).
     impl: None (Triton on CUDA, the reference elsewhere), "triton" (also on CPU under TRITON_INTERPRET=1) or "ref".
     """
     if implementation(impl, q, q.shape[-1] & (q.shape[-1] - 1) == 0, "rope_store") == "ref":

@@ -1,4 +1,4 @@
-"""`cascade-rag eval`: exact match and token F1 (SQuAD normalisation), recall@k, time to first token per mode."""
+"""`cascade-rag eval`: exact match and token F1 (SQuAD normalisation), recall@k, time to first token per mode, and\nthe fidelity of every mode and setting against `full` (rag.fidelity)."""
 import collections
 import json
 import random
@@ -11,6 +11,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from . import fidelity
+from .fidelity import Setting, parse_setting
 
 
 def normalize_answer(text: str) -> str:
@@ -90,28 +93,11 @@ def summarize(rows: list[dict], modes: list[str], top_k: int) -> dict:
     return result
 
 
-def fidelity(rag, question: str, modes: list[str], top_k: int, tokens: int) -> dict:
-    """Each mode against `full`, teacher-forced on full's greedy answer of `tokens` tokens: the share of those
-    tokens the mode also ranks first, and the mean KL divergence of its next-token distributions from full's."""
-    from cascade_rag.engine import SamplingParams
-    chunks, ids = rag.composition(question, top_k)
-    engine = rag.model().engine
-    answer = engine.generate(ids, SamplingParams(max_new_tokens=tokens, ignore_eos=True), chunks, "full").token_ids
-    sequence = ids + answer[:-1]
-
-    def log_probs(mode):
-        return engine.logits(chunks, sequence, mode)[len(ids) - 1:].log_softmax(-1)
-    full, result = log_probs("full"), {}
-    for mode in modes:
-        if mode != "full":
-            lp = log_probs(mode)
-            result[mode] = {"top1_agreement": float((lp.argmax(-1) == full.argmax(-1)).float().mean()),
-                            "kl": float((full.exp() * (full - lp)).sum(-1).mean())}
-    return result
-
-
 def evaluate(rag, questions: list[dict], modes: list[str], top_k: int, params, fidelity_tokens: int = 0,
-             log=sys.stderr) -> dict:
+             log=sys.stderr, settings: list[Setting] = ()) -> dict:
+    """Every mode answers every question (exact match, F1, timings); with fidelity_tokens and `full` among the
+    modes, every mode and every extra setting is also measured against `full` (rag.fidelity)."""
+    measured = [parse_setting(m) for m in modes] + [s for s in settings if s.name not in modes]
     rows = []
     for n, q in enumerate(questions, 1):
         row = {"id": q["id"], "question": q["question"], "answers": q["answers"]}
@@ -124,13 +110,21 @@ def evaluate(rag, questions: list[dict], modes: list[str], top_k: int, params, f
                          "prompt_tokens": answer.prompt_tokens, "tiers": answer.tiers}
         row["gold_retrieved"] = bool(set(row["retrieved"]) & set(q["gold_doc_ids"]))
         if fidelity_tokens and "full" in modes:
-            for mode, measured in fidelity(rag, q["question"], modes, top_k, fidelity_tokens).items():
-                row[mode].update(measured)
+            row["fidelity"] = fidelity.measure(rag, q["question"], measured, top_k, fidelity_tokens)
+            for mode in modes:
+                if mode != "full":
+                    row[mode].update(top1_agreement=row["fidelity"][mode]["top1_agreement"],
+                                     kl=row["fidelity"][mode]["kl"])
         rows.append(row)
         scores = " ".join(f"{m} f1 {row[m]['f1']:.2f} ttft {row[m]['first_token_s'] * 1e3:.0f} ms" for m in modes)
+        scores += "".join(f"; {name} top-1 {m['top1_agreement']:.3f} kl {m['kl']:.4f}"
+                          for name, m in row.get("fidelity", {}).items() if "kl" in m)
         print(f"[{n}/{len(questions)}] {q['id']}: gold retrieved {row['gold_retrieved']}; {scores}", file=log,
               flush=True)
-    return {"summary": summarize(rows, modes, top_k), "per_question": rows}
+    summary = summarize(rows, modes, top_k)
+    if fidelity_tokens and "full" in modes:
+        summary["fidelity"] = fidelity.summarize(rows, [s.name for s in measured])
+    return {"summary": summary, "per_question": rows}
 
 
 def table(summary: dict) -> str:
@@ -150,6 +144,8 @@ def table(summary: dict) -> str:
         if "kl_from_full" in m:
             lines.append(f"{mode} against full, teacher-forced on full's answers: top-1 agreement "
                          f"{m['top1_agreement_with_full']:.3f}, KL {m['kl_from_full']:.4f}")
+    if "fidelity" in summary:
+        lines.append("\n" + fidelity.table(summary["fidelity"]))
     return "\n".join(lines)
 
 
@@ -161,6 +157,9 @@ def main(args) -> int:
         raise ValueError(f"--modes must list some of {', '.join(MODES)}, got {args.modes!r}")
     if args.fidelity_tokens < 0:
         raise ValueError(f"--fidelity-tokens must be at least 0, got {args.fidelity_tokens}")
+    settings = [parse_setting(s) for s in (args.settings or "").split(",") if s.strip()]
+    if (settings or args.plot) and not (args.fidelity_tokens and "full" in modes):
+        raise ValueError("--settings and --plot need the fidelity measurement: full in --modes and --fidelity-tokens")
     questions = read_jsonl(args.questions, ("id", "question", "answers", "gold_doc_ids"))
     questions = questions[:args.limit] if args.limit else questions
     corpus = select_corpus(read_jsonl(args.corpus, ("id", "text")), questions, args.distractors, args.sample_seed)
@@ -175,7 +174,7 @@ def main(args) -> int:
             print(report.summary(), file=sys.stderr)
             for error in report.errors:
                 print(f"cascade-rag: error: {error}", file=sys.stderr)
-            results = evaluate(rag, questions, modes, args.top_k, params, args.fidelity_tokens)
+            results = evaluate(rag, questions, modes, args.top_k, params, args.fidelity_tokens, settings=settings)
             results["summary"].update(
                 corpus_documents=len(corpus), corpus_passages=rag.stats()["passages"],
                 distractors=args.distractors, sample_seed=args.sample_seed, device=rag.options.device, dtype=rag.options.dtype,
@@ -192,4 +191,7 @@ def main(args) -> int:
     print(json.dumps(results["summary"], indent=2))
     if args.output:
         Path(args.output).write_text(json.dumps(results, indent=2))
+    if args.plot:
+        from .fidelity_plot import plot
+        plot([results["summary"]], args.plot)
     return 0

@@ -8,8 +8,10 @@ from cascade_rag.kernels import rmsnorm as rn
 from cascade_rag.kernels import rope
 
 
-# (tokens, Hq, Hkv, D, chunk shifts)
-ROPE_CASES = [(1, 4, 2, 16, [0, -3, 7]), (3, 4, 1, 32, []), (2, 14, 2, 64, [5]), (1, 16, 8, 128, list(range(-8, 9, 2)))]
+# (tokens, Hq, Hkv, D, chunk shifts); the tokens sit at positions 20.., so that shifts 30 and 45 are those of chunks
+# placed after them (a selective recompute's)
+ROPE_CASES = [(1, 4, 2, 16, [0, -3, 7]), (3, 4, 1, 32, []), (2, 14, 2, 64, [5]), (1, 16, 8, 128, list(range(-8, 9, 2))),
+              (2, 4, 2, 16, [0, 30, 45])]
 # folded into rope_store: (per-head q/k RMSNorm, query scales per context chunk)
 ROPE_OPTIONS = [(False, False), (True, False), (False, True), (True, True)]
 
@@ -104,6 +106,17 @@ def test_rope_store_ref_equals_composition(norm, scaled, dtype):
         composed[:-1] *= kwargs["scales"].view(-1, 1, 1, 1).to(dtype)
     assert torch.equal(folded, composed)
     assert torch.equal(buffers[0][0], buffers[1][0]) and torch.equal(buffers[0][1], buffers[1][1])
+
+
+def test_rope_store_ref_rotates_for_a_later_chunk_at_position_0():
+    n, hq, hkv, d, shifts = ROPE_CASES[-1]
+    q, k, v, positions, shifts, slots, _ = rope_inputs(ROPE_CASES[-1], torch.float32, "cpu", False, False)
+    from cascade_rag.engine.model import Rotary
+    rotary = Rotary(d, 10000.0, 64)
+    own = (torch.zeros(8, hkv, d), torch.zeros(8, hkv, d))
+    queries = rope.rope_store_ref(q, k, v, rope.RotaryInputs(positions, shifts, slots, *own, rotary.cos, rotary.sin))
+    assert torch.equal(queries[1], rope.rotate(q, rotary.cos[0], rotary.sin[0]))
+    assert torch.equal(queries[2], queries[1]) and torch.equal(queries[0], queries[-1])
 
 
 def check_rmsnorm(n, hidden, dtype, device, atol):

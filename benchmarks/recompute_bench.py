@@ -1,0 +1,95 @@
+"""Time to first token of the selective-recompute settings beside `cached` and `full`, against context length, in
+one run on one device (one new token, median of --repeat after a warm-up):
+
+    python -m cascade_rag.benchmarks.recompute_bench --shape qwen3-0.6b --contexts 1024,4096,32768 \
+        --settings blend:0.15,blend:first16 --json docs/bench/recompute-qwen3-0.6b-h100.json
+
+The contexts are laid out as in `cascade-rag bench --contexts`: level 0, 4 to 16 passages, a 32-token question."""
+import argparse
+import json
+import sys
+import tempfile
+
+import torch
+
+from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, SamplingParams, default_device, default_dtype
+from cascade_rag.rag.fidelity import parse_setting
+
+from .bench import timed, tokens
+from .checkpoints import SHAPES, shape_checkpoint
+
+
+def context_chunks(engine: LLMEngine, context: int, question_tokens: int):
+    fp = engine.fingerprint("bench")
+    level0 = engine.prefill_chunk(tokens(engine, 24, "system"), [], LEVEL_SYSTEM, fp)
+    n_docs = min(16, max(4, context // 2048))
+    doc_tokens = (context - level0.length - question_tokens) // n_docs
+    docs = [engine.prefill_chunk(tokens(engine, doc_tokens, f"doc {i}"), [level0], LEVEL_DOCUMENT, fp)
+            for i in range(n_docs)]
+    return [level0] + docs, tokens(engine, question_tokens, "question")
+
+
+def run(engine: LLMEngine, contexts: list[int], settings: list[str], repeat: int, question_tokens: int = 32):
+    one = SamplingParams(max_new_tokens=1)
+    parsed = [parse_setting(s) for s in ["full", "cached"] + [s for s in settings if s not in ("full", "cached")]]
+    rows = []
+    for context in contexts:
+        chunks, question = context_chunks(engine, context, question_tokens)
+        row = {"context_tokens": sum(c.length for c in chunks) + len(question), "passages": len(chunks) - 1,
+               "ttft_ms": {}}
+        for setting in parsed:
+            variant = setting.engine(engine)
+            row["ttft_ms"][setting.name] = 1e3 * timed(
+                lambda: variant.generate(question, one, chunks, setting.mode), engine.device, repeat)
+        full = row["ttft_ms"]["full"]
+        row["full_over"] = {name: full / ms for name, ms in row["ttft_ms"].items()}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        del chunks
+        if engine.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    return rows
+
+
+def print_table(rows: list[dict], title: str) -> None:
+    names = list(rows[0]["ttft_ms"])
+    print(f"\n{title}\n")
+    print("| context | passages | " + " | ".join(f"{n} ms (full / it)" for n in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for r in rows:
+        cells = " | ".join(f"{r['ttft_ms'][n]:.1f} ({r['full_over'][n]:.1f}x)" for n in names)
+        print(f"| {r['context_tokens']} | {r['passages']} | {cells} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m cascade_rag.benchmarks.recompute_bench",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="a checkpoint folder (default: --shape's random weights)")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="qwen3-0.6b")
+    p.add_argument("--tokenizer", help="tokenizer files for --shape (default: the embedded model's)")
+    p.add_argument("--device")
+    p.add_argument("--dtype")
+    p.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
+    p.add_argument("--settings", default="blend,blend:first16", help="settings besides full and cached "
+                   "(rag.fidelity's names: blend, blend:0.3, blend:first16, ...)")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    model = args.model
+    if not model:
+        from cascade_rag.engine import embedded_model_path
+        model = shape_checkpoint(args.shape, tempfile.mkdtemp(), args.tokenizer or embedded_model_path())
+    device = args.device or default_device()
+    engine = LLMEngine(model, device=device, dtype=args.dtype or default_dtype(device))
+    rows = run(engine, [int(c) for c in args.contexts.split(",")], args.settings.split(","), args.repeat)
+    name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    print_table(rows, f"{args.model or args.shape}, {engine.dtype}, {name}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"model": args.model or args.shape, "device": name, "dtype": str(engine.dtype), "rows": rows},
+                      f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Selective recompute: level 0, then the stored document chunks laid one after the other (as a full prefill lays
+them), with a chosen part of the documents' tokens computed again over everything before them, so that they see
+the documents ahead of them; the other rows keep their stored K/V. Two ways of choosing, alone or together:
+
+- CacheBlend (Yao et al. 2025), `ratio`: every document token is recomputed through the second layer (the first
+  whose KV depends on the context), where the deviation of its values from the stored ones is measured; at every
+  later layer only the `ratio` share that deviates most is recomputed. The documents are copied (keys turned to
+  their new positions) into a per-request buffer that the recomputed rows overwrite.
+- EPIC (Hu et al. 2024), `prefix`: each document's first `prefix` tokens, at every layer, measured nothing. Only
+  those rows are computed, into a per-request buffer of just them; the stored rows after them are read in place
+  (their position shift applied to the query), so the documents are never copied.
+
+Either way the selected tokens run in one pass per layer, each attending under a key limit of its own position
+(kernels.chunk_attention.limited: the Triton kernel on CUDA), and the stored chunks are not modified. The result
+is a list of chunks that the question is prefilled over as in `cached` (CUDA graphs included)."""
+import math
+
+import torch
+
+from cascade_rag.kernels.rope import rotate
+
+from .attention import AttentionContext, KVBuffer
+from .kv_chunk import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk
+from .model import Decoder
+from .options import Recompute
+
+
+class LimitedAttention:
+    """The attention backend of a selective recompute: the new tokens over the context chunks followed by the own
+    buffer's first `own_rows` rows (none: the context alone), token i seeing the first limits[i] keys of that
+    range (laid in position order: limits are positions + 1)."""
+
+    def __init__(self, limits: torch.Tensor, own_rows: int):
+        self.limits, self.own_rows = limits, own_rows
+
+    def attend(self, ctx, layer, q, k, v, rotary, ops):
+        queries = ops.rope_store(q, k, v, rotary)
+        keys = [chunk[layer] for chunk in ctx.keys]
+        values = [chunk[layer] for chunk in ctx.values]
+        if self.own_rows:
+            keys.append(ctx.own.keys[layer, :self.own_rows])
+            values.append(ctx.own.values[layer, :self.own_rows])
+        else:
+            queries = queries[:-1]
+        return ops.limited_attention(queries, keys, values, q.shape[-1] ** -0.5, self.limits)
+
+
+class SelectiveRecompute:
+    """Runs a Recompute for the decoder `model` in `dtype` on `device`."""
+
+    def __init__(self, model: Decoder, dtype: torch.dtype, device: str):
+        self.model, self.config, self.dtype, self.device = model, model.config, dtype, device
+
+    def __call__(self, chunks: list[KVChunk], recompute: Recompute) -> list[KVChunk]:
+        if not chunks or chunks[0].level != LEVEL_SYSTEM or chunks[0].start != 0:
+            raise ValueError("blend needs the level-0 chunk first, at position 0")
+        level0, documents = chunks[0], chunks[1:]
+        start = level0.length
+        places = [start + sum(c.length for c in documents[:i]) for i in range(len(documents))]
+        end = start + sum(c.length for c in documents)
+        if end > self.config.max_position:
+            raise ValueError(f"sequence of {end} tokens exceeds the model's {self.config.max_position} positions")
+        for chunk, place in zip(documents, places):
+            if place < chunk.start:
+                raise ValueError(f"a chunk at canonical position {chunk.start} cannot be placed before it")
+        if not documents:
+            return [level0]
+        with torch.inference_mode():
+            if recompute.ratio is not None:
+                return self._blend(level0, documents, places, recompute)
+            return self._prefixes(level0, documents, places, recompute.prefix)
+
+    def _run(self, token_ids, positions, slots, ctx, backend, measured=None, choose=None) -> None:
+        """The tokens through every layer, their KV written at `slots` of ctx.own; after layer `measured`, on
+        with the indices choose() gives (sorted)."""
+        x = self.model.embed_tokens(token_ids)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, positions, slots, ctx, self.model.rotary)
+            if i == measured:
+                chosen = choose()
+                if len(chosen) == 0:
+                    return
+                x, positions, slots = x[chosen], positions[chosen], slots[chosen]
+                backend.limits = backend.limits[chosen]
+
+    def _blend(self, level0, documents, places, recompute: Recompute) -> list[KVChunk]:
+        n = sum(c.length for c in documents)
+        start = places[0]
+        own = KVBuffer.empty(self.config, n, self.dtype, self.device)
+        cos, sin = self.model.rotary.cos, self.model.rotary.sin
+        for chunk, place in zip(documents, places):  # the stored keys turned to their new positions
+            shift, rows = place - chunk.start, slice(place - start, place - start + chunk.length)
+            own.keys[:, rows] = rotate(chunk.keys.to(self.device), cos[shift], sin[shift])
+            own.values[:, rows] = chunk.values.to(self.device)
+        measured = min(1, self.config.num_layers - 1)
+        stored_values = own.values[measured].clone()
+        first = torch.tensor([p - start + i for c, p in zip(documents, places) for i in range(min(recompute.prefix,
+                              c.length))], dtype=torch.int64, device=self.device)
+
+        def choose() -> torch.Tensor:  # the tokens whose values deviate most at the measured layer, and the prefixes
+            deviation = (own.values[measured] - stored_values).float().square().sum(dim=(-2, -1))
+            top = deviation.topk(math.ceil(recompute.ratio * n)).indices
+            return torch.cat((top, first)).unique(sorted=True)
+        positions = torch.arange(start, start + n, device=self.device)
+        backend = LimitedAttention(positions + 1, own_rows=n)
+        ctx = AttentionContext(keys=[level0.keys.to(self.device)], values=[level0.values.to(self.device)],
+                               shifts=torch.zeros(1, dtype=torch.int64, device=self.device), own=own, backend=backend)
+        token_ids = [t for c in documents for t in c.token_ids]
+        self._run(torch.tensor(token_ids, dtype=torch.int64, device=self.device), positions,
+                  torch.arange(n, device=self.device), ctx, backend, measured, choose)
+        return [level0, KVChunk(level=LEVEL_DOCUMENT, token_ids=token_ids, start=start, keys=own.keys,
+                                values=own.values, fingerprint=level0.fingerprint)]
+
+    def _prefixes(self, level0, documents, places, prefix: int) -> list[KVChunk]:
+        counts = [min(prefix, c.length) for c in documents]
+        m = sum(counts)
+        if m == 0:
+            return [level0, *documents]
+        own = KVBuffer.empty(self.config, m, self.dtype, self.device)
+        out, shifts, row = [level0], [0], 0
+        for chunk, place, k in zip(documents, places, counts):
+            chunk = chunk.to(self.device)
+            if k:  # the recomputed rows: keys rotated at their placed positions (shift 0)
+                out.append(KVChunk(LEVEL_DOCUMENT, chunk.token_ids[:k], place, own.keys[:, row:row + k],
+                                   own.values[:, row:row + k], chunk.fingerprint))
+                shifts.append(0)
+                row += k
+            if k < chunk.length:  # the stored rows after them, in place
+                out.append(KVChunk(LEVEL_DOCUMENT, chunk.token_ids[k:], chunk.start + k, chunk.keys[:, k:],
+                                   chunk.values[:, k:], chunk.fingerprint))
+                shifts.append(place - chunk.start)
+        positions = torch.tensor([p + i for p, k in zip(places, counts) for i in range(k)], dtype=torch.int64,
+                                 device=self.device)
+        backend = LimitedAttention(positions + 1, own_rows=0)
+        ctx = AttentionContext(keys=[c.keys.to(self.device) for c in out],
+                               values=[c.values.to(self.device) for c in out],
+                               shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own,
+                               backend=backend)
+        token_ids = [t for c, k in zip(documents, counts) for t in c.token_ids[:k]]
+        self._run(torch.tensor(token_ids, dtype=torch.int64, device=self.device), positions,
+                  torch.arange(m, device=self.device), ctx, backend)
+        return out

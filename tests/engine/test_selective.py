@@ -1,0 +1,91 @@
+"""Selective recompute (engine.selective): EPIC's recomputed prefixes over stored rows read in place, CacheBlend
+with prefixes, and the engine variants that eval measures side by side."""
+import pytest
+import torch
+
+from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, Recompute, SamplingParams
+
+from .test_kv_chunks import DOCS, QUESTION, SYSTEM
+
+
+def stored(engine):
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    return [level0] + [engine.prefill_chunk(d, [level0], LEVEL_DOCUMENT, "fp") for d in (DOCS[2], DOCS[0], DOCS[1])]
+
+
+def test_prefixes_covering_every_document_are_a_full_prefill(tiny_checkpoint):
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    chunks = stored(engine)
+    before = [(c.keys.clone(), c.values.clone()) for c in chunks]
+    full = engine.logits(chunks, QUESTION, "full")
+    every = Recompute(None, max(len(d) for d in DOCS))
+    assert (engine.logits(chunks, QUESTION, "blend", every) - full).abs().max() <= 1e-4
+    params = SamplingParams(max_new_tokens=16)
+    assert (engine.variant(blend=every).generate(QUESTION, params, chunks, "blend").token_ids
+            == engine.generate(QUESTION, params, chunks, "full").token_ids)
+    assert all(torch.equal(c.keys, k) and torch.equal(c.values, v) for c, (k, v) in zip(chunks, before))
+
+
+def test_prefixes_recompute_only_their_rows_and_read_the_rest_in_place(tiny_checkpoint):
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    chunks = stored(engine)
+    blended = engine.blend(chunks, ratio=None, prefix=2)
+    # level 0, then per document its two recomputed rows and its stored rows after them (a 1-token document: its
+    # one row recomputed, nothing stored after it)
+    assert [c.length for c in blended] == [len(SYSTEM), 2, len(DOCS[2]) - 2, 2, len(DOCS[0]) - 2, 1]
+    assert [c.start for c in blended] == [0, len(SYSTEM), len(SYSTEM) + 2, len(SYSTEM) + len(DOCS[2]),
+                                          len(SYSTEM) + 2, len(SYSTEM) + len(DOCS[2]) + len(DOCS[0])]
+    assert blended[2].keys.data_ptr() == chunks[1].keys[:, 2:].data_ptr()  # not copied
+    # the first document saw exactly level 0 when stored: its recomputed rows are its stored ones
+    assert (blended[1].values - chunks[1].values[:, :2]).abs().max() <= 1e-5
+    assert (blended[1].keys - chunks[1].keys[:, :2]).abs().max() <= 1e-5
+    # a later document's first rows now see the documents before it
+    assert (blended[3].values[1:] - chunks[2].values[1:, :2]).abs().max() > 1e-4
+    # nothing recomputed: the documents laid one after the other, as they are
+    assert engine.blend(chunks, ratio=None) == chunks
+    laid = engine.logits(chunks, QUESTION, "blend", Recompute(None, 0))
+    assert (laid - engine.logits(chunks, QUESTION, "cached")).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="at least 0 tokens"):
+        Recompute(None, -1)
+
+
+def test_blend_with_prefixes_recomputes_both(tiny_checkpoint):
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    chunks = stored(engine)
+    n = sum(len(d) for d in DOCS)
+    stored_values = torch.cat([c.values for c in chunks[1:]], dim=1)
+    blended = engine.blend(chunks, ratio=0.0, prefix=3)[1]
+    changed = (blended.values[2:] - stored_values[2:]).abs().amax(dim=(0, 2, 3)) > 1e-5
+    second = len(DOCS[2])  # the second document's first three rows are recomputed at every layer
+    assert changed[second:second + 3].all() and changed.sum() <= 3 + 1  # and the third's only row
+    assert blended.length == n
+
+
+def test_variants_share_the_model_and_change_only_the_composition(tiny_checkpoint):
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    chunks = stored(engine)
+    warmer = engine.variant(document_temperature=1.0)
+    assert warmer.model is engine.model and engine.options.document_temperature == 0.9
+    assert (warmer.logits(chunks, QUESTION) - engine.logits(chunks, QUESTION)).abs().max() > 1e-5
+    with pytest.raises(ValueError, match="composition only, not dtype"):
+        engine.variant(dtype="bf16")
+
+
+@pytest.mark.interpreter
+def test_graph_steps_over_recomputed_prefixes_equal_eager(tmp_path, tokenizer_dir):
+    """The recomputed rows and the stored ones after them through the graph decoder's tables and its Triton
+    kernels (in the interpreter on the CPU) against eager decode. The recompute itself runs the references here
+    (the CPU's dispatch); its kernels are checked in tests/kernels (test_limited_attention, test_rope_rmsnorm: a
+    query rotated for a chunk placed after it)."""
+    from cascade_rag.engine.cuda_graph import GraphDecoder
+    from tests.helpers import make_tiny_checkpoint
+    path = make_tiny_checkpoint(tmp_path / "q", "qwen3-gqa-untied", tokenizer_dir, head_dim=64)
+    engine = LLMEngine(path, device="cpu", dtype="fp32", graph_own_tokens=64, blend=Recompute(None, 4))
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    chunks = [level0] + [engine.prefill_chunk([20 + i + 40 * j for i in range(n)], [level0], LEVEL_DOCUMENT, "fp")
+                         for j, n in enumerate((20, 30, 25))]
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    engine.graphs = None
+    eager = engine.generate(QUESTION, params, chunks, "blend").token_ids
+    engine.graphs = GraphDecoder(engine.model, engine.options, engine.dtype, "cpu")
+    assert engine.generate(QUESTION, params, chunks, "blend").token_ids == eager and len(eager) == 6
