@@ -8,6 +8,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from cascade_rag.kernels.kv_quant import dense
 from cascade_rag.kernels.rope import RotaryInputs
 
 from .config import ModelConfig
@@ -93,7 +94,7 @@ class MaskedAttention:
     def attend(self, ctx, layer, q, k, v, rotary, ops):
         queries = ops.rope_store(q, k, v, rotary)
         end = ctx.mask.shape[1] - sum(chunk.shape[1] for chunk in ctx.keys)
-        keys, values = (torch.cat([chunk[layer] for chunk in chunks] + [buffer[layer, :end]])
+        keys, values = (torch.cat([dense(chunk[layer], q.dtype) for chunk in chunks] + [buffer[layer, :end]])
                         for chunks, buffer in ((ctx.keys, ctx.own.keys), (ctx.values, ctx.own.values)))
         return _sdpa(queries[-1], keys, values, attn_mask=ctx.mask)
 

@@ -5,6 +5,7 @@ import math
 
 import torch
 
+from cascade_rag.kernels.kv_quant import dense
 from cascade_rag.kernels.rope import rotate
 
 from .attention import AttentionContext, KVBuffer
@@ -34,7 +35,7 @@ class Composer:
             raise ValueError(f"start {start} leaves no room for {total} context tokens before it")
         shifts, position = [], 0 if start is None else start - total
         for chunk in chunks:
-            if chunk.keys.dtype != self.dtype:
+            if chunk.kv_format == "dtype" and chunk.keys.dtype != self.dtype:
                 raise ValueError(f"chunk dtype {chunk.keys.dtype} does not match the engine dtype {self.dtype}")
             shifts.append(0 if canonical else position - chunk.start)
             position = max(position, chunk.start + chunk.length) if canonical else position + chunk.length
@@ -120,9 +121,9 @@ class Composer:
                 shift = start + offset - chunk.start  # the stored keys turned from canonical to placed positions
                 if shift < 0:
                     raise ValueError(f"a chunk at canonical position {chunk.start} cannot be placed before it")
-                ctx.own.keys[:, offset:offset + chunk.length] = rotate(chunk.keys.to(self.device), cos[shift],
-                                                                       sin[shift])
-                ctx.own.values[:, offset:offset + chunk.length] = chunk.values.to(self.device)
+                keys, values = (dense(t.to(self.device), self.dtype) for t in (chunk.keys, chunk.values))
+                ctx.own.keys[:, offset:offset + chunk.length] = rotate(keys, cos[shift], sin[shift])
+                ctx.own.values[:, offset:offset + chunk.length] = values
             measured = min(1, self.config.num_layers - 1)
             stored_values = ctx.own.values[measured].clone()
             token_ids = [t for c in documents for t in c.token_ids]

@@ -9,7 +9,7 @@ from .pipeline import RAG
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
 from .request_queue import RequestQueue
-from .store import NoDocuments
+from .store import NoDocuments, StoreError
 from .wire import PROTO_TO_MODE
 
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
@@ -37,6 +37,8 @@ class AnswerService(pb_grpc.AnswerServicer):
                 invalid(context, "top_k/max_tokens", str(exc))
             except NoDocuments:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, NO_DOCUMENTS)
+            except StoreError as exc:  # e.g. a data directory of another KV format
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         a = stream.answer
         timings = pb.Timings(
             queue_time_ns=ns(queued_s), retrieval_time_ns=ns(a.retrieval_s), chunks_time_ns=ns(a.chunks_s),

@@ -22,6 +22,7 @@ class Answerer:
         self.retriever.require_documents()
         began = time.perf_counter()
         self.provider.model()  # loaded here: a mismatch with the store raises from ask(), not from the stream
+        self.provider.check_kv_format()
         hits = self.retriever.search(question, top_k)
         answer = Answer(question, mode, [s for s, _ in hits], retrieval_s=time.perf_counter() - began)
         return AnswerStream(answer, self._stream(answer, [p for _, p in hits], params, began))
@@ -30,6 +31,7 @@ class Answerer:
         """See RAG.composition."""
         check_query(question, top_k)
         model = self.provider.model()
+        self.provider.check_kv_format()
         hits = self.retriever.search(question, top_k)
         answer = Answer(question, "cached", [s for s, _ in hits])
         with self.provider.lock:

@@ -50,7 +50,7 @@ class ChunkProvider:
         with self.lock:
             if self._model is None:
                 o = self.options
-                engine = LLMEngine(o.model, device=o.device, dtype=o.dtype)
+                engine = LLMEngine(o.model, device=o.device, dtype=o.dtype, kv_format=o.kv_format)
                 template = PromptTemplate.from_tokenizer(engine.tokenizer, o.system_prompt)
                 fingerprint = engine.fingerprint(o.system_prompt)
                 self.manifest.check("fingerprint", fingerprint, "the model, its dtype or the system prompt")
@@ -58,6 +58,12 @@ class ChunkProvider:
                 tiers = TieredChunkCache(o.device, o.cache_bytes, o.cpu_cache_bytes)
                 self._model = Model(engine, template, fingerprint, level0, tiers)
             return self._model
+
+    def check_kv_format(self) -> None:
+        """Raises KVFormatMismatch when the data directory's chunks are in another KV format than this process's
+        (checked where chunks are read or written, not when the model loads: a server still starts, and refuses
+        those calls)."""
+        self.manifest.check_kv_format(self.options.kv_format)
 
     def key(self, token_ids: list[int]) -> str:
         return chunk_key(self.model().fingerprint, token_ids)

@@ -65,8 +65,10 @@ class Lookup:
 
 
 class ChunkStore:
-    def __init__(self, backend: ChunkBackend):
-        self.backend = backend
+    """Chunks in one KV format (`kv_format`, engine KV_FORMATS) over a backend: an entry in another is a miss."""
+
+    def __init__(self, backend: ChunkBackend, kv_format: str = "dtype"):
+        self.backend, self.kv_format = backend, kv_format
 
     def contains(self, key: str) -> bool:
         return self.backend.contains(key)
@@ -81,12 +83,15 @@ class ChunkStore:
         if data is None:
             return Lookup(None)
         try:
-            return Lookup(decode(data, fingerprint, device, pin, f"KV chunk {key}"))
+            return Lookup(decode(data, fingerprint, device, pin, f"KV chunk {key}", self.kv_format))
         except KVChunkError as exc:
             return Lookup(None, str(exc))
 
     def put(self, key: str, chunk: KVChunk) -> None:
-        """Stores the chunk; on failure removes what may have been written and raises ChunkWriteError."""
+        """Stores the chunk (in the store's KV format); on failure removes what may have been written and raises
+        ChunkWriteError."""
+        if chunk.kv_format != self.kv_format:
+            raise ValueError(f"a chunk in KV format {chunk.kv_format} given to a store of {self.kv_format}")
         data = encode(chunk)
         try:
             self.backend.put(key, data)

@@ -10,8 +10,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .cli_error import CLIError  # noqa: E402
-from .cli_options import (add_answer_options, add_data_dir, add_model_options, add_server_options,  # noqa: E402
-                          open_rag, sampling)
+from .cli_options import (add_answer_options, add_data_dir, add_kv_format, add_model_options,  # noqa: E402
+                          add_server_options, open_rag, sampling)
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cascade-rag", description="Retrieval-augmented generation over "
@@ -35,6 +35,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no estimate line and no progress bar (the limits are "
                                                         "still checked)")
     add_model_options(p)
+    add_kv_format(p)
 
     p = sub.add_parser("ask", help="answer a question from the ingested documents")
     p.add_argument("question", help="the question, in quotes")
@@ -44,6 +45,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="cached: stored KV chunks (default); full: one prefill of the same tokens; blend: stored "
                         "chunks with the 15%% of document tokens that their neighbours change most recomputed")
     add_model_options(p)
+    add_kv_format(p)
     p.add_argument("--server", metavar="HOST:PORT", help="ask a running `cascade-rag serve` over gRPC instead")
     add_server_options(p)
 
@@ -86,6 +88,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
     add_model_options(p)
+    add_kv_format(p)
 
     p = sub.add_parser("health", help="exit 0 when a server answers SERVING to the gRPC health check")
     p.add_argument("--server", metavar="HOST:PORT", default="127.0.0.1:50051", help="default 127.0.0.1:50051")
