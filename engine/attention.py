@@ -2,7 +2,7 @@
 position shifts and query scales, an optional explicit mask) and the attention backends that the decoder is given
 through the context: chunk attention over a list of chunks, masked and causal SDPA, and (engine.cuda_graph) a
 CUDA graph's prebuilt chunk table."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -55,6 +55,16 @@ class AttentionContext:
     mask: torch.Tensor | None = None
     scales: torch.Tensor | None = None  # [C] fp32: each context chunk's query scale (its scores' 1 / temperature)
     backend: AttentionBackend | None = None
+    arrivals: list = field(default_factory=list)  # context chunks' layers still arriving (engine.chunk_stream)
+
+    def arrive(self, layer: int) -> None:
+        """Waits until every context chunk's `layer` is on the device (and orders the stream after it)."""
+        for arrival in self.arrivals:
+            arrival.wait(layer)
+
+    @property
+    def pending(self) -> bool:
+        return any(a.pending for a in self.arrivals)
 
     def attention(self) -> AttentionBackend:
         """The backend of the next forward pass."""

@@ -84,23 +84,50 @@ def encode(chunk: KVChunk) -> bytes:
     return save_tensors({name: t.contiguous() for name, t in tensors_of(chunk).items()}, metadata=metadata)
 
 
-def _tensors(data: memoryview) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(metadata, tensors viewing `data`) of safetensors bytes; ValueError where they are not whole."""
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > len(data) - 8:
-        raise ValueError(f"header of {size} bytes in {len(data)}")
-    header = json.loads(bytes(data[8:8 + size]))
-    metadata, base, tensors = header.pop("__metadata__", {}), 8 + size, {}
+def layout(data, size: int) -> tuple[dict, dict[str, tuple[torch.dtype, list[int], int, int]]]:
+    """(metadata, {name: (dtype, shape, first byte, end byte)}) of a safetensors file of `size` bytes from its
+    first bytes `data` (the 8-byte length and the header); ValueError where they are not whole."""
+    (length,) = struct.unpack("<Q", bytes(data[:8]))
+    if length > size - 8:
+        raise ValueError(f"header of {length} bytes in {size}")
+    header = json.loads(bytes(data[8:8 + length]))
+    metadata, base, entries = header.pop("__metadata__", {}), 8 + length, {}
     for name in PACKED_TENSORS if metadata.get("kv_format", "dtype") != "dtype" else ("keys", "values"):
         entry = header[name]
         dtype, (begin, end) = DTYPES[entry["dtype"]], entry["data_offsets"]
-        count = end - begin
-        if begin < 0 or base + end > len(data) or count != torch.Size(entry["shape"]).numel() * dtype.itemsize:
+        if begin < 0 or base + end > size or end - begin != torch.Size(entry["shape"]).numel() * dtype.itemsize:
             raise ValueError(f"tensor {name} out of bounds")
-        flat = torch.frombuffer(data, dtype=dtype, count=count // dtype.itemsize, offset=base + begin) \
-            if count else torch.empty(0, dtype=dtype)
-        tensors[name] = flat.view(entry["shape"])
+        entries[name] = (dtype, entry["shape"], base + begin, base + end)
+    return metadata, entries
+
+
+def header_bytes(data) -> int:
+    """How many first bytes of a chunk file `layout` needs (from its first 8)."""
+    return 8 + struct.unpack("<Q", bytes(data[:8]))[0]
+
+
+def _tensors(data: memoryview) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors viewing `data`) of safetensors bytes; ValueError where they are not whole."""
+    metadata, entries = layout(data, len(data))
+    tensors = {}
+    for name, (dtype, shape, begin, end) in entries.items():
+        flat = torch.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin) \
+            if end > begin else torch.empty(0, dtype=dtype)
+        tensors[name] = flat.view(shape)
     return metadata, tensors
+
+
+def check_identity(metadata: dict, fingerprint: str, name: str, kv_format: str | None) -> None:
+    """Refuses (FingerprintMismatch, KVChunkError) a chunk of another format version, model or KV format."""
+    version = int(metadata["format_version"])
+    if version != FORMAT_VERSION:
+        raise FingerprintMismatch(f"{name} has format version {version}, expected {FORMAT_VERSION}")
+    if metadata["fingerprint"] != fingerprint:
+        raise FingerprintMismatch(f"{name} was made with fingerprint {metadata['fingerprint']}, the running model, "
+                                  f"system prompt and dtype have {fingerprint}")
+    stored = metadata.get("kv_format", "dtype")
+    if kv_format is not None and stored != kv_format:
+        raise KVChunkError(f"{name} is in KV format {stored}, the store's is {kv_format}")
 
 
 def chunk_of(metadata: dict, tensors: dict[str, torch.Tensor]) -> KVChunk:

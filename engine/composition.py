@@ -52,6 +52,7 @@ class Composer:
         ctx = AttentionContext(
             keys=[c.keys.to(self.device) for c in chunks], values=[c.values.to(self.device) for c in chunks],
             shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own, scales=scales,
+            arrivals=[c.arrival for c in chunks if c.arrival is not None and c.arrival.pending],
         )
         return ctx, position
 
@@ -109,6 +110,9 @@ class Composer:
         if not 0 <= ratio <= 1:
             raise ValueError(f"the blend ratio must be within [0, 1], got {ratio}")
         level0, documents = chunks[0], chunks[1:]
+        for chunk in documents:  # read whole below: every layer must have arrived
+            if chunk.arrival is not None:
+                chunk.arrival.wait_all()
         if not documents:
             return [level0]
         n = sum(c.length for c in documents)

@@ -128,7 +128,9 @@ class LLMEngine:
         sampler = Sampler(params, torch.device(self.device))
         if graphs:
             graphs.prepare(ctx, own_tokens, prompt, start)
-            stepper = GraphStepper(graphs, self.model, ctx, prompt, start, sampler, graph_prefill=mode != "full")
+            # chunks still arriving: the prefill runs eagerly, waiting for each layer before its attention
+            stepper = GraphStepper(graphs, self.model, ctx, prompt, start, sampler,
+                                   graph_prefill=mode != "full" and not ctx.pending)
         else:
             stepper = EagerStepper(self.model, ctx, prompt, start, sampler, self.device)
         prompt_tokens = len(prompt) + (context_tokens if mode != "full" else 0)

@@ -1,4 +1,4 @@
-"""Whole files: written atomically, mapped as one writable buffer."""
+"""Whole files: written atomically, mapped as one writable buffer, or read by range (FileSource)."""
 import mmap
 import os
 from pathlib import Path
@@ -27,3 +27,25 @@ def read_buffer(path: Path) -> bytearray | mmap.mmap:
         if size == 0:
             return bytearray()
         return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+
+
+class FileSource:
+    """A file's bytes read by range (os.preadv: no mapping, no copy but the one into the caller's buffer)."""
+
+    def __init__(self, path: Path):
+        self.path, self.name = Path(path), f"KV chunk {path}"
+
+    def size(self) -> int:
+        return os.stat(self.path).st_size
+
+    def read_into(self, offset: int, out: memoryview) -> None:
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            done = 0
+            while done < len(out):
+                n = os.preadv(fd, [out[done:]], offset + done)
+                if n <= 0:
+                    raise OSError(f"{self.path} ends at byte {offset + done}, before {offset + len(out)}")
+                done += n
+        finally:
+            os.close(fd)

@@ -1,6 +1,7 @@
 """KVChunk: the keys and values of one token sequence at its canonical positions (its bytes: chunk_format), in the
 model's dtype or packed in a compressed KV format (kernels.kv_quant)."""
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 
@@ -30,6 +31,8 @@ class KVChunk:
     keys: torch.Tensor | PackedKV    # [layers, n, kv_heads, head_dim], rotated at positions start..start+n-1
     values: torch.Tensor | PackedKV
     fingerprint: str
+    # the layers still arriving from storage (engine.chunk_stream.LayerArrival), None when all are there
+    arrival: Any = field(default=None, compare=False, repr=False)
 
     @property
     def length(self) -> int:

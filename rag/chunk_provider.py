@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, LLMEngine, TieredChunkCache
+from cascade_rag.engine.chunk_stream import ChunkStreamer
 
 from .chunk_store import ChunkStore, ChunkWriteError, chunk_key
 from .manifest import Manifest
@@ -15,6 +16,7 @@ from .options import RAGOptions
 from .prompt import PromptTemplate
 
 log = logging.getLogger("cascade_rag")
+STREAM_WORKERS = 8  # threads that read, check and copy streamed chunks
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class ChunkProvider:
         self.options, self.chunks, self.manifest = options, chunks, manifest
         self.lock = threading.RLock()  # the engine, the level-0 chunk and the tiers
         self._model: Model | None = None
+        self.streamer: ChunkStreamer | None = None  # threads of streamed loads, made on first use
 
     @property
     def loaded(self) -> bool:
@@ -85,14 +88,51 @@ class ChunkProvider:
             found = self.chunks.get(key, m.fingerprint, "cpu", pin=m.tiers.pins)
             if found.chunk is not None:
                 return Served(m.tiers.admit(key, found.chunk), "disk")
-            warning = f"{found.problem or f'KV chunk of passage {label} is missing'}; recomputing it"
-            log.warning(warning)
-            chunk = m.engine.prefill_chunk(token_ids, [m.level0], LEVEL_DOCUMENT, m.fingerprint)
-            try:
-                self.chunks.put(key, chunk)
-            except ChunkWriteError as exc:
-                log.warning(f"could not store the recomputed chunk: {exc}")
-            return Served(m.tiers.admit(key, chunk), "recomputed", warning)
+            return self._recompute(key, token_ids, label, found.problem)
+
+    def serve_streamed(self, passages: list[tuple[str, list[int], str]]) -> list[Served]:
+        """serve() of several passages (key, token ids, label), those in neither tier loaded from the store
+        together, streamed layer by layer to the device (engine.chunk_stream: the request's prefill starts while
+        they arrive) and kept in the device tier. A layer that fails its check fails the request that waits for
+        it: `forget` the chunk, then serve it again (recomputed)."""
+        m = self.model()
+        with self.lock:
+            served, misses = {}, []
+            for i, (key, _, _) in enumerate(passages):
+                chunk, tier = m.tiers.lookup(key)
+                if chunk is not None:
+                    served[i] = Served(chunk, tier)
+                else:
+                    misses.append(i)
+            if self.streamer is None:
+                self.streamer = ChunkStreamer(STREAM_WORKERS)
+            found = self.chunks.stream([passages[i][0] for i in misses], m.fingerprint, m.engine.device,
+                                       self.streamer) if misses else []
+            for i, lookup in zip(misses, found):
+                key, token_ids, label = passages[i]
+                if lookup.chunk is not None:
+                    m.tiers.put(key, lookup.chunk)
+                    served[i] = Served(lookup.chunk, "disk")
+                else:
+                    served[i] = self._recompute(key, token_ids, label, lookup.problem)
+            return [served[i] for i in range(len(passages))]
+
+    def forget(self, key: str) -> None:
+        """Drops a chunk found bad while it was used: from the tiers and the store (its next use recomputes it)."""
+        with self.lock:
+            self.model().tiers.discard(key)
+            self.chunks.delete(key)
+
+    def _recompute(self, key: str, token_ids: list[int], label: str, problem: str | None) -> Served:
+        m = self.model()
+        warning = f"{problem or f'KV chunk of passage {label} is missing'}; recomputing it"
+        log.warning(warning)
+        chunk = m.engine.prefill_chunk(token_ids, [m.level0], LEVEL_DOCUMENT, m.fingerprint)
+        try:
+            self.chunks.put(key, chunk)
+        except ChunkWriteError as exc:
+            log.warning(f"could not store the recomputed chunk: {exc}")
+        return Served(m.tiers.admit(key, chunk), "recomputed", warning)
 
     def tokens_only(self, token_ids: list[int]) -> KVChunk:
         """A chunk with token ids and no KV: `full` mode prefills the tokens itself and never reads stored KV."""

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from cascade_rag.engine import KVChunk, KVChunkError
 from cascade_rag.engine.chunk_format import decode, encode
+from cascade_rag.engine.chunk_stream import BufferSource, ByteSource, ChunkStreamer
 
 log = logging.getLogger("cascade_rag")
 
@@ -36,6 +37,12 @@ class ChunkBackend(ABC):
     @abstractmethod
     def contains(self, key: str) -> bool:
         ...
+
+    def source(self, key: str) -> ByteSource | None:
+        """The bytes under key read by range (for loads streamed layer by layer), or None when there are none. By
+        default the whole of get(); a backend that can read ranges (a file) does better."""
+        data = self.get(key)
+        return None if data is None else BufferSource(data, f"KV chunk {key}")
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -86,6 +93,23 @@ class ChunkStore:
             return Lookup(decode(data, fingerprint, device, pin, f"KV chunk {key}", self.kv_format))
         except KVChunkError as exc:
             return Lookup(None, str(exc))
+
+    def stream(self, keys: list[str], fingerprint: str, device, streamer: ChunkStreamer) -> list[Lookup]:
+        """The chunks under keys on `device`, their layers arriving while they are used (engine.chunk_stream: each
+        layer is checked as it arrives, and a bad one fails the request that waits for it), or misses."""
+        sources, lookups = [], []
+        for key in keys:
+            try:
+                sources.append(self.backend.source(key))
+            except Exception as exc:
+                sources.append(KVChunkError(f"cannot read KV chunk {key}: {exc}"))
+        readable = [s for s in sources if s is not None and not isinstance(s, KVChunkError)]
+        loaded = iter(streamer.load(readable, fingerprint, device, self.kv_format) if readable else [])
+        for source in sources:
+            result = source if source is None or isinstance(source, KVChunkError) else next(loaded)
+            lookups.append(Lookup(None, None if result is None else str(result)) if not isinstance(result, KVChunk)
+                           else Lookup(result))
+        return lookups
 
     def put(self, key: str, chunk: KVChunk) -> None:
         """Stores the chunk (in the store's KV format); on failure removes what may have been written and raises
