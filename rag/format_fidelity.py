@@ -107,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             chunks, ids = rag.composition(q["question"], args.top_k)
             rows.append(dict(id=q["id"], **compare(engine, chunks, ids, formats, args.mode, args.tokens,
                                                    args.max_tokens, q["answers"])))
-            print(f"[{n}/{len(questions)}] {q['id']}: " + " ".join(
-                f"{f} top-1 {rows[-1][f]['top1_agreement']:.2f}" for f in formats), file=sys.stderr, flush=True)
+            print(f"[{n}/{len(questions)}] {json.dumps(rows[-1])}", file=sys.stderr, flush=True)
         summary = dict(summarize(rows, formats), mode=args.mode, tokens=args.tokens, max_tokens=args.max_tokens,
                        top_k=args.top_k, dtype_name=str(engine.dtype), distractors=args.distractors,
                        kv_bytes_per_token={f: _bytes(engine, f) for f in ["dtype"] + formats})
