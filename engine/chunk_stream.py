@@ -22,6 +22,7 @@ from .chunk_format import (LAYERS_CHECKSUM, check_identity, chunk_of, decode, he
 from .kv_chunk import KVChunk, KVChunkError
 
 HEADER_GUESS = 64 << 10  # first read of a file: its header fits in this for chunks of up to ~10,000 tokens
+TASK_BYTES = 4 << 20  # a thread's task reads at least this much (several layers of a small chunk) where it can
 
 
 class ByteSource(Protocol):
@@ -122,11 +123,14 @@ class ChunkStreamer:
             plans.append(plan)
         if ready is not None:
             ready.record()  # the tensors' memory is free for the copies' streams from here
-        for layer in range(max((len(p.digests) for p in plans), default=0)):
-            for plan in plans:
-                future = plan.arrival.futures[layer]
-                self.pool.submit(self._layer, plan, layer, ready).add_done_callback(
-                    lambda f, future=future, name=plan.source.name: _settle(future, f, name))
+        tasks = []  # (first layer, plan, layers): in layer order, so that the first layers arrive first
+        for plan in plans:
+            layer_bytes = sum(step for _, step in plan.ranges.values())
+            group = max(1, min(len(plan.digests), TASK_BYTES // max(1, layer_bytes)))
+            tasks += [(first, plan, range(first, min(first + group, len(plan.digests))))
+                      for first in range(0, len(plan.digests), group)]
+        for _, plan, layers in sorted(tasks, key=lambda t: t[0]):
+            self.pool.submit(self._layers, plan, layers, ready)
         return results
 
     def _head(self, source: ByteSource, fingerprint: str, kv_format: str | None):
@@ -162,8 +166,22 @@ class ChunkStreamer:
         except Exception as exc:
             return KVChunkError(f"{name} is truncated or corrupted: {exc!r}")
 
+    def _layers(self, plan: _Plan, layers: range, ready) -> None:
+        """Reads, verifies and copies layers of one chunk in order, settling each layer's future as it arrives (the
+        CUDA event after its copy, None on the CPU); a layer that fails fails it and the task's later ones."""
+        futures = plan.arrival.futures
+        for n, layer in enumerate(layers):
+            try:
+                futures[layer].set_result(self._layer(plan, layer, ready))
+            except Exception as exc:
+                if not isinstance(exc, KVChunkError):
+                    exc = KVChunkError(f"cannot read {plan.source.name}: {exc}" if isinstance(exc, OSError) else
+                                       f"{plan.source.name} could not be loaded: {exc!r}")
+                for later in layers[n:]:
+                    futures[later].set_exception(exc)
+                return
+
     def _layer(self, plan: _Plan, layer: int, ready):
-        """Reads, verifies and copies one layer of one chunk; the CUDA event after its copy (None on the CPU)."""
         digest = xxhash.xxh3_64()
         if ready is None:  # CPU: straight into the chunk's tensors
             for name, (begin, step) in plan.ranges.items():
@@ -206,14 +224,3 @@ def _check(plan: _Plan, layer: int, digest) -> None:
     if digest.hexdigest() != plan.digests[layer]:
         raise KVChunkError(f"{plan.source.name} is corrupted: checksum mismatch in layer {layer}")
 
-
-def _settle(future: Future, done: Future, name: str) -> None:
-    error = done.exception()
-    if error is None:
-        future.set_result(done.result())
-    elif isinstance(error, KVChunkError):
-        future.set_exception(error)
-    elif isinstance(error, OSError):
-        future.set_exception(KVChunkError(f"cannot read {name}: {error}"))
-    else:
-        future.set_exception(KVChunkError(f"{name} could not be loaded: {error!r}"))
