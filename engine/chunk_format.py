@@ -162,11 +162,7 @@ def decode(data: bytes | bytearray | memoryview, fingerprint: str, device="cpu",
         raise FingerprintMismatch(f"{name} has format version {version}, expected {FORMAT_VERSION}")
     if checksum(chunk, stored.split(":")[0] if ":" in stored else "sha256") != stored:
         raise KVChunkError(f"{name} is corrupted: checksum mismatch")
-    if kv_format is not None and chunk.kv_format != kv_format:
-        raise KVChunkError(f"{name} is in KV format {chunk.kv_format}, the store's is {kv_format}")
-    if chunk.fingerprint != fingerprint:
-        raise FingerprintMismatch(f"{name} was made with fingerprint {chunk.fingerprint}, the running model, "
-                                  f"system prompt and dtype have {fingerprint}")
+    check_identity(metadata, fingerprint, name, kv_format)
     if chunk.keys.shape != chunk.values.shape or chunk.keys.shape[1] != chunk.length:
         raise KVChunkError(f"{name} has inconsistent shapes {tuple(chunk.keys.shape)}")
     if torch.device(device).type != "cpu":
