@@ -41,7 +41,8 @@ class LLMEngine:
         self.model_id = model_identity(self.model_path)
         self.composer = Composer(self.model, self.dtype, self.device, self.options.document_temperature)
         self.graphs = None
-        if self.options.use_cuda_graphs and self.device.startswith("cuda") and self.config.head_dim in HEAD_DIMS:
+        on_device = self.device.startswith("cuda") or self.options.graph_steps_off_cuda
+        if self.options.use_cuda_graphs and on_device and self.config.head_dim in HEAD_DIMS:
             self.graphs = GraphDecoder(self.model, self.options, self.dtype, self.device)
 
     def fingerprint(self, system_prompt: str) -> str:

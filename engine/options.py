@@ -53,7 +53,8 @@ class EngineOptions:
     - use_cuda_graphs: on CUDA, decode steps and (in `cached` and `blend`) the question prefill replay CUDA graphs,
       within the limits graph_own_tokens (the request's own KV buffer: question + answer), graph_max_chunks
       (chunks + the own one), graph_max_question (longest question prefilled by a graph) and graph_min_bucket
-      (the shortest context bucket); larger requests run eagerly.
+      (the shortest context bucket); larger requests run eagerly. graph_steps_off_cuda: elsewhere than CUDA, run
+      the graph decoder's static steps uncaptured (slow; for tests of the graph path and its options on a CPU).
     - quantized_head: greedy graph steps read the LM head's int8 copy (kernels.lm_head; the token is the same).
     - document_temperature: divides the new tokens' scores over documents that share positions (`cached`).
     - prefill_batch_tokens: passage tokens prefilled in one forward pass at ingestion (default by device).
@@ -70,6 +71,7 @@ class EngineOptions:
     graph_max_chunks: int = 33
     graph_max_question: int = 512
     graph_min_bucket: int = 1024
+    graph_steps_off_cuda: bool = False
     quantized_head: bool = True
     document_temperature: float = DOCUMENT_TEMPERATURE
     prefill_batch_tokens: int | None = None

@@ -7,6 +7,8 @@ from cascade_rag.engine import MODES, KVChunk, KVChunkError, SamplingParams
 
 from .answer import Answer, AnswerStream
 from .chunk_provider import ChunkProvider
+from .collection import DEFAULT_COLLECTION
+from .filters import MetadataFilter
 from .retriever import Retriever, check_query
 from .store import Passage
 
@@ -15,16 +17,17 @@ class Answerer:
     def __init__(self, provider: ChunkProvider, retriever: Retriever):
         self.provider, self.retriever = provider, retriever
 
-    def ask(self, question: str, top_k: int, mode: str, params: SamplingParams) -> AnswerStream:
+    def ask(self, question: str, top_k: int, mode: str, params: SamplingParams,
+            collection: str = DEFAULT_COLLECTION, where: MetadataFilter | None = None) -> AnswerStream:
         """See RAG.ask."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         check_query(question, top_k)
-        self.retriever.require_documents()
+        self.retriever.require_documents(collection)
         began = time.perf_counter()
         self.provider.model()  # loaded here: a mismatch with the store raises from ask(), not from the stream
         self.provider.check_kv_format()
-        hits = self.retriever.search(question, top_k)
+        hits = self.retriever.search(question, top_k, collection, where)
         answer = Answer(question, mode, [s for s, _ in hits], retrieval_s=time.perf_counter() - began)
         return AnswerStream(answer, self._stream(answer, [p for _, p in hits], params, began))
 
@@ -40,12 +43,12 @@ class Answerer:
         for chunk in chunks:
             if chunk.arrival is not None:
                 chunk.arrival.wait_all()
-        return chunks, model.engine.tokenizer.encode(model.template.query(question))
+        return chunks, model.template.query_ids(model.engine.tokenizer, question)
 
     def _chunks(self, passages: list[Passage], answer: Answer) -> list[KVChunk]:
         """The passages' chunks (those from the store still arriving, layer by layer), their tiers counted."""
         chunks = []
-        for served in self.provider.serve_streamed([(p.chunk_key, p.token_ids, f"{p.pid} ({p.doc_id})")
+        for served in self.provider.serve_streamed([(p.chunk_key, p.token_ids, f"{p.pid} ({p.doc_id})", p.collection)
                                                     for p in passages]):
             answer.tiers[served.tier] = answer.tiers.get(served.tier, 0) + 1
             if served.warning:
@@ -57,7 +60,7 @@ class Answerer:
         """The generation over level 0, the passages' chunks and the question, and its first text delta (None:
         none). A chunk whose layer fails its check as it arrives is forgotten and the request runs again over it
         recomputed (a warning)."""
-        ids = model.engine.tokenizer.encode(model.template.query(answer.question))
+        ids = model.template.query_ids(model.engine.tokenizer, answer.question)
         for attempt in range(2):
             loaded = time.perf_counter()
             chunks = [model.level0] + (self._chunks(passages, answer) if answer.mode != "full" else

@@ -10,6 +10,8 @@ import torch
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, LLMEngine, TieredChunkCache
 from cascade_rag.engine.chunk_stream import ChunkStreamer
 
+from .chunk_identity import identity_problem
+from .collection import DEFAULT_COLLECTION
 from .chunk_store import ChunkStore, ChunkWriteError, chunk_key
 from .manifest import Manifest
 from .options import RAGOptions
@@ -68,8 +70,10 @@ class ChunkProvider:
         those calls)."""
         self.manifest.check_kv_format(self.options.kv_format)
 
-    def key(self, token_ids: list[int]) -> str:
-        return chunk_key(self.model().fingerprint, token_ids)
+    def key(self, token_ids: list[int], collection: str = DEFAULT_COLLECTION) -> str:
+        """The chunk key of a passage of the collection (the default collection's keys are those of stores made
+        before collections)."""
+        return chunk_key(self.model().fingerprint, token_ids, collection, self.options.kv_format)
 
     def prefill(self, batch: list[list[int]]) -> list[KVChunk]:
         """The level-1 chunks of passages' token ids, prefilled together after level 0."""
@@ -77,28 +81,34 @@ class ChunkProvider:
         with self.lock:
             return m.engine.prefill_chunks(batch, [m.level0], LEVEL_DOCUMENT, m.fingerprint)
 
-    def serve(self, key: str, token_ids: list[int], label: str) -> Served:
-        """The chunk of the passage `label` (its key and token ids), from the tiers or the store; on a miss,
-        prefilled again and stored again (a failure to store it is a warning: the answer goes on)."""
+    def serve(self, key: str, token_ids: list[int], label: str, collection: str = DEFAULT_COLLECTION) -> Served:
+        """The chunk of the passage `label` (its key, token ids and collection), from the tiers or the store; on a miss
+        (absent, unreadable, or not this passage's own chunk: chunk_identity), prefilled again and stored again (a
+        failure to store it is a warning: the answer goes on)."""
         m = self.model()
         with self.lock:
             chunk, tier = m.tiers.lookup(key)
             if chunk is not None:
                 return Served(chunk, tier)
             found = self.chunks.get(key, m.fingerprint, "cpu", pin=m.tiers.pins)
+            problem = found.problem
             if found.chunk is not None:
-                return Served(m.tiers.admit(key, found.chunk), "disk")
-            return self._recompute(key, token_ids, label, found.problem)
+                problem = identity_problem(found.chunk, key, token_ids, collection, m.level0.length,
+                                           f"KV chunk {key} of passage {label}")
+                if problem is None:
+                    return Served(m.tiers.admit(key, found.chunk), "disk")
+            return self._recompute(key, token_ids, label, problem)
 
-    def serve_streamed(self, passages: list[tuple[str, list[int], str]]) -> list[Served]:
-        """serve() of several passages (key, token ids, label), those in neither tier loaded from the store
-        together, streamed layer by layer to the device (engine.chunk_stream: the request's prefill starts while
-        they arrive) and kept in the device tier. A layer that fails its check fails the request that waits for
+    def serve_streamed(self, passages: list[tuple[str, list[int], str, str]]) -> list[Served]:
+        """serve() of several passages (key, token ids, label, collection), those in neither tier loaded from the
+        store together, streamed layer by layer to the device (engine.chunk_stream: the request's prefill starts
+        while they arrive) and kept in the device tier; each checked to be its passage's own (chunk_identity) from
+        its header, before any of its layers is used. A layer that fails its check fails the request that waits for
         it: `forget` the chunk, then serve it again (recomputed)."""
         m = self.model()
         with self.lock:
             served, misses = {}, []
-            for i, (key, _, _) in enumerate(passages):
+            for i, (key, _, _, _) in enumerate(passages):
                 chunk, tier = m.tiers.lookup(key)
                 if chunk is not None:
                     served[i] = Served(chunk, tier)
@@ -109,12 +119,16 @@ class ChunkProvider:
             found = self.chunks.stream([passages[i][0] for i in misses], m.fingerprint, m.engine.device,
                                        self.streamer) if misses else []
             for i, lookup in zip(misses, found):
-                key, token_ids, label = passages[i]
+                key, token_ids, label, collection = passages[i]
+                problem = lookup.problem
                 if lookup.chunk is not None:
+                    problem = identity_problem(lookup.chunk, key, token_ids, collection, m.level0.length,
+                                               f"KV chunk {key} of passage {label}")
+                if problem is None:
                     m.tiers.put(key, lookup.chunk)
                     served[i] = Served(lookup.chunk, "disk")
                 else:
-                    served[i] = self._recompute(key, token_ids, label, lookup.problem)
+                    served[i] = self._recompute(key, token_ids, label, problem)
             return [served[i] for i in range(len(passages))]
 
     def forget(self, key: str) -> None:

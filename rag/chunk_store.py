@@ -13,13 +13,20 @@ from cascade_rag.engine import KVChunk, KVChunkError
 from cascade_rag.engine.chunk_format import decode, encode
 from cascade_rag.engine.chunk_stream import BufferSource, ByteSource, ChunkStreamer
 
+from .collection import DEFAULT_COLLECTION
+
 log = logging.getLogger("cascade_rag")
 
 
-def chunk_key(fingerprint: str, token_ids: list[int]) -> str:
+def chunk_key(fingerprint: str, token_ids: list[int], collection: str | None = None, kv_format: str = "dtype") -> str:
     """The one name of a chunk's bytes: the fingerprint (model weights and tokenizer, dtype and so the layout, the
-    system prompt of level 0, the format version) and the passage's token ids."""
-    return hashlib.sha256(json.dumps([fingerprint, token_ids]).encode()).hexdigest()
+    system prompt of level 0, the format version), the passage's token ids, its collection (None or the default
+    one: no collection, the keys of stores made before collections): collections share no chunk, so whether a chunk
+    is hot tells nothing of another collection; and its KV format (`dtype`: none, the keys of stores made before
+    formats), so that stores of several formats never share a name."""
+    scoped = [collection] if collection and collection != DEFAULT_COLLECTION else []
+    packed = [["kv_format", kv_format]] if kv_format != "dtype" else []
+    return hashlib.sha256(json.dumps([fingerprint, token_ids, *scoped, *packed]).encode()).hexdigest()
 
 
 class ChunkBackend(ABC):

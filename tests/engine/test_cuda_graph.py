@@ -7,36 +7,68 @@ import torch
 
 from dataclasses import replace
 
-from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, EngineOptions, LLMEngine, SamplingParams
+from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, EngineOptions, KernelOptions, LLMEngine, SamplingParams
 from cascade_rag.engine.cuda_graph import GraphDecoder
 from tests.helpers import make_tiny_checkpoint
 
 SYSTEM, DOCS, QUESTION = [1, 5, 9, 14], [[20 + i for i in range(n)] for n in (7, 1, 12)], [300, 301, 302, 303]
 
 
+def engines(path, **options):
+    """An engine decoding eagerly and one running the graph decoder's steps (captured on CUDA, uncaptured
+    elsewhere) over the same checkpoint, with these options."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    common = dict(device=device, dtype="fp32", graph_own_tokens=64) | options
+    eager = LLMEngine(path, use_cuda_graphs=False, **common)
+    static = LLMEngine(path, graph_steps_off_cuda=True, **common)
+    assert eager.graphs is None and static.graphs is not None
+    return eager, static
+
+
+def chunks_of(engine):
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    return [level0] + [engine.prefill_chunk(d, [level0], LEVEL_DOCUMENT, "fp") for d in DOCS]
+
+
 @pytest.mark.parametrize("name", ["qwen3-gqa-untied"])
 def test_static_decode_equals_eager(name, tmp_path, tokenizer_dir):
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    engine = LLMEngine(make_tiny_checkpoint(tmp_path / name, name, tokenizer_dir, head_dim=64), device=device,
-                       dtype="fp32", graph_own_tokens=64)
-    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
-    chunks = [level0] + [engine.prefill_chunk(d, [level0], LEVEL_DOCUMENT, "fp") for d in DOCS]
+    eager, static = engines(make_tiny_checkpoint(tmp_path / name, name, tokenizer_dir, head_dim=64))
+    chunks = chunks_of(eager)
+    level0 = chunks[0]
     params = SamplingParams(max_new_tokens=8, ignore_eos=True)
-    engine.graphs = None
-    eager = engine.generate(QUESTION, params, chunks).token_ids
+    expected = eager.generate(QUESTION, params, chunks).token_ids
     other = ([level0, chunks[2]], [310 + i for i in range(20)])  # fewer chunks, a question of another bucket
-    eager_other = engine.generate(other[1], params, other[0]).token_ids
+    expected_other = eager.generate(other[1], params, other[0]).token_ids
     sampling = SamplingParams(max_new_tokens=8, ignore_eos=True, temperature=5.0, seed=3)  # fed from the host
-    eager_sampled = engine.generate(QUESTION, sampling, chunks).token_ids
-    engine.graphs = GraphDecoder(engine.model, engine.options, engine.dtype, device)
-    static = engine.generate(QUESTION, params, chunks).token_ids
-    assert static == eager and len(static) == 8
+    expected_sampled = eager.generate(QUESTION, sampling, chunks).token_ids
+    tokens = static.generate(QUESTION, params, chunks).token_ids
+    assert tokens == expected and len(tokens) == 8
     # the next request rewrites every graph input (tables, shift padding, question, positions)
-    assert engine.generate(other[1], params, other[0]).token_ids == eager_other
-    assert engine.generate(QUESTION, sampling, chunks).token_ids == eager_sampled != static
-    full = engine.generate(QUESTION, params, chunks, mode="full").token_ids  # a second request reuses the buffers
-    engine.graphs = None
-    assert full == engine.generate(QUESTION, params, chunks, mode="full").token_ids
+    assert static.generate(other[1], params, other[0]).token_ids == expected_other
+    assert static.generate(QUESTION, sampling, chunks).token_ids == expected_sampled != tokens
+    full = static.generate(QUESTION, params, chunks, mode="full").token_ids  # a second request reuses the buffers
+    assert full == eager.generate(QUESTION, params, chunks, mode="full").token_ids
+
+
+# each graph option against eager decoding: the question longer than graph_max_question (prefilled eagerly), a
+# larger bucket, more chunks than graph_max_chunks (eager altogether), the full LM head, plain Triton launches
+GRAPH_OPTIONS = [dict(graph_max_question=2), dict(graph_min_bucket=256), dict(graph_max_chunks=3),
+                 dict(quantized_head=False), dict(kernels=KernelOptions(cached_launch=False, pdl=False))]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("option", GRAPH_OPTIONS)
+def test_each_graph_option_decodes_as_eager(option, tmp_path, tokenizer_dir):
+    path = make_tiny_checkpoint(tmp_path / "tiny", "qwen3-gqa-untied", tokenizer_dir, head_dim=64)
+    eager, static = engines(path, **option)
+    assert (static.graphs.head is None) == (option.get("quantized_head") is False)
+    chunks = chunks_of(eager)
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    assert static.generate(QUESTION, params, chunks).token_ids == eager.generate(QUESTION, params, chunks).token_ids
+    if "graph_max_chunks" in option:
+        assert not static.graphs.fits(chunks, 16)  # 4 chunks and the own one: past the limit
+    else:
+        assert static.graphs.fits(chunks, 16)
 
 
 def test_graphs_refuse_the_reference_kernels(tmp_path, tokenizer_dir):

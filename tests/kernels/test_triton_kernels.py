@@ -10,7 +10,7 @@ import cascade_rag.kernels.fused_rmsnorm_qkv as fr
 import cascade_rag.kernels.greedy as greedy
 import cascade_rag.kernels.linear as lin
 import cascade_rag.kernels.lm_head as lm_head
-from cascade_rag.kernels.options import DEFAULT_KERNELS, KernelOptions
+from cascade_rag.kernels.options import DEFAULT_KERNELS, AttentionTuning, HeadTuning, KernelOptions
 from cascade_rag.kernels.rmsnorm import rmsnorm_ref
 
 
@@ -80,6 +80,20 @@ def test_chunk_attention_interpreted(case):
 def test_decode_merges_partials_in_several_passes():
     options = decode_options(merge_elements=4 * 2 * 64)  # 4 splits a pass at GQA 2, D 64
     check_attention(([150, 1, 200, 69], 1, 4, 2, 64, 18, ()), torch.float32, "cpu", 1e-3, options)  # 5 passes
+
+
+# launch settings other than the defaults, for the kernel each case reaches: several query rows (attention),
+# row tiles of 64 (prefill)
+TUNED = [(([60, 45, 30], 5, 4, 2, 64, None, ()), "attention",
+          AttentionTuning(block_n=16, num_warps=4, num_stages=1, programs_per_sm=8, min_split=16)),
+         (([60, 45, 30], 17, 8, 1, 128, None, ()), "prefill",
+          AttentionTuning(block_n=64, num_warps=2, num_stages=2, programs_per_sm=6, min_split=32))]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case,table,tuning", TUNED, ids=["attention", "prefill"])
+def test_chunk_attention_under_other_tuning_interpreted(case, table, tuning):
+    check_attention(case, torch.float32, "cpu", 1e-3, replace(DEFAULT_KERNELS, **{table: tuning}))
 
 
 def test_decode_splits_are_whole_merge_passes():
@@ -291,7 +305,7 @@ def check_head_argmax(n, device, dtype):
         assert greedy.best_token(ref_best.cpu().numpy()) == int(ref[0].argmax()), plant
 
 
-def check_quantized_head(n, k, device, dtype):
+def check_quantized_head(n, k, device, dtype, options=DEFAULT_KERNELS):
     """kernels.lm_head's token equals the full head's argmax keys' (ties to the lower index), planted: a row
     repeated below the winner, a row a rounding step from it, all logits equal, all negative."""
     torch.manual_seed(n + k)
@@ -313,13 +327,13 @@ def check_quantized_head(n, k, device, dtype):
         logits = lin.linear(x, w, norm_weight=norm, out_dtype=torch.float32, best=full, impl="triton")
         best = torch.full((2 * greedy.SLOTS,), greedy.EMPTY, dtype=torch.int64, device=device)
         quantized = lm_head.quantize_rows(w)
-        approx = lm_head.greedy_head(x, w, quantized, norm, 1e-6, best)
+        approx = lm_head.greedy_head(x, w, quantized, norm, 1e-6, best, options)
         token = greedy.best_token(best[:greedy.SLOTS].cpu().numpy())
         assert token == greedy.best_token(full.cpu().numpy()) == int(logits[0].argmax()), plant
         torch.testing.assert_close(approx, logits, atol=0.1, rtol=0.05)
         # the first pass's error bound, with the input quantised as the kernel does, a block at a time
         xn = rmsnorm_ref(x, norm, 1e-6)[0].double()
-        block = lm_head.input_block(k)
+        block = lm_head.input_block(k, options)
         steps = [b.abs().max().clamp_min(1e-30) / 127 for b in xn.split(block)]
         xq = torch.cat([s * torch.floor(b / s + 0.5) for b, s in zip(xn.split(block), steps)])
         _, e, c = quantized[1].double().unbind(1)
@@ -396,6 +410,13 @@ def test_head_argmax_keys_interpreted():
 @pytest.mark.parametrize("k", [64, 96])
 def test_quantized_head_gives_the_full_heads_token_interpreted(k, dtype):
     check_quantized_head(300, k, "cpu", dtype)
+
+
+@pytest.mark.interpreter
+def test_quantized_head_under_other_tuning_interpreted():
+    """Smaller row tiles and input blocks (three scales over an input of 96) give the same token."""
+    head = HeadTuning(block_n=32, block_k=32, num_warps=2, num_stages=1, exact_rows=64, exact_warps=2)
+    check_quantized_head(300, 96, "cpu", torch.float32, replace(DEFAULT_KERNELS, head=head))
 
 
 @pytest.mark.interpreter

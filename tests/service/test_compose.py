@@ -45,6 +45,12 @@ def test_compose_services_volume_healthcheck_and_profiles(compose):
     device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert all(p["host_ip"] == "127.0.0.1" for s in (server, gpu) for p in s["ports"])
+    for service in (server, gpu):  # gRPC, the HTTP endpoint and the metrics, each published and served
+        assert sorted(int(p["target"]) for p in service["ports"]) == [8000, 9090, 50051]
+        command = service["command"]
+        assert command[command.index("--http-port") + 1] == "8000"
+        assert command[command.index("--metrics-port") + 1] == "9090"
+    assert {p["published"] for p in server["ports"]} == {"50051", "8000", "9090"}
 
 
 def test_image_prepares_the_model_cache_at_build_time():
