@@ -1,6 +1,7 @@
 """Answerer: a question's retrieved passages composed after level 0 (their stored chunks, or their tokens for
 `full`) with the question, and the answer generated and streamed with its timings."""
 import itertools
+import logging
 import time
 
 from cascade_rag.engine import MODES, KVChunk, KVChunkError, SamplingParams
@@ -11,6 +12,8 @@ from .collection import DEFAULT_COLLECTION
 from .filters import MetadataFilter
 from .retriever import Retriever, check_query
 from .store import Passage
+
+log = logging.getLogger("cascade_rag")
 
 
 class Answerer:
@@ -78,6 +81,7 @@ class Answerer:
                         self.provider.forget(passage.chunk_key)
                 answer.tiers.clear()
                 answer.warnings.append(f"{exc}; recomputing it")
+                log.warning(answer.warnings[-1])
 
     def _stream(self, answer: Answer, passages: list[Passage], params: SamplingParams, began: float):
         model = self.provider.model()

@@ -124,11 +124,11 @@ class ChunkProvider:
                 if lookup.chunk is not None:
                     problem = identity_problem(lookup.chunk, key, token_ids, collection, m.level0.length,
                                                f"KV chunk {key} of passage {label}")
-                if problem is None:
-                    m.tiers.put(key, lookup.chunk)
-                    served[i] = Served(lookup.chunk, "disk")
-                else:
-                    served[i] = self._recompute(key, token_ids, label, problem)
+                    if problem is None:
+                        m.tiers.put(key, lookup.chunk)
+                        served[i] = Served(lookup.chunk, "disk")
+                        continue
+                served[i] = self._recompute(key, token_ids, label, problem)
             return [served[i] for i in range(len(passages))]
 
     def forget(self, key: str) -> None:
