@@ -4,7 +4,8 @@ from .composition import MODES
 from .engine import LLMEngine
 from .generation import Generation
 from .options import BLEND_RATIO, EngineOptions, Recompute, default_device, default_dtype, default_prefill_batch_tokens
-from .kv_chunk import LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, FingerprintMismatch, KVChunk, KVChunkError
+from .kv_chunk import (KV_FORMATS, LEVEL_DOCUMENT, LEVEL_QUERY, LEVEL_SYSTEM, FingerprintMismatch, KVChunk, KVChunkError,
+                       check_kv_format)
 from .sampling import SamplingParams
 from .chunk_cache import ChunkCache, TieredChunkCache
 from cascade_rag.kernels.options import KernelOptions

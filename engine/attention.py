@@ -2,12 +2,13 @@
 position shifts and query scales, an optional explicit mask) and the attention backends that the decoder is given
 through the context: chunk attention over a list of chunks, masked and causal SDPA, and (engine.cuda_graph) a
 CUDA graph's prebuilt chunk table."""
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
+from cascade_rag.kernels.kv_quant import dense
 from cascade_rag.kernels.rope import RotaryInputs
 
 from .config import ModelConfig
@@ -54,6 +55,16 @@ class AttentionContext:
     mask: torch.Tensor | None = None
     scales: torch.Tensor | None = None  # [C] fp32: each context chunk's query scale (its scores' 1 / temperature)
     backend: AttentionBackend | None = None
+    arrivals: list = field(default_factory=list)  # context chunks' layers still arriving (engine.chunk_stream)
+
+    def arrive(self, layer: int) -> None:
+        """Waits until every context chunk's `layer` is on the device (and orders the stream after it)."""
+        for arrival in self.arrivals:
+            arrival.wait(layer)
+
+    @property
+    def pending(self) -> bool:
+        return any(a.pending for a in self.arrivals)
 
     def attention(self) -> AttentionBackend:
         """The backend of the next forward pass."""
@@ -93,7 +104,7 @@ class MaskedAttention:
     def attend(self, ctx, layer, q, k, v, rotary, ops):
         queries = ops.rope_store(q, k, v, rotary)
         end = ctx.mask.shape[1] - sum(chunk.shape[1] for chunk in ctx.keys)
-        keys, values = (torch.cat([chunk[layer] for chunk in chunks] + [buffer[layer, :end]])
+        keys, values = (torch.cat([dense(chunk[layer], q.dtype) for chunk in chunks] + [buffer[layer, :end]])
                         for chunks, buffer in ((ctx.keys, ctx.own.keys), (ctx.values, ctx.own.values)))
         return _sdpa(queries[-1], keys, values, attn_mask=ctx.mask)
 

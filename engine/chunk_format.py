@@ -1,29 +1,66 @@
-"""The bytes of a stored KV chunk, apart from where they are kept: safetensors (tensors `keys` and `values`) whose
-metadata holds the level, the canonical start, the token ids, the fingerprint, the format version and a checksum
-of data and metadata. `decode` refuses anything else with KVChunkError: truncated, corrupted, of another
-format version or another model (FingerprintMismatch)."""
+"""The bytes of a stored KV chunk, apart from where they are kept: safetensors (tensors `keys` and `values`, and for a
+packed KV format their codes with `key_params` and `value_params`, kernels.kv_quant) whose metadata holds the
+level, the canonical start, the token ids, the fingerprint, the format version, the KV format and a checksum of
+data and metadata: one XXH3 of the metadata and one of each layer's tensors, so that a reader can verify the
+layers one by one as they arrive (engine.chunk_stream). `decode` refuses anything else with KVChunkError:
+truncated, corrupted, of another format version, another KV format or another model (FingerprintMismatch)."""
 import hashlib
 import json
 import struct
 import zlib
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 import xxhash
 from safetensors.torch import save as save_tensors
 
+from cascade_rag.kernels.kv_quant import PackedKV
+
 from .file_io import read_buffer, write_atomic
-from .kv_chunk import FingerprintMismatch, KVChunk, KVChunkError
+from .kv_chunk import KV_FORMATS, FingerprintMismatch, KVChunk, KVChunkError
 
 FORMAT_VERSION = 1
-DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "U8": torch.uint8}
+LAYERS_CHECKSUM = "xxh3-layers"
+PACKED_TENSORS = ("keys", "values", "key_params", "value_params")
 
 
-def checksum(chunk: KVChunk, algorithm: str = "xxh3") -> str:
-    """"xxh3:" and the 64-bit XXH3 hash of the keys, values and metadata. Files saved earlier carry "crc32:" and
-    their CRC-32, or the bare SHA-256 hex digest ("sha256"); both are slower to compute and still verified, no
-    longer written."""
-    parts = [t.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy() for t in (chunk.keys, chunk.values)]
+def tensors_of(chunk: KVChunk) -> dict[str, torch.Tensor]:
+    """The tensors a chunk's file holds, by name (every one [layers, ...])."""
+    if chunk.kv_format == "dtype":
+        return {"keys": chunk.keys, "values": chunk.values}
+    return {"keys": chunk.keys.codes, "values": chunk.values.codes, "key_params": chunk.keys.params,
+            "value_params": chunk.values.params}
+
+
+def metadata_digest(level: int, start: int, token_ids: list[int], fingerprint: str, kv_format: str) -> str:
+    return xxhash.xxh3_64_hexdigest(json.dumps([level, start, token_ids, fingerprint, kv_format]).encode())
+
+
+def layer_digest(tensors: list[torch.Tensor], layer: int) -> str:
+    """XXH3 of one layer of each tensor (CPU tensors), in order."""
+    digest = xxhash.xxh3_64()
+    for t in tensors:
+        digest.update(t[layer].contiguous().view(torch.uint8).reshape(-1).numpy())
+    return digest.hexdigest()
+
+
+def layers_checksum(chunk: KVChunk) -> str:
+    """"xxh3-layers:" and the metadata's digest, then each layer's, comma-separated."""
+    tensors = [t.detach().contiguous().cpu() for t in tensors_of(chunk).values()]
+    digests = [metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format)]
+    digests += [layer_digest(tensors, layer) for layer in range(tensors[0].shape[0])]
+    return f"{LAYERS_CHECKSUM}:{','.join(digests)}"
+
+
+def checksum(chunk: KVChunk, algorithm: str = LAYERS_CHECKSUM) -> str:
+    """The checksum of the keys, values and metadata: layers_checksum. Files saved earlier carry "xxh3:" and one
+    64-bit XXH3 of everything, "crc32:" and their CRC-32, or the bare SHA-256 hex digest ("sha256"); all are
+    still verified, no longer written."""
+    if algorithm == LAYERS_CHECKSUM:
+        return layers_checksum(chunk)
+    parts = [t.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy() for t in tensors_of(chunk).values()]
     parts.append(json.dumps([chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint]).encode())
     if algorithm == "crc32":
         crc = 0
@@ -38,46 +75,86 @@ def checksum(chunk: KVChunk, algorithm: str = "xxh3") -> str:
 
 def encode(chunk: KVChunk) -> bytes:
     """The chunk's file contents."""
-    keys, values = chunk.keys.contiguous().cpu(), chunk.values.contiguous().cpu()
+    chunk = chunk.to("cpu")
     metadata = {
         "format_version": str(FORMAT_VERSION), "level": str(chunk.level), "start": str(chunk.start),
-        "token_ids": json.dumps(chunk.token_ids), "fingerprint": chunk.fingerprint,
-        "checksum": checksum(KVChunk(chunk.level, chunk.token_ids, chunk.start, keys, values, chunk.fingerprint)),
+        "token_ids": json.dumps(chunk.token_ids), "fingerprint": chunk.fingerprint, "kv_format": chunk.kv_format,
+        "checksum": checksum(chunk),
     }
-    return save_tensors({"keys": keys, "values": values}, metadata=metadata)
+    return save_tensors({name: t.contiguous() for name, t in tensors_of(chunk).items()}, metadata=metadata)
+
+
+def layout(data, size: int) -> tuple[dict, dict[str, tuple[torch.dtype, list[int], int, int]]]:
+    """(metadata, {name: (dtype, shape, first byte, end byte)}) of a safetensors file of `size` bytes from its
+    first bytes `data` (the 8-byte length and the header); ValueError where they are not whole."""
+    (length,) = struct.unpack("<Q", bytes(data[:8]))
+    if length > size - 8:
+        raise ValueError(f"header of {length} bytes in {size}")
+    header = json.loads(bytes(data[8:8 + length]))
+    metadata, base, entries = header.pop("__metadata__", {}), 8 + length, {}
+    for name in PACKED_TENSORS if metadata.get("kv_format", "dtype") != "dtype" else ("keys", "values"):
+        entry = header[name]
+        dtype, (begin, end) = DTYPES[entry["dtype"]], entry["data_offsets"]
+        if begin < 0 or base + end > size or end - begin != torch.Size(entry["shape"]).numel() * dtype.itemsize:
+            raise ValueError(f"tensor {name} out of bounds")
+        entries[name] = (dtype, entry["shape"], base + begin, base + end)
+    return metadata, entries
+
+
+def header_bytes(data) -> int:
+    """How many first bytes of a chunk file `layout` needs (from its first 8)."""
+    return 8 + struct.unpack("<Q", bytes(data[:8]))[0]
 
 
 def _tensors(data: memoryview) -> tuple[dict, dict[str, torch.Tensor]]:
     """(metadata, tensors viewing `data`) of safetensors bytes; ValueError where they are not whole."""
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > len(data) - 8:
-        raise ValueError(f"header of {size} bytes in {len(data)}")
-    header = json.loads(bytes(data[8:8 + size]))
-    metadata, base, tensors = header.pop("__metadata__", {}), 8 + size, {}
-    for name in ("keys", "values"):
-        entry = header[name]
-        dtype, (begin, end) = DTYPES[entry["dtype"]], entry["data_offsets"]
-        count = end - begin
-        if begin < 0 or base + end > len(data) or count != torch.Size(entry["shape"]).numel() * dtype.itemsize:
-            raise ValueError(f"tensor {name} out of bounds")
-        flat = torch.frombuffer(data, dtype=dtype, count=count // dtype.itemsize, offset=base + begin) \
-            if count else torch.empty(0, dtype=dtype)
-        tensors[name] = flat.view(entry["shape"])
+    metadata, entries = layout(data, len(data))
+    tensors = {}
+    for name, (dtype, shape, begin, end) in entries.items():
+        flat = torch.frombuffer(data, dtype=dtype, count=(end - begin) // dtype.itemsize, offset=begin) \
+            if end > begin else torch.empty(0, dtype=dtype)
+        tensors[name] = flat.view(shape)
     return metadata, tensors
 
 
+def check_identity(metadata: dict, fingerprint: str, name: str, kv_format: str | None) -> None:
+    """Refuses (FingerprintMismatch, KVChunkError) a chunk of another format version, model or KV format."""
+    version = int(metadata["format_version"])
+    if version != FORMAT_VERSION:
+        raise FingerprintMismatch(f"{name} has format version {version}, expected {FORMAT_VERSION}")
+    if metadata["fingerprint"] != fingerprint:
+        raise FingerprintMismatch(f"{name} was made with fingerprint {metadata['fingerprint']}, the running model, "
+                                  f"system prompt and dtype have {fingerprint}")
+    stored = metadata.get("kv_format", "dtype")
+    if kv_format is not None and stored != kv_format:
+        raise KVChunkError(f"{name} is in KV format {stored}, the store's is {kv_format}")
+
+
+def chunk_of(metadata: dict, tensors: dict[str, torch.Tensor]) -> KVChunk:
+    """The KVChunk of a file's metadata and tensors (KeyError, ValueError where they do not make one)."""
+    kv_format = metadata.get("kv_format", "dtype")
+    if kv_format not in KV_FORMATS:
+        raise ValueError(f"unknown KV format {kv_format!r}")
+    keys, values = tensors["keys"], tensors["values"]
+    if kv_format != "dtype":
+        head_dim = tensors["key_params"].shape[-1]
+        keys = PackedKV(kv_format, True, keys, tensors["key_params"], head_dim)
+        values = PackedKV(kv_format, False, values, tensors["value_params"], head_dim)
+    return KVChunk(level=int(metadata["level"]), token_ids=json.loads(metadata["token_ids"]),
+                   start=int(metadata["start"]), keys=keys, values=values, fingerprint=metadata["fingerprint"])
+
+
 def decode(data: bytes | bytearray | memoryview, fingerprint: str, device="cpu", pin: bool = False,
-           name: str = "KV chunk") -> KVChunk:
+           name: str = "KV chunk", kv_format: str | None = None) -> KVChunk:
     """The chunk in `data`, checked, on `device`: on the CPU, in pinned memory if `pin` (for copies to a GPU),
-    otherwise viewing `data` (a writable buffer; read-only bytes are copied first). `name` names it in errors."""
+    otherwise viewing `data` (a writable buffer; read-only bytes are copied first). `name` names it in errors;
+    `kv_format`: the KV format expected (None: any)."""
     view = memoryview(data)
     if view.readonly:
         view = memoryview(bytearray(view))
     try:
         metadata, tensors = _tensors(view)
-        chunk = KVChunk(level=int(metadata["level"]), token_ids=json.loads(metadata["token_ids"]),
-                        start=int(metadata["start"]), keys=tensors["keys"], values=tensors["values"],
-                        fingerprint=metadata["fingerprint"])
+        chunk = chunk_of(metadata, tensors)
         version, stored = int(metadata["format_version"]), metadata["checksum"]
     except Exception as exc:
         raise KVChunkError(f"{name} is truncated or corrupted: {exc!r}") from None
@@ -85,16 +162,13 @@ def decode(data: bytes | bytearray | memoryview, fingerprint: str, device="cpu",
         raise FingerprintMismatch(f"{name} has format version {version}, expected {FORMAT_VERSION}")
     if checksum(chunk, stored.split(":")[0] if ":" in stored else "sha256") != stored:
         raise KVChunkError(f"{name} is corrupted: checksum mismatch")
-    if chunk.fingerprint != fingerprint:
-        raise FingerprintMismatch(f"{name} was made with fingerprint {chunk.fingerprint}, the running model, "
-                                  f"system prompt and dtype have {fingerprint}")
+    check_identity(metadata, fingerprint, name, kv_format)
     if chunk.keys.shape != chunk.values.shape or chunk.keys.shape[1] != chunk.length:
         raise KVChunkError(f"{name} has inconsistent shapes {tuple(chunk.keys.shape)}")
     if torch.device(device).type != "cpu":
         return chunk.to(device)
     if pin:
-        return KVChunk(chunk.level, chunk.token_ids, chunk.start, chunk.keys.pin_memory(), chunk.values.pin_memory(),
-                       chunk.fingerprint)
+        return replace(chunk, keys=chunk.keys.pin_memory(), values=chunk.values.pin_memory())
     return chunk
 
 

@@ -32,7 +32,7 @@ class Composer:
             raise ValueError(f"start {start} leaves no room for {total} context tokens before it")
         shifts, position = [], 0 if start is None else start - total
         for chunk in chunks:
-            if chunk.keys.dtype != self.dtype:
+            if chunk.kv_format == "dtype" and chunk.keys.dtype != self.dtype:
                 raise ValueError(f"chunk dtype {chunk.keys.dtype} does not match the engine dtype {self.dtype}")
             shifts.append(0 if canonical else position - chunk.start)
             position = max(position, chunk.start + chunk.length) if canonical else position + chunk.length
@@ -49,6 +49,7 @@ class Composer:
         ctx = AttentionContext(
             keys=[c.keys.to(self.device) for c in chunks], values=[c.values.to(self.device) for c in chunks],
             shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own, scales=scales,
+            arrivals=[c.arrival for c in chunks if c.arrival is not None and c.arrival.pending],
         )
         return ctx, position
 

@@ -20,7 +20,8 @@ Its LM head reads an int8 copy of the weight and recomputes only the rows that c
 import numpy as np
 import torch
 
-from cascade_rag.kernels.chunk_attention import DecodeWorkspace, chunk_tables, decode_workspace
+from cascade_rag.kernels.chunk_attention import (NO_PACKED, DecodeWorkspace, PackedBases, chunk_tables, decode_workspace,
+                                                fixed_bases)
 from cascade_rag.kernels.greedy import EMPTY, SLOTS, next_input, publish_token, token_keys
 from cascade_rag.kernels.lm_head import quantize_rows, supported
 
@@ -36,7 +37,7 @@ def question_bucket(n: int) -> int:
 
 def _input_sizes(layers: int, max_chunks: int, max_question: int) -> dict:
     """int64 elements of each input in GraphDecoder.inputs (the float32 scales take half as many)."""
-    return dict(tables=layers * (5 * max_chunks + 1), shifts=max_chunks - 1, scales=max_chunks // 2,
+    return dict(tables=layers * (7 * max_chunks + 1), shifts=max_chunks - 1, scales=max_chunks // 2,
                 prompt=max_question, prompt_positions=max_question, last=1)
 
 
@@ -45,7 +46,7 @@ def _input_views(buffer: torch.Tensor, layers: int, max_chunks: int, max_questio
     for name, size in _input_sizes(layers, max_chunks, max_question).items():
         views[name] = buffer[offset:offset + size]
         offset += size
-    views["tables"] = views["tables"].view(layers, 5 * max_chunks + 1)
+    views["tables"] = views["tables"].view(layers, 7 * max_chunks + 1)
     views["scales"] = views["scales"].view(torch.float32)[:max_chunks - 1]
     return views
 
@@ -54,16 +55,16 @@ class TableAttention:
     """The attention backend of a graph's step: chunk attention over the decoder's prebuilt per-layer tables; in a
     decode step the attention kernel also rotates and stores the new token (no rotary kernel)."""
 
-    def __init__(self, tables: torch.Tensor, workspace: DecodeWorkspace):
-        self.tables, self.workspace = tables, workspace
+    def __init__(self, tables: torch.Tensor, workspace: DecodeWorkspace, packed: PackedBases = NO_PACKED):
+        self.tables, self.workspace, self.packed = tables, workspace, packed
 
     def attend(self, ctx, layer, q, k, v, rotary, ops):
         keys, values, scale = ctx.own.keys[layer], ctx.own.values[layer], q.shape[-1] ** -0.5
         if self.workspace.decode:
             return ops.chunk_attention_table(q, keys, values, self.tables[layer], scale, self.workspace, rotary,
-                                             (k, v))
+                                             (k, v), self.packed)
         return ops.chunk_attention_table(ops.rope_store(q, k, v, rotary), keys, values, self.tables[layer], scale,
-                                         self.workspace)
+                                         self.workspace, packed=self.packed)
 
 
 class GraphDecoder:
@@ -104,6 +105,8 @@ class GraphDecoder:
         self.tables, self.shifts, self.scales = views["tables"], views["shifts"], views["scales"]
         self.prompt, self.prompt_positions, self.last = views["prompt"], views["prompt_positions"], views["last"]
         self.graphs: dict[tuple, tuple] = {}
+        # packed chunks' table offsets count from these, which stay put (the graphs hold their addresses)
+        self.packed_bases, self.packed = fixed_bases(device), NO_PACKED
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.bucket, self.aligned = options.graph_min_bucket, False
 
@@ -123,7 +126,10 @@ class GraphDecoder:
         if self.staged is not None:
             self.staged.synchronize()  # the previous request's copy has left the staging buffer
         host = self.host
-        tables = chunk_tables(list(zip(ctx.keys, ctx.values)), self.own.keys, self.own.values, self.max_chunks)
+        packed = PackedBases.of(ctx.keys, ctx.values)
+        self.packed = self.packed_bases[packed.format]
+        tables = chunk_tables(list(zip(ctx.keys, ctx.values)), self.own.keys, self.own.values, self.max_chunks,
+                              self.packed)
         host["tables"][:] = tables
         self.aligned = bool((tables[:, :4 * self.max_chunks] % 16 == 0).all())  # offsets, strides (not starts)
         host["shifts"][:] = 0
@@ -148,7 +154,7 @@ class GraphDecoder:
         to `prompt` tokens: the padding comes after the real tokens, so causal masking keeps it out of their
         attention, and decoding overwrites its slots."""
         ctx = AttentionContext([], [], self.shifts, self.own, scales=self.scales,
-                               backend=TableAttention(self.tables, workspace))
+                               backend=TableAttention(self.tables, workspace, self.packed))
         if prompt:
             return self.model.step(self.prompt[:prompt], self.prompt_positions[:prompt], self.prompt_slots[:prompt],
                                    ctx, last=self.last)
@@ -165,7 +171,7 @@ class GraphDecoder:
         if n > self.max_question:
             return None
         padded = question_bucket(n)
-        return self._replay(("prefill", self.bucket, self.aligned, padded), padded)
+        return self._replay(("prefill", self.bucket, self.aligned, self.packed.format, padded), padded)
 
     def begin(self, token: torch.Tensor, position: int, slot: int, greedy: bool) -> None:
         """Decoding starts after the prompt, whose last token is at `position` in own slot `slot`, with `token` (a
@@ -183,7 +189,7 @@ class GraphDecoder:
         if token is not None:
             self.token.copy_(token.view(1))
         self.last_slot += 1
-        return self._replay(("decode", self.bucket, self.aligned, token is None), 0)
+        return self._replay(("decode", self.bucket, self.aligned, self.packed.format, token is None), 0)
 
     def greedy_token(self):
         """A function that waits for the last greedy step queued (step(None)) and gives its token; call it before

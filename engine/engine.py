@@ -2,6 +2,7 @@
 import copy
 import hashlib
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,7 @@ from .cuda_graph import GraphDecoder
 from .embedded import embedded_model_path
 from .generation import Generation
 from .chunk_format import FORMAT_VERSION
-from .kv_chunk import KVChunk
+from .kv_chunk import LEVEL_DOCUMENT, KVChunk, kv_bytes_per_token
 from .loader import load_model, model_identity
 from .ops import Ops
 from .options import BLEND_RATIO, EngineOptions, Recompute
@@ -62,19 +63,26 @@ class LLMEngine:
         return hashlib.sha256(key.encode()).hexdigest()[:32]
 
     def kv_bytes_per_token(self) -> int:
-        return self.config.kv_bytes_per_token(torch.finfo(self.dtype).bits // 8)
+        """Bytes of a token's keys and values in a stored chunk (options.kv_format), rounded up."""
+        c = self.config
+        return math.ceil(kv_bytes_per_token(self.options.kv_format, c.num_layers, c.num_kv_heads, c.head_dim,
+                                            torch.finfo(self.dtype).bits // 8))
+
+    def _stored(self, chunk: KVChunk) -> KVChunk:
+        """A passage's chunk in options.kv_format (other levels as they are)."""
+        return chunk.packed(self.options.kv_format) if chunk.level == LEVEL_DOCUMENT else chunk
 
     def prefill_chunk(self, token_ids: list[int], context: list[KVChunk], level: int, fingerprint: str,
                       start: int | None = None) -> KVChunk:
         """KV of token_ids at canonical position `start` (default: the context's total length), attending to the
-        context chunks laid consecutively right before it."""
+        context chunks laid consecutively right before it; a passage's (LEVEL_DOCUMENT) in options.kv_format."""
         if not token_ids:
             raise ValueError("cannot prefill an empty token sequence")
         ctx, start = self.composer.context(context, len(token_ids), start)
         self.composer.check_length(start + len(token_ids))
         self.model(*self._device_inputs(token_ids, start), ctx)
-        return KVChunk(level=level, token_ids=list(token_ids), start=start, keys=ctx.own.keys,
-                       values=ctx.own.values, fingerprint=fingerprint)
+        return self._stored(KVChunk(level=level, token_ids=list(token_ids), start=start, keys=ctx.own.keys,
+                                    values=ctx.own.values, fingerprint=fingerprint))
 
     def prefill_chunks(self, token_lists: list[list[int]], context: list[KVChunk], level: int,
                        fingerprint: str) -> list[KVChunk]:
@@ -96,8 +104,8 @@ class LLMEngine:
         for seq in token_lists:
             keys, values = (t[:, offset:offset + len(seq)].clone(memory_format=torch.contiguous_format)
                             for t in (ctx.own.keys, ctx.own.values))
-            chunks.append(KVChunk(level=level, token_ids=seq, start=start, keys=keys, values=values,
-                                  fingerprint=fingerprint))
+            chunks.append(self._stored(KVChunk(level=level, token_ids=seq, start=start, keys=keys, values=values,
+                                               fingerprint=fingerprint)))
             offset += len(seq)
         return chunks
 
@@ -137,7 +145,9 @@ class LLMEngine:
         sampler = Sampler(params, torch.device(self.device))
         if graphs:
             graphs.prepare(ctx, own_tokens, prompt, start)
-            stepper = GraphStepper(graphs, self.model, ctx, prompt, start, sampler, graph_prefill=mode != "full")
+            # chunks still arriving: the prefill runs eagerly, waiting for each layer before its attention
+            stepper = GraphStepper(graphs, self.model, ctx, prompt, start, sampler,
+                                   graph_prefill=mode != "full" and not ctx.pending)
         else:
             stepper = EagerStepper(self.model, ctx, prompt, start, sampler, self.device)
         prompt_tokens = len(prompt) + (context_tokens if mode != "full" else 0)

@@ -1,4 +1,4 @@
-"""Whole files: written atomically, mapped as one writable buffer."""
+"""Whole files: written atomically, mapped as one writable buffer, or read by range (FileSource)."""
 import mmap
 import os
 from pathlib import Path
@@ -27,3 +27,32 @@ def read_buffer(path: Path) -> bytearray | mmap.mmap:
         if size == 0:
             return bytearray()
         return mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+
+
+class FileSource:
+    """A file's bytes read by range (os.preadv into the caller's buffer: no mapping), through one descriptor opened
+    on first use and closed with the source."""
+
+    def __init__(self, path: Path):
+        self.path, self.name = Path(path), f"KV chunk {path}"
+        self.fd: int | None = None
+
+    def size(self) -> int:
+        return os.fstat(self._fd()).st_size
+
+    def read_into(self, offset: int, out: memoryview) -> None:
+        fd, done = self._fd(), 0
+        while done < len(out):
+            n = os.preadv(fd, [out[done:]], offset + done)
+            if n <= 0:
+                raise OSError(f"{self.path} ends at byte {offset + done}, before {offset + len(out)}")
+            done += n
+
+    def _fd(self) -> int:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        return self.fd
+
+    def __del__(self):
+        if self.fd is not None:
+            os.close(self.fd)

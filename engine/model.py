@@ -55,6 +55,7 @@ class Attention(nn.Module):
         inputs = RotaryInputs(positions, ctx.shifts, slots, own.keys[self.layer], own.values[self.layer], rotary.cos,
                               rotary.sin, self.q_norm.weight if c.qk_norm else None,
                               self.k_norm.weight if c.qk_norm else None, c.rms_norm_eps, ctx.scales)
+        ctx.arrive(self.layer)  # the context chunks' layer, if still being loaded
         return ctx.attention().attend(ctx, self.layer, q, k, v, inputs, ops).reshape(x.shape[0], -1)
 
 

@@ -4,7 +4,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from cascade_rag.kernels.chunk_attention import DecodeWorkspace, chunk_attention, chunk_attention_table
+from cascade_rag.kernels.chunk_attention import (NO_PACKED, DecodeWorkspace, PackedBases, chunk_attention,
+                                                chunk_attention_table)
 from cascade_rag.kernels.chunk_attention.limited import limited_attention
 from cascade_rag.kernels.fused_rmsnorm_qkv import rmsnorm_qkv
 from cascade_rag.kernels.linear import linear
@@ -45,12 +46,12 @@ class Ops:
         return limited_attention(q, keys, values, scale, limits, impl=self.impl, options=self.kernels)
 
     def chunk_attention_table(self, q, k_base, v_base, table, scale, workspace: DecodeWorkspace,
-                              rotary: RotaryInputs | None = None, new_kv=None):
+                              rotary: RotaryInputs | None = None, new_kv=None, packed: PackedBases = NO_PACKED):
         """The Triton kernel always: a CUDA graph's tables exist for it alone (EngineOptions refuses graphs
         without custom kernels)."""
         if not self.custom:
             raise ValueError("chunk attention over a graph's table is a Triton kernel: it needs custom kernels")
-        return chunk_attention_table(q, k_base, v_base, table, scale, workspace, rotary, new_kv, self.kernels)
+        return chunk_attention_table(q, k_base, v_base, table, scale, workspace, rotary, new_kv, self.kernels, packed)
 
     def greedy_head(self, x, weight, quantized, norm_weight, eps, best) -> torch.Tensor:
         return greedy_head(x, weight, quantized, norm_weight, eps, best, self.kernels)

@@ -6,6 +6,8 @@ import torch
 
 from cascade_rag.kernels.options import DEFAULT_KERNELS, KernelOptions
 
+from .kv_chunk import check_kv_format
+
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
 # `cached` divides the new tokens' attention scores over documents sharing positions by this temperature (APE,
@@ -79,6 +81,9 @@ class EngineOptions:
     - document_temperature: divides the new tokens' scores over documents that share positions (`cached`).
     - blend: which document tokens `blend` recomputes (engine.selective; default CacheBlend's 15%).
     - prefill_batch_tokens: passage tokens prefilled in one forward pass at ingestion (default by device).
+    - kv_format: how the passage (level-1) chunks it prefills hold their keys and values, and so which variant of
+      the chunk-attention kernels reads them: "dtype" (the model's), "fp8" or "int4" (kernels.kv_quant, read and
+      dequantised in registers). Level 0 and the request's own tokens stay in the model's dtype.
     - kernels: programmatic dependent launch, cached launches and the kernels' tuning (kernels.options).
     """
     device: str | None = None
@@ -94,6 +99,7 @@ class EngineOptions:
     document_temperature: float = DOCUMENT_TEMPERATURE
     blend: Recompute = Recompute()
     prefill_batch_tokens: int | None = None
+    kv_format: str = "dtype"
     kernels: KernelOptions = field(default_factory=lambda: DEFAULT_KERNELS)
 
     def __post_init__(self):
@@ -103,6 +109,7 @@ class EngineOptions:
             raise ValueError("CUDA graphs run the Triton kernels: use_custom_kernels=False needs use_cuda_graphs=False")
         if self.dtype is not None:
             resolve_dtype(self.dtype)
+        check_kv_format(self.kv_format)
         for name in ("graph_own_tokens", "graph_max_chunks", "graph_max_question", "graph_min_bucket"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")

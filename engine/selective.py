@@ -14,9 +14,11 @@ Either way the selected tokens run in one pass per layer, each attending under a
 (kernels.chunk_attention.limited: the Triton kernel on CUDA), and the stored chunks are not modified. The result
 is a list of chunks that the question is prefilled over as in `cached` (CUDA graphs included)."""
 import math
+from dataclasses import replace
 
 import torch
 
+from cascade_rag.kernels.kv_quant import dense
 from cascade_rag.kernels.rope import rotate
 
 from .attention import AttentionContext, KVBuffer
@@ -65,6 +67,9 @@ class SelectiveRecompute:
                 raise ValueError(f"a chunk at canonical position {chunk.start} cannot be placed before it")
         if not documents:
             return [level0]
+        for chunk in documents:  # read whole below: every layer must have arrived
+            if chunk.arrival is not None:
+                chunk.arrival.wait_all()
         with torch.inference_mode():
             if recompute.ratio is not None:
                 return self._blend(level0, documents, places, recompute)
@@ -90,8 +95,9 @@ class SelectiveRecompute:
         cos, sin = self.model.rotary.cos, self.model.rotary.sin
         for chunk, place in zip(documents, places):  # the stored keys turned to their new positions
             shift, rows = place - chunk.start, slice(place - start, place - start + chunk.length)
-            own.keys[:, rows] = rotate(chunk.keys.to(self.device), cos[shift], sin[shift])
-            own.values[:, rows] = chunk.values.to(self.device)
+            keys, values = (dense(t.to(self.device), self.dtype) for t in (chunk.keys, chunk.values))
+            own.keys[:, rows] = rotate(keys, cos[shift], sin[shift])
+            own.values[:, rows] = values
         measured = min(1, self.config.num_layers - 1)
         stored_values = own.values[measured].clone()
         first = torch.tensor([p - start + i for c, p in zip(documents, places) for i in range(min(recompute.prefix,
@@ -111,6 +117,11 @@ class SelectiveRecompute:
         return [level0, KVChunk(level=LEVEL_DOCUMENT, token_ids=token_ids, start=start, keys=own.keys,
                                 values=own.values, fingerprint=level0.fingerprint)]
 
+    def _dense(self, chunk: KVChunk) -> KVChunk:
+        """The chunk on the device in the model's dtype (a packed one dequantised: its rows are split below)."""
+        chunk = chunk.to(self.device)
+        return replace(chunk, keys=dense(chunk.keys, self.dtype), values=dense(chunk.values, self.dtype))
+
     def _prefixes(self, level0, documents, places, prefix: int) -> list[KVChunk]:
         counts = [min(prefix, c.length) for c in documents]
         m = sum(counts)
@@ -119,7 +130,7 @@ class SelectiveRecompute:
         own = KVBuffer.empty(self.config, m, self.dtype, self.device)
         out, shifts, row = [level0], [0], 0
         for chunk, place, k in zip(documents, places, counts):
-            chunk = chunk.to(self.device)
+            chunk = self._dense(chunk)
             if k:  # the recomputed rows: keys rotated at their placed positions (shift 0)
                 out.append(KVChunk(LEVEL_DOCUMENT, chunk.token_ids[:k], place, own.keys[:, row:row + k],
                                    own.values[:, row:row + k], chunk.fingerprint))

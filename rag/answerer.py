@@ -1,8 +1,10 @@
 """Answerer: a question's retrieved passages composed after level 0 (their stored chunks, or their tokens for
 `full`) with the question, and the answer generated and streamed with its timings."""
+import itertools
+import logging
 import time
 
-from cascade_rag.engine import MODES, KVChunk, SamplingParams
+from cascade_rag.engine import MODES, KVChunk, KVChunkError, SamplingParams
 
 from .answer import Answer, AnswerStream
 from .chunk_provider import ChunkProvider
@@ -10,6 +12,8 @@ from .collection import DEFAULT_COLLECTION
 from .filters import MetadataFilter
 from .retriever import Retriever, check_query
 from .store import Passage
+
+log = logging.getLogger("cascade_rag")
 
 
 class Answerer:
@@ -25,6 +29,7 @@ class Answerer:
         self.retriever.require_documents(collection)
         began = time.perf_counter()
         self.provider.model()  # loaded here: a mismatch with the store raises from ask(), not from the stream
+        self.provider.check_kv_format()
         hits = self.retriever.search(question, top_k, collection, where)
         answer = Answer(question, mode, [s for s, _ in hits], retrieval_s=time.perf_counter() - began)
         return AnswerStream(answer, self._stream(answer, [p for _, p in hits], params, began))
@@ -33,31 +38,57 @@ class Answerer:
         """See RAG.composition."""
         check_query(question, top_k)
         model = self.provider.model()
+        self.provider.check_kv_format()
         hits = self.retriever.search(question, top_k)
         answer = Answer(question, "cached", [s for s, _ in hits])
         with self.provider.lock:
-            chunks = [model.level0] + [self._chunk(p, answer) for _, p in hits]
+            chunks = [model.level0] + self._chunks([p for _, p in hits], answer)
+        for chunk in chunks:
+            if chunk.arrival is not None:
+                chunk.arrival.wait_all()
         return chunks, model.template.query_ids(model.engine.tokenizer, question)
 
-    def _chunk(self, passage: Passage, answer: Answer) -> KVChunk:
-        served = self.provider.serve(passage.chunk_key, passage.token_ids, f"{passage.pid} ({passage.doc_id})",
-                                     passage.collection)
-        answer.tiers[served.tier] = answer.tiers.get(served.tier, 0) + 1
-        if served.warning:
-            answer.warnings.append(served.warning)
-        return served.chunk
+    def _chunks(self, passages: list[Passage], answer: Answer) -> list[KVChunk]:
+        """The passages' chunks (those from the store still arriving, layer by layer), their tiers counted."""
+        chunks = []
+        for served in self.provider.serve_streamed([(p.chunk_key, p.token_ids, f"{p.pid} ({p.doc_id})", p.collection)
+                                                    for p in passages]):
+            answer.tiers[served.tier] = answer.tiers.get(served.tier, 0) + 1
+            if served.warning:
+                answer.warnings.append(served.warning)
+            chunks.append(served.chunk)
+        return chunks
+
+    def _generation(self, answer: Answer, passages: list[Passage], params: SamplingParams, model):
+        """The generation over level 0, the passages' chunks and the question, and its first text delta (None:
+        none). A chunk whose layer fails its check as it arrives is forgotten and the request runs again over it
+        recomputed (a warning)."""
+        ids = model.template.query_ids(model.engine.tokenizer, answer.question)
+        for attempt in range(2):
+            loaded = time.perf_counter()
+            chunks = [model.level0] + (self._chunks(passages, answer) if answer.mode != "full" else
+                                       [self.provider.tokens_only(p.token_ids) for p in passages])
+            answer.chunks_s = time.perf_counter() - loaded
+            generation = model.engine.stream(ids, params, chunks, answer.mode)
+            deltas = iter(generation)
+            try:
+                return generation, deltas, next(deltas, None)
+            except KVChunkError as exc:
+                if attempt:
+                    raise
+                for passage, chunk in zip(passages, chunks[1:]):
+                    if chunk.arrival is not None and chunk.arrival.failed:
+                        self.provider.forget(passage.chunk_key)
+                answer.tiers.clear()
+                answer.warnings.append(f"{exc}; recomputing it")
+                log.warning(answer.warnings[-1])
 
     def _stream(self, answer: Answer, passages: list[Passage], params: SamplingParams, began: float):
         model = self.provider.model()
         with self.provider.lock:
-            loaded = time.perf_counter()
-            chunks = [model.level0] + [self._chunk(p, answer) if answer.mode != "full" else
-                                       self.provider.tokens_only(p.token_ids) for p in passages]
-            answer.chunks_s = time.perf_counter() - loaded
-            ids = model.template.query_ids(model.engine.tokenizer, answer.question)
-            generation = model.engine.stream(ids, params, chunks, answer.mode)
+            generation, deltas, first = self._generation(answer, passages, params, model)
             answer.prompt_tokens = generation.prompt_tokens
-            for delta in generation:
+            for delta in itertools.chain([first] if first is not None else [], deltas):
                 if not answer.text:
                     answer.first_token_s = time.perf_counter() - began
                 answer.text += delta

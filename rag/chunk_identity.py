@@ -1,7 +1,7 @@
 """A stored chunk proven to be the one asked for: a file that decodes whole and checked (chunk_format) is still only
 some passage's chunk; this checks that it is this passage's. Its key is derived again from its own content (the
-fingerprint and token ids it carries, under its checksum) and must equal the key it was stored under; its token
-ids must equal the passage's; it must be a level-1 chunk at the canonical start right after level 0."""
+fingerprint, token ids and KV format it carries, under its checksum) and must equal the key it was stored under;
+its token ids must equal the passage's; it must be a level-1 chunk at the canonical start right after level 0."""
 from cascade_rag.engine import LEVEL_DOCUMENT, KVChunk
 
 from .chunk_store import chunk_key
@@ -11,7 +11,7 @@ def identity_problem(chunk: KVChunk, key: str, token_ids: list[int], collection:
                      start: int | None = None, name: str = "KV chunk") -> str | None:
     """Why `chunk`, read under `key`, is not the chunk of the passage with `token_ids` in `collection` (None when
     it is)."""
-    own = chunk_key(chunk.fingerprint, chunk.token_ids, collection)
+    own = chunk_key(chunk.fingerprint, chunk.token_ids, collection, chunk.kv_format)
     if own != key:
         return f"{name} holds the chunk of another passage (its content's key is {own}); not used"
     if list(chunk.token_ids) != list(token_ids):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, LLMEngine, TieredChunkCache
+from cascade_rag.engine.chunk_stream import ChunkStreamer
 
 from .chunk_identity import identity_problem
 from .collection import DEFAULT_COLLECTION
@@ -17,6 +18,7 @@ from .options import RAGOptions
 from .prompt import PromptTemplate
 
 log = logging.getLogger("cascade_rag")
+STREAM_WORKERS = 8  # threads that read, check and copy streamed chunks
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class ChunkProvider:
         self.options, self.chunks, self.manifest = options, chunks, manifest
         self.lock = threading.RLock()  # the engine, the level-0 chunk and the tiers
         self._model: Model | None = None
+        self.streamer: ChunkStreamer | None = None  # threads of streamed loads, made on first use
 
     @property
     def loaded(self) -> bool:
@@ -52,7 +55,7 @@ class ChunkProvider:
         with self.lock:
             if self._model is None:
                 o = self.options
-                engine = LLMEngine(o.model, device=o.device, dtype=o.dtype)
+                engine = LLMEngine(o.model, device=o.device, dtype=o.dtype, kv_format=o.kv_format)
                 template = PromptTemplate.from_tokenizer(engine.tokenizer, o.system_prompt)
                 fingerprint = engine.fingerprint(o.system_prompt)
                 self.manifest.check("fingerprint", fingerprint, "the model, its dtype or the system prompt")
@@ -61,10 +64,16 @@ class ChunkProvider:
                 self._model = Model(engine, template, fingerprint, level0, tiers)
             return self._model
 
+    def check_kv_format(self) -> None:
+        """Raises KVFormatMismatch when the data directory's chunks are in another KV format than this process's
+        (checked where chunks are read or written, not when the model loads: a server still starts, and refuses
+        those calls)."""
+        self.manifest.check_kv_format(self.options.kv_format)
+
     def key(self, token_ids: list[int], collection: str = DEFAULT_COLLECTION) -> str:
         """The chunk key of a passage of the collection (the default collection's keys are those of stores made
         before collections)."""
-        return chunk_key(self.model().fingerprint, token_ids, collection)
+        return chunk_key(self.model().fingerprint, token_ids, collection, self.options.kv_format)
 
     def prefill(self, batch: list[list[int]]) -> list[KVChunk]:
         """The level-1 chunks of passages' token ids, prefilled together after level 0."""
@@ -88,14 +97,56 @@ class ChunkProvider:
                                            f"KV chunk {key} of passage {label}")
                 if problem is None:
                     return Served(m.tiers.admit(key, found.chunk), "disk")
-            warning = f"{problem or f'KV chunk of passage {label} is missing'}; recomputing it"
-            log.warning(warning)
-            chunk = m.engine.prefill_chunk(token_ids, [m.level0], LEVEL_DOCUMENT, m.fingerprint)
-            try:
-                self.chunks.put(key, chunk)
-            except ChunkWriteError as exc:
-                log.warning(f"could not store the recomputed chunk: {exc}")
-            return Served(m.tiers.admit(key, chunk), "recomputed", warning)
+            return self._recompute(key, token_ids, label, problem)
+
+    def serve_streamed(self, passages: list[tuple[str, list[int], str, str]]) -> list[Served]:
+        """serve() of several passages (key, token ids, label, collection), those in neither tier loaded from the
+        store together, streamed layer by layer to the device (engine.chunk_stream: the request's prefill starts
+        while they arrive) and kept in the device tier; each checked to be its passage's own (chunk_identity) from
+        its header, before any of its layers is used. A layer that fails its check fails the request that waits for
+        it: `forget` the chunk, then serve it again (recomputed)."""
+        m = self.model()
+        with self.lock:
+            served, misses = {}, []
+            for i, (key, _, _, _) in enumerate(passages):
+                chunk, tier = m.tiers.lookup(key)
+                if chunk is not None:
+                    served[i] = Served(chunk, tier)
+                else:
+                    misses.append(i)
+            if self.streamer is None:
+                self.streamer = ChunkStreamer(STREAM_WORKERS)
+            found = self.chunks.stream([passages[i][0] for i in misses], m.fingerprint, m.engine.device,
+                                       self.streamer) if misses else []
+            for i, lookup in zip(misses, found):
+                key, token_ids, label, collection = passages[i]
+                problem = lookup.problem
+                if lookup.chunk is not None:
+                    problem = identity_problem(lookup.chunk, key, token_ids, collection, m.level0.length,
+                                               f"KV chunk {key} of passage {label}")
+                    if problem is None:
+                        m.tiers.put(key, lookup.chunk)
+                        served[i] = Served(lookup.chunk, "disk")
+                        continue
+                served[i] = self._recompute(key, token_ids, label, problem)
+            return [served[i] for i in range(len(passages))]
+
+    def forget(self, key: str) -> None:
+        """Drops a chunk found bad while it was used: from the tiers and the store (its next use recomputes it)."""
+        with self.lock:
+            self.model().tiers.discard(key)
+            self.chunks.delete(key)
+
+    def _recompute(self, key: str, token_ids: list[int], label: str, problem: str | None) -> Served:
+        m = self.model()
+        warning = f"{problem or f'KV chunk of passage {label} is missing'}; recomputing it"
+        log.warning(warning)
+        chunk = m.engine.prefill_chunk(token_ids, [m.level0], LEVEL_DOCUMENT, m.fingerprint)
+        try:
+            self.chunks.put(key, chunk)
+        except ChunkWriteError as exc:
+            log.warning(f"could not store the recomputed chunk: {exc}")
+        return Served(m.tiers.admit(key, chunk), "recomputed", warning)
 
     def tokens_only(self, token_ids: list[int]) -> KVChunk:
         """A chunk with token ids and no KV: `full` mode prefills the tokens itself and never reads stored KV."""

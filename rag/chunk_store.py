@@ -11,19 +11,22 @@ from dataclasses import dataclass
 
 from cascade_rag.engine import KVChunk, KVChunkError
 from cascade_rag.engine.chunk_format import decode, encode
+from cascade_rag.engine.chunk_stream import BufferSource, ByteSource, ChunkStreamer
 
 from .collection import DEFAULT_COLLECTION
 
 log = logging.getLogger("cascade_rag")
 
 
-def chunk_key(fingerprint: str, token_ids: list[int], collection: str | None = None) -> str:
+def chunk_key(fingerprint: str, token_ids: list[int], collection: str | None = None, kv_format: str = "dtype") -> str:
     """The one name of a chunk's bytes: the fingerprint (model weights and tokenizer, dtype and so the layout, the
-    system prompt of level 0, the format version), the passage's token ids, and its collection (None or the default
+    system prompt of level 0, the format version), the passage's token ids, its collection (None or the default
     one: no collection, the keys of stores made before collections): collections share no chunk, so whether a chunk
-    is hot tells nothing of another collection."""
+    is hot tells nothing of another collection; and its KV format (`dtype`: none, the keys of stores made before
+    formats), so that stores of several formats never share a name."""
     scoped = [collection] if collection and collection != DEFAULT_COLLECTION else []
-    return hashlib.sha256(json.dumps([fingerprint, token_ids, *scoped]).encode()).hexdigest()
+    packed = [["kv_format", kv_format]] if kv_format != "dtype" else []
+    return hashlib.sha256(json.dumps([fingerprint, token_ids, *scoped, *packed]).encode()).hexdigest()
 
 
 class ChunkBackend(ABC):
@@ -41,6 +44,12 @@ class ChunkBackend(ABC):
     @abstractmethod
     def contains(self, key: str) -> bool:
         ...
+
+    def source(self, key: str) -> ByteSource | None:
+        """The bytes under key read by range (for loads streamed layer by layer), or None when there are none. By
+        default the whole of get(); a backend that can read ranges (a file) does better."""
+        data = self.get(key)
+        return None if data is None else BufferSource(data, f"KV chunk {key}")
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -70,8 +79,10 @@ class Lookup:
 
 
 class ChunkStore:
-    def __init__(self, backend: ChunkBackend):
-        self.backend = backend
+    """Chunks in one KV format (`kv_format`, engine KV_FORMATS) over a backend: an entry in another is a miss."""
+
+    def __init__(self, backend: ChunkBackend, kv_format: str = "dtype"):
+        self.backend, self.kv_format = backend, kv_format
 
     def contains(self, key: str) -> bool:
         return self.backend.contains(key)
@@ -86,12 +97,32 @@ class ChunkStore:
         if data is None:
             return Lookup(None)
         try:
-            return Lookup(decode(data, fingerprint, device, pin, f"KV chunk {key}"))
+            return Lookup(decode(data, fingerprint, device, pin, f"KV chunk {key}", self.kv_format))
         except KVChunkError as exc:
             return Lookup(None, str(exc))
 
+    def stream(self, keys: list[str], fingerprint: str, device, streamer: ChunkStreamer) -> list[Lookup]:
+        """The chunks under keys on `device`, their layers arriving while they are used (engine.chunk_stream: each
+        layer is checked as it arrives, and a bad one fails the request that waits for it), or misses."""
+        sources, lookups = [], []
+        for key in keys:
+            try:
+                sources.append(self.backend.source(key))
+            except Exception as exc:
+                sources.append(KVChunkError(f"cannot read KV chunk {key}: {exc}"))
+        readable = [s for s in sources if s is not None and not isinstance(s, KVChunkError)]
+        loaded = iter(streamer.load(readable, fingerprint, device, self.kv_format) if readable else [])
+        for source in sources:
+            result = source if source is None or isinstance(source, KVChunkError) else next(loaded)
+            lookups.append(Lookup(None, None if result is None else str(result)) if not isinstance(result, KVChunk)
+                           else Lookup(result))
+        return lookups
+
     def put(self, key: str, chunk: KVChunk) -> None:
-        """Stores the chunk; on failure removes what may have been written and raises ChunkWriteError."""
+        """Stores the chunk (in the store's KV format); on failure removes what may have been written and raises
+        ChunkWriteError."""
+        if chunk.kv_format != self.kv_format:
+            raise ValueError(f"a chunk in KV format {chunk.kv_format} given to a store of {self.kv_format}")
         data = encode(chunk)
         try:
             self.backend.put(key, data)

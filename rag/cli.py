@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .cli_error import CLIError  # noqa: E402
 from .cli_options import (add_answer_options, add_collection, add_data_dir, add_ingest_limits,  # noqa: E402
-                          add_model_options, add_server_options, open_rag, sampling)
+                          add_kv_format, add_model_options, add_server_options, open_rag, sampling)
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cascade-rag", description="Retrieval-augmented generation over "
@@ -37,6 +37,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no estimate line and no progress bar (the limits are "
                                                         "still checked)")
     add_model_options(p)
+    add_kv_format(p)
 
     p = sub.add_parser("ask", help="answer a question from the ingested documents")
     p.add_argument("question", help="the question, in quotes")
@@ -47,6 +48,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="cached: stored KV chunks (default); full: one prefill of the same tokens; blend: stored "
                         "chunks with the 15%% of document tokens that their neighbours change most recomputed")
     add_model_options(p)
+    add_kv_format(p)
     p.add_argument("--server", metavar="HOST:PORT", help="ask a running `cascade-rag serve` over gRPC instead")
     add_server_options(p)
 
@@ -106,6 +108,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="text (default) or json: one JSON object a line, each call's with its request id")
     add_ingest_limits(p)
     add_model_options(p)
+    add_kv_format(p)
 
     p = sub.add_parser("health", help="exit 0 when a server answers SERVING to the gRPC health check")
     p.add_argument("--server", metavar="HOST:PORT", default="127.0.0.1:50051", help="default 127.0.0.1:50051")

@@ -13,6 +13,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: fp32 on CPU, bf16 on GPU")
 
 
+def add_kv_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kv-format", metavar="FORMAT",  # checked by RAGOptions against the engine's KV_FORMATS
+                   help="how passage KV chunks are stored and read: dtype (the model's: bf16 on GPU, fp32 on CPU), fp8 "
+                        "(e4m3) or int4 (KIVI-style); chosen at the first ingestion and recorded in the data directory, "
+                        "which refuses another (default: the data directory's, else dtype)")
+
+
 def add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="data directory (default: $CASCADE_RAG_DATA or ./cascade-data)")
 
@@ -40,7 +47,7 @@ def add_server_options(p: argparse.ArgumentParser, token: bool = True) -> None:
 def open_rag(args, **extra):
     from .pipeline import RAG
     return RAG(args.data_dir, model=getattr(args, "model", None), device=getattr(args, "device", None),
-               dtype=getattr(args, "dtype", None), **extra)
+               dtype=getattr(args, "dtype", None), kv_format=getattr(args, "kv_format", None), **extra)
 
 
 def sampling(args):

@@ -74,6 +74,7 @@ class Ingestor:
         self.store.lock_for_writing()
         if any(isinstance(item, Document) for item in items):
             self.provider.model(), self.retriever.embedder()  # loaded and checked against the manifest
+            self.provider.check_kv_format()
         plan = []
         for planned in self._plan(items, report, collection):
             plan.append(planned)
@@ -110,6 +111,7 @@ class Ingestor:
         model, embedder, o = self.provider.model(), self.retriever.embedder(), self.options
         return {"model": str(model.engine.model_path), "model_id": model.engine.model_id, "dtype": o.dtype,
                 "fingerprint": model.fingerprint, "system_prompt": o.system_prompt, "chunk_format": FORMAT_VERSION,
+                "kv_format": o.kv_format,
                 "embedder": embedder.name, "dim": embedder.dim, "index": o.index,
                 "kv_bytes_per_token": model.engine.kv_bytes_per_token()}
 

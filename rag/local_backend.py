@@ -3,7 +3,7 @@ through a private mapping (no copy before the tensors view it)."""
 import mmap
 from pathlib import Path
 
-from cascade_rag.engine.file_io import read_buffer, write_atomic
+from cascade_rag.engine.file_io import FileSource, read_buffer, write_atomic
 
 from .chunk_store import ChunkBackend
 
@@ -26,6 +26,10 @@ class LocalDirectoryBackend(ChunkBackend):
             return read_buffer(self.path(key))
         except FileNotFoundError:
             return None
+
+    def source(self, key: str) -> FileSource | None:
+        path = self.path(key)
+        return FileSource(path) if path.exists() else None
 
     def contains(self, key: str) -> bool:
         return self.path(key).exists()

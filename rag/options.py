@@ -2,7 +2,7 @@
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from cascade_rag.engine import default_device, default_dtype, default_prefill_batch_tokens
+from cascade_rag.engine import check_kv_format, default_device, default_dtype, default_prefill_batch_tokens
 
 from .ingest_limits import IngestLimits
 from .prompt import DEFAULT_SYSTEM_PROMPT
@@ -16,6 +16,8 @@ class RAGOptions:
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     embedder: str | None = None            # None: the embedded sentence embedder
     index: str | None = None               # flat or hnsw; None: the data directory's, else flat
+    # how passage chunks hold their K/V (engine KV_FORMATS: dtype, fp8, int4); None: the data directory's, else dtype
+    kv_format: str | None = None
     passage_tokens: int = 256
     overlap: int = 32
     cache_bytes: int | None = None         # the device tier; None: 2 GiB on a CPU, 8 GiB on a GPU
@@ -29,8 +31,11 @@ class RAGOptions:
     # the limits of one ingestion (rag/ingest_limits.py); none by default, `serve` sets its own
     ingest_limits: IngestLimits = IngestLimits()
 
-    def resolved(self, stored_index: str | None = None) -> "RAGOptions":
-        """Defaults filled in (`stored_index`: the data directory's index type), values checked."""
+    def resolved(self, stored_index: str | None = None, stored_kv_format: str | None = None) -> "RAGOptions":
+        """Defaults filled in (`stored_index`, `stored_kv_format`: the data directory's index type and KV format),
+        values checked."""
+        if self.kv_format is not None:
+            check_kv_format(self.kv_format)
         if self.prefill_batch_tokens is not None and self.prefill_batch_tokens < 1:
             raise ValueError(f"prefill_batch_tokens must be at least 1, got {self.prefill_batch_tokens}")
         if self.embed_slice < 1:
@@ -38,6 +43,6 @@ class RAGOptions:
         device = self.device or default_device()
         return replace(
             self, device=device, dtype=self.dtype or default_dtype(device),
-            index=self.index or stored_index or "flat",
+            index=self.index or stored_index or "flat", kv_format=self.kv_format or stored_kv_format or "dtype",
             cache_bytes=self.cache_bytes if self.cache_bytes is not None else (2 << 30 if device == "cpu" else 8 << 30),
             prefill_batch_tokens=self.prefill_batch_tokens or default_prefill_batch_tokens(device))

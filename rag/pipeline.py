@@ -46,8 +46,10 @@ class RAG:
                  crash_hook: CrashHook | None = None, **fields):
         self.store = Store(data_dir or default_data_dir(), create=create, read_only=read_only)
         manifest = Manifest(self.store)
-        self.options = (options or RAGOptions(**fields)).resolved((manifest.read() or {}).get("index"))
-        self.chunks = ChunkStore(chunk_backend or LocalDirectoryBackend(self.store.dir / "chunks"))
+        stored = manifest.read() or {}
+        self.options = (options or RAGOptions(**fields)).resolved(stored.get("index"), stored.get("kv_format"))
+        self.chunks = ChunkStore(chunk_backend or LocalDirectoryBackend(self.store.dir / "chunks"),
+                                 self.options.kv_format)
         self.provider = ChunkProvider(self.options, self.chunks, manifest)
         self.retriever = Retriever(self.store, manifest, self.options.index, self.options.embedder)
         self.ingestor = Ingestor(self.store, self.provider, self.retriever, manifest, self.options,

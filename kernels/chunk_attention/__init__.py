@@ -27,14 +27,19 @@ chunk_attention_table serves CUDA graphs: the tables of every layer are built on
 and a decode step's kernel also does rope_store's work (q/k norm, the query rotated for each chunk, the new key
 and value stored at their slot), so a step has no separate rotary kernel.
 
-The package: reference (the PyTorch reference), common (the jit helpers the kernels share), prefill (several
-queries), decode (one query), tables (chunk tables and a CUDA graph's workspace), api (the two entry points).
+Packed chunks (kernels.kv_quant: fp8, int4) are read from their codes and parameters and dequantised in
+registers (packed); a chunk's keys[c] and values[c] are then PackedKV layer views.
+
+The package: reference (the PyTorch reference), common (the jit helpers the kernels share), packed (packed chunks'
+tiles), prefill (several queries), decode (one query), tables (chunk tables and a CUDA graph's workspace), api
+(the two entry points).
 """
 from .api import chunk_attention, chunk_attention_table
 from .common import HEAD_DIMS
 from .decode import decode_splits
+from .packed import NO_PACKED, PackedBases, fixed_bases
 from .reference import chunk_attention_ref
 from .tables import DecodeWorkspace, chunk_tables, decode_workspace
 
 __all__ = ["chunk_attention", "chunk_attention_ref", "chunk_attention_table", "chunk_tables", "decode_workspace",
-           "decode_splits", "DecodeWorkspace", "HEAD_DIMS"]
+           "decode_splits", "DecodeWorkspace", "HEAD_DIMS", "NO_PACKED", "PackedBases", "fixed_bases"]

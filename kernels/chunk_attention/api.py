@@ -10,6 +10,7 @@ from .common import HEAD_DIMS, num_sms
 from .decode import arrival_counters, decode_splits, launch_decode, longest_piece
 from .prefill import launch_attn, row_tile, tuning
 from .reference import chunk_attention_ref
+from .packed import NO_PACKED, PackedBases, check_tiles
 from .tables import DecodeWorkspace, chunk_table
 
 
@@ -21,7 +22,7 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits, options: KernelO
     if q.stride()[1:] != (hq * head_dim, head_dim, 1):
         q = q.contiguous()
     device = q.device
-    table, total, aligned = chunk_table(keys, values, hkv, head_dim, q.dtype, device)
+    table, total, aligned, k_base, v_base, packed = chunk_table(keys, values, hkv, head_dim, q.dtype, device)
     assert total < 2 ** 31
     if total == 0:
         raise ValueError("chunk attention needs at least one key: every chunk is empty")
@@ -31,8 +32,11 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits, options: KernelO
         num_splits = max(1, triton.cdiv(total, split_len))
         out = torch.empty((1, hq, head_dim), dtype=q.dtype, device=device)
         part = torch.empty(num_splits * hq * (head_dim + 2), dtype=torch.float32, device=device)
-        launch_decode(q, keys[0], values[0], table, out, part, arrival_counters(device, hkv), num_chunks, num_splits,
-                      split_len, total, scale, aligned, split_len <= longest_piece(options.decode), options)
+        if packed.format:
+            check_tiles(options.decode.block_n)
+        launch_decode(q, k_base, v_base, table, out, part, arrival_counters(device, hkv), num_chunks, num_splits,
+                      split_len, total, scale, aligned, split_len <= longest_piece(options.decode), options,
+                      packed=packed)
         return out
 
     block_m = row_tile(num_q, group)
@@ -46,37 +50,42 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits, options: KernelO
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=device)
     part = torch.empty(num_splits * num_q * hq * (head_dim + 2), dtype=torch.float32, device=device) \
         if num_splits > 1 else out
-    launch_attn(q, keys[0], values[0], table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,
-                aligned, False, options)
+    if packed.format:
+        check_tiles(cfg.block_n)
+    launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,
+                aligned, False, options, packed)
     return out
 
 
 def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.Tensor, table: torch.Tensor,
                           scale: float, workspace: DecodeWorkspace, rotary: RotaryInputs | None = None,
                           new_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-                          options: KernelOptions = DEFAULT_KERNELS) -> torch.Tensor:
+                          options: KernelOptions = DEFAULT_KERNELS, packed: PackedBases = NO_PACKED) -> torch.Tensor:
     """chunk_attention over a prebuilt device table (chunk_tables) whose last entry is the context's length: every
     argument stays fixed from one decode step to the next, so the call can be captured in a CUDA graph.
 
     A prefill (q [C, Nq, Hq, D], rope_store's output) adds the own chunk's Nq tokens to the context. A decode
     step (workspace.decode) also does rope_store's work: q [1, Hq, D] is the new token's query as projected,
     new_kv the new token's key and value as projected and rotary rope_store's other inputs (own_keys/own_values
-    being k_base/v_base); the own chunk then ends after slots[0]."""
+    being k_base/v_base); the own chunk then ends after slots[0]. packed: the (fixed) bases of the table's packed
+    chunks and their format."""
+    if packed.format:
+        check_tiles(options.decode.block_n if workspace.decode else tuning(workspace.block_m, options).block_n)
     head_dim = q.shape[-1]
     w = workspace
     if w.decode:
         if rotary is None or new_kv is None:
             raise ValueError("a decode step over a chunk table takes the new token's projections and rope")
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-        launch_decode(q, k_base, v_base, table, out, w.part, w.lock, (table.shape[0] - 1) // 5, w.num_splits,
-                      w.split_len, 0, scale, w.aligned, w.pieces, options, rotary, new_kv)
+        launch_decode(q, k_base, v_base, table, out, w.part, w.lock, (table.shape[0] - 1) // 7, w.num_splits,
+                      w.split_len, 0, scale, w.aligned, w.pieces, options, rotary, new_kv, packed)
         return out
     num_chunks, num_q, hq, _ = q.shape
     if q.stride()[1:] != (hq * head_dim, head_dim, 1):
         q = q.contiguous()
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=q.device)
     launch_attn(q, k_base, v_base, table, out, w.part, num_chunks, w.split_len, num_q, scale, w.block_m,
-                w.num_splits, w.aligned, True, options)
+                w.num_splits, w.aligned, True, options, packed)
     return out
 
 

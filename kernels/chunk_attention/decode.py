@@ -10,16 +10,18 @@ from ..dispatch import interpreted
 from ..options import DecodeTuning, KernelOptions
 from ..rope import RotaryInputs, cos_sin, normed_heads, rotated
 from .common import LOG2E, attend_keys, chunk_entry, chunk_shift, chunk_span, merge_partials, num_sms, split_prologue
+from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_keys, packed_tile
 
 
 @triton.jit(do_not_specialize=["num_chunks", "split_len", "total_len", "stride_qc"])
-def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
+def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr, kq_ptr, vq_ptr, ks_ptr, vs_ptr,
                    kn_ptr, vn_ptr, pos_ptr, slot_ptr, shift_ptr, scale_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, qk_eps,
                    num_chunks, split_len, total_len, qk_scale, stride_qc,
                    HQ: tl.constexpr, GROUP: tl.constexpr, GROUP_P2: tl.constexpr, HEAD_DIM: tl.constexpr,
                    BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, BLOCK_S: tl.constexpr,
                    ALIGNED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-                   ROPE: tl.constexpr, QK_NORM: tl.constexpr, PIECE_TILE: tl.constexpr, PDL: tl.constexpr):
+                   ROPE: tl.constexpr, QK_NORM: tl.constexpr, PIECE_TILE: tl.constexpr, FORMAT: tl.constexpr,
+                   PDL: tl.constexpr):
     """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the columns
     of its products, attend_keys) over its split; the program that finishes its KV head's splits last merges
     them by log-sum-exp, so one launch does the whole step.
@@ -27,7 +29,10 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
     ROPE (CUDA graphs): q, kn, vn are the new token's projections, not yet normalised or rotated; the kernel
     does what rope_store does (the query rotated for each chunk, the key stored with the value at the own
     chunk's slot read from slot_ptr) and reads the total as context (the table's last entry) + slot + 1. The
-    split holding the new token attends to it from registers after its loop (so no load waits for the store)."""
+    split holding the new token attends to it from registers after its loop (so no load waits for the store).
+
+    FORMAT (packed.FORMAT_CODES; 0: none): the context chunks flagged packed in the table are read from their codes
+    and parameters (bases kq, vq, ks, vs) and dequantised in registers, their tiles aligned to the chunk."""
     kv_head = tl.program_id(0)
     split = tl.program_id(1)
     num_splits = tl.num_programs(1)
@@ -79,14 +84,31 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr,
                             other=0.0)
             if DOT_F32:
                 q = q.to(tl.float32)
-            k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
-            v_cols = v_ptr + v_off + kv_head * HEAD_DIM + d[:, None]
-            for n0 in range(start, end, BLOCK_N):
-                pos = n0 + tl.arange(0, BLOCK_N)
-                in_range = pos < end
-                k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=in_range[:, None], other=0.0)
-                v_t = tl.load(v_cols + (pos - chunk_start)[None, :] * v_stride, mask=in_range[None, :], other=0.0)
-                m_i, l_i, acc = attend_keys(q, k, v_t, in_range, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
+            packed = False
+            if FORMAT != 0:  # the chunk's parameter offsets, NOT_PACKED for one in the model's dtype
+                ks_off = tl.load(table_ptr + 5 * num_chunks + 1 + c)
+                vs_off = tl.load(table_ptr + 6 * num_chunks + 1 + c)
+                packed = ks_off != NOT_PACKED_C
+            if packed:
+                lo_rel = start - chunk_start
+                for r0 in range((lo_rel // BLOCK_N) * BLOCK_N, end - chunk_start, BLOCK_N):
+                    j = r0 + tl.arange(0, BLOCK_N)
+                    in_range = (j >= lo_rel) & (j < end - chunk_start)
+                    k, v, k_scale, k_zero, v_scale, v_zero = packed_tile(
+                        kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off, r0, j,
+                        in_range, kv_head, HQ // GROUP, HEAD_DIM, FORMAT)
+                    m_i, l_i, acc = attend_packed_keys(q, k, v, k_scale, k_zero, v_scale, v_zero, in_range, m_i, l_i,
+                                                       acc, qk_scale, FORMAT, DOT_F32, PRECISION)
+            else:
+                k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
+                v_cols = v_ptr + v_off + kv_head * HEAD_DIM + d[:, None]
+                for n0 in range(start, end, BLOCK_N):
+                    pos = n0 + tl.arange(0, BLOCK_N)
+                    in_range = pos < end
+                    k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=in_range[:, None], other=0.0)
+                    v_t = tl.load(v_cols + (pos - chunk_start)[None, :] * v_stride, mask=in_range[None, :],
+                                  other=0.0)
+                    m_i, l_i, acc = attend_keys(q, k, v_t, in_range, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
 
     if ROPE:
         if (lo < hi) & (hi == total_len):  # this split holds the new token: it attends to it, then stores it
@@ -167,9 +189,11 @@ def arrival_counters(device, n: int) -> torch.Tensor:
 
 
 def launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_splits, split_len, total, scale,
-                  aligned, pieces, options: KernelOptions, rotary: RotaryInputs | None = None, new_kv=None):
+                  aligned, pieces, options: KernelOptions, rotary: RotaryInputs | None = None, new_kv=None,
+                  packed: PackedBases = NO_PACKED):
     """_decode_kernel over rotated queries q [C, 1, Hq, D], or with rotary (rope_store's inputs) and new_kv (the
-    new token's key and value as projected) over the new token's projected query q [1, Hq, D]."""
+    new token's key and value as projected) over the new token's projected query q [1, Hq, D]; packed: the bases
+    and format of the table's packed chunks."""
     hq, head_dim = q.shape[-2], q.shape[-1]
     hkv = k_base.shape[-2]
     group = hq // hkv
@@ -187,10 +211,10 @@ def launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_spl
         rope_pointers = (k, v, rotary.positions, rotary.slots, rotary.shifts, rotary.scales, rotary.cos, rotary.sin)
         rope_pointers += (rotary.q_norm, rotary.k_norm) if qk_norm else (q, q)
         qk_eps = rotary.qk_eps
-    pointers = (q, k_base, v_base, table, out, part, lock) + rope_pointers
+    pointers = (q, k_base, v_base, table, out, part, lock) + packed.pointers(q) + rope_pointers
     constexprs = (hq, group, triton.next_power_of_2(group), head_dim, cfg.block_n,
                   triton.next_power_of_2(num_chunks + 1), block_s, aligned, interpreted(), precision,
-                  rotary is not None, qk_norm, cfg.block_n if pieces else 0)
+                  rotary is not None, qk_norm, cfg.block_n if pieces else 0, packed.format)
     args = pointers + (qk_eps, num_chunks, split_len, total, scale * LOG2E, q.stride(0)) + constexprs
     key = ("decode", q.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
            constexprs, cfg.num_warps, cfg.num_stages)

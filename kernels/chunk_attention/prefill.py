@@ -8,14 +8,17 @@ import triton.language as tl
 from ..dispatch import interpreted
 from ..options import AttentionTuning, KernelOptions
 from .common import LOG2E, attend_tile, chunk_span, merge_partials, split_prologue
+from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_tile, packed_tile
 
 
 @triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
-def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
+def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_ptr, ks_ptr, vs_ptr,
                  num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
                  HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
-                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr, TOTAL_IN_TABLE: tl.constexpr, PDL: tl.constexpr):
+                 DOT_F32: tl.constexpr, PRECISION: tl.constexpr, TOTAL_IN_TABLE: tl.constexpr, FORMAT: tl.constexpr,
+                 PDL: tl.constexpr):
+    """Query rows (query x head) of a tile over a split; FORMAT: as in _decode_kernel (packed context chunks)."""
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -42,16 +45,32 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr,
             if DOT_F32:
                 q = q.to(tl.float32)
             limit = tl.where(c == num_chunks - 1, causal_limit, total_len)
-            k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
-            v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
-            for n0 in range(start, end, BLOCK_N):
-                pos = n0 + tl.arange(0, BLOCK_N)
-                j = pos - chunk_start
-                in_range = pos < end
-                k = tl.load(k_rows + j[:, None] * k_stride, mask=in_range[:, None], other=0.0)
-                v = tl.load(v_rows + j[:, None] * v_stride, mask=in_range[:, None], other=0.0)
-                visible = in_range[None, :] & (j[None, :] <= limit[:, None])
-                m_i, l_i, acc = attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
+            packed = False
+            if FORMAT != 0:  # the chunk's parameter offsets, NOT_PACKED for one in the model's dtype
+                ks_off = tl.load(table_ptr + 5 * num_chunks + 1 + c)
+                vs_off = tl.load(table_ptr + 6 * num_chunks + 1 + c)
+                packed = ks_off != NOT_PACKED_C
+            if packed:  # a context chunk: every key visible
+                lo_rel = start - chunk_start
+                for r0 in range((lo_rel // BLOCK_N) * BLOCK_N, end - chunk_start, BLOCK_N):
+                    j = r0 + tl.arange(0, BLOCK_N)
+                    in_range = (j >= lo_rel) & (j < end - chunk_start)
+                    k, v, k_scale, k_zero, v_scale, v_zero = packed_tile(
+                        kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off, r0, j,
+                        in_range, kv_head, HQ // GROUP, HEAD_DIM, FORMAT)
+                    m_i, l_i, acc = attend_packed_tile(q, k, v, k_scale, k_zero, v_scale, v_zero, in_range[None, :],
+                                                       m_i, l_i, acc, qk_scale, FORMAT, DOT_F32, PRECISION)
+            else:
+                k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
+                v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
+                for n0 in range(start, end, BLOCK_N):
+                    pos = n0 + tl.arange(0, BLOCK_N)
+                    j = pos - chunk_start
+                    in_range = pos < end
+                    k = tl.load(k_rows + j[:, None] * k_stride, mask=in_range[:, None], other=0.0)
+                    v = tl.load(v_rows + j[:, None] * v_stride, mask=in_range[:, None], other=0.0)
+                    visible = in_range[None, :] & (j[None, :] <= limit[:, None])
+                    m_i, l_i, acc = attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
 
     out_rows = qi * HQ + head
     if SPLIT:
@@ -107,19 +126,20 @@ def tuning(block_m: int, options: KernelOptions) -> AttentionTuning:
 
 
 def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,
-                aligned, total_in_table, options: KernelOptions):
+                aligned, total_in_table, options: KernelOptions, packed: PackedBases = NO_PACKED):
     """_attn_kernel over rotated queries q [C, Nq, Hq, D] in row tiles of block_m, then, with several splits, the
-    merge of their partials (in part)."""
+    merge of their partials (in part); packed: the bases and format of the table's packed chunks."""
     num_q, hq, head_dim = q.shape[1:]
     hkv = k_base.shape[-2]
     group = hq // hkv
     cfg = tuning(block_m, options)
     split = num_splits > 1
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    args = (q, k_base, v_base, table, out, part, num_chunks, num_q, split_len, total, scale * LOG2E, q.stride(0), hq,
-            group, head_dim, block_m, cfg.block_n, triton.next_power_of_2(num_chunks + 1), split, aligned,
-            interpreted(), precision, total_in_table)
-    key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:6])) + args[12:] + (
+    args = (q, k_base, v_base, table, out, part) + packed.pointers(q) + (
+        num_chunks, num_q, split_len, total, scale * LOG2E, q.stride(0), hq, group, head_dim, block_m, cfg.block_n,
+        triton.next_power_of_2(num_chunks + 1), split, aligned, interpreted(), precision, total_in_table,
+        packed.format)
+    key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:10])) + args[16:] + (
         cfg.num_warps, cfg.num_stages)
     launch(_attn_kernel, (triton.cdiv(num_q * group, block_m), hkv, num_splits), args, key, options,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)

@@ -1,11 +1,15 @@
 """The PyTorch reference of chunk attention (see the package's docstring for the semantics)."""
 import torch
 
+from ..kv_quant import dense
+
 
 def chunk_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
                         scale: float) -> torch.Tensor:
     """One softmax over the scores of all chunks; each KV head serves its group of query heads by a batched
-    matmul, so no chunk is copied (repeated per head or concatenated)."""
+    matmul, so no chunk is copied (repeated per head or concatenated). Packed chunks (kernels.kv_quant) are
+    dequantised first."""
+    keys, values = [dense(k, torch.float32) for k in keys], [dense(v, torch.float32) for v in values]
     num_chunks, num_q, hq, d = q.shape
     hkv = keys[0].shape[1]
     group = hq // hkv

@@ -8,7 +8,9 @@ import torch
 import triton
 
 from ..options import DEFAULT_KERNELS, KernelOptions
+from ..kv_quant import PackedKV
 from .common import num_sms
+from .packed import NO_PACKED, NOT_PACKED, PackedBases, check_packed, packed_columns
 from .decode import decode_splits, longest_piece
 from .prefill import row_tile, tuning
 
@@ -16,31 +18,53 @@ _tables = {}
 
 
 def chunk_table(keys, values, hkv, head_dim, dtype, device):
-    """The device table [K offsets, V offsets, K row strides, V row strides, chunk starts] in elements, the
-    total length and whether every offset and stride is a multiple of 16. The table leaves out the total
-    (which grows with the request's own chunk at every decode step) so that it is cached."""
-    size = keys[0].element_size()
-    kb, vb = keys[0].data_ptr(), values[0].data_ptr()
-    k_offs, v_offs, k_strides, v_strides, starts = [], [], [], [], []
+    """The device table [K offsets, V offsets, K row strides, V row strides, chunk starts, (a slot for the total),
+    K parameter offsets, V parameter offsets (NOT_PACKED: none)] of the chunks, the total length, whether every
+    offset and stride is a multiple of 16, the base tensors of the chunks in the model's dtype (keys, values: the first such chunk's) and
+    the packed ones' (packed.PackedBases). Offsets and strides count elements of the model's dtype from the bases,
+    bytes from the code bases for packed chunks, whose parameter offsets count float16 elements.
+    The table leaves out the total (which grows with the request's own chunk at every decode step) so that it is
+    cached."""
+    packed = PackedBases.of(keys, values)
+    plain = [(k, v) for k, v in zip(keys, values) if not isinstance(k, PackedKV)]
+    if not plain:
+        raise ValueError("chunk attention needs a chunk in the model's dtype (the request's own) among its chunks")
+    k_base, v_base = plain[0]
+    size = k_base.element_size()
+    kb, vb = k_base.data_ptr(), v_base.data_ptr()
+    k_offs, v_offs, k_strides, v_strides, starts, k_params, v_params = [], [], [], [], [], [], []
     total = 0
     for k, v in zip(keys, values):
-        ks, vs, k_stride, v_stride = k.shape, v.shape, k.stride(), v.stride()
-        if (k.dtype is not dtype or v.dtype is not dtype or ks[0] != vs[0] or ks[1] != hkv or vs[1] != hkv
-                or ks[2] != head_dim or vs[2] != head_dim or k_stride[1] != head_dim or v_stride[1] != head_dim
-                or k_stride[2] != 1 or v_stride[2] != 1):
-            raise ValueError("keys and values must be [n, Hkv, D] in q's dtype with contiguous rows")
-        k_offs.append(k.data_ptr() - kb)
-        v_offs.append(v.data_ptr() - vb)
-        k_strides.append(k_stride[0])
-        v_strides.append(v_stride[0])
+        if isinstance(k, PackedKV) or isinstance(v, PackedKV):
+            if not (isinstance(k, PackedKV) and isinstance(v, PackedKV) and k.keys and not v.keys
+                    and k.shape == v.shape):
+                raise ValueError("a packed chunk needs packed keys and values of one shape")
+            for t in (k, v):
+                check_packed(t, hkv, head_dim)
+            k_off, v_off, k_stride, v_stride, k_param, v_param = packed_columns(k, v, packed)
+        else:
+            ks, vs, k_stride, v_stride = k.shape, v.shape, k.stride(), v.stride()
+            if (k.dtype is not dtype or v.dtype is not dtype or ks[0] != vs[0] or ks[1] != hkv or vs[1] != hkv
+                    or ks[2] != head_dim or vs[2] != head_dim or k_stride[1] != head_dim or v_stride[1] != head_dim
+                    or k_stride[2] != 1 or v_stride[2] != 1):
+                raise ValueError("keys and values must be [n, Hkv, D] in q's dtype with contiguous rows")
+            k_off, v_off = (k.data_ptr() - kb) // size, (v.data_ptr() - vb) // size
+            if k_off * size != k.data_ptr() - kb or v_off * size != v.data_ptr() - vb:
+                raise ValueError("chunk addresses must be whole elements apart")
+            k_stride, v_stride, k_param, v_param = k_stride[0], v_stride[0], NOT_PACKED, NOT_PACKED
+        k_offs.append(k_off)
+        v_offs.append(v_off)
+        k_strides.append(k_stride)
+        v_strides.append(v_stride)
+        k_params.append(k_param)
+        v_params.append(v_param)
         starts.append(total)
-        total += ks[0]
-    offsets = [o // size for o in k_offs + v_offs]
-    if any(o * size != b for o, b in zip(offsets, k_offs + v_offs)):
-        raise ValueError("chunk addresses must be whole elements apart")
-    content = tuple(offsets + k_strides + v_strides + starts)
-    aligned = (kb | vb) % 16 == 0 and all(x % 16 == 0 for x in content[:4 * len(keys)])  # starts need not be
-    table = _tables.get((device, content))
+        total += k.shape[0]
+    content = tuple(k_offs + v_offs + k_strides + v_strides + starts + [0] + k_params + v_params)
+    bases = [kb, vb] + ([packed.kq.data_ptr(), packed.vq.data_ptr()] if packed.format else [])
+    aligned = all(b % 16 == 0 for b in bases) and all(x % 16 == 0 for x in content[:4 * len(keys)])
+    key = (device, content, packed.format)
+    table = _tables.get(key)
     if table is None:
         if len(_tables) > 4096:
             _tables.clear()
@@ -48,13 +72,15 @@ def chunk_table(keys, values, hkv, head_dim, dtype, device):
             table = torch.tensor(content, dtype=torch.int64, pin_memory=True).to(device, non_blocking=True)
         else:
             table = torch.tensor(content, dtype=torch.int64)
-        _tables[(device, content)] = table
-    return table, total, aligned
+        _tables[key] = table
+    return table, total, aligned, k_base, v_base, packed
 
 
-def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor, num_chunks: int) -> np.ndarray:
-    """Every layer's table for chunk_attention_table, [layers, 5 * num_chunks + 1] int64 (built with NumPy: a
-    dozen small torch ops would cost more host time than the table is worth).
+def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor, num_chunks: int,
+                 packed: PackedBases = NO_PACKED) -> np.ndarray:
+    """Every layer's table for chunk_attention_table, [layers, 7 * num_chunks + 1] int64 (built with NumPy: a
+    dozen small torch ops would cost more host time than the table is worth): chunk_table's columns, the total in
+    its slot. Packed chunks count from the bases `packed` (which the graph keeps fixed).
 
     chunks: (keys, values) pairs of [layers, n, Hkv, D] tensors, after empty chunks that pad them to
     num_chunks - 1 (first, so that every split skips them with the chunks ending before it); the request's
@@ -64,19 +90,34 @@ def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor,
     size = own_keys.element_size()
     pad = num_chunks - 1 - len(chunks)
     row = own_keys.stride(1)
-    columns = [(0, 0, own_keys.stride(0), own_values.stride(0), row, row, 0)] * pad
-    # per chunk: K offset, V offset (layer 0), K, V layer strides, K, V row strides, length
+    own_k, own_v = own_keys.stride(0), own_values.stride(0)
+    plain = (NOT_PACKED, NOT_PACKED, 0, 0)  # no parameters
+    columns = [(0, 0, own_k, own_v, row, row, 0) + plain] * pad
+    # per chunk: K offset, V offset (layer 0), K, V layer strides, K, V row strides, length; K, V parameter offsets
+    # (layer 0) and their layer strides. A packed chunk counts from the packed bases: its layer strides are stored
+    # plus the own buffer's, which the offsets below subtract.
     for k, v in chunks:
-        columns.append(((k.data_ptr() - own_keys.data_ptr()) // size, (v.data_ptr() - own_values.data_ptr()) // size,
-                        k.stride(0), v.stride(0), k.stride(1), v.stride(1), k.shape[1]))
-    columns.append((0, 0, own_keys.stride(0), own_values.stride(0), row, own_values.stride(1), 0))
-    k_off, v_off, k_layer, v_layer, k_row, v_row, length = np.array(columns, dtype=np.int64).T
+        if isinstance(k, PackedKV):
+            for t in (k, v):
+                check_packed(t, own_keys.shape[2], own_keys.shape[3])
+            k_off, v_off, k_row, v_row, k_param, v_param = packed_columns(k, v, packed)
+            columns.append((k_off, v_off, k.codes.stride(0) + own_k, v.codes.stride(0) + own_v, k_row, v_row,
+                            k.shape[1], k_param, v_param, k.params.stride(0), v.params.stride(0)))
+        else:
+            columns.append(((k.data_ptr() - own_keys.data_ptr()) // size,
+                            (v.data_ptr() - own_values.data_ptr()) // size,
+                            k.stride(0), v.stride(0), k.stride(1), v.stride(1), k.shape[1]) + plain)
+    columns.append((0, 0, own_k, own_v, row, own_values.stride(1), 0) + plain)
+    k_off, v_off, k_layer, v_layer, k_row, v_row, length, k_param, v_param, kp_layer, vp_layer = \
+        np.array(columns, dtype=np.int64).T
     layers = np.arange(own_keys.shape[0])[:, None]
-    k_offs = k_off + layers * (k_layer - own_keys.stride(0))
-    v_offs = v_off + layers * (v_layer - own_values.stride(0))
+    k_offs = k_off + layers * (k_layer - own_k)
+    v_offs = v_off + layers * (v_layer - own_v)
+    k_params = k_param + layers * kp_layer
+    v_params = v_param + layers * vp_layer
     starts = np.cumsum(length) - length
     shared = (k_row, v_row, starts, length.sum(keepdims=True))  # the same for every layer
-    rows = [k_offs, v_offs] + [np.broadcast_to(t, (len(layers), len(t))) for t in shared]
+    rows = [k_offs, v_offs] + [np.broadcast_to(t, (len(layers), len(t))) for t in shared] + [k_params, v_params]
     return np.concatenate(rows, axis=1)
 
 

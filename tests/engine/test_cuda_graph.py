@@ -82,3 +82,23 @@ def test_graphs_refuse_the_reference_kernels(tmp_path, tokenizer_dir):
     with pytest.raises(ValueError, match="need use_custom_kernels=True"):
         GraphDecoder(engine.model, replace(engine.options, use_cuda_graphs=False, use_custom_kernels=True),
                      engine.dtype, "cpu")
+
+
+@pytest.mark.parametrize("kv_format", ["fp8", "int4"])
+def test_static_steps_read_packed_chunks_as_eager(kv_format, tmp_path, tokenizer_dir):
+    """Passage chunks packed (EngineOptions.kv_format): the graphs' question prefill and decode steps read them
+    through the packed kernels, as eager steps read them dequantised; level 0 and the own chunk stay unpacked."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    engine = LLMEngine(make_tiny_checkpoint(tmp_path / "q", "qwen3-gqa-untied", tokenizer_dir, head_dim=64),
+                       device=device, dtype="fp32", graph_own_tokens=64, kv_format=kv_format)
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    docs = engine.prefill_chunks([[40 + i for i in range(n)] for n in (45, 9, 70)], [level0], LEVEL_DOCUMENT, "fp")
+    assert all(d.kv_format == kv_format for d in docs)
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    graphs, engine.graphs = engine.graphs or GraphDecoder(engine.model, engine.options, engine.dtype, device), None
+    eager = engine.generate(QUESTION, params, [level0] + docs).token_ids
+    blend = engine.generate(QUESTION, params, [level0] + docs, mode="blend").token_ids
+    engine.graphs = graphs
+    assert engine.generate(QUESTION, params, [level0] + docs).token_ids == eager
+    assert engine.generate(QUESTION, params, [level0] + docs, mode="blend").token_ids == blend  # unpacked again
+    assert {key[3] for key in graphs.graphs} == {0, {"fp8": 1, "int4": 2}[kv_format]}

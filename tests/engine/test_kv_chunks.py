@@ -190,7 +190,7 @@ def test_bad_chunk_files_are_refused(chunk, tmp_path):
         load_file(tmp_path / "absent.safetensors", "fp-a")
 
 
-@pytest.mark.parametrize("algorithm", ["sha256", "crc32"])
+@pytest.mark.parametrize("algorithm", ["sha256", "crc32", "xxh3"])
 def test_files_with_earlier_checksums_still_load(chunk, tmp_path, algorithm):
     path = tmp_path / "c.safetensors"
     metadata = {"format_version": "1", "level": str(chunk.level), "start": str(chunk.start),
@@ -206,7 +206,8 @@ def test_files_with_earlier_checksums_still_load(chunk, tmp_path, algorithm):
         load_file(path, "fp-a")
     save_file(chunk, path)
     with safe_open(path, framework="pt") as f:
-        assert f.metadata()["checksum"].startswith("xxh3:")
+        assert f.metadata()["checksum"].startswith("xxh3-layers:")  # one digest for the metadata, one a layer
+        assert len(f.metadata()["checksum"].split(",")) == 1 + chunk.keys.shape[0]
 
 
 def fake_chunk(n_tokens: int) -> KVChunk:

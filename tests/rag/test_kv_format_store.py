@@ -1,0 +1,83 @@
+"""The KV format as a store concern: chosen at the first ingestion, recorded in the manifest, adopted by later
+processes; a process started with another format is refused (FAILED_PRECONDITION over gRPC, naming both)."""
+import json
+import shutil
+
+import grpc
+import pytest
+
+from cascade_rag.engine.chunk_format import decode
+from cascade_rag.rag.client import Client
+from cascade_rag.rag.manifest import KVFormatMismatch
+from cascade_rag.rag.pipeline import RAG
+from cascade_rag.rag.server import RAGServer
+
+CORPUS = [{"id": "varn", "title": "Varn lighthouse", "text": "The lighthouse of Varn was built in 1841 by the engineer "
+                                                             "Ada Ilse. Its secret code is 4417."},
+          {"id": "bees", "title": "Honey bees", "text": "A honey bee colony has one queen and thousands of workers."}]
+
+
+@pytest.fixture(scope="module")
+def int4_dir(tmp_path_factory, tiny_model):
+    data = tmp_path_factory.mktemp("int4")
+    with RAG(data, model=tiny_model, kv_format="int4", passage_tokens=48, overlap=8) as rag:
+        report = rag.ingest(documents=CORPUS)
+        assert report.kv_bytes == report.tokens * rag.model().engine.kv_bytes_per_token()
+    return data
+
+
+def test_the_format_is_recorded_and_adopted(int4_dir, tiny_model):
+    manifest = json.loads((int4_dir / "manifest.json").read_text())
+    assert manifest["kv_format"] == "int4"
+    files = list((int4_dir / "chunks").glob("*.safetensors"))
+    assert files and all(decode(f.read_bytes(), manifest["fingerprint"]).kv_format == "int4" for f in files)
+    with RAG(int4_dir, model=tiny_model) as rag:  # no format given: the data directory's
+        assert rag.options.kv_format == "int4"
+        answer = rag.ask("Who built the lighthouse of Varn?", top_k=2).result()
+        assert answer.tiers == {"disk": 2} and not answer.warnings and answer.token_ids
+        assert rag.ask("Who built the lighthouse of Varn?", top_k=2).result().tiers == {"cpu": 2}
+
+
+def test_another_format_is_refused_naming_both(int4_dir, tiny_model):
+    with RAG(int4_dir, model=tiny_model, kv_format="fp8") as rag:
+        message = r"holds KV chunks in format int4, this process was started with --kv-format fp8"
+        with pytest.raises(KVFormatMismatch, match=message):
+            rag.ask("Who built the lighthouse?")
+        with pytest.raises(KVFormatMismatch, match=message):
+            rag.ingest(documents=[{"id": "new", "title": "New", "text": "Something new."}])
+        assert len(rag.documents()) == 2 and rag.check() == []  # nothing changed
+        server = RAGServer(rag, "127.0.0.1", 0, max_queue=1).start()  # it starts, and refuses what needs chunks
+        try:
+            with Client(f"127.0.0.1:{server.port}") as client:
+                for call in (lambda: list(client.query("Who built the lighthouse?", max_tokens=2)),
+                             lambda: client.ingest([{"id": "new", "title": "New", "text": "Something new."}])):
+                    with pytest.raises(grpc.RpcError) as error:
+                        call()
+                    assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+                    assert "format int4" in error.value.details() and "--kv-format fp8" in error.value.details()
+                assert client.retrieve("Who built the lighthouse?", top_k=1).passages[0].document_id == "varn"
+        finally:
+            server.stop(1)
+    with pytest.raises(ValueError, match="unknown KV format 'int2'"):
+        RAG(int4_dir, model=tiny_model, kv_format="int2")
+
+
+def test_a_layer_found_corrupt_while_streamed_is_recomputed(int4_dir, tiny_model, tmp_path):
+    """The question's prefill starts while the chunks arrive layer by layer; a layer failing its checksum fails
+    that attempt, and the answer is made over the chunk recomputed (with a warning), which is stored again."""
+    data = tmp_path / "copy"
+    shutil.copytree(int4_dir, data)
+    with RAG(data, model=tiny_model) as rag:
+        [passage] = [p for p in rag.retrieve("Who built the lighthouse of Varn?", top_k=1)]
+        key = rag.store.chunk_keys()
+        files = sorted((data / "chunks").glob("*.safetensors"))
+        for f in files:
+            corrupt = bytearray(f.read_bytes())
+            corrupt[-3] ^= 0x40  # the last layer's value parameters
+            f.write_bytes(bytes(corrupt))
+        answer = rag.ask("Who built the lighthouse of Varn?", top_k=2).result()
+        assert any("checksum mismatch in layer 1; recomputing it" in w for w in answer.warnings), answer.warnings
+        assert answer.tiers == {"recomputed": 2} and answer.token_ids
+        assert rag.check() == [] and len(key) == len(list((data / "chunks").glob("*.safetensors")))
+        again = rag.ask("Who built the lighthouse of Varn?", top_k=2).result()
+        assert again.text == answer.text and not again.warnings and passage.doc_id == "varn"
