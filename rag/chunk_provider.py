@@ -78,7 +78,7 @@ class ChunkProvider:
                 return Served(chunk, tier)
             found = self.chunks.get(key, m.fingerprint, "cpu", pin=m.tiers.pins)
             if found.chunk is not None:
-                return Served(m.tiers.admit(key, found.chunk), "disk")
+                return Served(m.tiers.admit(key, found.chunk), self.chunks.tier)
             warning = f"{found.problem or f'KV chunk of passage {label} is missing'}; recomputing it"
             log.warning(warning)
             chunk = m.engine.prefill_chunk(token_ids, [m.level0], LEVEL_DOCUMENT, m.fingerprint)

@@ -24,6 +24,7 @@ def chunk_key(fingerprint: str, token_ids: list[int]) -> str:
 class ChunkBackend(ABC):
     """Where chunk bytes live. Errors are raised as OSError (or any exception); none needs to be atomic for the
     store to be safe, though a backend that is (the local one) keeps a failed write from costing a recompute."""
+    tier = "disk"  # what an answer's tiers call a chunk read from it ("remote": a store shared by replicas)
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -67,6 +68,10 @@ class Lookup:
 class ChunkStore:
     def __init__(self, backend: ChunkBackend):
         self.backend = backend
+
+    @property
+    def tier(self) -> str:
+        return self.backend.tier
 
     def contains(self, key: str) -> bool:
         return self.backend.contains(key)

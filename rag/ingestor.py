@@ -20,11 +20,11 @@ from .ingest_progress import IngestProgress
 from .manifest import Manifest
 from .options import RAGOptions
 from .retriever import Retriever
-from .store import Store
+from .document_store import DocumentStore
 
 
 class Ingestor:
-    def __init__(self, store: Store, provider: ChunkProvider, retriever: Retriever, manifest: Manifest,
+    def __init__(self, store: DocumentStore, provider: ChunkProvider, retriever: Retriever, manifest: Manifest,
                  options: RAGOptions, crash_hook: CrashHook = no_crash):
         self.store, self.provider, self.retriever, self.manifest = store, provider, retriever, manifest
         self.options, self.crash = options, crash_hook
@@ -33,8 +33,7 @@ class Ingestor:
     def ingest(self, items: list[Document | InputError], progress: bool = False,
                max_disk_bytes: int | None = None) -> IngestReport:
         """See RAG.ingest_documents."""
-        with self.lock:
-            self.store.lock_for_writing()
+        with self.lock, self.store.writing():
             if any(isinstance(item, Document) for item in items):
                 self.provider.model(), self.retriever.embedder()  # loaded and checked against the manifest
             report = IngestReport()
@@ -45,7 +44,8 @@ class Ingestor:
                 report.estimate = IngestEstimate.of([passages for _, _, passages in plan], prefill.planned(),
                                                     self.provider.model().engine.kv_bytes_per_token(),
                                                     self.retriever.embedder().dim)
-                check_disk(report.estimate, self.store.dir, max_disk_bytes)  # nothing written before
+                if self.store.dir:  # a shared store's own limits (Redis maxmemory) refuse writes themselves
+                    check_disk(report.estimate, self.store.dir, max_disk_bytes)  # nothing written before
             if any(isinstance(item, Document) for item in items):
                 self.manifest.update(self._manifest())
             bar = IngestProgress(report.estimate, progress and bool(plan))
@@ -141,8 +141,7 @@ class Ingestor:
 
     def delete(self, doc_ids: list[str]) -> list[str]:
         """See RAG.delete."""
-        with self.lock:
-            self.store.lock_for_writing()
+        with self.lock, self.store.writing():
             with self.retriever.lock:
                 deleted, removed = self.store.delete_documents(doc_ids)
                 if deleted and self.store.manifest() is not None:

@@ -1,10 +1,11 @@
 """The data directory's manifest: what its chunks and vectors were made with (model, dtype, fingerprint, chunk
 format, embedder, index type). Models that differ from it are refused while the store holds documents."""
-from .store import Store, StoreError
+from .document_store import DocumentStore
+from .store import StoreError
 
 
 class Manifest:
-    def __init__(self, store: Store):
+    def __init__(self, store: DocumentStore):
         self.store = store
 
     def read(self) -> dict | None:
@@ -15,9 +16,9 @@ class Manifest:
         manifest = self.store.manifest()
         if manifest is not None and manifest.get(key) != value and self.store.counts()["documents"]:
             raise StoreError(
-                f"data directory {self.store.dir} was built with another {key} ({manifest.get(key)}, model "
+                f"{self.store.where} was built with another {key} ({manifest.get(key)}, model "
                 f"{manifest.get('model')}, dtype {manifest.get('dtype')}); {what} differ now: use the same "
-                f"--model/--dtype/embedder or another --data-dir")
+                f"--model/--dtype/embedder or another --data-dir or --store")
 
     def update(self, fields: dict) -> None:
         if self.store.manifest() != fields:

@@ -18,32 +18,35 @@ from .crash_points import CrashHook, crash_hook_from_env
 from .embedder import Embedder
 from .ingest import Document, Fields, IngestReport, InputError, read_paths, records, skipped_message
 from .ingestor import Ingestor
-from .local_backend import LocalDirectoryBackend
 from .manifest import Manifest
 from .options import RAGOptions
 from .retriever import Retriever
-from .store import Store
+from .redis_location import is_store_url
+from .stores import Location, chunk_backend_of, open_store
 
 __all__ = ["RAG", "RAGOptions", "Answer", "AnswerStream", "Source", "default_data_dir"]
 log = logging.getLogger("cascade_rag")
 DEFAULT_DATA_DIR = "./cascade-data"
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("CASCADE_RAG_DATA") or DEFAULT_DATA_DIR)
+def default_data_dir() -> Location:
+    """$CASCADE_RAG_DATA (a data directory or a store URL), else ./cascade-data."""
+    location = os.environ.get("CASCADE_RAG_DATA") or DEFAULT_DATA_DIR
+    return location if is_store_url(location) else Path(location)
 
 
 class RAG:
     """`RAG(data_dir, model=..., device=...)`: the keyword arguments are RAGOptions' fields (or pass `options`).
+    `data_dir` is a data directory or the URL of a shared store (`redis://host:port/db`, see rag/stores.py).
     `create=False` refuses a missing data directory instead of making one. `chunk_backend`: where chunks live
-    (default: the data directory's `chunks/` folder)."""
+    (default: the data directory's `chunks/` folder, or the shared store)."""
 
-    def __init__(self, data_dir: Path | str | None = None, options: RAGOptions | None = None, *, create: bool = True,
+    def __init__(self, data_dir: Location | None = None, options: RAGOptions | None = None, *, create: bool = True,
                  chunk_backend: ChunkBackend | None = None, crash_hook: CrashHook | None = None, **fields):
-        self.store = Store(data_dir or default_data_dir(), create=create)
+        self.store = open_store(data_dir or default_data_dir(), create=create)
         manifest = Manifest(self.store)
         self.options = (options or RAGOptions(**fields)).resolved((manifest.read() or {}).get("index"))
-        self.chunks = ChunkStore(chunk_backend or LocalDirectoryBackend(self.store.dir / "chunks"))
+        self.chunks = ChunkStore(chunk_backend or chunk_backend_of(self.store))
         self.provider = ChunkProvider(self.options, self.chunks, manifest)
         self.retriever = Retriever(self.store, manifest, self.options.index, self.options.embedder)
         self.ingestor = Ingestor(self.store, self.provider, self.retriever, manifest, self.options,

@@ -9,7 +9,8 @@ from .answer import Source
 from .embedder import Embedder
 from .lexical_index import LexicalIndex, fuse
 from .manifest import Manifest
-from .store import NoDocuments, Passage, Store, ingest_hint, titled
+from .document_store import DocumentStore
+from .store import NoDocuments, Passage, titled
 from .vector_index import VectorIndex
 
 # retrieval fuses the best RETRIEVAL_DEPTH passages by vector similarity and by BM25 (reciprocal rank fusion):
@@ -25,7 +26,7 @@ def check_query(question: str, top_k: int) -> None:
 
 
 class Retriever:
-    def __init__(self, store: Store, manifest: Manifest, index_kind: str, embedder_path: str | None = None):
+    def __init__(self, store: DocumentStore, manifest: Manifest, index_kind: str, embedder_path: str | None = None):
         self.store, self.manifest, self.index_kind, self.embedder_path = store, manifest, index_kind, embedder_path
         self.lock = threading.RLock()
         self._embedder: Embedder | None = None
@@ -55,12 +56,13 @@ class Retriever:
             if manifest is None:
                 return None
             dim = manifest["dim"]
-            index = VectorIndex.load(self.store.dir, dim, self.index_kind, generation)
+            folder = self.store.dir  # None: a shared store, whose index each replica builds
+            index = VectorIndex.load(folder, dim, self.index_kind, generation) if folder else None
             if index is None:
                 generation, ids, vectors = self.store.vectors()
                 index = VectorIndex.build(dim, self.index_kind, generation, ids, vectors)
-                if self.store.is_writer:
-                    index.save(self.store.dir)
+                if self.store.is_writer and folder:
+                    index.save(folder)
             self._index = index
             return index
 
@@ -86,12 +88,12 @@ class Retriever:
 
     def save(self) -> None:
         index = self.index()
-        if index is not None:
+        if index is not None and self.store.dir:
             index.save(self.store.dir)
 
     def require_documents(self) -> None:
         if not self.store.counts()["documents"] or self.index() is None:
-            raise NoDocuments(f"data directory {self.store.dir} has no documents: {ingest_hint(self.store.dir)}")
+            raise NoDocuments(f"{self.store.where} has no documents: {self.store.ingest_hint()}")
 
     def search(self, question: str, top_k: int) -> list[tuple[Source, Passage]]:
         """The top_k passages by fused rank, with their cosine similarity to the question."""

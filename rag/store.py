@@ -12,6 +12,8 @@ from filelock import FileLock, Timeout
 
 from cascade_rag.engine.file_io import write_atomic
 
+from .document_store import DocumentStore
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS documents (
     id TEXT PRIMARY KEY, title TEXT NOT NULL, source TEXT, content_hash TEXT NOT NULL, n_passages INTEGER NOT NULL,
@@ -66,7 +68,7 @@ def titled(title: str, text: str) -> str:
     return f"{title}. {text}" if title else text
 
 
-class Store:
+class Store(DocumentStore):
     """Documents and passages (text, token ids, vector, chunk key), in one data directory.
 
     Every change of passages bumps `generation` in the same transaction, so a saved vector index can tell
@@ -92,6 +94,13 @@ class Store:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.dir / 'store.sqlite'} is not a usable document store: {exc}") from None
+
+    @property
+    def where(self) -> str:
+        return f"data directory {self.dir}"
+
+    def ingest_hint(self) -> str:
+        return ingest_hint(self.dir)
 
     # --- writer lock -------------------------------------------------------------------------------------------
     def lock_for_writing(self) -> None:
