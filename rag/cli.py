@@ -44,7 +44,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    help="cached: stored KV chunks (default); full: one prefill of the same tokens; blend: stored "
                         "chunks with the 15%% of document tokens that their neighbours change most recomputed")
     add_model_options(p)
-    p.add_argument("--server", metavar="HOST:PORT", help="ask a running `cascade-rag serve` over gRPC instead")
+    p.add_argument("--server", metavar="HOST:PORT[,...]",
+                   help="ask a running `cascade-rag serve` over gRPC instead; several replicas (a,b,c): gRPC's "
+                        "round-robin balancing spreads the calls over them")
     add_server_options(p)
 
     p = sub.add_parser("list", help="list the ingested documents: id, passages, tokens, title")
@@ -57,7 +59,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="exact match, F1, recall@k and time to first token on a QA set")
     p.add_argument("--questions", type=Path, required=True, help="JSONL: id, question, answers, gold_doc_ids")
     p.add_argument("--corpus", type=Path, required=True, help="JSONL: id, title, text")
-    p.add_argument("--data-dir", type=Path, help="data directory to ingest into (default: a scratch one)")
+    add_data_dir(p, help="data directory to ingest into (default: a scratch one)")
     p.add_argument("--limit", type=int, help="first N questions only")
     p.add_argument("--distractors", type=int, help="ingest only the gold passages of the questions plus N others "
                                                    "sampled with --sample-seed (default: the whole corpus)")

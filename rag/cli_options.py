@@ -13,8 +13,15 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], help="default: fp32 on CPU, bf16 on GPU")
 
 
-def add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, help="data directory (default: $CASCADE_RAG_DATA or ./cascade-data)")
+STORE_HELP = ("a shared store instead of a data directory: redis://HOST:PORT/DB (documents, passages and KV chunks "
+              "in one Redis database; any number of servers pointed at it serve the same documents)")
+
+
+def add_data_dir(p: argparse.ArgumentParser,
+                 help: str = "data directory (default: $CASCADE_RAG_DATA or ./cascade-data)") -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", type=Path, help=help)
+    where.add_argument("--store", metavar="URL", help=STORE_HELP)
 
 
 def add_answer_options(p: argparse.ArgumentParser) -> None:
@@ -35,7 +42,7 @@ def add_server_options(p: argparse.ArgumentParser, token: bool = True) -> None:
 
 def open_rag(args, **extra):
     from .pipeline import RAG
-    return RAG(args.data_dir, model=getattr(args, "model", None), device=getattr(args, "device", None),
+    return RAG(getattr(args, "store", None) or args.data_dir, model=getattr(args, "model", None), device=getattr(args, "device", None),
                dtype=getattr(args, "dtype", None), **extra)
 
 

@@ -32,6 +32,7 @@ class Retriever:
         self._embedder: Embedder | None = None
         self._index: VectorIndex | None = None
         self._lexical: LexicalIndex | None = None
+        self._following = False
 
     def embedder(self) -> Embedder:
         """The embedder, loaded on the first call (and checked against the manifest)."""
@@ -50,7 +51,7 @@ class Retriever:
         """The index of the store's current generation: in memory, from its file, or rebuilt from the vectors."""
         with self.lock:
             generation = self.store.generation()
-            if self._index is not None and self._index.generation == generation:
+            if self._index is not None and (self._index.generation == generation or self._following):
                 return self._index
             manifest = self.store.manifest()
             if manifest is None:
@@ -67,11 +68,45 @@ class Retriever:
             return index
 
     def _lexical_index(self) -> LexicalIndex:
-        """BM25 over the passages of the store's current generation, rebuilt after every change."""
+        """BM25 over the passages of the store's current generation, rebuilt after every change (when following,
+        after this process's own changes, which move the vector index at once; refresh() brings the others)."""
         with self.lock:
-            if self._lexical is None or self._lexical.generation != self.store.generation():
+            held = self._lexical
+            if self._following and self._index is not None:
+                stale = held is None or held.generation < self._index.generation
+            else:
+                stale = held is None or held.generation != self.store.generation()
+            if stale:
                 self._lexical = LexicalIndex(*self.store.texts())
             return self._lexical
+
+    def follow(self) -> None:
+        """From now on answers use the indexes held while refresh() (an IndexRefresher's thread) brings them to a
+        new generation of the store: a change made by another replica or process never makes an answer wait."""
+        self._following = True
+
+    def refresh(self) -> bool:
+        """Builds the indexes of the store's generation outside the lock and swaps them in under it; returns
+        whether it did (False: current already, or the store changed while being read: the next call builds)."""
+        generation = self.store.generation()
+        index, lexical = self._index, self._lexical
+        if index is not None and lexical is not None and index.generation == lexical.generation == generation:
+            return False
+        manifest = self.store.manifest()
+        if manifest is None:
+            return False
+        read, ids, vectors = self.store.vectors()
+        texts = self.store.texts()
+        if texts[0] != read:
+            return False
+        fresh, words = VectorIndex.build(manifest["dim"], self.index_kind, read, ids, vectors), LexicalIndex(*texts)
+        with self.lock:
+            current = self.store.generation()
+            if read == current or self._index is None or self._index.generation < read:
+                self._index = fresh
+            if read == current or self._lexical is None or self._lexical.generation < read:
+                self._lexical = words
+        return True
 
     def changed(self, removed: list[int], added: list[int], vectors: np.ndarray | None, generation: int) -> None:
         """Brings the index to `generation` after the store removed and added passages (call under `lock`)."""

@@ -10,6 +10,7 @@ from grpc_reflection.v1alpha import reflection
 from .answer_service import AnswerService
 from .documents_service import DocumentsService
 from .drain import Drain
+from .index_refresher import IndexRefresher
 from .info_service import InfoService
 from .listen import add_port, check_port
 from .model_thread import ModelThread
@@ -56,8 +57,10 @@ class RAGServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(SERVICES + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         self.port = add_port(self.server, host, port, tls)
+        self.refresher = IndexRefresher(rag.retriever)  # the store may change through other replicas
 
     def start(self) -> "RAGServer":
+        self.refresher.start()
         self.server.start()
         for service in ["", *SERVICES]:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -74,3 +77,4 @@ class RAGServer:
         self.server.stop(None if grace is None else FLUSH_S if idle else 0).wait()  # closes the port
         self.drain.wait(CANCELLED_S)  # the handlers of cancelled calls still use the model thread on their way out
         self.models.shutdown()
+        self.refresher.stop()
