@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .cli_error import CLIError  # noqa: E402
 from .cli_options import (add_answer_options, add_data_dir, add_model_options, add_server_options,  # noqa: E402
-                          open_rag, sampling)
+                          open_rag, rag_options, read_inputs, sampling)
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cascade-rag", description="Retrieval-augmented generation over "
@@ -34,6 +34,12 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "refused")
     p.add_argument("--quiet", action="store_true", help="no estimate line and no progress bar (the limits are "
                                                         "still checked)")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="embed and prefill in Ray actors that write the chunks into the --store, the commits made "
+                        "here; ADDRESS: a Ray cluster (e.g. ray://head:10001 or auto; default: a local one started "
+                        "here). Without --ray the ingestion runs in this process")
+    p.add_argument("--ray-actors", type=int, default=2, help="Ray actors (one GPU each where the cluster has GPUs; "
+                                                             "default 2)")
     add_model_options(p)
 
     p = sub.add_parser("ask", help="answer a question from the ingested documents")
@@ -116,8 +122,16 @@ def cmd_ingest(args) -> int:
         max_disk = None if args.max_disk is None else parse_size(args.max_disk)
     except ValueError as exc:
         raise CLIError(f"--max-disk: {exc}") from None
-    with open_rag(args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap) as rag:
-        report = rag.ingest(args.paths, fields=fields, progress=not args.quiet, max_disk_bytes=max_disk)
+    if args.ray is not None:
+        from .ray_ingest import ingest_with_ray
+        if not args.store:
+            raise CLIError("--ray writes into a shared store: give --store redis://HOST:PORT/DB")
+        report = ingest_with_ray(args.store, read_inputs(args.paths, fields), rag_options(
+            args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap), args.ray or None,
+            args.ray_actors, progress=not args.quiet)
+    else:
+        with open_rag(args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap) as rag:
+            report = rag.ingest(args.paths, fields=fields, progress=not args.quiet, max_disk_bytes=max_disk)
     for error in report.errors:
         print(f"cascade-rag: error: {error}", file=sys.stderr)
     print(report.summary())

@@ -40,10 +40,27 @@ def add_server_options(p: argparse.ArgumentParser, token: bool = True) -> None:
                        help="bearer token (default: $CASCADE_RAG_TOKEN)")
 
 
+def rag_options(args, **extra):
+    from .options import RAGOptions
+    return RAGOptions(model=getattr(args, "model", None), device=getattr(args, "device", None),
+                      dtype=getattr(args, "dtype", None), **extra)
+
+
 def open_rag(args, **extra):
     from .pipeline import RAG
-    return RAG(getattr(args, "store", None) or args.data_dir, model=getattr(args, "model", None), device=getattr(args, "device", None),
-               dtype=getattr(args, "dtype", None), **extra)
+    return RAG(getattr(args, "store", None) or args.data_dir, model=getattr(args, "model", None),
+               device=getattr(args, "device", None), dtype=getattr(args, "dtype", None), **extra)
+
+
+def read_inputs(paths, fields):
+    """The documents (and input errors) of files and folders, the skipped files named in a warning."""
+    import logging
+    from .ingest import read_paths, skipped_message
+    skipped = []
+    items = list(read_paths(paths, fields, skipped))
+    if skipped:
+        logging.getLogger("cascade_rag").warning(skipped_message(skipped))
+    return items
 
 
 def sampling(args):

@@ -1,26 +1,22 @@
 """Ingestor: documents in, documents out. Plans an ingestion (unchanged documents skipped, the cost estimated and
 checked before anything is written), embeds and prefills its passages, stores their chunks and commits each
 document in one transaction; deletes all or nothing. One ingestion or deletion at a time."""
-import hashlib
-import json
 import threading
 import time
 
 import numpy as np
 
-from cascade_rag.engine.chunk_format import FORMAT_VERSION
-
 from .batch_prefill import BatchPrefill
 from .chunk_provider import ChunkProvider
-from .chunking import split_passages
 from .crash_points import CrashHook, no_crash
+from .document_passages import content_hash, manifest_fields, passages_of
+from .document_store import DocumentStore
 from .ingest import Document, IngestReport, InputError
 from .ingest_cost import IngestEstimate, check_disk
 from .ingest_progress import IngestProgress
 from .manifest import Manifest
 from .options import RAGOptions
 from .retriever import Retriever
-from .document_store import DocumentStore
 
 
 class Ingestor:
@@ -62,11 +58,7 @@ class Ingestor:
             return report
 
     def _manifest(self) -> dict:
-        model, embedder, o = self.provider.model(), self.retriever.embedder(), self.options
-        return {"model": str(model.engine.model_path), "model_id": model.engine.model_id, "dtype": o.dtype,
-                "fingerprint": model.fingerprint, "system_prompt": o.system_prompt, "chunk_format": FORMAT_VERSION,
-                "embedder": embedder.name, "dim": embedder.dim, "index": o.index,
-                "kv_bytes_per_token": model.engine.kv_bytes_per_token()}
+        return manifest_fields(self.provider.model(), self.retriever.embedder(), self.options)
 
     def _plan(self, items: list[Document | InputError], report: IngestReport) -> list:
         """(document, content hash, passages) of the new and changed documents; the rest reported."""
@@ -87,15 +79,10 @@ class Ingestor:
         return plan
 
     def _content_hash(self, document: Document) -> str:
-        key = [document.title, document.text, self.options.passage_tokens, self.options.overlap]
-        return hashlib.sha256(json.dumps(key).encode()).hexdigest()
+        return content_hash(document, self.options)
 
     def _passages(self, document: Document) -> list[tuple[str, list[int]]]:
-        model = self.provider.model()
-        tok = model.engine.tokenizer
-        texts = split_passages(document.text, lambda s: len(tok.encode(s)), tok.encode, tok.decode,
-                               self.options.passage_tokens, self.options.overlap)
-        return [(text, tok.encode(model.template.passage(document.title, text))) for text in texts]
+        return passages_of(document, self.provider.model(), self.options)
 
     def _calibrate(self, plan, prefill: BatchPrefill, bar: IngestProgress) -> list[np.ndarray]:
         """Times the first slice of passages embedded and the first batch prefilled (both kept) for the time of
