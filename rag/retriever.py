@@ -95,11 +95,15 @@ class Retriever:
         manifest = self.store.manifest()
         if manifest is None:
             return False
-        read, ids, vectors = self.store.vectors()
+        if index is not None and index.generation == generation:  # this process's own change: BM25 only
+            read, fresh = generation, index
+        else:
+            read, ids, vectors = self.store.vectors()
+            fresh = VectorIndex.build(manifest["dim"], self.index_kind, read, ids, vectors)
         texts = self.store.texts()
         if texts[0] != read:
             return False
-        fresh, words = VectorIndex.build(manifest["dim"], self.index_kind, read, ids, vectors), LexicalIndex(*texts)
+        words = LexicalIndex(*texts)
         with self.lock:
             current = self.store.generation()
             if read == current or self._index is None or self._index.generation < read:
