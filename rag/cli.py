@@ -126,6 +126,8 @@ def cmd_ingest(args) -> int:
         from .ray_ingest import ingest_with_ray
         if not args.store:
             raise CLIError("--ray writes into a shared store: give --store redis://HOST:PORT/DB")
+        if max_disk is not None:
+            raise CLIError("--max-disk limits a data directory; a shared store is bounded by its own maxmemory")
         report = ingest_with_ray(args.store, read_inputs(args.paths, fields), rag_options(
             args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap), args.ray or None,
             args.ray_actors, progress=not args.quiet)

@@ -160,3 +160,25 @@ def test_a_rag_over_redis_answers_as_over_a_directory_and_recomputes_a_bad_blob(
         assert replica.check() == []  # both written back
     with RAG(redis_url, model=tiny_model, create=False) as fresh:
         assert fresh.ask(QUESTION, top_k=2, params=quick).result().tiers == {"remote": 2}
+
+
+def test_a_following_retriever_answers_from_the_indexes_it_holds_until_refreshed(redis_url):
+    """A server's retriever (following the store) never rebuilds on an answer's path when another process changed
+    the store: refresh() (the IndexRefresher's thread) builds the new indexes and swaps them in."""
+    from cascade_rag.rag.manifest import Manifest
+    from cascade_rag.rag.retriever import Retriever
+    writer = RedisDocumentStore(RedisLocation.parse(redis_url))
+    with writer.writing():
+        writer.write_manifest({"dim": len(VECTOR)})
+        writer.put_document("a", "A", None, "h", rows(2, "a"))
+    reader = RedisDocumentStore(RedisLocation.parse(redis_url))
+    retriever = Retriever(reader, Manifest(reader), "flat")
+    retriever.follow()
+    held = retriever.index()
+    assert held.generation == 1 and len(held) == 2
+    with writer.writing():
+        writer.put_document("b", "B", None, "h", rows(3, "b"))
+    assert retriever.index() is held and len(held) == 2  # the answer's path: what it holds
+    assert retriever.refresh()
+    fresh = retriever.index()
+    assert fresh is not held and fresh.generation == 2 and len(fresh) == 5 and not retriever.refresh()
