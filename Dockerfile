@@ -35,7 +35,7 @@ RUN python -c 'from cascade_rag.engine import embedded_model_path; embedded_mode
 RUN useradd --create-home --uid 1000 cascade && mkdir -p /data && chown cascade /data
 USER cascade
 VOLUME /data
-EXPOSE 50051
+EXPOSE 50051 8000 9090
 
 ENTRYPOINT ["cascade-rag"]
 CMD ["serve", "--data-dir", "/data", "--host", "0.0.0.0", "--port", "50051"]

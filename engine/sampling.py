@@ -45,7 +45,9 @@ class Sampler:
         p = self.params
         if self.greedy:
             return logits.argmax()
-        logits = logits / p.temperature
+        # shifted to a maximum of 0 first: a temperature near zero (1e-38) then sends the others to -inf, never to
+        # inf or nan, and sampling becomes the greedy choice it tends to
+        logits = (logits - logits.max()) / p.temperature
         if p.top_k:
             kth = torch.topk(logits, min(p.top_k, logits.shape[-1])).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -23,7 +23,13 @@ class Tokenizer:
         self.eos_token_ids = frozenset(eos)
 
     def encode(self, text: str) -> list[int]:
+        """Template text: the special tokens written in it (`<|im_start|>`...) become control tokens."""
         return self.hf.encode(text, add_special_tokens=False)
+
+    def encode_text(self, text: str) -> list[int]:
+        """User text (a question, a document, a title): special tokens written in it are encoded as the plain text
+        they are, so no input can produce a control token; only templates (encode) insert them."""
+        return self.hf.encode(text, add_special_tokens=False, split_special_tokens=True)
 
     def decode(self, ids: list[int]) -> str:
         return self.hf.decode(ids, skip_special_tokens=True)

@@ -10,6 +10,7 @@ class Source:
     score: float
     passage_id: int
     text: str
+    metadata: dict[str, str] = field(default_factory=dict)   # its document's
 
 
 @dataclass

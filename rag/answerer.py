@@ -6,6 +6,8 @@ from cascade_rag.engine import MODES, KVChunk, SamplingParams
 
 from .answer import Answer, AnswerStream
 from .chunk_provider import ChunkProvider
+from .collection import DEFAULT_COLLECTION
+from .filters import MetadataFilter
 from .retriever import Retriever, check_query
 from .store import Passage
 
@@ -14,15 +16,16 @@ class Answerer:
     def __init__(self, provider: ChunkProvider, retriever: Retriever):
         self.provider, self.retriever = provider, retriever
 
-    def ask(self, question: str, top_k: int, mode: str, params: SamplingParams) -> AnswerStream:
+    def ask(self, question: str, top_k: int, mode: str, params: SamplingParams,
+            collection: str = DEFAULT_COLLECTION, where: MetadataFilter | None = None) -> AnswerStream:
         """See RAG.ask."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         check_query(question, top_k)
-        self.retriever.require_documents()
+        self.retriever.require_documents(collection)
         began = time.perf_counter()
         self.provider.model()  # loaded here: a mismatch with the store raises from ask(), not from the stream
-        hits = self.retriever.search(question, top_k)
+        hits = self.retriever.search(question, top_k, collection, where)
         answer = Answer(question, mode, [s for s, _ in hits], retrieval_s=time.perf_counter() - began)
         return AnswerStream(answer, self._stream(answer, [p for _, p in hits], params, began))
 
@@ -34,10 +37,11 @@ class Answerer:
         answer = Answer(question, "cached", [s for s, _ in hits])
         with self.provider.lock:
             chunks = [model.level0] + [self._chunk(p, answer) for _, p in hits]
-        return chunks, model.engine.tokenizer.encode(model.template.query(question))
+        return chunks, model.template.query_ids(model.engine.tokenizer, question)
 
     def _chunk(self, passage: Passage, answer: Answer) -> KVChunk:
-        served = self.provider.serve(passage.chunk_key, passage.token_ids, f"{passage.pid} ({passage.doc_id})")
+        served = self.provider.serve(passage.chunk_key, passage.token_ids, f"{passage.pid} ({passage.doc_id})",
+                                     passage.collection)
         answer.tiers[served.tier] = answer.tiers.get(served.tier, 0) + 1
         if served.warning:
             answer.warnings.append(served.warning)
@@ -50,7 +54,7 @@ class Answerer:
             chunks = [model.level0] + [self._chunk(p, answer) if answer.mode != "full" else
                                        self.provider.tokens_only(p.token_ids) for p in passages]
             answer.chunks_s = time.perf_counter() - loaded
-            ids = model.engine.tokenizer.encode(model.template.query(answer.question))
+            ids = model.template.query_ids(model.engine.tokenizer, answer.question)
             generation = model.engine.stream(ids, params, chunks, answer.mode)
             answer.prompt_tokens = generation.prompt_tokens
             for delta in generation:

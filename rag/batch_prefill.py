@@ -7,13 +7,15 @@ from collections import deque
 from cascade_rag.engine import KVChunk
 
 from .chunk_provider import ChunkProvider
+from .collection import DEFAULT_COLLECTION
 
 
 class BatchPrefill:
-    def __init__(self, provider: ChunkProvider, passages: list[list[int]], budget_tokens: int):
+    def __init__(self, provider: ChunkProvider, passages: list[list[int]], budget_tokens: int,
+                 collection: str = DEFAULT_COLLECTION):
         self.provider, self.budget_tokens, self.ready, todo = provider, budget_tokens, {}, {}
         for ids in passages:
-            key = provider.key(ids)
+            key = provider.key(ids, collection)
             if key not in todo and not provider.chunks.contains(key):
                 todo[key] = ids
         self.queue, self.queued = deque(todo.items()), set(todo)

@@ -9,6 +9,8 @@ import torch
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk, LLMEngine, TieredChunkCache
 
+from .chunk_identity import identity_problem
+from .collection import DEFAULT_COLLECTION
 from .chunk_store import ChunkStore, ChunkWriteError, chunk_key
 from .manifest import Manifest
 from .options import RAGOptions
@@ -59,8 +61,10 @@ class ChunkProvider:
                 self._model = Model(engine, template, fingerprint, level0, tiers)
             return self._model
 
-    def key(self, token_ids: list[int]) -> str:
-        return chunk_key(self.model().fingerprint, token_ids)
+    def key(self, token_ids: list[int], collection: str = DEFAULT_COLLECTION) -> str:
+        """The chunk key of a passage of the collection (the default collection's keys are those of stores made
+        before collections)."""
+        return chunk_key(self.model().fingerprint, token_ids, collection)
 
     def prefill(self, batch: list[list[int]]) -> list[KVChunk]:
         """The level-1 chunks of passages' token ids, prefilled together after level 0."""
@@ -68,18 +72,23 @@ class ChunkProvider:
         with self.lock:
             return m.engine.prefill_chunks(batch, [m.level0], LEVEL_DOCUMENT, m.fingerprint)
 
-    def serve(self, key: str, token_ids: list[int], label: str) -> Served:
-        """The chunk of the passage `label` (its key and token ids), from the tiers or the store; on a miss,
-        prefilled again and stored again (a failure to store it is a warning: the answer goes on)."""
+    def serve(self, key: str, token_ids: list[int], label: str, collection: str = DEFAULT_COLLECTION) -> Served:
+        """The chunk of the passage `label` (its key, token ids and collection), from the tiers or the store; on a miss
+        (absent, unreadable, or not this passage's own chunk: chunk_identity), prefilled again and stored again (a
+        failure to store it is a warning: the answer goes on)."""
         m = self.model()
         with self.lock:
             chunk, tier = m.tiers.lookup(key)
             if chunk is not None:
                 return Served(chunk, tier)
             found = self.chunks.get(key, m.fingerprint, "cpu", pin=m.tiers.pins)
+            problem = found.problem
             if found.chunk is not None:
-                return Served(m.tiers.admit(key, found.chunk), self.chunks.tier)
-            warning = f"{found.problem or f'KV chunk of passage {label} is missing'}; recomputing it"
+                problem = identity_problem(found.chunk, key, token_ids, collection, m.level0.length,
+                                           f"KV chunk {key} of passage {label}")
+                if problem is None:
+                    return Served(m.tiers.admit(key, found.chunk), self.chunks.tier)
+            warning = f"{problem or f'KV chunk of passage {label} is missing'}; recomputing it"
             log.warning(warning)
             chunk = m.engine.prefill_chunk(token_ids, [m.level0], LEVEL_DOCUMENT, m.fingerprint)
             try:

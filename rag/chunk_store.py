@@ -12,13 +12,18 @@ from dataclasses import dataclass
 from cascade_rag.engine import KVChunk, KVChunkError
 from cascade_rag.engine.chunk_format import decode, encode
 
+from .collection import DEFAULT_COLLECTION
+
 log = logging.getLogger("cascade_rag")
 
 
-def chunk_key(fingerprint: str, token_ids: list[int]) -> str:
+def chunk_key(fingerprint: str, token_ids: list[int], collection: str | None = None) -> str:
     """The one name of a chunk's bytes: the fingerprint (model weights and tokenizer, dtype and so the layout, the
-    system prompt of level 0, the format version) and the passage's token ids."""
-    return hashlib.sha256(json.dumps([fingerprint, token_ids]).encode()).hexdigest()
+    system prompt of level 0, the format version), the passage's token ids, and its collection (None or the default
+    one: no collection, the keys of stores made before collections): collections share no chunk, so whether a chunk
+    is hot tells nothing of another collection."""
+    scoped = [collection] if collection and collection != DEFAULT_COLLECTION else []
+    return hashlib.sha256(json.dumps([fingerprint, token_ids, *scoped]).encode()).hexdigest()
 
 
 class ChunkBackend(ABC):

@@ -10,17 +10,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .cli_error import CLIError  # noqa: E402
-from .cli_options import (add_answer_options, add_data_dir, add_model_options, add_server_options,  # noqa: E402
-                          open_rag, rag_options, read_inputs, sampling)
+from .cli_options import (add_answer_options, add_collection, add_data_dir, add_ingest_limits,  # noqa: E402
+                          add_model_options, add_server_options, open_rag, rag_options, read_inputs, sampling)
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cascade-rag", description="Retrieval-augmented generation over "
                                    "persistent per-passage KV chunks.")
     sub = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("ingest", help="ingest .txt/.md/.jsonl files and folders")
-    p.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="files and folders (.txt, .md, .jsonl)")
+    p = sub.add_parser("ingest", help="ingest .txt/.md/.jsonl/.pdf/.html files and folders")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="files and folders (.txt, .md, .jsonl, .pdf, .html, .htm)")
     add_data_dir(p)
+    add_collection(p)
     p.add_argument("--passage-tokens", type=int, default=256, help="passage size in tokens (default 256)")
     p.add_argument("--overlap", type=int, default=32, help="tokens repeated between passages (default 32)")
     p.add_argument("--index", choices=["flat", "hnsw"], help="vector index type (default flat)")
@@ -28,12 +30,15 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--title-field", default="title", help="JSONL field of the title (default title)")
     p.add_argument("--text-field", default="text", help="JSONL field of the text (default text)")
     p.add_argument("--max-disk", metavar="SIZE",
-                   help="refuse, before ingesting anything, an ingestion estimated to take more disk than this for "
-                        "its KV chunks and passages, e.g. 500M, 2G or 1.5GiB (K, M, G: powers of 1024; KB, MB, GB: of "
-                        "1000; default: none). One beyond the free space of the data directory's filesystem is always "
-                        "refused")
+                   help="refuse, before ingesting anything, an ingestion estimated to take more disk (or --store "
+                        "memory) than this for its KV chunks and passages, e.g. 500M, 2G or 1.5GiB (K, M, G: powers "
+                        "of 1024; KB, MB, GB: of 1000; default: none). One beyond the free space of the data "
+                        "directory's filesystem is always refused")
     p.add_argument("--quiet", action="store_true", help="no estimate line and no progress bar (the limits are "
                                                         "still checked)")
+    p.add_argument("--all-or-nothing", action="store_true",
+                   help="commit the whole ingestion in one transaction, so that a failure anywhere stores none of it "
+                        "(default: each document, or with --ray each group of documents, on its own)")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="embed and prefill in Ray actors that write the chunks into the --store, the commits made "
                         "here; ADDRESS: a Ray cluster (e.g. ray://head:10001 or auto; default: a local one started "
@@ -45,6 +50,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("ask", help="answer a question from the ingested documents")
     p.add_argument("question", help="the question, in quotes")
     add_data_dir(p)
+    add_collection(p)
     add_answer_options(p)
     p.add_argument("--mode", choices=["cached", "full", "blend"], default="cached",
                    help="cached: stored KV chunks (default); full: one prefill of the same tokens; blend: stored "
@@ -57,10 +63,12 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list the ingested documents: id, passages, tokens, title")
     add_data_dir(p)
+    add_collection(p)
 
     p = sub.add_parser("delete", help="delete documents by id (all or none: an unknown id deletes nothing)")
     p.add_argument("ids", nargs="+", metavar="ID", help="document ids, as `cascade-rag list` shows them")
     add_data_dir(p)
+    add_collection(p)
 
     p = sub.add_parser("eval", help="exact match, F1, recall@k and time to first token on a QA set")
     p.add_argument("--questions", type=Path, required=True, help="JSONL: id, question, answers, gold_doc_ids")
@@ -89,10 +97,21 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                                             "RESOURCE_EXHAUSTED (default 8)")
     p.add_argument("--drain-seconds", type=float, default=30.0, help="on SIGTERM, how long in-flight requests may "
                                                                      "finish (default 30)")
-    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every call but health "
-                                   "(default: $CASCADE_RAG_TOKEN)")
+    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every call but health (default: "
+                                   "$CASCADE_RAG_TOKEN, preferred: a flag shows in `ps` to every user of the machine)")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
+    p.add_argument("--token-file", type=Path, help="JSON file of more tokens, each scoped to collections: "
+                                                   "{\"tokens\": {\"TOKEN\": [\"collection\", ...]}} (\"*\": all); "
+                                                   "read at start")
+    p.add_argument("--http-port", type=int, help="serve the OpenAI-compatible HTTP endpoint (/v1/chat/completions, "
+                                                 "/v1/models, /health) on this port of --host (default: none; 0 picks "
+                                                 "a free port; plaintext)")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port of --host, at /metrics "
+                                                    "(default: none; 0 picks a free port)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text (default) or json: one JSON object a line, each call's with its request id")
+    add_ingest_limits(p)
     add_model_options(p)
 
     p = sub.add_parser("health", help="exit 0 when a server answers SERVING to the gRPC health check")
@@ -126,14 +145,14 @@ def cmd_ingest(args) -> int:
         from .ray_ingest import ingest_with_ray
         if not args.store:
             raise CLIError("--ray writes into a shared store: give --store redis://HOST:PORT/DB")
-        if max_disk is not None:
-            raise CLIError("--max-disk limits a data directory; a shared store is bounded by its own maxmemory")
         report = ingest_with_ray(args.store, read_inputs(args.paths, fields), rag_options(
             args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap), args.ray or None,
-            args.ray_actors, progress=not args.quiet)
+            args.ray_actors, progress=not args.quiet, collection=args.collection, all_or_nothing=args.all_or_nothing,
+            max_disk_bytes=max_disk)
     else:
         with open_rag(args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap) as rag:
-            report = rag.ingest(args.paths, fields=fields, progress=not args.quiet, max_disk_bytes=max_disk)
+            report = rag.ingest(args.paths, fields=fields, progress=not args.quiet, max_disk_bytes=max_disk,
+                                collection=args.collection, all_or_nothing=args.all_or_nothing)
     for error in report.errors:
         print(f"cascade-rag: error: {error}", file=sys.stderr)
     print(report.summary())
@@ -157,14 +176,15 @@ def cmd_ask(args) -> int:
     if args.server:
         from .client import ask
         return ask(args)
-    with open_rag(args, create=False) as rag:
-        print_answer(rag.ask(args.question, top_k=args.top_k, mode=args.mode, params=sampling(args)))
+    with open_rag(args, read_only=True) as rag:
+        print_answer(rag.ask(args.question, top_k=args.top_k, mode=args.mode, params=sampling(args),
+                             collection=args.collection))
     return 0
 
 
 def cmd_list(args) -> int:
-    with open_rag(args, create=False) as rag:
-        documents = rag.documents()
+    with open_rag(args, read_only=True) as rag:
+        documents = rag.documents(args.collection)
     for d in documents:
         print(f"{d['id']}\t{d['passages']} passages\t{d['tokens']} tokens\t{d['title']}")
     print(f"{len(documents)} documents", file=sys.stderr)
@@ -173,7 +193,7 @@ def cmd_list(args) -> int:
 
 def cmd_delete(args) -> int:
     with open_rag(args, create=False) as rag:
-        deleted = rag.delete(args.ids)
+        deleted = rag.delete(args.ids, args.collection)
     print(f"deleted {len(deleted)} documents: {', '.join(deleted)}")
     return 0
 

@@ -24,6 +24,10 @@ def add_data_dir(p: argparse.ArgumentParser,
     where.add_argument("--store", metavar="URL", help=STORE_HELP)
 
 
+def add_collection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--collection", default="default", help="the collection of documents (default default)")
+
+
 def add_answer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=4, help="passages to retrieve (default 4)")
     p.add_argument("--max-tokens", type=int, default=128, help="most tokens to generate (default %(default)s)")
@@ -67,3 +71,48 @@ def sampling(args):
     from cascade_rag.engine import SamplingParams
     return SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                           seed=args.seed)
+
+
+def add_ingest_limits(p: argparse.ArgumentParser) -> None:
+    """The serve flags of each IngestLimits field, defaulting to SERVER_LIMITS."""
+    from .ingest_limits import FLAGS, SERVER_LIMITS
+    helps = {"max_title_chars": "characters of a document's title (it repeats in every passage)",
+             "max_document_passages": "passages of one document", "max_document_tokens": "tokens of one document",
+             "max_document_chunk_bytes": "bytes of one document's KV chunks (a size: 500M, 2G)",
+             "max_call_passages": "passages of one IngestDocuments call", "max_call_tokens": "tokens of one call",
+             "max_call_chunk_bytes": "bytes of one call's KV chunks (a size)",
+             "disk_reserve_bytes": "free space to keep on the data directory's filesystem after an ingestion "
+                                   "(a size)"}
+    for name, flag in FLAGS.items():
+        default = getattr(SERVER_LIMITS, name)
+        shown = _size_flag(default) if name.endswith("_bytes") else str(default)
+        p.add_argument(flag, dest=name, metavar="SIZE" if name.endswith("_bytes") else "N", default=shown,
+                       help=f"ingestion limit: at most this many {helps[name]}; 0 for none (default {shown})"
+                       if name != "disk_reserve_bytes" else f"ingestion limit: {helps[name]} (default {shown})")
+
+
+def _size_flag(n: int) -> str:
+    """4G, 256M or bytes: a size as a flag takes it."""
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+def ingest_limits(args):
+    """The IngestLimits of the serve flags (0 means no limit, but for the reserve)."""
+    from .ingest_cost import parse_size
+    from .ingest_limits import FLAGS, IngestLimits
+    values = {}
+    for name, flag in FLAGS.items():
+        text = getattr(args, name)
+        try:
+            value = parse_size(text) if name.endswith("_bytes") else int(text)
+            if value < 0:
+                raise ValueError(f"{text!r} is negative")
+        except ValueError as exc:
+            from .cli_error import CLIError
+            raise CLIError(f"{flag}: {exc}") from None
+        values[name] = value if value or name == "disk_reserve_bytes" else None
+    return IngestLimits(**values)
+

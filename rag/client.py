@@ -38,39 +38,45 @@ class Client:
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
     def query(self, question: str, top_k: int = 0, max_tokens: int = 0, temperature: float = 0.0,
-              top_p: float = 0.0, seed: int | None = None, mode: str = "cached", timeout: float | None = None):
-        """The response stream (iterate for QueryResponse messages; .cancel() stops it)."""
+              top_p: float = 0.0, seed: int | None = None, mode: str = "cached", timeout: float | None = None,
+              collection: str = "", where: dict[str, str | list[str]] | None = None):
+        """The response stream (iterate for QueryResponse messages; .cancel() stops it). `where`: metadata key to
+        the value required, or to a list of accepted values (all keys must match)."""
         request = pb.QueryRequest(question=question, top_k=top_k, max_tokens=max_tokens, temperature=temperature,
-                                  top_p=top_p, seed=seed, mode=MODE_TO_PROTO[mode])
+                                  top_p=top_p, seed=seed, mode=MODE_TO_PROTO[mode], collection=collection,
+                                  filter=metadata_filter(where))
         return self.answer.Query(request, timeout=timeout, metadata=self.metadata)
 
-    def retrieve(self, question: str, top_k: int = 0, timeout: float | None = None) -> pb.RetrieveResponse:
-        return self.answer.Retrieve(pb.RetrieveRequest(question=question, top_k=top_k), timeout=timeout,
-                                    metadata=self.metadata)
+    def retrieve(self, question: str, top_k: int = 0, timeout: float | None = None, collection: str = "",
+                 where: dict[str, str | list[str]] | None = None) -> pb.RetrieveResponse:
+        request = pb.RetrieveRequest(question=question, top_k=top_k, collection=collection,
+                                     filter=metadata_filter(where))
+        return self.answer.Retrieve(request, timeout=timeout, metadata=self.metadata)
 
     def ingest(self, documents: Iterable[Document | dict], batch_size: int = 32,
-               timeout: float | None = None) -> pb.IngestDocumentsResponse:
-        """Streams the documents in batches; the server answers once all of them are stored."""
+               timeout: float | None = None, collection: str = "") -> pb.IngestDocumentsResponse:
+        """Streams the documents in batches into the collection; the server answers once all of them are stored."""
         def batches() -> Iterator[pb.IngestDocumentsRequest]:
             batch = []
             for d in documents:
                 d = d if isinstance(d, dict) else vars(d)
                 batch.append(pb.Document(id=str(d.get("id", "")), title=d.get("title") or "", text=d.get("text") or "",
-                                         source=d.get("source") or ""))
+                                         source=d.get("source") or "", metadata=d.get("metadata") or {}))
                 if len(batch) == batch_size:
-                    yield pb.IngestDocumentsRequest(documents=batch)
+                    yield pb.IngestDocumentsRequest(documents=batch, collection=collection)
                     batch = []
             if batch:
-                yield pb.IngestDocumentsRequest(documents=batch)
+                yield pb.IngestDocumentsRequest(documents=batch, collection=collection)
         return self.documents.IngestDocuments(batches(), timeout=timeout, metadata=self.metadata)
 
-    def delete(self, ids: list[str], timeout: float | None = None) -> list[str]:
-        return list(self.documents.DeleteDocuments(pb.DeleteDocumentsRequest(ids=ids), timeout=timeout,
-                                                   metadata=self.metadata).deleted_ids)
+    def delete(self, ids: list[str], timeout: float | None = None, collection: str = "") -> list[str]:
+        return list(self.documents.DeleteDocuments(pb.DeleteDocumentsRequest(ids=ids, collection=collection),
+                                                   timeout=timeout, metadata=self.metadata).deleted_ids)
 
-    def list_documents(self, page_size: int = 0, page_token: str = "") -> pb.ListDocumentsResponse:
-        return self.documents.ListDocuments(pb.ListDocumentsRequest(page_size=page_size, page_token=page_token),
-                                            metadata=self.metadata)
+    def list_documents(self, page_size: int = 0, page_token: str = "",
+                       collection: str = "") -> pb.ListDocumentsResponse:
+        return self.documents.ListDocuments(pb.ListDocumentsRequest(page_size=page_size, page_token=page_token,
+                                                                    collection=collection), metadata=self.metadata)
 
     def info(self) -> pb.GetInfoResponse:
         return self.info_stub.GetInfo(pb.GetInfoRequest(), metadata=self.metadata)
@@ -113,6 +119,12 @@ def balanced_target(server: str) -> tuple[str, list[str]]:
     raise ValueError(f"--server: cannot resolve all of {server!r} to addresses of one family")
 
 
+def metadata_filter(where: dict[str, str | list[str]] | None) -> pb.MetadataFilter:
+    """{key: value or [values]} as the proto's filter (the AND of one condition a key)."""
+    return pb.MetadataFilter(conditions=[pb.MetadataCondition(key=k, values=[v] if isinstance(v, str) else v)
+                                         for k, v in (where or {}).items()])
+
+
 def print_stream(responses, mode: str = "cached", out=sys.stdout) -> pb.QueryResult | None:
     """Writes the text as it streams, then the sources and timings; returns the final result."""
     result = None
@@ -126,7 +138,8 @@ def print_stream(responses, mode: str = "cached", out=sys.stdout) -> pb.QueryRes
         return None
     out.write("\n\n" + format_sources([(s.document_id, s.title, s.score) for s in result.sources]))
     t, tiers = result.timings, result.chunk_tiers
-    used = ", ".join(f"{getattr(tiers, n)} {n}" for n in ("gpu", "cpu", "disk", "remote", "recomputed") if getattr(tiers, n))
+    used = ", ".join(f"{getattr(tiers, n)} {n}" for n in ("gpu", "cpu", "disk", "remote", "recomputed")
+                     if getattr(tiers, n))
     out.write(f"Timings ({mode}): queue {t.queue_time_ns / 1e6:.0f} ms, retrieval {t.retrieval_time_ns / 1e6:.0f} ms, "
               f"chunks {t.chunks_time_ns / 1e6:.0f} ms, time to first token {t.time_to_first_token_ns / 1e6:.0f} ms "
               f"(prefill {t.prefill_time_ns / 1e6:.0f} ms, {result.usage.prompt_tokens} prompt tokens), "
@@ -140,7 +153,8 @@ def ask(args) -> int:
     """`cascade-rag ask --server HOST:PORT`."""
     with Client(args.server, args.token, args.tls_ca) as client:
         stream = client.query(args.question, top_k=args.top_k, max_tokens=args.max_tokens,
-                              temperature=args.temperature, top_p=args.top_p, seed=args.seed, mode=args.mode)
+                              temperature=args.temperature, top_p=args.top_p, seed=args.seed, mode=args.mode,
+                              collection=args.collection)
         try:
             print_stream(stream, args.mode)
         except grpc.RpcError as exc:

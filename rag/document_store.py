@@ -1,10 +1,11 @@
-"""DocumentStore: what the rest of rag/ needs of the store of documents, passages (text, token ids, chunk key,
-vector), manifest and generation. Two stores have this shape: SQLite in a data directory (rag/store.py, the
-embedded default) and Redis shared by replicas (rag/redis_store.py). The chunks live apart, behind a
-ChunkBackend (rag/chunk_store.py).
+"""DocumentStore: what the rest of rag/ needs of the store of documents (each in a collection, with its metadata),
+passages (text, token ids, chunk key, vector), manifest and generation. Two stores have this shape: SQLite in a data
+directory (rag/store.py, the embedded default) and Redis shared by replicas (rag/redis_store.py). The chunks live
+apart, behind a ChunkBackend (rag/chunk_store.py).
 
-Every change of passages bumps the generation in the same transaction as the change, so an index can tell
-whether it is current. Passages are rag.store.Passage."""
+Every change of passages bumps the generation in the same transaction as the change, so an index can tell whether
+it is current. Passage ids are unique across collections and never reused. Passages are rag.store.Passage; the
+errors (StoreError and its kinds) are rag.store's."""
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,11 +13,17 @@ from typing import Iterator
 
 import numpy as np
 
+from .collection import DEFAULT_COLLECTION
+from .filters import MetadataFilter
+
 PassageRow = tuple[str, list[int], str, np.ndarray]   # text, token ids, chunk key, vector
+# id, title, source, content hash, passage rows, metadata (string keys to string values)
+DocumentRow = tuple[str, str, str | None, str, list[PassageRow], dict[str, str]]
 
 
 class DocumentStore(ABC):
     dir: Path | None  # the local data directory (the saved vector index, the disk check); None: a remote store
+    read_only: bool   # opened by a command that only reads: every write is refused (StoreError)
 
     @property
     @abstractmethod
@@ -30,7 +37,7 @@ class DocumentStore(ABC):
     # --- writing ---------------------------------------------------------------------------------------------------
     @abstractmethod
     def lock_for_writing(self) -> None:
-        """Makes this process the store's one writer (StoreLocked when another one is)."""
+        """Makes this process the store's one writer (StoreLocked when another one is; StoreError when read-only)."""
 
     @property
     @abstractmethod
@@ -45,13 +52,15 @@ class DocumentStore(ABC):
         yield
 
     @abstractmethod
-    def put_document(self, doc_id: str, title: str, source: str | None, content_hash: str,
-                     passages: list[PassageRow]) -> tuple[list[int], list[int]]:
-        """Replaces the document and its passages in one transaction; returns (removed passage ids, new ids)."""
+    def put_documents(self, collection: str, documents: list[DocumentRow]) -> tuple[list[int], list[int]]:
+        """Replaces documents of the collection with their metadata and passages, all in one transaction (a reader
+        sees all of them or none; a failure stores none: DiskFull when the store has no room); returns (removed
+        passage ids, new passage ids)."""
 
     @abstractmethod
-    def delete_documents(self, doc_ids: list[str]) -> tuple[list[str], list[int]]:
-        """Deletes the documents, all or none (UnknownDocuments); returns (deleted ids, removed passage ids)."""
+    def delete_documents(self, collection: str, doc_ids: list[str]) -> tuple[list[str], list[int]]:
+        """Deletes documents of the collection, all or none (UnknownDocuments when an id is unknown in it); returns
+        (deleted ids, removed passage ids)."""
 
     @abstractmethod
     def write_manifest(self, manifest: dict) -> None:
@@ -71,29 +80,36 @@ class DocumentStore(ABC):
         ...
 
     @abstractmethod
-    def document_hash(self, doc_id: str) -> str | None:
+    def document_hash(self, collection: str, doc_id: str) -> str | None:
         ...
 
     @abstractmethod
     def passages(self, pids: list[int]) -> dict:
-        """pid -> rag.store.Passage of those that exist."""
+        """pid -> rag.store.Passage (with its collection and its document's title and metadata) of those that
+        exist."""
+
+    @abstractmethod
+    def passage_ids(self, collection: str, where: MetadataFilter | None = None) -> np.ndarray:
+        """The ids (int64, ascending) of the passages of the collection whose documents match the filter (all
+        without one)."""
 
     @abstractmethod
     def vectors(self) -> tuple[int, np.ndarray, np.ndarray | None]:
-        """(generation, passage ids [n] int64, vectors [n, dim] float32 or None when empty), one snapshot."""
+        """(generation, passage ids [n] int64, vectors [n, dim] float32 or None when empty) of every collection,
+        one snapshot."""
 
     @abstractmethod
     def texts(self) -> tuple[int, list[int], list[str]]:
-        """(generation, passage ids, "title. text" of each), one snapshot."""
+        """(generation, passage ids, "title. text" of each) of every collection, one snapshot."""
 
     @abstractmethod
-    def documents(self) -> list[dict]:
-        """Each document's id, title, source, passages and tokens, ordered by id."""
+    def documents(self, collection: str = DEFAULT_COLLECTION) -> list[dict]:
+        """The collection's documents ordered by id: id, title, source, passages, tokens, metadata."""
 
     @abstractmethod
-    def counts(self) -> dict:
-        """{"documents", "passages", "tokens"}."""
+    def counts(self, collections: frozenset[str] | None = None) -> dict:
+        """{"documents", "passages", "tokens"} of these collections (None: of all)."""
 
     @abstractmethod
-    def chunk_keys(self) -> set[str]:
-        """The chunk key of every passage."""
+    def chunk_keys(self, collections: frozenset[str] | None = None) -> set[str]:
+        """The chunk key of every passage of these collections (None: of all)."""

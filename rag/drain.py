@@ -7,6 +7,8 @@ from contextlib import contextmanager
 
 import grpc
 
+from .method_handlers import behavior_of, handler_like
+
 REFUSAL = "the server is shutting down; retry on another instance or once it is back"
 SETTLE_S = 0.1  # a call let in just before the drain began starts its handler within this
 
@@ -19,14 +21,22 @@ class Drain(grpc.ServerInterceptor):
     def __init__(self, open_methods: str, counted: tuple[str, ...]):
         self.open_methods, self.counted = open_methods, counted
         self._draining = False
+        self._deadline = float("inf")
         self._in_flight = 0
         self._idle = threading.Condition()
 
-    def begin(self) -> None:
-        """Refuses new calls from now on; returns once those let in just before have started (and count)."""
+    def begin(self, seconds: float | None = None) -> None:
+        """Refuses new calls from now on, for a drain of `seconds` (None: none); returns once the calls let in just
+        before have started (and count)."""
         with self._idle:
             self._draining = True
+            self._deadline = time.monotonic() + (seconds or 0.0)
         time.sleep(SETTLE_S)
+
+    def over(self) -> bool:
+        """Whether the drain has begun and its time is over: the calls still in flight are to stop now."""
+        with self._idle:
+            return self._draining and time.monotonic() >= self._deadline
 
     def wait(self, seconds: float) -> bool:
         """Waits until no call is in flight or `seconds` have passed; True when none is left."""
@@ -40,22 +50,28 @@ class Drain(grpc.ServerInterceptor):
         with self._idle:
             draining = self._draining
         if draining:
-            return _handler_like(handler, _refuse, codecs=False)
+            return handler_like(handler, _refuse, codecs=False)
         if not details.method.startswith(self.counted):
             return handler
-        behavior = _behavior(handler)
+        behavior = behavior_of(handler)
         if handler.response_streaming:
             def counted(request, context):
-                with self._call():
+                with self.call():
                     yield from behavior(request, context)
         else:
             def counted(request, context):
-                with self._call():
+                with self.call():
                     return behavior(request, context)
-        return _handler_like(handler, counted, codecs=True)
+        return handler_like(handler, counted)
+
+    @property
+    def draining(self) -> bool:
+        with self._idle:
+            return self._draining
 
     @contextmanager
-    def _call(self):
+    def call(self):
+        """Counts a call in flight for its duration (the HTTP endpoint's calls too)."""
         with self._idle:
             self._in_flight += 1
         try:
@@ -68,20 +84,3 @@ class Drain(grpc.ServerInterceptor):
 
 def _refuse(request, context):
     context.abort(grpc.StatusCode.UNAVAILABLE, REFUSAL)
-
-
-def _behavior(handler):
-    return {(False, False): handler.unary_unary, (False, True): handler.unary_stream,
-            (True, False): handler.stream_unary, (True, True): handler.stream_stream}[
-        handler.request_streaming, handler.response_streaming]
-
-
-def _handler_like(handler, behavior, codecs: bool):
-    """A method handler of the same kind as `handler` running `behavior`, with its (de)serializers if `codecs`."""
-    make = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
-            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}[
-        handler.request_streaming, handler.response_streaming]
-    if not codecs:
-        return make(behavior)
-    return make(behavior, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)

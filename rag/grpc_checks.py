@@ -9,8 +9,9 @@ import grpc
 from cascade_rag.engine import SamplingParams
 
 from .answer import Source
+from .collection import DEFAULT_COLLECTION
 from .proto_gen import cascade_rag_pb2 as pb
-from .request_queue import Abandoned, QueueFull, RequestQueue
+from .request_queue import Abandoned, QueueFull
 from .wire import PROTO_TO_MODE
 
 MAX_QUESTION_CHARS = 4000
@@ -20,6 +21,14 @@ MAX_TEMPERATURE = 2.0
 DEFAULT_TOP_K, DEFAULT_MAX_TOKENS = 4, 128
 NO_DOCUMENTS = ("no documents have been ingested into this server's data directory: ingest some first "
                 "(Documents.IngestDocuments, or `cascade-rag ingest PATH --data-dir DIR` on the server's directory)")
+
+
+def no_documents(collection: str) -> str:
+    """NO_DOCUMENTS, naming the collection when it is not the default one."""
+    if collection == DEFAULT_COLLECTION:
+        return NO_DOCUMENTS
+    return (f"no documents have been ingested into collection {collection!r}: ingest some first "
+            f"(Documents.IngestDocuments with collection {collection!r})")
 
 
 def ns(seconds: float) -> int:
@@ -60,15 +69,15 @@ def sampling(context, request) -> SamplingParams:
 
 
 def source(s: Source) -> pb.Source:
-    return pb.Source(document_id=s.doc_id, title=s.title, score=s.score, passage_id=s.passage_id, text=s.text)
+    return pb.Source(document_id=s.doc_id, title=s.title, score=s.score, passage_id=s.passage_id, text=s.text,
+                     metadata=s.metadata)
 
 
 @contextmanager
-def engine_slot(queue: RequestQueue, context):
-    """RequestQueue.slot with its refusals turned into gRPC statuses."""
+def engine_slot(context):
+    """The refusals of RequestQueue.slot in the body turned into gRPC statuses."""
     try:
-        with queue.slot(lambda: alive(context)) as queued_s:
-            yield queued_s
+        yield
     except QueueFull as exc:
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
     except Abandoned:

@@ -1,31 +1,19 @@
-"""Ingestion inputs: documents from .txt/.md/.jsonl files, folders and records, with errors named by place."""
+"""Ingestion inputs: documents from .txt/.md/.jsonl/.pdf/.html files, folders and records, with errors named by
+place."""
 import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from .document_readers import READERS
+from .filters import check_metadata
+from .ingest_types import Document, InputError
+
 if TYPE_CHECKING:
     from .ingest_cost import IngestEstimate
 
-SUFFIXES = (".txt", ".md", ".jsonl")
-
-
-@dataclass
-class Document:
-    id: str
-    title: str
-    text: str
-    source: str | None = None
-
-
-@dataclass
-class InputError:
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
+SUFFIXES = (".txt", ".md", ".jsonl", *READERS)
 
 
 @dataclass(frozen=True)
@@ -82,8 +70,9 @@ class IngestReport:
 
 def read_paths(paths: Iterable[Path | str], fields: Fields = Fields(),
                skipped: list[str] | None = None) -> Iterator[Document | InputError]:
-    """Documents from files and folders (recursively: .txt, .md, .jsonl). A file's id is its path inside the
-    folder given, or its name when given directly; a JSONL file holds one record a line. The other files found in
+    """Documents from files and folders (recursively: .txt, .md, .jsonl, .pdf, .html, .htm). A file's id is its
+    path inside the folder given, or its name when given directly; a JSONL file holds one record a line, a PDF one
+    document a page, an HTML file one a section (rag/document_readers.py). The other files found in
     folders are not read: their paths go to `skipped` (a file of another type given directly is an error)."""
     for root in map(Path, paths):
         if root.is_dir():
@@ -110,6 +99,9 @@ def skipped_message(skipped: list[str], shown: int = 10) -> str:
 
 
 def read_file(path: Path, doc_id: str, fields: Fields) -> Iterator[Document | InputError]:
+    if path.suffix.lower() in READERS:
+        yield from READERS[path.suffix.lower()](path, doc_id)
+        return
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -143,6 +135,11 @@ def records(items: Iterable[dict], fields: Fields = Fields(), where: str = "reco
             yield InputError(place, "not a JSON object")
             continue
         doc_id, title, text = record.get(fields.id), record.get(fields.title) or "", record.get(fields.text)
+        try:
+            metadata = check_metadata(record.get("metadata"))
+        except ValueError as exc:
+            yield InputError(place, f"document {doc_id}: {exc}")
+            continue
         if doc_id is None or str(doc_id).strip() == "":
             yield InputError(place, f"missing document id (field {fields.id!r})")
         elif not isinstance(text, str):
@@ -150,7 +147,7 @@ def records(items: Iterable[dict], fields: Fields = Fields(), where: str = "reco
         elif not text.strip():
             yield InputError(place, f"document {doc_id}: empty text")
         else:
-            yield Document(str(doc_id), str(title).strip(), text.strip(), source)
+            yield Document(str(doc_id), str(title).strip(), text.strip(), source, metadata)
 
 
 def _title(path: Path, text: str) -> str:

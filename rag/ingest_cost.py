@@ -113,16 +113,22 @@ def free_bytes(directory: Path | str) -> int:
     return shutil.disk_usage(directory).free
 
 
-def check_disk(estimate: IngestEstimate, directory: Path | str, max_disk_bytes: int | None = None) -> None:
+def check_disk(estimate: IngestEstimate, directory: Path | str | None, max_disk_bytes: int | None = None,
+               reserve_bytes: int = 0) -> None:
     """Raises IngestTooLarge when the estimate's bytes exceed max_disk_bytes or the free space where `directory`
-    lies."""
+    lies, less `reserve_bytes` to keep free (directory None: a shared store, whose server refuses writes beyond its
+    own maxmemory: max_disk_bytes only)."""
     need = (f"this ingestion needs about {format_size(estimate.disk_bytes)} of disk ({_documents(estimate.documents)}, "
             f"{estimate.passages:,} passages, {estimate.tokens:,} tokens; {format_size(estimate.chunk_bytes)} of KV "
             f"chunks)")
     if max_disk_bytes is not None and estimate.disk_bytes > max_disk_bytes:
         raise IngestTooLarge(f"{need}, more than the limit of {format_size(max_disk_bytes)} (--max-disk); "
                              f"nothing was ingested")
+    if directory is None:
+        return
     free = free_bytes(directory)
-    if estimate.disk_bytes > free:
-        raise IngestTooLarge(f"{need}, but only {format_size(free)} are free on the filesystem of {directory}; free "
-                             f"some space, ingest fewer documents or use another --data-dir; nothing was ingested")
+    if estimate.disk_bytes + reserve_bytes > free:
+        kept = f" and {format_size(reserve_bytes)} are to stay free (--disk-reserve)" if reserve_bytes else ""
+        raise IngestTooLarge(f"{need}, but only {format_size(free)} are free on the filesystem of {directory}{kept}; "
+                             f"free some space, ingest fewer documents or use another --data-dir; nothing was "
+                             f"ingested")

@@ -1,15 +1,16 @@
-"""IngestWorker: the part of an ingestion that needs the models, apart from the commit. It makes documents'
-passages, embeds them, prefills the chunks the shared store lacks (in batches by tokens, as in-process) and writes
-them to the store, then hands the rows back for the driver to commit. One per Ray actor (rag/ray_ingest.py), on a
-GPU when the actor has one."""
+"""IngestWorker: the part of an ingestion that needs the models, apart from the commit. It makes documents' passages
+(checked against the limits of a document, as in-process), embeds them, prefills the chunks the shared store lacks
+(in batches by tokens, as in-process) and writes them to the store, then hands the rows back for the driver to
+commit. One per Ray actor (rag/ray_ingest.py), on a GPU when the actor has one."""
 from dataclasses import dataclass
 
 from .batch_prefill import BatchPrefill
 from .chunk_provider import ChunkProvider
 from .chunk_store import ChunkStore
-from .document_passages import manifest_fields, passages_of
+from .document_passages import Passages, manifest_fields, passages_of
 from .document_store import PassageRow
 from .ingest import Document
+from .ingest_limits import InvalidDocument, LimitExceeded
 from .manifest import Manifest
 from .options import RAGOptions
 from .retriever import Retriever
@@ -39,20 +40,31 @@ class IngestWorker:
         """What this worker's chunks and vectors are made with (loads the models, checked against the store)."""
         return manifest_fields(self.provider.model(), self.retriever.embedder(), self.options)
 
-    def build(self, documents: list[tuple[Document, str]]) -> list[Built]:
-        """The rows of (document, content hash) pairs, every chunk they name written to the store first."""
-        model, slice_ = self.provider.model(), self.options.embed_slice
-        kv_per_token = model.engine.kv_bytes_per_token()
-        planned = [(document, digest, passages_of(document, model, self.options)) for document, digest in documents]
+    def passages(self, documents: list[Document]) -> list[Passages | LimitExceeded | InvalidDocument]:
+        """Each document's passages, or the refusal of a document past a limit (returned, not raised: the driver
+        raises the first one in the order of the call)."""
+        model, found = self.provider.model(), []
+        for document in documents:
+            try:
+                found.append(passages_of(document, model, self.options))
+            except (LimitExceeded, InvalidDocument) as exc:
+                found.append(exc)
+        return found
+
+    def build(self, planned: list[tuple[Document, str, Passages]], collection: str) -> list[Built]:
+        """The rows of (document, content hash, passages), every chunk they name (keyed in `collection`) written to
+        the store first."""
+        slice_ = self.options.embed_slice
+        kv_per_token = self.provider.model().engine.kv_bytes_per_token()
         prefill = BatchPrefill(self.provider, [ids for *_, passages in planned for _, ids in passages],
-                               self.options.prefill_batch_tokens)
+                               self.options.prefill_batch_tokens, collection)
         built = []
         for document, digest, passages in planned:
             vectors, rows, prefilled = [], [], 0
             for start in range(0, len(passages), slice_):
                 vectors += self.retriever.embed_passages(document.title, [t for t, _ in passages[start:start + slice_]])
             for (text, ids), vector in zip(passages, vectors):
-                key = self.provider.key(ids)
+                key = self.provider.key(ids, collection)
                 if not self.chunks.contains(key):
                     self.chunks.put(key, prefill.take(key, ids))
                     prefilled += 1

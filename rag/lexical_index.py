@@ -23,12 +23,15 @@ class LexicalIndex:
             self.bm25 = bm25s.BM25()
             self.bm25.index(tokenized, show_progress=False)
 
-    def search(self, question: str, k: int) -> list[tuple[int, float]]:
-        """The k passages with the highest BM25 score above zero: (passage id, score), best first."""
+    def search(self, question: str, k: int, among: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The k passages with the highest BM25 score above zero: (passage id, score), best first; only of the ids
+        `among` when given (the others scored zero before the k are cut)."""
         terms = [w for w in words(question) if self.bm25 is not None and w in self.bm25.vocab_dict]
         if not terms or k < 1:
             return []
         scores = self.bm25.get_scores(terms)
+        if among is not None:
+            scores = np.where(np.isin(self.ids, among), scores, 0.0)
         top = np.argsort(-scores, kind="stable")[:k]
         return [(int(self.ids[i]), float(scores[i])) for i in top if scores[i] > 0]
 

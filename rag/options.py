@@ -4,6 +4,7 @@ from pathlib import Path
 
 from cascade_rag.engine import default_device, default_dtype, default_prefill_batch_tokens
 
+from .ingest_limits import IngestLimits
 from .prompt import DEFAULT_SYSTEM_PROMPT
 
 
@@ -25,6 +26,8 @@ class RAGOptions:
     # passages embedded in one call at ingestion: the progress bar moves between calls, and their chunks are
     # prefilled before the next slice is embedded
     embed_slice: int = 32
+    # the limits of one ingestion (rag/ingest_limits.py); none by default, `serve` sets its own
+    ingest_limits: IngestLimits = IngestLimits()
 
     def resolved(self, stored_index: str | None = None) -> "RAGOptions":
         """Defaults filled in (`stored_index`: the data directory's index type), values checked."""

@@ -30,5 +30,8 @@ class PromptTemplate:
         """A passage's level-1 text: independent of the question and of its rank, so one stored chunk serves all."""
         return f"\n\n[{title}]\n{text}" if title else f"\n\n{text}"
 
-    def query(self, question: str) -> str:
-        return f"{self.before_question}{question.strip()}{self.after_question}"
+    def query_ids(self, tokenizer, question: str) -> list[int]:
+        """The level-2 token ids of a question: the template's pieces with their control tokens, the question as
+        plain text (tokenizer.encode_text), so that it can never close a turn or open another."""
+        return tokenizer.encode(self.before_question) + tokenizer.encode_text(question.strip()) + \
+            tokenizer.encode(self.after_question)

@@ -24,6 +24,11 @@ class RequestQueue:
         self._waiting: deque[object] = deque()
         self._running = False
 
+    def count_rejection(self) -> None:
+        """A call refused before it reached the queue (the server's limit of calls in progress)."""
+        with self._cond:
+            self.rejected += 1
+
     @property
     def waiting(self) -> int:
         return len(self._waiting)

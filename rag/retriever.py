@@ -6,10 +6,12 @@ import threading
 import numpy as np
 
 from .answer import Source
+from .collection import DEFAULT_COLLECTION
+from .document_store import DocumentStore
 from .embedder import Embedder
+from .filters import MetadataFilter
 from .lexical_index import LexicalIndex, fuse
 from .manifest import Manifest
-from .document_store import DocumentStore
 from .store import NoDocuments, Passage, titled
 from .vector_index import VectorIndex
 
@@ -130,23 +132,31 @@ class Retriever:
         if index is not None and self.store.dir:
             index.save(self.store.dir)
 
-    def require_documents(self) -> None:
-        if not self.store.counts()["documents"] or self.index() is None:
-            raise NoDocuments(f"{self.store.where} has no documents: {self.store.ingest_hint()}")
+    def require_documents(self, collection: str = DEFAULT_COLLECTION) -> None:
+        if not self.store.counts(frozenset([collection]))["documents"] or self.index() is None:
+            where = "" if collection == DEFAULT_COLLECTION else f" (collection {collection!r})"
+            raise NoDocuments(f"{self.store.where}{where} has no documents: {self.store.ingest_hint()}")
 
-    def search(self, question: str, top_k: int) -> list[tuple[Source, Passage]]:
-        """The top_k passages by fused rank, with their cosine similarity to the question."""
+    def search(self, question: str, top_k: int, collection: str = DEFAULT_COLLECTION,
+               where: MetadataFilter | None = None) -> list[tuple[Source, Passage]]:
+        """The top_k passages of the collection whose documents match `where`, by fused rank, with their cosine
+        similarity to the question. Both rankings are restricted to those passages before they are cut."""
         check_query(question, top_k)
-        self.require_documents()
+        self.require_documents(collection)
         vector = self.embedder().encode([question])[0]
         depth = max(RETRIEVAL_DEPTH, top_k)
         with self.lock:
             index = self.index()
-            pids = fuse([index.search(vector, depth), self._lexical_index().search(question, depth)])[:top_k]
-            scores = index.similarity(vector, pids)
+            among = self.store.passage_ids(collection, where)
+            if len(among) == len(index) and np.array_equal(np.sort(index.ids()), among):
+                among = None  # every passage of the index is the collection's and matches: no selection needed
+            pids = fuse([index.search(vector, depth, among),
+                         self._lexical_index().search(question, depth, among)])[:top_k]
+            scores = index.similarity(vector, pids)  # None: newer than the index held while following
             passages = self.store.passages(pids)
-        return [(Source(p.doc_id, p.title, score, pid, p.text), p)
-                for pid, score in zip(pids, scores) if (p := passages.get(pid)) is not None]
+        return [(Source(p.doc_id, p.title, score, pid, p.text, p.metadata), p)
+                for pid, score in zip(pids, scores)
+                if (p := passages.get(pid)) is not None and score is not None and p.collection == collection]
 
     def problems(self) -> list[str]:
         """Where the index disagrees with the store's vectors (empty when it agrees)."""

@@ -4,7 +4,8 @@ import json
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,21 +13,10 @@ from filelock import FileLock, Timeout
 
 from cascade_rag.engine.file_io import write_atomic
 
-from .document_store import DocumentStore
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
-    id TEXT PRIMARY KEY, title TEXT NOT NULL, source TEXT, content_hash TEXT NOT NULL, n_passages INTEGER NOT NULL,
-    n_tokens INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS passages (
-    pid INTEGER PRIMARY KEY AUTOINCREMENT, doc_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
-    seq INTEGER NOT NULL, text TEXT NOT NULL, token_ids TEXT NOT NULL, chunk_key TEXT NOT NULL, vector BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS passages_doc ON passages(doc_id);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
+from .collection import DEFAULT_COLLECTION
+from .document_store import DocumentRow, DocumentStore
+from .filters import MetadataFilter
+from .store_schema import create_or_migrate, is_current
 
 class StoreError(RuntimeError):
     pass
@@ -40,12 +30,56 @@ class NoDocuments(StoreError):
     """A question asked of a data directory that is missing or holds no documents."""
 
 
+class DiskFull(StoreError):
+    """A write the filesystem (or a shared store's memory) had no room for (rolled back: nothing of it is stored)."""
+
+
+class StoreUnavailable(StoreError):
+    """A shared store that cannot be reached (its server down or out of reach)."""
+
+
 class UnknownDocuments(StoreError):
     """A deletion naming ids the store does not hold (nothing is deleted)."""
 
     def __init__(self, missing: list[str]):
         self.missing = missing
         super().__init__(f"no such documents: {', '.join(map(repr, missing))}; nothing was deleted")
+
+
+@contextmanager
+def sqlite_refusals(data_dir: Path, db: sqlite3.Connection):
+    """SQLite's refusals of a write as StoreErrors that say what happened; the transaction is rolled back (SQLite may
+    have done so itself on a full disk: then ROLLBACK has nothing to do)."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        if "disk is full" in str(exc):
+            raise DiskFull(f"the disk of data directory {data_dir} is full ({exc}); nothing of this change was "
+                           f"stored: free some space") from None
+        if "readonly" in str(exc) or "read-only" in str(exc):
+            raise StoreError(f"data directory {data_dir} is read-only ({exc}); nothing was changed") from None
+        raise StoreError(f"data directory {data_dir}: {exc}; nothing of this change was stored") from None
+
+
+def connect_read_only(path: Path) -> sqlite3.Connection:
+    """The store opened for reading only: `mode=ro`, which needs the WAL's shared-memory file or a directory where
+    it can be made; else, on a read-only directory, `immutable=1` (nothing can change it there)."""
+    problem = None
+    for query in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?{query}", uri=True, check_same_thread=False,
+                             isolation_level=None, timeout=30)
+        try:
+            db.execute("SELECT COUNT(*) FROM documents").fetchone()
+            return db
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            problem = exc
+    raise StoreError(f"{path} is not a usable document store: {problem}")
 
 
 def ingest_hint(data_dir: Path) -> str:
@@ -61,6 +95,8 @@ class Passage:
     text: str
     token_ids: list[int]
     chunk_key: str
+    collection: str = DEFAULT_COLLECTION
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def titled(title: str, text: str) -> str:
@@ -72,26 +108,34 @@ class Store(DocumentStore):
     """Documents and passages (text, token ids, vector, chunk key), in one data directory.
 
     Every change of passages bumps `generation` in the same transaction, so a saved vector index can tell
-    whether it is current. Writers hold a file lock on the directory; readers need none. With create=False
-    (the read-only commands) a missing directory or store is an error (NoDocuments), never made."""
+    whether it is current. Writers hold a file lock on the directory; readers need none. With create=False a
+    missing directory or store is an error (NoDocuments), never made; read_only (the commands that only read) also
+    writes nothing, so that they work on a read-only data directory."""
 
-    def __init__(self, data_dir: Path | str, create: bool = True):
-        self.dir = Path(data_dir)
-        if not create and not (self.dir / "store.sqlite").is_file():
+    def __init__(self, data_dir: Path | str, create: bool = True, read_only: bool = False):
+        self.dir, self.read_only = Path(data_dir), read_only
+        if (read_only or not create) and not (self.dir / "store.sqlite").is_file():
             what = "does not exist" if not self.dir.exists() else "holds no cascade-rag store"
             raise NoDocuments(f"data directory {self.dir} {what}: {ingest_hint(self.dir)}")
+        self._lock = threading.RLock()
+        self._writer_lock: FileLock | None = None
+        if read_only:
+            self.db = connect_read_only(self.dir / "store.sqlite")
+            if not is_current(self.db):
+                raise StoreError(f"data directory {self.dir} holds a store made before collections, which cannot be "
+                                 f"read without writing: open it once for writing (`cascade-rag ingest` or `serve`) "
+                                 f"to migrate it in place")
+            return
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot use data directory {self.dir}: {exc}") from None
-        self._lock = threading.RLock()
-        self._writer_lock: FileLock | None = None
         try:
             self.db = sqlite3.connect(self.dir / "store.sqlite", check_same_thread=False, isolation_level=None,
                                       timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.executescript(SCHEMA)
+            create_or_migrate(self.db)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.dir / 'store.sqlite'} is not a usable document store: {exc}") from None
 
@@ -106,6 +150,8 @@ class Store(DocumentStore):
     def lock_for_writing(self) -> None:
         if self._writer_lock is not None:
             return
+        if self.read_only:
+            raise StoreError(f"data directory {self.dir} was opened read-only")
         lock = FileLock(str(self.dir / "writer.lock"))
         try:
             lock.acquire(timeout=0)
@@ -141,44 +187,53 @@ class Store(DocumentStore):
             row = self.db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
         return int(row[0]) if row else 0
 
-    def document_hash(self, doc_id: str) -> str | None:
+    def document_hash(self, collection: str, doc_id: str) -> str | None:
         with self._lock:
-            row = self.db.execute("SELECT content_hash FROM documents WHERE id=?", (doc_id,)).fetchone()
+            row = self.db.execute("SELECT content_hash FROM documents WHERE collection=? AND id=?",
+                                  (collection, doc_id)).fetchone()
         return row[0] if row else None
 
-    def put_document(self, doc_id: str, title: str, source: str | None, content_hash: str,
-                     passages: list[tuple[str, list[int], str, np.ndarray]]) -> tuple[list[int], list[int]]:
-        """Replaces the document and its passages (text, token ids, chunk key, vector) in one transaction;
-        returns (removed passage ids, new passage ids)."""
-        with self._lock, self.db:
+    def put_documents(self, collection: str, documents: list[DocumentRow]) -> tuple[list[int], list[int]]:
+        """Replaces documents of the collection (id, title, source, content hash, passages: text, token ids, chunk
+        key, vector; metadata), their metadata and their passages, all in one transaction (a failure stores none of
+        them: DiskFull when the filesystem is full); returns (removed passage ids, new passage ids)."""
+        with self._lock, sqlite_refusals(self.dir, self.db), self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            removed = [r[0] for r in self.db.execute("SELECT pid FROM passages WHERE doc_id=?", (doc_id,))]
-            self.db.execute("DELETE FROM documents WHERE id=?", (doc_id,))
-            self.db.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?)",
-                            (doc_id, title, source, content_hash, len(passages), sum(len(p[1]) for p in passages)))
-            added = []
-            for seq, (text, ids, key, vector) in enumerate(passages):
-                cur = self.db.execute(
-                    "INSERT INTO passages (doc_id, seq, text, token_ids, chunk_key, vector) VALUES (?, ?, ?, ?, ?, ?)",
-                    (doc_id, seq, text, json.dumps(ids), key, np.asarray(vector, dtype=np.float32).tobytes()))
-                added.append(cur.lastrowid)
+            removed, added = [], []
+            for doc_id, title, source, content_hash, passages, metadata in documents:
+                removed += [r[0] for r in self.db.execute("SELECT pid FROM passages WHERE collection=? AND doc_id=?",
+                                                          (collection, doc_id))]
+                self.db.execute("DELETE FROM documents WHERE collection=? AND id=?", (collection, doc_id))
+                self.db.execute("INSERT INTO documents VALUES (?, ?, ?, ?, ?, ?, ?)",
+                                (collection, doc_id, title, source, content_hash, len(passages),
+                                 sum(len(p[1]) for p in passages)))
+                self.db.executemany("INSERT INTO metadata VALUES (?, ?, ?, ?)",
+                                    [(collection, doc_id, k, v) for k, v in (metadata or {}).items()])
+                for seq, (text, ids, key, vector) in enumerate(passages):
+                    cur = self.db.execute(
+                        "INSERT INTO passages (collection, doc_id, seq, text, token_ids, chunk_key, vector) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)", (collection, doc_id, seq, text, json.dumps(ids), key,
+                                                         np.asarray(vector, dtype=np.float32).tobytes()))
+                    added.append(cur.lastrowid)
             self._bump_generation()
         return removed, added
 
-    def delete_documents(self, doc_ids: list[str]) -> tuple[list[str], list[int]]:
-        """Deletes the documents, all or none (UnknownDocuments when an id is unknown); returns (deleted ids,
-        removed passage ids)."""
-        with self._lock, self.db:
+    def delete_documents(self, collection: str, doc_ids: list[str]) -> tuple[list[str], list[int]]:
+        """Deletes the documents of the collection, all or none (UnknownDocuments when an id is unknown in it);
+        returns (deleted ids, removed passage ids)."""
+        with self._lock, sqlite_refusals(self.dir, self.db), self.db:
             self.db.execute("BEGIN IMMEDIATE")
             known = {r[0] for r in self.db.execute(
-                f"SELECT id FROM documents WHERE id IN ({','.join('?' * len(doc_ids))})", doc_ids)}
+                f"SELECT id FROM documents WHERE collection=? AND id IN ({','.join('?' * len(doc_ids))})",
+                [collection, *doc_ids])}
             missing = list(dict.fromkeys(i for i in doc_ids if i not in known))
             if missing:
                 raise UnknownDocuments(missing)
             deleted, removed = [], []
             for doc_id in doc_ids:
-                pids = [r[0] for r in self.db.execute("SELECT pid FROM passages WHERE doc_id=?", (doc_id,))]
-                if self.db.execute("DELETE FROM documents WHERE id=?", (doc_id,)).rowcount:
+                pids = [r[0] for r in self.db.execute("SELECT pid FROM passages WHERE collection=? AND doc_id=?",
+                                                      (collection, doc_id))]
+                if self.db.execute("DELETE FROM documents WHERE collection=? AND id=?", (collection, doc_id)).rowcount:
                     deleted.append(doc_id)
                     removed += pids
             if deleted:
@@ -190,11 +245,34 @@ class Store(DocumentStore):
                         "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1")
 
     def passages(self, pids: list[int]) -> dict[int, Passage]:
+        """The passages of these ids, with their document's title and metadata."""
         with self._lock:
             rows = self.db.execute(
-                f"SELECT p.pid, p.doc_id, d.title, p.seq, p.text, p.token_ids, p.chunk_key FROM passages p "
-                f"JOIN documents d ON d.id = p.doc_id WHERE p.pid IN ({','.join('?' * len(pids))})", pids).fetchall()
-        return {r[0]: Passage(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows}
+                f"SELECT p.pid, p.doc_id, d.title, p.seq, p.text, p.token_ids, p.chunk_key, p.collection "
+                f"FROM passages p JOIN documents d ON d.collection = p.collection AND d.id = p.doc_id "
+                f"WHERE p.pid IN ({','.join('?' * len(pids))})", pids).fetchall()
+            metadata = self._metadata({(r[7], r[1]) for r in rows})
+        return {r[0]: Passage(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6], r[7],
+                              metadata.get((r[7], r[1]), {})) for r in rows}
+
+    def _metadata(self, documents: set[tuple[str, str]]) -> dict[tuple[str, str], dict[str, str]]:
+        """{(collection, document id): metadata} of these documents (call under the lock)."""
+        found: dict[tuple[str, str], dict[str, str]] = {}
+        for collection, doc_id in documents:
+            for key, value in self.db.execute("SELECT key, value FROM metadata WHERE collection=? AND doc_id=? "
+                                              "ORDER BY key", (collection, doc_id)):
+                found.setdefault((collection, doc_id), {})[key] = value
+        return found
+
+    def passage_ids(self, collection: str, where: MetadataFilter | None = None) -> np.ndarray:
+        """The ids of the passages of the collection whose documents match the filter (all without one)."""
+        sql, args = "SELECT pid FROM passages p WHERE p.collection=?", [collection]
+        for c in (where.conditions if where else ()):
+            sql += (f" AND EXISTS (SELECT 1 FROM metadata m WHERE m.collection=p.collection AND m.doc_id=p.doc_id "
+                    f"AND m.key=? AND m.value IN ({','.join('?' * len(c.values))}))")
+            args += [c.key, *c.values]
+        with self._lock:
+            return np.array([r[0] for r in self.db.execute(sql + " ORDER BY pid", args)], dtype=np.int64)
 
     def _snapshot(self, query: str) -> tuple[int, list]:
         """The generation and the rows of a query, read in one transaction."""
@@ -211,21 +289,36 @@ class Store(DocumentStore):
 
     def texts(self) -> tuple[int, list[int], list[str]]:
         """(generation, passage ids, "title. text" of each passage), read in one snapshot."""
-        generation, rows = self._snapshot("SELECT p.pid, d.title, p.text FROM passages p "
-                                          "JOIN documents d ON d.id = p.doc_id ORDER BY p.pid")
+        generation, rows = self._snapshot("SELECT p.pid, d.title, p.text FROM passages p JOIN documents d "
+                                          "ON d.collection = p.collection AND d.id = p.doc_id ORDER BY p.pid")
         return generation, [r[0] for r in rows], [titled(r[1], r[2]) for r in rows]
 
-    def documents(self) -> list[dict]:
+    def documents(self, collection: str = DEFAULT_COLLECTION) -> list[dict]:
+        """The documents of the collection, ordered by id, with their metadata."""
         with self._lock:
-            rows = self.db.execute("SELECT id, title, source, n_passages, n_tokens FROM documents ORDER BY id")
-            return [dict(id=r[0], title=r[1], source=r[2], passages=r[3], tokens=r[4]) for r in rows]
+            rows = self.db.execute("SELECT id, title, source, n_passages, n_tokens FROM documents WHERE collection=? "
+                                   "ORDER BY id", (collection,)).fetchall()
+            metadata = self._metadata({(collection, r[0]) for r in rows})
+        return [dict(id=r[0], title=r[1], source=r[2], passages=r[3], tokens=r[4],
+                     metadata=metadata.get((collection, r[0]), {})) for r in rows]
 
-    def counts(self) -> dict:
+    def counts(self, collections: frozenset[str] | None = None) -> dict:
+        """Documents, passages and tokens of these collections (None: of all)."""
+        where, args = _among(collections)
         with self._lock:
             docs, passages, tokens = self.db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(n_passages), 0), COALESCE(SUM(n_tokens), 0) FROM documents").fetchone()
+                f"SELECT COUNT(*), COALESCE(SUM(n_passages), 0), COALESCE(SUM(n_tokens), 0) FROM documents{where}",
+                args).fetchone()
         return {"documents": docs, "passages": passages, "tokens": tokens}
 
-    def chunk_keys(self) -> set[str]:
+    def chunk_keys(self, collections: frozenset[str] | None = None) -> set[str]:
+        where, args = _among(collections)
         with self._lock:
-            return {r[0] for r in self.db.execute("SELECT DISTINCT chunk_key FROM passages")}
+            return {r[0] for r in self.db.execute(f"SELECT DISTINCT chunk_key FROM passages{where}", args)}
+
+
+def _among(collections: frozenset[str] | None) -> tuple[str, list[str]]:
+    """A WHERE clause restricting rows to these collections (none: no clause)."""
+    if collections is None:
+        return "", []
+    return f" WHERE collection IN ({','.join('?' * len(collections))})", sorted(collections)

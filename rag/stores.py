@@ -13,15 +13,16 @@ from .store import Store
 Location = Path | str
 
 
-def open_store(location: Location, create: bool = True) -> DocumentStore:
-    """The store at `location`; with create=False a missing or empty one is NoDocuments."""
+def open_store(location: Location, create: bool = True, read_only: bool = False) -> DocumentStore:
+    """The store at `location`; with create=False a missing or empty one is NoDocuments; read_only (the commands that
+    only read) also refuses every write."""
     if is_store_url(location):
-        return RedisDocumentStore(RedisLocation.parse(location), create)
-    return Store(location, create=create)
+        return RedisDocumentStore(RedisLocation.parse(location), create, read_only)
+    return Store(location, create=create, read_only=read_only)
 
 
 def chunk_backend_of(store: DocumentStore) -> ChunkBackend:
     """Where the store's chunks live: the shared store's database, or the data directory's `chunks/` folder."""
     if isinstance(store, RedisDocumentStore):
-        return RedisChunkBackend(store.location, store.db)
+        return RedisChunkBackend(store.location, store.db, store.read_only)
     return LocalDirectoryBackend(store.dir / "chunks")

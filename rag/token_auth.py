@@ -1,27 +1,29 @@
 """TokenAuth: a bearer token required of every call but health checks."""
-import hmac
-
 import grpc
+
+from .method_handlers import handler_like
+from .token_scopes import TokenScopes, authorization_of
+
+REFUSAL = "missing or wrong bearer token: send the metadata 'authorization: Bearer <token>' (once)"
 
 
 class TokenAuth(grpc.ServerInterceptor):
-    """Refuses every call without `authorization: Bearer <token>` metadata, except those under `open_methods`."""
+    """Refuses every call without `authorization: Bearer <token>` metadata of one of the tokens, except those under
+    `open_methods`; a call with more than one `authorization` header is refused, whichever of them holds the token.
+    Which collections a token may use is checked by the services (PERMISSION_DENIED)."""
 
-    def __init__(self, token: str, open_methods: str):
-        self.expected, self.open_methods = f"Bearer {token}".encode(), open_methods
+    def __init__(self, tokens: TokenScopes, open_methods: str):
+        self.tokens, self.open_methods = tokens, open_methods
+
+    def accepts(self, metadata) -> bool:
+        return self.tokens.collections(authorization_of(metadata)) is not None
 
     def intercept_service(self, continuation, details):
         handler = continuation(details)
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
         if handler is None or details.method.startswith(self.open_methods) or \
-                hmac.compare_digest(given.encode(), self.expected):
+                self.accepts(details.invocation_metadata):
             return handler
 
         def refuse(request, context):
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token: send the metadata "
-                                                           "'authorization: Bearer <token>'")
-        kind = {(False, False): grpc.unary_unary_rpc_method_handler,
-                (False, True): grpc.unary_stream_rpc_method_handler,
-                (True, False): grpc.stream_unary_rpc_method_handler,
-                (True, True): grpc.stream_stream_rpc_method_handler}
-        return kind[handler.request_streaming, handler.response_streaming](refuse)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, REFUSAL)
+        return handler_like(handler, refuse, codecs=False)

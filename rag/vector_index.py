@@ -1,11 +1,13 @@
 """FAISS inner-product index over passage vectors, keyed by int64 passage ids, saved by write-then-rename."""
-import os
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from cascade_rag.engine.file_io import write_atomic
+
 INDEX_TYPES = ("flat", "hnsw")
+HNSW_EF_SEARCH = 64  # candidates an HNSW search keeps; raised to k, and kept high under a selection of ids
 
 
 class VectorIndex:
@@ -39,16 +41,30 @@ class VectorIndex:
     def remove(self, ids) -> None:
         self.index.remove_ids(np.asarray(ids, dtype=np.int64))
 
-    def search(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
-        if len(self) == 0 or k < 1:
+    def search(self, vector: np.ndarray, k: int, among: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """The k nearest passages, only of the ids `among` when given (selected inside FAISS's search, so the k are
+        the k nearest of those)."""
+        n = len(self) if among is None else min(len(self), len(among))
+        if n == 0 or k < 1:
             return []
-        scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(k, len(self)))
+        params = None
+        if among is not None:
+            selector = faiss.IDSelectorBatch(np.ascontiguousarray(among, dtype=np.int64))
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(HNSW_EF_SEARCH, k)) \
+                if self.kind == "hnsw" else faiss.SearchParameters(sel=selector)
+        scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(k, n), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
-    def similarity(self, vector: np.ndarray, ids: list[int]) -> list[float]:
-        """Inner product of the vector with the stored vectors of these ids."""
-        stored = np.stack([self.index.reconstruct(int(i)) for i in ids]) if ids else np.zeros((0, self.dim))
-        return [float(s) for s in stored @ np.asarray(vector, dtype=np.float32)]
+    def similarity(self, vector: np.ndarray, ids: list[int]) -> list[float | None]:
+        """Inner product of the vector with the stored vectors of these ids; None for an id the index does not hold
+        (a passage newer than the index a replica answers from while it builds the next one)."""
+        query, scores = np.asarray(vector, dtype=np.float32), []
+        for i in ids:
+            try:
+                scores.append(float(self.index.reconstruct(int(i)) @ query))
+            except RuntimeError:  # faiss: key not found
+                scores.append(None)
+        return scores
 
     # The file name carries the store generation it reflects; a file of another generation is stale.
     @staticmethod
@@ -56,12 +72,9 @@ class VectorIndex:
         return Path(folder) / f"index-{kind}.{generation}.faiss"
 
     def save(self, folder: Path) -> Path:
+        """Writes the index atomically (a failed write, e.g. on a full disk, leaves no temporary file)."""
         path = self.path_for(folder, self.kind, self.generation)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        faiss.write_index(self.index, str(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, faiss.serialize_index(self.index).tobytes())
         for old in Path(folder).glob("index-*.faiss"):
             if old != path:
                 old.unlink(missing_ok=True)

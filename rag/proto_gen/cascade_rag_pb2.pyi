@@ -39,7 +39,7 @@ INGEST_STATUS_UPDATED: IngestStatus
 INGEST_STATUS_UNCHANGED: IngestStatus
 
 class QueryRequest(_message.Message):
-    __slots__ = ("question", "top_k", "max_tokens", "temperature", "top_p", "seed", "mode")
+    __slots__ = ("question", "top_k", "max_tokens", "temperature", "top_p", "seed", "mode", "collection", "filter")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,8 @@ class QueryRequest(_message.Message):
     TOP_P_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     question: str
     top_k: int
     max_tokens: int
@@ -54,7 +56,23 @@ class QueryRequest(_message.Message):
     top_p: float
     seed: int
     mode: Mode
-    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
+    collection: str
+    filter: MetadataFilter
+    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., seed: _Optional[int] = ..., mode: _Optional[_Union[Mode, str]] = ..., collection: _Optional[str] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ...) -> None: ...
+
+class MetadataFilter(_message.Message):
+    __slots__ = ("conditions",)
+    CONDITIONS_FIELD_NUMBER: _ClassVar[int]
+    conditions: _containers.RepeatedCompositeFieldContainer[MetadataCondition]
+    def __init__(self, conditions: _Optional[_Iterable[_Union[MetadataCondition, _Mapping]]] = ...) -> None: ...
+
+class MetadataCondition(_message.Message):
+    __slots__ = ("key", "values")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, key: _Optional[str] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class QueryResponse(_message.Message):
     __slots__ = ("text", "result")
@@ -123,26 +141,39 @@ class ChunkTiers(_message.Message):
     def __init__(self, gpu: _Optional[int] = ..., cpu: _Optional[int] = ..., disk: _Optional[int] = ..., recomputed: _Optional[int] = ..., remote: _Optional[int] = ...) -> None: ...
 
 class Source(_message.Message):
-    __slots__ = ("document_id", "title", "score", "passage_id", "text")
+    __slots__ = ("document_id", "title", "score", "passage_id", "text", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     DOCUMENT_ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PASSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     document_id: str
     title: str
     score: float
     passage_id: int
     text: str
-    def __init__(self, document_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., passage_id: _Optional[int] = ..., text: _Optional[str] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, document_id: _Optional[str] = ..., title: _Optional[str] = ..., score: _Optional[float] = ..., passage_id: _Optional[int] = ..., text: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class RetrieveRequest(_message.Message):
-    __slots__ = ("question", "top_k")
+    __slots__ = ("question", "top_k", "collection", "filter")
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
     question: str
     top_k: int
-    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ...) -> None: ...
+    collection: str
+    filter: MetadataFilter
+    def __init__(self, question: _Optional[str] = ..., top_k: _Optional[int] = ..., collection: _Optional[str] = ..., filter: _Optional[_Union[MetadataFilter, _Mapping]] = ...) -> None: ...
 
 class RetrieveResponse(_message.Message):
     __slots__ = ("passages", "queue_time_ns", "retrieval_time_ns")
@@ -155,22 +186,33 @@ class RetrieveResponse(_message.Message):
     def __init__(self, passages: _Optional[_Iterable[_Union[Source, _Mapping]]] = ..., queue_time_ns: _Optional[int] = ..., retrieval_time_ns: _Optional[int] = ...) -> None: ...
 
 class Document(_message.Message):
-    __slots__ = ("id", "title", "text", "source")
+    __slots__ = ("id", "title", "text", "source", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     title: str
     text: str
     source: str
-    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., text: _Optional[str] = ..., source: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class IngestDocumentsRequest(_message.Message):
-    __slots__ = ("documents",)
+    __slots__ = ("documents", "collection")
     DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     documents: _containers.RepeatedCompositeFieldContainer[Document]
-    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ...) -> None: ...
+    collection: str
+    def __init__(self, documents: _Optional[_Iterable[_Union[Document, _Mapping]]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class DocumentResult(_message.Message):
     __slots__ = ("id", "status")
@@ -197,10 +239,12 @@ class IngestDocumentsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[DocumentResult, _Mapping]]] = ..., passages: _Optional[int] = ..., prefilled: _Optional[int] = ..., tokens: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., time_ns: _Optional[int] = ...) -> None: ...
 
 class DeleteDocumentsRequest(_message.Message):
-    __slots__ = ("ids",)
+    __slots__ = ("ids", "collection")
     IDS_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    collection: str
+    def __init__(self, ids: _Optional[_Iterable[str]] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class DeleteDocumentsResponse(_message.Message):
     __slots__ = ("deleted_ids",)
@@ -209,26 +253,37 @@ class DeleteDocumentsResponse(_message.Message):
     def __init__(self, deleted_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ListDocumentsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token")
+    __slots__ = ("page_size", "page_token", "collection")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    collection: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., collection: _Optional[str] = ...) -> None: ...
 
 class DocumentInfo(_message.Message):
-    __slots__ = ("id", "title", "source", "passages", "tokens")
+    __slots__ = ("id", "title", "source", "passages", "tokens", "metadata")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     TITLE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PASSAGES_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     title: str
     source: str
     passages: int
     tokens: int
-    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., source: _Optional[str] = ..., passages: _Optional[int] = ..., tokens: _Optional[int] = ...) -> None: ...
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[str] = ..., title: _Optional[str] = ..., source: _Optional[str] = ..., passages: _Optional[int] = ..., tokens: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ListDocumentsResponse(_message.Message):
     __slots__ = ("documents", "next_page_token", "total_size")
@@ -317,16 +372,38 @@ class QueueInfo(_message.Message):
     def __init__(self, max_queue: _Optional[int] = ..., waiting: _Optional[int] = ..., running: _Optional[int] = ..., answered: _Optional[int] = ..., rejected: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_question_chars", "max_top_k", "max_tokens", "max_message_bytes")
+    __slots__ = ("max_question_chars", "max_top_k", "max_tokens", "max_message_bytes", "ingest")
     MAX_QUESTION_CHARS_FIELD_NUMBER: _ClassVar[int]
     MAX_TOP_K_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INGEST_FIELD_NUMBER: _ClassVar[int]
     max_question_chars: int
     max_top_k: int
     max_tokens: int
     max_message_bytes: int
-    def __init__(self, max_question_chars: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    ingest: IngestLimits
+    def __init__(self, max_question_chars: _Optional[int] = ..., max_top_k: _Optional[int] = ..., max_tokens: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., ingest: _Optional[_Union[IngestLimits, _Mapping]] = ...) -> None: ...
+
+class IngestLimits(_message.Message):
+    __slots__ = ("max_title_chars", "max_document_passages", "max_document_tokens", "max_document_chunk_bytes", "max_call_passages", "max_call_tokens", "max_call_chunk_bytes", "disk_reserve_bytes")
+    MAX_TITLE_CHARS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENT_PASSAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENT_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_PASSAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_CALL_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_RESERVE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    max_title_chars: int
+    max_document_passages: int
+    max_document_tokens: int
+    max_document_chunk_bytes: int
+    max_call_passages: int
+    max_call_tokens: int
+    max_call_chunk_bytes: int
+    disk_reserve_bytes: int
+    def __init__(self, max_title_chars: _Optional[int] = ..., max_document_passages: _Optional[int] = ..., max_document_tokens: _Optional[int] = ..., max_document_chunk_bytes: _Optional[int] = ..., max_call_passages: _Optional[int] = ..., max_call_tokens: _Optional[int] = ..., max_call_chunk_bytes: _Optional[int] = ..., disk_reserve_bytes: _Optional[int] = ...) -> None: ...
 
 class GetInfoResponse(_message.Message):
     __slots__ = ("version", "model", "embedder", "counts", "cache_tiers", "queue", "limits")

@@ -177,9 +177,11 @@ class DocumentsServicer:
     """
 
     def IngestDocuments(self, request_iterator, context):
-        """Documents in one or more batches. The server validates all of them first (nothing is ingested if one is
-        malformed), then ingests them and answers one result per document. A document becomes visible to queries
-        only once all its passages, vectors and KV chunks are stored.
+        """Documents in one or more batches. The server validates all of them first and checks them against its
+        ingestion limits (nothing is ingested if one is malformed or past a limit), then ingests them all or nothing
+        (a failure, a cancelled call or a server shutting down stores none of them) and answers one result per
+        document. The documents become visible to queries together, once all their passages, vectors and KV chunks
+        are stored.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

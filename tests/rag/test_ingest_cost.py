@@ -132,12 +132,12 @@ def test_beyond_the_free_disk_space_is_refused_by_the_api_and_over_grpc(tmp_path
 
 
 def test_skipped_files_are_collected_and_named_in_one_line(tmp_path):
-    for name in ("a.txt", "b.pdf", "sub/c.docx", ".DS_Store"):
+    for name in ("a.txt", "b.odt", "sub/c.docx", ".DS_Store"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_text("words")
     skipped = []
     assert [d.id for d in read_paths([tmp_path], skipped=skipped)] == ["a.txt"]
-    assert skipped == [str(tmp_path / n) for n in (".DS_Store", "b.pdf", "sub/c.docx")]
+    assert skipped == [str(tmp_path / n) for n in (".DS_Store", "b.odt", "sub/c.docx")]
     assert skipped_message([f"f{i}.bin" for i in range(12)], shown=10).endswith("f9.bin and 2 more")
 
 

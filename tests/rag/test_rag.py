@@ -124,7 +124,8 @@ def test_bad_inputs_are_reported_and_the_rest_ingested(rag, tmp_path):
     (tmp_path / "good.md").write_text("# Kites\n\nBox kites were invented by Lawrence Hargrave in 1893.")
     (tmp_path / "empty.txt").write_text("  \n")
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00bad")
-    (tmp_path / "skipped.pdf").write_bytes(b"%PDF")
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF")
+    (tmp_path / "skipped.odt").write_bytes(b"not ours")
     (tmp_path / "records.jsonl").write_text('{"id": "r1", "title": "Owls", "text": "Owls hunt at night."}\n'
                                             '{"id": "r2", "text": \n{"title": "no id", "text": "x"}\n')
     report = rag.ingest([tmp_path, tmp_path / "missing.txt"])
@@ -135,7 +136,8 @@ def test_bad_inputs_are_reported_and_the_rest_ingested(rag, tmp_path):
     assert any(e.startswith(f"{tmp_path / 'records.jsonl'}:2: invalid JSON") for e in errors)
     assert any(":3: missing document id" in e for e in errors)
     assert any("missing.txt" in e and "no such file" in e for e in errors)
-    assert len(errors) == 5  # the .pdf in a folder is not ours to read
+    assert any("broken.pdf" in e and "cannot read this PDF" in e for e in errors)
+    assert len(errors) == 6 and report.skipped == [str(tmp_path / "skipped.odt")]  # the .odt is not ours to read
     assert {d["id"]: d["title"] for d in rag.documents()}["good.md"] == "Kites"
     rag.delete(["good.md", "r1"])
 

@@ -15,8 +15,8 @@ from cascade_rag.rag.chunk_store import ChunkStore, Lookup, chunk_key
 from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.redis_backend import RedisChunkBackend
 from cascade_rag.rag.redis_location import RedisLocation
-from cascade_rag.rag.redis_store import RedisDocumentStore, StoreUnavailable
-from cascade_rag.rag.store import NoDocuments, StoreError, StoreLocked, UnknownDocuments
+from cascade_rag.rag.redis_store import RedisDocumentStore
+from cascade_rag.rag.store import NoDocuments, StoreError, StoreLocked, StoreUnavailable, UnknownDocuments
 
 from .test_chunk_store import CORPUS, QUESTION, a_chunk
 
@@ -25,6 +25,11 @@ VECTOR = [0.5, 0.25, 0.0, 1.0]
 
 def rows(n: int, tag: str) -> list:
     return [(f"{tag} text {i}", [i, i + 1], f"{tag}-key-{i}", VECTOR) for i in range(n)]
+
+
+def document(doc_id: str, title: str, digest: str, passages: list, source: str | None = None,
+             metadata: dict | None = None) -> tuple:
+    return doc_id, title, source, digest, passages, metadata or {}
 
 
 def test_chunk_blobs_round_trip_with_their_checksum(redis_url):
@@ -62,15 +67,15 @@ def test_an_unreachable_or_empty_store_is_a_clear_error(redis_url):
 def test_documents_passages_and_generation(redis_url):
     store = RedisDocumentStore(RedisLocation.parse(redis_url))
     with pytest.raises(StoreLocked, match="does not hold the writer lock"):
-        store.put_document("a", "A", None, "h1", rows(2, "a"))
+        store.put_documents("default", [document("a", "A", "h1", rows(2, "a"))])
     with store.writing():
-        [(removed, added)] = store.put_documents([("a", "A", "a.txt", "h1", rows(2, "a"))])
+        removed, added = store.put_documents("default", [document("a", "A", "h1", rows(2, "a"), "a.txt")])
         assert removed == [] and len(added) == 2 and store.generation() == 1
-        removed, again = store.put_document("a", "A", "a.txt", "h2", rows(3, "b"))
-        assert removed == added and store.document_hash("a") == "h2" and store.generation() == 2
-        store.put_document("c", "", None, "h3", rows(1, "c"))
+        removed, again = store.put_documents("default", [document("a", "A", "h2", rows(3, "b"), "a.txt")])
+        assert removed == added and store.document_hash("default", "a") == "h2" and store.generation() == 2
+        store.put_documents("default", [document("c", "", "h3", rows(1, "c"))])
         with pytest.raises(UnknownDocuments):
-            store.delete_documents(["c", "nope"])
+            store.delete_documents("default", ["c", "nope"])
         assert store.counts() == {"documents": 2, "passages": 4, "tokens": 8}
     generation, ids, vectors = store.vectors()
     assert generation == 3 and ids.tolist() == sorted(again + [max(again) + 1]) and vectors.shape == (4, 4)
@@ -79,8 +84,8 @@ def test_documents_passages_and_generation(redis_url):
     assert store.passages([again[1]])[again[1]].token_ids == [1, 2]
     assert store.chunk_keys() == {"b-key-0", "b-key-1", "b-key-2", "c-key-0"}
     with store.writing():
-        assert store.delete_documents(["a"]) == (["a"], again)
-    assert store.documents() == [dict(id="c", title="", source=None, passages=1, tokens=2)]
+        assert store.delete_documents("default", ["a"]) == (["a"], again)
+    assert store.documents() == [dict(id="c", title="", source=None, passages=1, tokens=2, metadata={})]
     assert not store.is_writer  # given back at the end of each write
 
 
@@ -98,12 +103,15 @@ def test_a_reader_sees_a_batch_whole_or_not_at_all(redis_url):
     thread.start()
     with writer.writing():
         for n in range(30):
-            writer.put_documents([(f"d{n}a", "", None, "h", rows(3, "x")), (f"d{n}b", "", None, "h", rows(3, "y"))])
-        with pytest.raises(ValueError, match="one-dimensional"):  # fails while queued: nothing of it is written
-            writer.put_documents([("e1", "", None, "h", rows(3, "x")), ("e2", "", None, "h", [("t", [1], "k", None)])])
+            writer.put_documents("default", [document(f"d{n}a", "", "h", rows(3, "x")),
+                                             document(f"d{n}b", "", "h", rows(3, "y"))])
+        with pytest.raises(ValueError, match="one-dimensional"):  # refused before it is sent: nothing is written
+            writer.put_documents("default", [document("e1", "", "h", rows(3, "x")),
+                                             document("e2", "", "h", [("t", [1], "k", None)])])
     done.set()
     thread.join()
-    assert writer.counts()["documents"] == 60 and writer.document_hash("e1") is None and writer.generation() == 30
+    assert writer.counts()["documents"] == 60 and writer.document_hash("default", "e1") is None
+    assert writer.generation() == 30
     assert len(seen) > 3 and all(n == 6 * g and docs % 2 == 0 for g, n, docs in seen)
 
 
@@ -170,14 +178,14 @@ def test_a_following_retriever_answers_from_the_indexes_it_holds_until_refreshed
     writer = RedisDocumentStore(RedisLocation.parse(redis_url))
     with writer.writing():
         writer.write_manifest({"dim": len(VECTOR)})
-        writer.put_document("a", "A", None, "h", rows(2, "a"))
+        writer.put_documents("default", [document("a", "A", "h", rows(2, "a"))])
     reader = RedisDocumentStore(RedisLocation.parse(redis_url))
     retriever = Retriever(reader, Manifest(reader), "flat")
     retriever.follow()
     held = retriever.index()
     assert held.generation == 1 and len(held) == 2
     with writer.writing():
-        writer.put_document("b", "B", None, "h", rows(3, "b"))
+        writer.put_documents("default", [document("b", "B", "h", rows(3, "b"))])
     assert retriever.index() is held and len(held) == 2  # the answer's path: what it holds
     assert retriever.refresh()
     fresh = retriever.index()

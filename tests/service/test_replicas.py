@@ -1,7 +1,8 @@
 """Replicas: two real `cascade-rag serve` processes over one real redis-server. A document ingested through one is
 answered through the other token for token from the shared store's chunks (tier "remote", nothing prefilled); a
 client spreads calls over both with gRPC's round robin; a replica killed with SIGKILL in the middle of an
-ingestion leaves the store consistent, and the ingestion re-run through the other completes it."""
+ingestion (all or nothing) leaves the store consistent with nothing of the call visible, and the ingestion re-run
+through the other completes it."""
 import os
 import random
 import signal
@@ -16,6 +17,7 @@ from cascade_rag.rag.cli import main as cli_main
 from cascade_rag.rag.client import Client
 from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.proto_gen import cascade_rag_pb2 as pb
+from cascade_rag.rag.redis_backend import RedisChunkBackend
 from cascade_rag.rag.redis_location import RedisLocation
 from cascade_rag.rag.redis_store import RedisDocumentStore
 from tests.helpers import ROOT
@@ -93,13 +95,15 @@ def test_replicas_share_one_store(tmp_path, tiny_model, redis_url):
         assert cli_main(["ask", QUESTION, "--server", f"{address_b},{address_a}", "--top-k", "2",
                          "--max-tokens", "4"]) == 0
 
-        # SIGKILL of a replica in the middle of an ingestion
-        store = RedisDocumentStore(RedisLocation.parse(redis_url))
+        # SIGKILL of a replica in the middle of an ingestion (all or nothing: one transaction for the call)
+        store, location = RedisDocumentStore(RedisLocation.parse(redis_url)), RedisLocation.parse(redis_url)
+        blobs = RedisChunkBackend(location)
+        chunks_before = len(blobs.sizes())
         documents, failed = long_documents(10), []
         ingesting = threading.Thread(target=lambda: failed.append(ingest_error(address_a, documents)))
         ingesting.start()
         deadline = time.monotonic() + 120
-        while store.counts()["documents"] < len(CORPUS) + 1:
+        while len(blobs.sizes()) < chunks_before + 3:  # some of the call's chunks are written, none committed
             assert time.monotonic() < deadline and a.poll() is None
             time.sleep(0.01)
         a.send_signal(signal.SIGKILL)
@@ -107,13 +111,11 @@ def test_replicas_share_one_store(tmp_path, tiny_model, redis_url):
         ingesting.join()
         assert failed == [grpc.StatusCode.UNAVAILABLE]
         with RAG(redis_url, create=False) as rag:
-            committed = store.counts()["documents"] - len(CORPUS)
-            assert 0 < committed < len(documents)  # killed in the middle
+            assert store.counts()["documents"] == len(CORPUS)  # nothing of the call is visible
             consistent(store, set(rag.chunks.sizes()))
         with Client(address_b) as client:  # b takes the writer lock over at once: a's connection died with it
             reply = client.ingest(documents)
-        statuses = [r.status for r in reply.results]
-        assert statuses.count(pb.INGEST_STATUS_ADDED) == len(documents) - committed and statuses.count(pb.INGEST_STATUS_UNCHANGED) == committed
+        assert [r.status for r in reply.results] == [pb.INGEST_STATUS_ADDED] * len(documents)
         with RAG(redis_url, create=False) as rag:
             assert rag.check() == [] and rag.stats()["documents"] == len(CORPUS) + len(documents)
         assert ask(address_b)[0] == deltas_a

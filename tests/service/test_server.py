@@ -496,12 +496,3 @@ def test_node_client_written_from_the_proto_alone(server, client):
     finally:
         if {"node-varn", "node-bees"} <= {d.id for d in client.list_documents().documents}:
             client.delete(["node-varn", "node-bees"])
-
-
-def test_ingestion_groups_keep_order_and_split_by_text_size():
-    from cascade_rag.rag.ingest import Document
-    from cascade_rag.rag.documents_service import groups
-    docs = [Document(str(i), "", "x" * n) for i, n in enumerate([10, 20, 5, 40, 1])]
-    split = groups(docs, 30)
-    assert [[d.id for d in g] for g in split] == [["0", "1"], ["2"], ["3"], ["4"]]
-    assert groups(docs[:1], 5) == [docs[:1]]
