@@ -37,8 +37,8 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no estimate line and no progress bar (the limits are "
                                                         "still checked)")
     p.add_argument("--all-or-nothing", action="store_true",
-                   help="commit the whole ingestion in one transaction, so that a failure anywhere stores none of it "
-                        "(default: each document, or with --ray each group of documents, on its own)")
+                   help="commit the whole ingestion in one transaction, so that a failure anywhere stores none of it; "
+                        "without it each document (with --ray each group of documents) is committed on its own")
     p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
                    help="embed and prefill in Ray actors that write the chunks into the --store, the commits made "
                         "here; ADDRESS: a Ray cluster (e.g. ray://head:10001 or auto; default: a local one started "
