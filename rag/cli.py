@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="cascade-rag: warning: %(message)s", level=logging.WARNING, handlers=[handler])
     from cascade_rag.engine import KVChunkError, ModelLoadError
     from cascade_rag.engine.embedded import ModelPreparationError
-    from .store import StoreError
+    from .document_store import StoreError
     try:
         return COMMANDS[args.command](args)
     except (CLIError, ValueError, OSError, StoreError, ModelLoadError, ModelPreparationError, KVChunkError) as exc:

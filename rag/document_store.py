@@ -4,10 +4,11 @@ directory (rag/store.py, the embedded default) and Redis shared by replicas (rag
 apart, behind a ChunkBackend (rag/chunk_store.py).
 
 Every change of passages bumps the generation in the same transaction as the change, so an index can tell whether
-it is current. Passage ids are unique across collections and never reused. Passages are rag.store.Passage; the
-errors (StoreError and its kinds) are rag.store's."""
+it is current. Passage ids are unique across collections and never reused. The errors of both stores and the
+Passage they return live here too."""
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -15,6 +16,53 @@ import numpy as np
 
 from .collection import DEFAULT_COLLECTION
 from .filters import MetadataFilter
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+class StoreLocked(StoreError):
+    pass
+
+
+class NoDocuments(StoreError):
+    """A question asked of a data directory or shared store that is missing or holds no documents."""
+
+
+class DiskFull(StoreError):
+    """A write the filesystem (or a shared store's memory) had no room for (rolled back: nothing of it is stored)."""
+
+
+class StoreUnavailable(StoreError):
+    """A shared store that cannot be reached (its server down or out of reach)."""
+
+
+class UnknownDocuments(StoreError):
+    """A deletion naming ids the store does not hold (nothing is deleted)."""
+
+    def __init__(self, missing: list[str]):
+        self.missing = missing
+        super().__init__(f"no such documents: {', '.join(map(repr, missing))}; nothing was deleted")
+
+
+@dataclass
+class Passage:
+    pid: int
+    doc_id: str
+    title: str
+    seq: int
+    text: str
+    token_ids: list[int]
+    chunk_key: str
+    collection: str = DEFAULT_COLLECTION
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def titled(title: str, text: str) -> str:
+    """What retrieval matches a passage by (its embedding and BM25): the document's title, then the text."""
+    return f"{title}. {text}" if title else text
+
 
 PassageRow = tuple[str, list[int], str, np.ndarray]   # text, token ids, chunk key, vector
 # id, title, source, content hash, passage rows, metadata (string keys to string values)
@@ -85,7 +133,7 @@ class DocumentStore(ABC):
 
     @abstractmethod
     def passages(self, pids: list[int]) -> dict:
-        """pid -> rag.store.Passage (with its collection and its document's title and metadata) of those that
+        """pid -> Passage (with its collection and its document's title and metadata) of those that
         exist."""
 
     @abstractmethod

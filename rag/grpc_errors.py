@@ -6,12 +6,12 @@ from contextlib import contextmanager
 
 import grpc
 
+from .document_store import DiskFull, NoDocuments, StoreError, StoreUnavailable, UnknownDocuments
 from .grpc_checks import NO_DOCUMENTS
 from .ingest_cost import IngestTooLarge
 from .ingest_limits import InvalidDocument
 from .ingestor import IngestStopped
 from .model_thread import ModelThreadStopped
-from .store import DiskFull, NoDocuments, StoreError, StoreUnavailable, UnknownDocuments
 
 log = logging.getLogger("cascade_rag")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)

@@ -4,10 +4,10 @@ request checks (grpc_checks, grpc_scope) run on HTTP requests: its abort raises 
 import grpc
 
 from .collection import DEFAULT_COLLECTION
+from .document_store import NoDocuments, StoreError
 from .grpc_checks import no_documents
 from .grpc_errors import status_of
 from .request_queue import Abandoned, QueueFull
-from .store import NoDocuments, StoreError
 
 HTTP_STATUS = {grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400,
                grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.UNAUTHENTICATED: 401,

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import StoreError
+from .document_store import StoreError
 
 # a chunk file beyond its keys and values and the JSON of its token ids (counted exactly): the safetensors header's
 # length, the two tensors' dtype, shape and offsets, the format version, level, start, fingerprint and checksum

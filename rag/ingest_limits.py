@@ -4,8 +4,8 @@ on the data directory's filesystem. Checked while the ingestion is planned, befo
 or written; a call past one is refused naming it."""
 from dataclasses import dataclass, fields
 
+from .document_store import StoreError
 from .ingest_cost import IngestTooLarge, format_size
-from .store import StoreError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from .chunk_provider import ChunkProvider
 from .collection import DEFAULT_COLLECTION
 from .crash_points import CrashHook, no_crash
 from .document_passages import CallTally, changed_documents, manifest_fields, passages_of
-from .document_store import DocumentStore
+from .document_store import DocumentStore, StoreError
 from .ingest import Document, IngestReport, InputError
 from .ingest_cost import IngestEstimate, check_disk
 from .ingest_limits import check_call
@@ -24,7 +24,6 @@ from .ingest_progress import IngestProgress
 from .manifest import Manifest
 from .options import RAGOptions
 from .retriever import Retriever
-from .store import StoreError
 
 log = logging.getLogger("cascade_rag")
 Run = Callable  # run(fn, *args) -> fn(*args), on the thread that does the model work (the server's model thread)

@@ -1,7 +1,6 @@
 """The data directory's manifest: what its chunks and vectors were made with (model, dtype, fingerprint, chunk
 format, embedder, index type). Models that differ from it are refused while the store holds documents."""
-from .document_store import DocumentStore
-from .store import StoreError
+from .document_store import DocumentStore, StoreError
 
 
 class Manifest:

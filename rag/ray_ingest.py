@@ -15,14 +15,13 @@ from collections import deque
 from .chunk_store import ChunkStore, chunk_key
 from .collection import DEFAULT_COLLECTION, collection_name
 from .document_passages import CallTally, changed_documents
-from .document_store import DocumentStore
+from .document_store import DocumentStore, StoreError
 from .ingest import Document, IngestReport, InputError
 from .ingest_cost import IngestEstimate, check_disk
 from .ingest_limits import check_call
 from .ingest_worker import Built, IngestWorker
 from .manifest import Manifest
 from .options import RAGOptions
-from .store import StoreError
 from .stores import chunk_backend_of, open_store
 
 log = logging.getLogger("cascade_rag")

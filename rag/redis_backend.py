@@ -5,9 +5,9 @@ fails its checksum is a miss for the chunk store, recomputed and written again. 
 import redis
 
 from .chunk_store import ChunkBackend
+from .document_store import StoreError
 from .redis_errors import translated
 from .redis_location import RedisLocation
-from .store import StoreError
 
 SCAN_COUNT = 1000
 

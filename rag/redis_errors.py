@@ -6,7 +6,7 @@ import functools
 
 import redis
 
-from .store import DiskFull, StoreError, StoreUnavailable
+from .document_store import DiskFull, StoreError, StoreUnavailable
 
 FULL = (redis.exceptions.OutOfMemoryError,)
 

@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 import redis
 
-from .store import StoreError
+from .document_store import StoreError
 
 SCHEMES = ("redis", "rediss")
 PREFIX = "cascade-rag:"

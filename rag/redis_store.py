@@ -17,12 +17,11 @@ import numpy as np
 import redis
 
 from .collection import DEFAULT_COLLECTION
-from .document_store import DocumentRow, DocumentStore
+from .document_store import DocumentRow, DocumentStore, NoDocuments, Passage, StoreError, UnknownDocuments, titled
 from .filters import MetadataFilter
 from .redis_errors import store_error, translated
 from .redis_location import RedisLocation
 from .redis_writer_lock import WriterLock
-from .store import NoDocuments, Passage, StoreError, UnknownDocuments, titled
 
 
 def vector_bytes(vector) -> bytes:

@@ -8,8 +8,8 @@ import socket
 
 import redis
 
+from .document_store import StoreLocked
 from .redis_location import RedisLocation
-from .store import StoreLocked
 
 
 class WriterLock:

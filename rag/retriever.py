@@ -7,12 +7,11 @@ import numpy as np
 
 from .answer import Source
 from .collection import DEFAULT_COLLECTION
-from .document_store import DocumentStore
+from .document_store import DocumentStore, NoDocuments, Passage, titled
 from .embedder import Embedder
 from .filters import MetadataFilter
 from .lexical_index import LexicalIndex, fuse
 from .manifest import Manifest
-from .store import NoDocuments, Passage, titled
 from .vector_index import VectorIndex
 
 # retrieval fuses the best RETRIEVAL_DEPTH passages by vector similarity and by BM25 (reciprocal rank fusion):

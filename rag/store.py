@@ -5,7 +5,6 @@ import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,36 +13,10 @@ from filelock import FileLock, Timeout
 from cascade_rag.engine.file_io import write_atomic
 
 from .collection import DEFAULT_COLLECTION
-from .document_store import DocumentRow, DocumentStore
+from .document_store import (DiskFull, DocumentRow, DocumentStore, NoDocuments, Passage, StoreError, StoreLocked,
+                             UnknownDocuments, titled)
 from .filters import MetadataFilter
 from .store_schema import create_or_migrate, is_current
-
-class StoreError(RuntimeError):
-    pass
-
-
-class StoreLocked(StoreError):
-    pass
-
-
-class NoDocuments(StoreError):
-    """A question asked of a data directory that is missing or holds no documents."""
-
-
-class DiskFull(StoreError):
-    """A write the filesystem (or a shared store's memory) had no room for (rolled back: nothing of it is stored)."""
-
-
-class StoreUnavailable(StoreError):
-    """A shared store that cannot be reached (its server down or out of reach)."""
-
-
-class UnknownDocuments(StoreError):
-    """A deletion naming ids the store does not hold (nothing is deleted)."""
-
-    def __init__(self, missing: list[str]):
-        self.missing = missing
-        super().__init__(f"no such documents: {', '.join(map(repr, missing))}; nothing was deleted")
 
 
 @contextmanager
@@ -84,24 +57,6 @@ def connect_read_only(path: Path) -> sqlite3.Connection:
 
 def ingest_hint(data_dir: Path) -> str:
     return f"ingest documents first: cascade-rag ingest PATH --data-dir {data_dir}"
-
-
-@dataclass
-class Passage:
-    pid: int
-    doc_id: str
-    title: str
-    seq: int
-    text: str
-    token_ids: list[int]
-    chunk_key: str
-    collection: str = DEFAULT_COLLECTION
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-def titled(title: str, text: str) -> str:
-    """What retrieval matches a passage by (its embedding and BM25): the document's title, then the text."""
-    return f"{title}. {text}" if title else text
 
 
 class Store(DocumentStore):

@@ -7,13 +7,13 @@ import redis
 
 from cascade_rag.engine import SamplingParams
 from cascade_rag.rag.chunk_store import ChunkWriteError
+from cascade_rag.rag.document_store import DiskFull, NoDocuments, StoreError, UnknownDocuments
 from cascade_rag.rag.filters import MetadataFilter
 from cascade_rag.rag.ingest_types import Document
 from cascade_rag.rag.ingestor import IngestStopped
 from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.redis_location import RedisLocation
 from cascade_rag.rag.redis_store import RedisDocumentStore
-from cascade_rag.rag.store import DiskFull, NoDocuments, StoreError, UnknownDocuments
 
 from .test_chunk_store import CORPUS, QUESTION
 from .test_redis_store import document, rows

@@ -12,11 +12,11 @@ import torch
 from cascade_rag.engine import SamplingParams
 from cascade_rag.engine.chunk_format import encode
 from cascade_rag.rag.chunk_store import ChunkStore, Lookup, chunk_key
+from cascade_rag.rag.document_store import NoDocuments, StoreError, StoreLocked, StoreUnavailable, UnknownDocuments
 from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.redis_backend import RedisChunkBackend
 from cascade_rag.rag.redis_location import RedisLocation
 from cascade_rag.rag.redis_store import RedisDocumentStore
-from cascade_rag.rag.store import NoDocuments, StoreError, StoreLocked, StoreUnavailable, UnknownDocuments
 
 from .test_chunk_store import CORPUS, QUESTION, a_chunk
 
