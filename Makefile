@@ -16,9 +16,20 @@ TORCH_LINKS ?= https://download.pytorch.org/whl/torch/
 LOCK_PYTHON := 3.11
 LOCK_CONSTRAINTS := torch==2.13.0+cpu triton==3.7.1
 
-.PHONY: setup test test-latest demo bench proto lock clean
+.PHONY: setup test test-latest demo bench proto lock clean redis-server
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed redis-server
+
+# The tests of the shared store start a real redis-server on 127.0.0.1 (tests/redis_server.py). Where it is missing,
+# Debian's package is installed when this runs as root with apt-get; elsewhere install it yourself (the tests that
+# need it are skipped, saying so).
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server; \
+	  else \
+	    echo "warning: redis-server is missing and cannot be installed here (not root, or no apt-get): install it"; \
+	  fi; }
 
 $(VENV)/.installed: $(LOCK) pyproject.toml
 	$(PYTHON) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; v == "$(LOCK_PYTHON)" or print( \

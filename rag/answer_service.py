@@ -3,13 +3,13 @@ import time
 
 import grpc
 
+from .document_store import NoDocuments
 from .grpc_checks import alive, check_question, engine_slot, invalid, no_documents, ns, sampling, source
 from .grpc_errors import statuses
 from .grpc_scope import collection_of, filter_of
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
 from .serving import Question, Serving
-from .store import NoDocuments
 from .token_scopes import TokenScopes
 from .wire import PROTO_TO_MODE
 

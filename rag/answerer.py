@@ -9,9 +9,9 @@ from cascade_rag.engine import MODES, KVChunk, KVChunkError, SamplingParams
 from .answer import Answer, AnswerStream
 from .chunk_provider import ChunkProvider
 from .collection import DEFAULT_COLLECTION
+from .document_store import Passage
 from .filters import MetadataFilter
 from .retriever import Retriever, check_query
-from .store import Passage
 
 log = logging.getLogger("cascade_rag")
 

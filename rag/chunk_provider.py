@@ -96,7 +96,7 @@ class ChunkProvider:
                 problem = identity_problem(found.chunk, key, token_ids, collection, m.level0.length,
                                            f"KV chunk {key} of passage {label}")
                 if problem is None:
-                    return Served(m.tiers.admit(key, found.chunk), "disk")
+                    return Served(m.tiers.admit(key, found.chunk), self.chunks.tier)
             return self._recompute(key, token_ids, label, problem)
 
     def serve_streamed(self, passages: list[tuple[str, list[int], str, str]]) -> list[Served]:
@@ -126,7 +126,7 @@ class ChunkProvider:
                                                f"KV chunk {key} of passage {label}")
                     if problem is None:
                         m.tiers.put(key, lookup.chunk)
-                        served[i] = Served(lookup.chunk, "disk")
+                        served[i] = Served(lookup.chunk, self.chunks.tier)
                         continue
                 served[i] = self._recompute(key, token_ids, label, problem)
             return [served[i] for i in range(len(passages))]

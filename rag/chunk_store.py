@@ -32,6 +32,7 @@ def chunk_key(fingerprint: str, token_ids: list[int], collection: str | None = N
 class ChunkBackend(ABC):
     """Where chunk bytes live. Errors are raised as OSError (or any exception); none needs to be atomic for the
     store to be safe, though a backend that is (the local one) keeps a failed write from costing a recompute."""
+    tier = "disk"  # what an answer's tiers call a chunk read from it ("remote": a store shared by replicas)
 
     @abstractmethod
     def put(self, key: str, data: bytes) -> None:
@@ -83,6 +84,10 @@ class ChunkStore:
 
     def __init__(self, backend: ChunkBackend, kv_format: str = "dtype"):
         self.backend, self.kv_format = backend, kv_format
+
+    @property
+    def tier(self) -> str:
+        return self.backend.tier
 
     def contains(self, key: str) -> bool:
         return self.backend.contains(key)

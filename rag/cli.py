@@ -11,7 +11,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from .cli_error import CLIError  # noqa: E402
 from .cli_options import (add_answer_options, add_collection, add_data_dir, add_ingest_limits,  # noqa: E402
-                          add_kv_format, add_model_options, add_server_options, open_rag, sampling)
+                          add_kv_format, add_model_options, add_server_options, open_rag, rag_options, read_inputs,
+                          sampling)
 
 def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="cascade-rag", description="Retrieval-augmented generation over "
@@ -30,12 +31,21 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p.add_argument("--title-field", default="title", help="JSONL field of the title (default title)")
     p.add_argument("--text-field", default="text", help="JSONL field of the text (default text)")
     p.add_argument("--max-disk", metavar="SIZE",
-                   help="refuse, before ingesting anything, an ingestion estimated to take more disk than this for "
-                        "its KV chunks and passages, e.g. 500M, 2G or 1.5GiB (K, M, G: powers of 1024; KB, MB, GB: of "
-                        "1000; default: none). One beyond the free space of the data directory's filesystem is always "
-                        "refused")
+                   help="refuse, before ingesting anything, an ingestion estimated to take more disk (or --store "
+                        "memory) than this for its KV chunks and passages, e.g. 500M, 2G or 1.5GiB (K, M, G: powers "
+                        "of 1024; KB, MB, GB: of 1000; default: none). One beyond the free space of the data "
+                        "directory's filesystem is always refused")
     p.add_argument("--quiet", action="store_true", help="no estimate line and no progress bar (the limits are "
                                                         "still checked)")
+    p.add_argument("--all-or-nothing", action="store_true",
+                   help="commit the whole ingestion in one transaction, so that a failure anywhere stores none of it; "
+                        "without it each document (with --ray each group of documents) is committed on its own")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="embed and prefill in Ray actors that write the chunks into the --store, the commits made "
+                        "here; ADDRESS: a Ray cluster (e.g. ray://head:10001 or auto; default: a local one started "
+                        "here). Without --ray the ingestion runs in this process")
+    p.add_argument("--ray-actors", type=int, default=2, help="Ray actors (one GPU each where the cluster has GPUs; "
+                                                             "default 2)")
     add_model_options(p)
     add_kv_format(p)
 
@@ -49,7 +59,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "chunks with the 15%% of document tokens that their neighbours change most recomputed")
     add_model_options(p)
     add_kv_format(p)
-    p.add_argument("--server", metavar="HOST:PORT", help="ask a running `cascade-rag serve` over gRPC instead")
+    p.add_argument("--server", metavar="HOST:PORT[,...]",
+                   help="ask a running `cascade-rag serve` over gRPC instead; several replicas (a,b,c): gRPC's "
+                        "round-robin balancing spreads the calls over them")
     add_server_options(p)
 
     p = sub.add_parser("list", help="list the ingested documents: id, passages, tokens, title")
@@ -64,7 +76,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="exact match, F1, recall@k and time to first token on a QA set")
     p.add_argument("--questions", type=Path, required=True, help="JSONL: id, question, answers, gold_doc_ids")
     p.add_argument("--corpus", type=Path, required=True, help="JSONL: id, title, text")
-    p.add_argument("--data-dir", type=Path, help="data directory to ingest into (default: a scratch one)")
+    add_data_dir(p, help="data directory to ingest into (default: a scratch one)")
     p.add_argument("--limit", type=int, help="first N questions only")
     p.add_argument("--distractors", type=int, help="ingest only the gold passages of the questions plus N others "
                                                    "sampled with --sample-seed (default: the whole corpus)")
@@ -137,9 +149,18 @@ def cmd_ingest(args) -> int:
         max_disk = None if args.max_disk is None else parse_size(args.max_disk)
     except ValueError as exc:
         raise CLIError(f"--max-disk: {exc}") from None
-    with open_rag(args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap) as rag:
-        report = rag.ingest(args.paths, fields=fields, progress=not args.quiet, max_disk_bytes=max_disk,
-                            collection=args.collection)
+    if args.ray is not None:
+        from .ray_ingest import ingest_with_ray
+        if not args.store:
+            raise CLIError("--ray writes into a shared store: give --store redis://HOST:PORT/DB")
+        report = ingest_with_ray(args.store, read_inputs(args.paths, fields), rag_options(
+            args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap), args.ray or None,
+            args.ray_actors, progress=not args.quiet, collection=args.collection, all_or_nothing=args.all_or_nothing,
+            max_disk_bytes=max_disk)
+    else:
+        with open_rag(args, index=args.index, passage_tokens=args.passage_tokens, overlap=args.overlap) as rag:
+            report = rag.ingest(args.paths, fields=fields, progress=not args.quiet, max_disk_bytes=max_disk,
+                                collection=args.collection, all_or_nothing=args.all_or_nothing)
     for error in report.errors:
         print(f"cascade-rag: error: {error}", file=sys.stderr)
     print(report.summary())
@@ -224,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(format="cascade-rag: warning: %(message)s", level=logging.WARNING, handlers=[handler])
     from cascade_rag.engine import KVChunkError, ModelLoadError
     from cascade_rag.engine.embedded import ModelPreparationError
-    from .store import StoreError
+    from .document_store import StoreError
     try:
         return COMMANDS[args.command](args)
     except (CLIError, ValueError, OSError, StoreError, ModelLoadError, ModelPreparationError, KVChunkError) as exc:

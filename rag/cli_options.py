@@ -20,8 +20,15 @@ def add_kv_format(p: argparse.ArgumentParser) -> None:
                         "which refuses another (default: the data directory's, else dtype)")
 
 
-def add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", type=Path, help="data directory (default: $CASCADE_RAG_DATA or ./cascade-data)")
+STORE_HELP = ("a shared store instead of a data directory: redis://HOST:PORT/DB (documents, passages and KV chunks "
+              "in one Redis database; any number of servers pointed at it serve the same documents)")
+
+
+def add_data_dir(p: argparse.ArgumentParser,
+                 help: str = "data directory (default: $CASCADE_RAG_DATA or ./cascade-data)") -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--data-dir", type=Path, help=help)
+    where.add_argument("--store", metavar="URL", help=STORE_HELP)
 
 
 def add_collection(p: argparse.ArgumentParser) -> None:
@@ -44,10 +51,28 @@ def add_server_options(p: argparse.ArgumentParser, token: bool = True) -> None:
                        help="bearer token (default: $CASCADE_RAG_TOKEN)")
 
 
+def rag_options(args, **extra):
+    from .options import RAGOptions
+    return RAGOptions(model=getattr(args, "model", None), device=getattr(args, "device", None),
+                      dtype=getattr(args, "dtype", None), kv_format=getattr(args, "kv_format", None), **extra)
+
+
 def open_rag(args, **extra):
     from .pipeline import RAG
-    return RAG(args.data_dir, model=getattr(args, "model", None), device=getattr(args, "device", None),
-               dtype=getattr(args, "dtype", None), kv_format=getattr(args, "kv_format", None), **extra)
+    return RAG(getattr(args, "store", None) or args.data_dir, model=getattr(args, "model", None),
+               device=getattr(args, "device", None), dtype=getattr(args, "dtype", None),
+               kv_format=getattr(args, "kv_format", None), **extra)
+
+
+def read_inputs(paths, fields):
+    """The documents (and input errors) of files and folders, the skipped files named in a warning."""
+    import logging
+    from .ingest import read_paths, skipped_message
+    skipped = []
+    items = list(read_paths(paths, fields, skipped))
+    if skipped:
+        logging.getLogger("cascade_rag").warning(skipped_message(skipped))
+    return items
 
 
 def sampling(args):

@@ -1,4 +1,5 @@
 """The gRPC client of a cascade-rag server (`cascade-rag ask --server`, `cascade-rag health`, the demo)."""
+import socket
 import sys
 import time
 from pathlib import Path
@@ -14,16 +15,22 @@ from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
 from .wire import MAX_MESSAGE_BYTES, MODE_TO_PROTO
 
 
-
 class Client:
+    """A channel to one server or to several replicas of it (`server` "a:50051,b:50051": gRPC's round-robin
+    balancing sends each call to the next one that is up; one name that resolves to several addresses, such as a
+    scaled Compose service, is balanced the same way)."""
+
     def __init__(self, server: str, token: str | None = None, tls_ca: Path | str | None = None):
+        target, servers = balanced_target(server)
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+                   ("grpc.max_send_message_length", MAX_MESSAGE_BYTES), ("grpc.lb_policy_name", "round_robin")]
         if tls_ca:
+            if len(servers) > 1:  # the certificates name the hosts, not the addresses they resolved to
+                options.append(("grpc.ssl_target_name_override", split_address(servers[0])[0]))
             credentials = grpc.ssl_channel_credentials(root_certificates=Path(tls_ca).read_bytes())
-            self.channel = grpc.secure_channel(server, credentials, options)
+            self.channel = grpc.secure_channel(target, credentials, options)
         else:
-            self.channel = grpc.insecure_channel(server, options)
+            self.channel = grpc.insecure_channel(target, options)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.answer = pb_grpc.AnswerStub(self.channel)
         self.documents = pb_grpc.DocumentsStub(self.channel)
@@ -89,6 +96,29 @@ class Client:
         self.close()
 
 
+def split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"--server: {address.strip()!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def balanced_target(server: str) -> tuple[str, list[str]]:
+    """(the channel target, the servers named): one server as it is; several, resolved here to their addresses,
+    as one ipv4: (or ipv6:) target that the round-robin policy spreads calls over."""
+    servers = [a.strip() for a in server.split(",") if a.strip()]
+    if len(servers) <= 1:
+        return server, servers
+    for family, scheme, form in ((socket.AF_INET, "ipv4", "{}:{}"), (socket.AF_INET6, "ipv6", "[{}]:{}")):
+        try:
+            addresses = [form.format(info[4][0], port) for host, port in map(split_address, servers)
+                         for info in socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)]
+        except socket.gaierror:
+            continue
+        return f"{scheme}:{','.join(dict.fromkeys(addresses))}", servers
+    raise ValueError(f"--server: cannot resolve all of {server!r} to addresses of one family")
+
+
 def metadata_filter(where: dict[str, str | list[str]] | None) -> pb.MetadataFilter:
     """{key: value or [values]} as the proto's filter (the AND of one condition a key)."""
     return pb.MetadataFilter(conditions=[pb.MetadataCondition(key=k, values=[v] if isinstance(v, str) else v)
@@ -108,7 +138,8 @@ def print_stream(responses, mode: str = "cached", out=sys.stdout) -> pb.QueryRes
         return None
     out.write("\n\n" + format_sources([(s.document_id, s.title, s.score) for s in result.sources]))
     t, tiers = result.timings, result.chunk_tiers
-    used = ", ".join(f"{getattr(tiers, n)} {n}" for n in ("gpu", "cpu", "disk", "recomputed") if getattr(tiers, n))
+    used = ", ".join(f"{getattr(tiers, n)} {n}" for n in ("gpu", "cpu", "disk", "remote", "recomputed")
+                     if getattr(tiers, n))
     out.write(f"Timings ({mode}): queue {t.queue_time_ns / 1e6:.0f} ms, retrieval {t.retrieval_time_ns / 1e6:.0f} ms, "
               f"chunks {t.chunks_time_ns / 1e6:.0f} ms, time to first token {t.time_to_first_token_ns / 1e6:.0f} ms "
               f"(prefill {t.prefill_time_ns / 1e6:.0f} ms, {result.usage.prompt_tokens} prompt tokens), "

@@ -165,9 +165,10 @@ def main(args) -> int:
     corpus = select_corpus(read_jsonl(args.corpus, ("id", "text")), questions, args.distractors, args.sample_seed)
     params = SamplingParams(max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed)
-    scratch = None if args.data_dir else tempfile.mkdtemp(prefix="cascade-rag-eval-")
+    store = getattr(args, "store", None) or args.data_dir
+    scratch = None if store else tempfile.mkdtemp(prefix="cascade-rag-eval-")
     try:
-        with RAG(args.data_dir or scratch, model=args.model, device=args.device, dtype=args.dtype,
+        with RAG(store or scratch, model=args.model, device=args.device, dtype=args.dtype,
                  passage_tokens=args.passage_tokens, overlap=args.overlap) as rag:
             began = time.perf_counter()
             report = rag.ingest(documents=corpus, progress=True)

@@ -6,12 +6,12 @@ from contextlib import contextmanager
 
 import grpc
 
+from .document_store import DiskFull, NoDocuments, StoreError, StoreUnavailable, UnknownDocuments
 from .grpc_checks import NO_DOCUMENTS
 from .ingest_cost import IngestTooLarge
 from .ingest_limits import InvalidDocument
 from .ingestor import IngestStopped
 from .model_thread import ModelThreadStopped
-from .store import DiskFull, NoDocuments, StoreError, UnknownDocuments
 
 log = logging.getLogger("cascade_rag")
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -32,6 +32,8 @@ def status_of(exc: Exception, documents: dict[str, int] | None = None) -> tuple[
     """The status of an expected failure (None for a bug). `documents`: the index of each document id in the call,
     to name `documents[i]`."""
     documents = documents or {}
+    if isinstance(exc.__cause__, StoreError) and isinstance(exc, OSError):
+        exc = exc.__cause__  # a chunk the shared store refused (full, read-only, out of reach): the store's error
     where = lambda doc_id: f"documents[{documents[doc_id]}]" if doc_id in documents else "documents"  # noqa: E731
     if isinstance(exc, InvalidDocument):
         return grpc.StatusCode.INVALID_ARGUMENT, f"{where(exc.doc_id)}.{exc.field}: {exc}"
@@ -47,6 +49,8 @@ def status_of(exc: Exception, documents: dict[str, int] | None = None) -> tuple[
         return grpc.StatusCode.FAILED_PRECONDITION, NO_DOCUMENTS
     if isinstance(exc, DiskFull):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
+    if isinstance(exc, StoreUnavailable):
+        return grpc.StatusCode.UNAVAILABLE, str(exc)
     if isinstance(exc, StoreError):
         return grpc.StatusCode.FAILED_PRECONDITION, str(exc)
     cause = os_error(exc)

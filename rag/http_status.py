@@ -4,9 +4,10 @@ request checks (grpc_checks, grpc_scope) run on HTTP requests: its abort raises 
 import grpc
 
 from .collection import DEFAULT_COLLECTION
+from .document_store import NoDocuments, StoreError
 from .grpc_checks import no_documents
+from .grpc_errors import status_of
 from .request_queue import Abandoned, QueueFull
-from .store import NoDocuments
 
 HTTP_STATUS = {grpc.StatusCode.OK: 200, grpc.StatusCode.INVALID_ARGUMENT: 400,
                grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.UNAUTHENTICATED: 401,
@@ -65,4 +66,6 @@ def refusal(exc: BaseException, collection: str = DEFAULT_COLLECTION) -> StatusE
         return StatusError(grpc.StatusCode.FAILED_PRECONDITION, no_documents(collection))
     if isinstance(exc, ValueError):  # e.g. passages + question + max_tokens longer than the model's context
         return StatusError(grpc.StatusCode.INVALID_ARGUMENT, f"top_k/max_tokens: {exc}")
+    if isinstance(exc, StoreError):  # the store out of reach or refusing: the status gRPC answers with
+        return StatusError(*status_of(exc))
     return None

@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import StoreError
+from .document_store import StoreError
 
 # a chunk file beyond its keys and values and the JSON of its token ids (counted exactly): the safetensors header's
 # length, the tensors' dtype, shape and offsets, the format version, level, start, fingerprint, KV format and
@@ -114,16 +114,19 @@ def free_bytes(directory: Path | str) -> int:
     return shutil.disk_usage(directory).free
 
 
-def check_disk(estimate: IngestEstimate, directory: Path | str, max_disk_bytes: int | None = None,
+def check_disk(estimate: IngestEstimate, directory: Path | str | None, max_disk_bytes: int | None = None,
                reserve_bytes: int = 0) -> None:
     """Raises IngestTooLarge when the estimate's bytes exceed max_disk_bytes or the free space where `directory`
-    lies, less `reserve_bytes` to keep free."""
+    lies, less `reserve_bytes` to keep free (directory None: a shared store, whose server refuses writes beyond its
+    own maxmemory: max_disk_bytes only)."""
     need = (f"this ingestion needs about {format_size(estimate.disk_bytes)} of disk ({_documents(estimate.documents)}, "
             f"{estimate.passages:,} passages, {estimate.tokens:,} tokens; {format_size(estimate.chunk_bytes)} of KV "
             f"chunks)")
     if max_disk_bytes is not None and estimate.disk_bytes > max_disk_bytes:
         raise IngestTooLarge(f"{need}, more than the limit of {format_size(max_disk_bytes)} (--max-disk); "
                              f"nothing was ingested")
+    if directory is None:
+        return
     free = free_bytes(directory)
     if estimate.disk_bytes + reserve_bytes > free:
         kept = f" and {format_size(reserve_bytes)} are to stay free (--disk-reserve)" if reserve_bytes else ""

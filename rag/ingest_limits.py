@@ -4,8 +4,8 @@ on the data directory's filesystem. Checked while the ingestion is planned, befo
 or written; a call past one is refused naming it."""
 from dataclasses import dataclass, fields
 
+from .document_store import StoreError
 from .ingest_cost import IngestTooLarge, format_size
-from .store import StoreError
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class InvalidDocument(StoreError):
     def __init__(self, message: str, doc_id: str, field: str):
         super().__init__(message)
         self.doc_id, self.field = doc_id, field
+
+    def __reduce__(self):  # pickled whole (a Ray worker hands it to the driver)
+        return type(self), (str(self), self.doc_id, self.field)
 
 
 def _over(limit: int | None, value: int) -> bool:

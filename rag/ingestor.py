@@ -4,8 +4,6 @@ document in its own transaction, or the whole call in one (all or nothing). It r
 (a document tokenised, a slice of passages embedded, a batch prefilled) through a `run` of the caller's choosing,
 so that a server's model thread answers queries between them and a cancelled call stops at the next one; what an
 ingestion that did not commit wrote is removed. Deletes all or nothing. One ingestion or deletion at a time."""
-import hashlib
-import json
 import logging
 import threading
 import time
@@ -13,21 +11,19 @@ from typing import Callable
 
 import numpy as np
 
-from cascade_rag.engine.chunk_format import FORMAT_VERSION
-
 from .batch_prefill import BatchPrefill
 from .chunk_provider import ChunkProvider
-from .chunking import split_passages
 from .collection import DEFAULT_COLLECTION
 from .crash_points import CrashHook, no_crash
+from .document_passages import CallTally, changed_documents, manifest_fields, passages_of
+from .document_store import DocumentStore, StoreError
 from .ingest import Document, IngestReport, InputError
-from .ingest_cost import IngestEstimate, check_disk, chunk_file_bytes
-from .ingest_limits import check_call, check_document, check_positions, check_title
+from .ingest_cost import IngestEstimate, check_disk
+from .ingest_limits import check_call
 from .ingest_progress import IngestProgress
 from .manifest import Manifest
 from .options import RAGOptions
 from .retriever import Retriever
-from .store import Store, StoreError
 
 log = logging.getLogger("cascade_rag")
 Run = Callable  # run(fn, *args) -> fn(*args), on the thread that does the model work (the server's model thread)
@@ -43,7 +39,7 @@ def here(fn, *args):
 
 
 class Ingestor:
-    def __init__(self, store: Store, provider: ChunkProvider, retriever: Retriever, manifest: Manifest,
+    def __init__(self, store: DocumentStore, provider: ChunkProvider, retriever: Retriever, manifest: Manifest,
                  options: RAGOptions, crash_hook: CrashHook = no_crash):
         self.store, self.provider, self.retriever, self.manifest = store, provider, retriever, manifest
         self.options, self.limits, self.crash = options, options.ingest_limits, crash_hook
@@ -68,10 +64,14 @@ class Ingestor:
                     steps.close()
             return report
 
-    def _steps(self, items, report: IngestReport, progress: bool, max_disk_bytes: int | None, collection: str,
-               all_or_nothing: bool):
-        """The ingestion, yielding True after each step."""
-        self.store.lock_for_writing()
+    def _steps(self, *args):
+        """The ingestion, yielding True after each step, by this process as the store's one writer (a shared store's
+        writer lock given back at its end)."""
+        with self.store.writing():
+            yield from self._writer_steps(*args)
+
+    def _writer_steps(self, items, report: IngestReport, progress: bool, max_disk_bytes: int | None, collection: str,
+                      all_or_nothing: bool):
         if any(isinstance(item, Document) for item in items):
             self.provider.model(), self.retriever.embedder()  # loaded and checked against the manifest
             self.provider.check_kv_format()
@@ -108,54 +108,17 @@ class Ingestor:
         report.seconds = time.perf_counter() - report.began
 
     def _manifest(self) -> dict:
-        model, embedder, o = self.provider.model(), self.retriever.embedder(), self.options
-        return {"model": str(model.engine.model_path), "model_id": model.engine.model_id, "dtype": o.dtype,
-                "fingerprint": model.fingerprint, "system_prompt": o.system_prompt, "chunk_format": FORMAT_VERSION,
-                "kv_format": o.kv_format,
-                "embedder": embedder.name, "dim": embedder.dim, "index": o.index,
-                "kv_bytes_per_token": model.engine.kv_bytes_per_token()}
+        return manifest_fields(self.provider.model(), self.retriever.embedder(), self.options)
 
     def _plan(self, items: list[Document | InputError], report: IngestReport, collection: str):
         """(document, content hash, passages) of each new or changed document, one at a time, checked against the
-        limits; the rest reported."""
-        seen, passages_so_far, tokens_so_far = set(), 0, 0
-        for item in items:
-            if isinstance(item, InputError):
-                report.errors.append(item)
-            elif item.id in seen:
-                report.errors.append(InputError(item.source or "input", f"document {item.id} given twice; "
-                                                                         f"the first one was kept"))
-            else:
-                seen.add(item.id)
-                check_title(self.limits, item.id, item.title)
-                digest = self._content_hash(item)
-                if self.store.document_hash(collection, item.id) == digest:
-                    report.unchanged.append(item.id)
-                    continue
-                passages = self._passages(item)
-                tokens = sum(len(ids) for _, ids in passages)
-                kv = self.provider.model().engine.kv_bytes_per_token()
-                check_document(self.limits, item.id, len(passages), tokens,
-                               sum(chunk_file_bytes(ids, kv) for _, ids in passages))
-                passages_so_far, tokens_so_far = passages_so_far + len(passages), tokens_so_far + tokens
-                check_call(self.limits, passages_so_far, tokens_so_far, 0)
-                yield item, digest, passages
-
-    def _content_hash(self, document: Document) -> str:
-        key = [document.title, document.text, self.options.passage_tokens, self.options.overlap]
-        key += [sorted(document.metadata.items())] if document.metadata else []
-        return hashlib.sha256(json.dumps(key).encode()).hexdigest()
-
-    def _passages(self, document: Document) -> list[tuple[str, list[int]]]:
-        model = self.provider.model()
-        tok = model.engine.tokenizer
-        texts = split_passages(document.text, lambda s: len(tok.encode_text(s)), tok.encode_text, tok.decode,
-                               self.options.passage_tokens, self.options.overlap)
-        passages = [(text, tok.encode_text(model.template.passage(document.title, text))) for text in texts]
-        check_positions(document.id, document.title, max((len(ids) for _, ids in passages), default=0),
-                        model.level0.length,
-                        model.engine.config.max_position)
-        return passages
+        limits (rag/document_passages.py); the rest reported."""
+        tally = CallTally(self.limits)
+        for document, digest in changed_documents(items, report, lambda doc_id: self.store.document_hash(
+                collection, doc_id), self.options):
+            passages = passages_of(document, self.provider.model(), self.options)
+            tally.add(passages)
+            yield document, digest, passages
 
     def _calibrate(self, plan, prefill: BatchPrefill, bar: IngestProgress) -> list[np.ndarray]:
         """Times the first slice of passages embedded and the first batch prefilled (both kept) for the time of
@@ -228,12 +191,12 @@ class Ingestor:
             return run(self._delete, doc_ids, collection)
 
     def _delete(self, doc_ids: list[str], collection: str) -> list[str]:
-        self.store.lock_for_writing()
-        with self.retriever.lock:
-            deleted, removed = self.store.delete_documents(collection, doc_ids)
-            if deleted and self.store.manifest() is not None:
-                self.retriever.changed(removed, [], None, self.store.generation())
-        if deleted:
-            self._save_index()
-        self._collect()
-        return deleted
+        with self.store.writing():
+            with self.retriever.lock:
+                deleted, removed = self.store.delete_documents(collection, doc_ids)
+                if deleted and self.store.manifest() is not None:
+                    self.retriever.changed(removed, [], None, self.store.generation())
+            if deleted:
+                self._save_index()
+            self._collect()
+            return deleted

@@ -18,11 +18,12 @@ REQUEST_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.
 
 class ServingMetrics:
     """Every metric of one server. `memory_tiers`: the names of the chunk cache's tiers in lookup order (gpu, cpu;
-    or cpu alone on a CPU device): a chunk is looked up in each in turn, then on disk, then recomputed."""
+    or cpu alone on a CPU device): a chunk is looked up in each in turn, then in the chunk store (`store_tier`: disk,
+    or remote for a store shared by replicas), then recomputed."""
 
-    def __init__(self, model_name: str, memory_tiers: list[str]):
+    def __init__(self, model_name: str, memory_tiers: list[str], store_tier: str = DISK):
         self.registry = CollectorRegistry()
-        self.model_name, self.tiers = model_name, [*memory_tiers, DISK]
+        self.model_name, self.tiers = model_name, [*memory_tiers, store_tier]
         model, registry = ["model_name"], self.registry
 
         def histogram(name, doc, buckets):
@@ -44,15 +45,15 @@ class ServingMetrics:
         self.requests = Counter(PREFIX + "requests", "Calls answered, by method and status (gRPC status code "
                                 "names; the HTTP endpoint's statuses mapped to them).", model + ["method", "status"],
                                 registry=registry)
-        self.lookups = Counter(PREFIX + "chunk_lookups", "Level-1 KV chunks looked up in each tier (gpu, cpu, disk) "
-                               "by answers.", model + ["tier"], registry=registry)
+        self.lookups = Counter(PREFIX + "chunk_lookups", "Level-1 KV chunks looked up in each tier (gpu, cpu, disk "
+                               "or remote) by answers.", model + ["tier"], registry=registry)
         self.hits = Counter(PREFIX + "chunk_hits", "Level-1 KV chunks found in each tier by answers.",
                             model + ["tier"], registry=registry)
         self.queue_size = Gauge(PREFIX + "queue_size", "Requests waiting for the engine.", model, registry=registry)
         self.running = Gauge(PREFIX + "num_requests_running", "Requests holding the engine (0 or 1).", model,
                              registry=registry)
-        self.chunk_bytes = Gauge(PREFIX + "chunk_bytes", "Bytes of KV chunks held in each tier (disk: the chunk "
-                                 "store).", model + ["tier"], registry=registry)
+        self.chunk_bytes = Gauge(PREFIX + "chunk_bytes", "Bytes of KV chunks held in each tier (disk or remote: the "
+                                 "chunk store).", model + ["tier"], registry=registry)
         for tier in self.tiers:  # present from the first scrape, at zero
             self.lookups.labels(model_name, tier)
             self.hits.labels(model_name, tier)

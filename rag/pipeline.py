@@ -20,36 +20,38 @@ from .embedder import Embedder
 from .filters import MetadataFilter
 from .ingest import Document, Fields, IngestReport, InputError, read_paths, records, skipped_message
 from .ingestor import Ingestor, Run, Stop, here
-from .local_backend import LocalDirectoryBackend
 from .manifest import Manifest
 from .options import RAGOptions
+from .redis_location import is_store_url
 from .retriever import Retriever
-from .store import Store
+from .stores import Location, chunk_backend_of, open_store
 
 __all__ = ["RAG", "RAGOptions", "Answer", "AnswerStream", "Source", "default_data_dir"]
 log = logging.getLogger("cascade_rag")
 DEFAULT_DATA_DIR = "./cascade-data"
 
 
-def default_data_dir() -> Path:
-    return Path(os.environ.get("CASCADE_RAG_DATA") or DEFAULT_DATA_DIR)
+def default_data_dir() -> Location:
+    """$CASCADE_RAG_DATA (a data directory or a store URL), else ./cascade-data."""
+    location = os.environ.get("CASCADE_RAG_DATA") or DEFAULT_DATA_DIR
+    return location if is_store_url(location) else Path(location)
 
 
 class RAG:
     """`RAG(data_dir, model=..., device=...)`: the keyword arguments are RAGOptions' fields (or pass `options`).
+    `data_dir` is a data directory or the URL of a shared store (`redis://host:port/db`, see rag/stores.py).
     `create=False` refuses a missing data directory instead of making one; `read_only` also writes nothing to it
-    (ingest and delete are refused). `chunk_backend`: where chunks live
-    (default: the data directory's `chunks/` folder)."""
+    (ingest and delete are refused). `chunk_backend`: where chunks live (default: the data directory's `chunks/`
+    folder, or the shared store)."""
 
-    def __init__(self, data_dir: Path | str | None = None, options: RAGOptions | None = None, *, create: bool = True,
+    def __init__(self, data_dir: Location | None = None, options: RAGOptions | None = None, *, create: bool = True,
                  read_only: bool = False, chunk_backend: ChunkBackend | None = None,
                  crash_hook: CrashHook | None = None, **fields):
-        self.store = Store(data_dir or default_data_dir(), create=create, read_only=read_only)
+        self.store = open_store(data_dir or default_data_dir(), create=create, read_only=read_only)
         manifest = Manifest(self.store)
         stored = manifest.read() or {}
         self.options = (options or RAGOptions(**fields)).resolved(stored.get("index"), stored.get("kv_format"))
-        self.chunks = ChunkStore(chunk_backend or LocalDirectoryBackend(self.store.dir / "chunks"),
-                                 self.options.kv_format)
+        self.chunks = ChunkStore(chunk_backend or chunk_backend_of(self.store), self.options.kv_format)
         self.provider = ChunkProvider(self.options, self.chunks, manifest)
         self.retriever = Retriever(self.store, manifest, self.options.index, self.options.embedder)
         self.ingestor = Ingestor(self.store, self.provider, self.retriever, manifest, self.options,
@@ -67,17 +69,17 @@ class RAG:
     # --- ingestion ---------------------------------------------------------------------------------------------
     def ingest(self, paths: Iterable[Path | str] = (), documents: Iterable[dict | Document] = (),
                fields: Fields = Fields(), progress: bool = False, max_disk_bytes: int | None = None,
-               collection: str = DEFAULT_COLLECTION) -> IngestReport:
+               collection: str = DEFAULT_COLLECTION, all_or_nothing: bool = False) -> IngestReport:
         """Ingests files and folders (.txt, .md, .jsonl, .pdf, .html) and records ({id, title, text, metadata} or
         Document) into the collection. Unchanged documents are skipped, changed ones replaced; bad inputs are
         reported in the result, not raised, and files of other types in folders are named in a warning and the
-        result's `skipped`. See ingest_documents for `progress` and `max_disk_bytes`."""
+        result's `skipped`. See ingest_documents for `progress`, `max_disk_bytes` and `all_or_nothing`."""
         documents, skipped = list(documents), []
         items = list(read_paths(paths, fields, skipped)) + [d for d in documents if isinstance(d, Document)]
         items += records([d for d in documents if not isinstance(d, Document)], fields)
         if skipped:
             log.warning(skipped_message(skipped))
-        report = self.ingest_documents(items, progress, max_disk_bytes, collection)
+        report = self.ingest_documents(items, progress, max_disk_bytes, collection, all_or_nothing=all_or_nothing)
         report.skipped = skipped
         return report
 
@@ -88,7 +90,8 @@ class RAG:
         embedded, prefilled or written, each document and the whole are checked against options.ingest_limits
         (LimitExceeded, InvalidDocument) and the cost is estimated (report.estimate: passages, tokens, bytes of the
         new KV chunks and rows) and the ingestion refused with IngestTooLarge when its bytes exceed the free space
-        of the data directory's filesystem (less the limits' reserve) or `max_disk_bytes`. `progress`: on stderr,
+        of the data directory's filesystem (less the limits' reserve; a shared store refuses past its own memory
+        limit, DiskFull) or `max_disk_bytes`. `progress`: on stderr,
         the estimate in one line (its time measured on the first slice embedded and the first batch prefilled),
         then a bar over the passages' tokens. Each document is committed on its own, or with `all_or_nothing` all
         in one transaction, which a failure anywhere leaves unmade. The work runs in small steps through

@@ -11,6 +11,7 @@ from .admission import Admission
 from .answer_service import AnswerService
 from .documents_service import DocumentsService
 from .drain import Drain
+from .index_refresher import IndexRefresher
 from .info_service import InfoService
 from .http_server import HTTPServer
 from .http_service import http_app
@@ -58,7 +59,7 @@ class RAGServer:
         workers = max_queue + 1 + SPARE_WORKERS
         self.models = ModelThread()
         engine = self.models.call(lambda: (rag.model(), rag.embedder())[0].engine)  # loaded on their thread
-        self.metrics = ServingMetrics(served_model_name(engine), list(rag.provider.tier_stats()))
+        self.metrics = ServingMetrics(served_model_name(engine), list(rag.provider.tier_stats()), rag.chunks.tier)
         self.metrics.watch(lambda: self.queue.waiting, lambda: self.queue.running, self._tier_bytes)
         # every call logged and counted, those refused too; a draining server refuses all; beyond `workers` calls
         # in progress, calls are refused and counted in the queue's rejections
@@ -81,6 +82,7 @@ class RAGServer:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(SERVICES + [health.SERVICE_NAME, reflection.SERVICE_NAME], self.server)
         self.port = add_port(self.server, host, port, tls)
+        self.refresher = IndexRefresher(rag.retriever)  # the store may change through other replicas
         self.metrics_port = None if metrics_port is None else self.metrics.serve(host, metrics_port)
         self.http = None if http_port is None else HTTPServer(
             http_app(self.serving, self.drain, self.tokens, self.metrics.model_name), host, http_port)
@@ -88,9 +90,11 @@ class RAGServer:
 
     def _tier_bytes(self) -> dict[str, int]:
         stats = self.rag.stats()
-        return {"disk": stats["chunk_bytes"], **{name: t["bytes"] for name, t in stats.get("cache", {}).items()}}
+        return {self.rag.chunks.tier: stats["chunk_bytes"],
+                **{name: t["bytes"] for name, t in stats.get("cache", {}).items()}}
 
     def start(self) -> "RAGServer":
+        self.refresher.start()
         self.server.start()
         if self.http is not None:
             self.http.start()
@@ -112,3 +116,4 @@ class RAGServer:
         self.drain.wait(CANCELLED_S)  # the handlers of cancelled calls still use the model thread on their way out
         self.models.shutdown()
         self.metrics.stop()
+        self.refresher.stop()

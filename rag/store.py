@@ -5,7 +5,6 @@ import os
 import sqlite3
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,35 +13,14 @@ from filelock import FileLock, Timeout
 from cascade_rag.engine.file_io import write_atomic
 
 from .collection import DEFAULT_COLLECTION
+from .document_store import (DiskFull, DocumentRow, DocumentStore, NoDocuments, Passage, StoreError, StoreLocked,
+                             UnknownDocuments, titled)
 from .filters import MetadataFilter
 from .store_schema import create_or_migrate, is_current
 
-class StoreError(RuntimeError):
-    pass
-
-
-class StoreLocked(StoreError):
-    pass
-
-
-class NoDocuments(StoreError):
-    """A question asked of a data directory that is missing or holds no documents."""
-
-
-class DiskFull(StoreError):
-    """A write the filesystem had no room for (rolled back: nothing of it is stored)."""
-
-
-class UnknownDocuments(StoreError):
-    """A deletion naming ids the store does not hold (nothing is deleted)."""
-
-    def __init__(self, missing: list[str]):
-        self.missing = missing
-        super().__init__(f"no such documents: {', '.join(map(repr, missing))}; nothing was deleted")
-
 
 @contextmanager
-def writing(data_dir: Path, db: sqlite3.Connection):
+def sqlite_refusals(data_dir: Path, db: sqlite3.Connection):
     """SQLite's refusals of a write as StoreErrors that say what happened; the transaction is rolled back (SQLite may
     have done so itself on a full disk: then ROLLBACK has nothing to do)."""
     try:
@@ -81,25 +59,7 @@ def ingest_hint(data_dir: Path) -> str:
     return f"ingest documents first: cascade-rag ingest PATH --data-dir {data_dir}"
 
 
-@dataclass
-class Passage:
-    pid: int
-    doc_id: str
-    title: str
-    seq: int
-    text: str
-    token_ids: list[int]
-    chunk_key: str
-    collection: str = DEFAULT_COLLECTION
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-def titled(title: str, text: str) -> str:
-    """What retrieval matches a passage by (its embedding and BM25): the document's title, then the text."""
-    return f"{title}. {text}" if title else text
-
-
-class Store:
+class Store(DocumentStore):
     """Documents and passages (text, token ids, vector, chunk key), in one data directory.
 
     Every change of passages bumps `generation` in the same transaction, so a saved vector index can tell
@@ -133,6 +93,13 @@ class Store:
             create_or_migrate(self.db)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.dir / 'store.sqlite'} is not a usable document store: {exc}") from None
+
+    @property
+    def where(self) -> str:
+        return f"data directory {self.dir}"
+
+    def ingest_hint(self) -> str:
+        return ingest_hint(self.dir)
 
     # --- writer lock -------------------------------------------------------------------------------------------
     def lock_for_writing(self) -> None:
@@ -181,11 +148,11 @@ class Store:
                                   (collection, doc_id)).fetchone()
         return row[0] if row else None
 
-    def put_documents(self, collection: str, documents: list[tuple]) -> tuple[list[int], list[int]]:
+    def put_documents(self, collection: str, documents: list[DocumentRow]) -> tuple[list[int], list[int]]:
         """Replaces documents of the collection (id, title, source, content hash, passages: text, token ids, chunk
         key, vector; metadata), their metadata and their passages, all in one transaction (a failure stores none of
         them: DiskFull when the filesystem is full); returns (removed passage ids, new passage ids)."""
-        with self._lock, writing(self.dir, self.db), self.db:
+        with self._lock, sqlite_refusals(self.dir, self.db), self.db:
             self.db.execute("BEGIN IMMEDIATE")
             removed, added = [], []
             for doc_id, title, source, content_hash, passages, metadata in documents:
@@ -209,7 +176,7 @@ class Store:
     def delete_documents(self, collection: str, doc_ids: list[str]) -> tuple[list[str], list[int]]:
         """Deletes the documents of the collection, all or none (UnknownDocuments when an id is unknown in it);
         returns (deleted ids, removed passage ids)."""
-        with self._lock, writing(self.dir, self.db), self.db:
+        with self._lock, sqlite_refusals(self.dir, self.db), self.db:
             self.db.execute("BEGIN IMMEDIATE")
             known = {r[0] for r in self.db.execute(
                 f"SELECT id FROM documents WHERE collection=? AND id IN ({','.join('?' * len(doc_ids))})",

@@ -55,10 +55,16 @@ class VectorIndex:
         scores, ids = self.index.search(np.asarray(vector, dtype=np.float32).reshape(1, -1), min(k, n), params=params)
         return [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
 
-    def similarity(self, vector: np.ndarray, ids: list[int]) -> list[float]:
-        """Inner product of the vector with the stored vectors of these ids."""
-        stored = np.stack([self.index.reconstruct(int(i)) for i in ids]) if ids else np.zeros((0, self.dim))
-        return [float(s) for s in stored @ np.asarray(vector, dtype=np.float32)]
+    def similarity(self, vector: np.ndarray, ids: list[int]) -> list[float | None]:
+        """Inner product of the vector with the stored vectors of these ids; None for an id the index does not hold
+        (a passage newer than the index a replica answers from while it builds the next one)."""
+        query, scores = np.asarray(vector, dtype=np.float32), []
+        for i in ids:
+            try:
+                scores.append(float(self.index.reconstruct(int(i)) @ query))
+            except RuntimeError:  # faiss: key not found
+                scores.append(None)
+        return scores
 
     # The file name carries the store generation it reflects; a file of another generation is stale.
     @staticmethod

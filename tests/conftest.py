@@ -7,6 +7,7 @@ import torch
 from cascade_rag.kernels.dispatch import interpreted  # the one place that chooses Triton's interpreter
 
 from .helpers import EMBEDDED_VOCAB, TINY_CONFIGS, make_tiny_checkpoint, random_checkpoint
+from .redis_server import redis_server, redis_url  # noqa: F401  (fixtures)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

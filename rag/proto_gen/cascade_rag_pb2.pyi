@@ -127,16 +127,18 @@ class Timings(_message.Message):
     def __init__(self, queue_time_ns: _Optional[int] = ..., retrieval_time_ns: _Optional[int] = ..., chunks_time_ns: _Optional[int] = ..., prefill_time_ns: _Optional[int] = ..., time_to_first_token_ns: _Optional[int] = ..., total_time_ns: _Optional[int] = ..., decode_tokens_per_second: _Optional[float] = ...) -> None: ...
 
 class ChunkTiers(_message.Message):
-    __slots__ = ("gpu", "cpu", "disk", "recomputed")
+    __slots__ = ("gpu", "cpu", "disk", "recomputed", "remote")
     GPU_FIELD_NUMBER: _ClassVar[int]
     CPU_FIELD_NUMBER: _ClassVar[int]
     DISK_FIELD_NUMBER: _ClassVar[int]
     RECOMPUTED_FIELD_NUMBER: _ClassVar[int]
+    REMOTE_FIELD_NUMBER: _ClassVar[int]
     gpu: int
     cpu: int
     disk: int
     recomputed: int
-    def __init__(self, gpu: _Optional[int] = ..., cpu: _Optional[int] = ..., disk: _Optional[int] = ..., recomputed: _Optional[int] = ...) -> None: ...
+    remote: int
+    def __init__(self, gpu: _Optional[int] = ..., cpu: _Optional[int] = ..., disk: _Optional[int] = ..., recomputed: _Optional[int] = ..., remote: _Optional[int] = ...) -> None: ...
 
 class Source(_message.Message):
     __slots__ = ("document_id", "title", "score", "passage_id", "text", "metadata")

@@ -10,9 +10,10 @@ import pytest
 from cascade_rag.engine import SamplingParams
 from cascade_rag.engine.chunk_format import load_file
 from cascade_rag.rag.chunking import split_passages
+from cascade_rag.rag.document_store import StoreLocked, UnknownDocuments
 from cascade_rag.rag.evaluate import evaluate, exact_match, select_corpus, table, token_f1
 from cascade_rag.rag.pipeline import RAG
-from cascade_rag.rag.store import Store, StoreLocked, UnknownDocuments
+from cascade_rag.rag.store import Store
 from tests.helpers import ROOT
 
 
