@@ -48,12 +48,18 @@ class Answerer:
                 chunk.arrival.wait_all()
         return chunks, model.template.query_ids(model.engine.tokenizer, question)
 
-    def _chunks(self, passages: list[Passage], answer: Answer) -> list[KVChunk]:
-        """The passages' chunks (those from the store still arriving, layer by layer), their tiers counted."""
+    def _chunks(self, passages: list[Passage], answer: Answer, recomputed: set[str] | None = None) -> list[KVChunk]:
+        """The passages' chunks (those from the store still arriving, layer by layer), their tiers counted. The keys
+        of the chunks recomputed for this answer gather in `recomputed`, and count as recomputed in a later attempt
+        (where a tier holds them now)."""
+        recomputed = set() if recomputed is None else recomputed
         chunks = []
-        for served in self.provider.serve_streamed([(p.chunk_key, p.token_ids, f"{p.pid} ({p.doc_id})", p.collection)
-                                                    for p in passages]):
-            answer.tiers[served.tier] = answer.tiers.get(served.tier, 0) + 1
+        for passage, served in zip(passages, self.provider.serve_streamed(
+                [(p.chunk_key, p.token_ids, f"{p.pid} ({p.doc_id})", p.collection) for p in passages])):
+            tier = "recomputed" if passage.chunk_key in recomputed else served.tier
+            if tier == "recomputed":
+                recomputed.add(passage.chunk_key)
+            answer.tiers[tier] = answer.tiers.get(tier, 0) + 1
             if served.warning:
                 answer.warnings.append(served.warning)
             chunks.append(served.chunk)
@@ -64,9 +70,10 @@ class Answerer:
         none). A chunk whose layer fails its check as it arrives is forgotten and the request runs again over it
         recomputed (a warning)."""
         ids = model.template.query_ids(model.engine.tokenizer, answer.question)
+        recomputed = set()
         for attempt in range(2):
             loaded = time.perf_counter()
-            chunks = [model.level0] + (self._chunks(passages, answer) if answer.mode != "full" else
+            chunks = [model.level0] + (self._chunks(passages, answer, recomputed) if answer.mode != "full" else
                                        [self.provider.tokens_only(p.token_ids) for p in passages])
             answer.chunks_s = time.perf_counter() - loaded
             generation = model.engine.stream(ids, params, chunks, answer.mode)
