@@ -98,7 +98,9 @@ def _limited_triton(q, keys, values, scale, limits, num_splits, options: KernelO
     if q.stride()[1:] != (hq * head_dim, head_dim, 1):
         q = q.contiguous()
     device = q.device
-    table, total, aligned = chunk_table(keys, values, hkv, head_dim, q.dtype, device)
+    table, total, aligned, k_base, v_base, packed = chunk_table(keys, values, hkv, head_dim, q.dtype, device)
+    if packed.format:
+        raise ValueError("limited attention reads chunks in the model's dtype only (dequantise packed ones first)")
     limits = limits.to(device=device, dtype=torch.int32)
     block_m = row_tile(num_q, group)
     m_tiles = triton.cdiv(num_q * group, block_m)
@@ -112,7 +114,7 @@ def _limited_triton(q, keys, values, scale, limits, num_splits, options: KernelO
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=device)
     part = torch.empty(num_splits * num_q * hq * (head_dim + 2), dtype=torch.float32, device=device) if split else out
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    args = (q, keys[0], values[0], table, limits, out, part, num_chunks, num_q, split_len, total, scale * LOG2E,
+    args = (q, k_base, v_base, table, limits, out, part, num_chunks, num_q, split_len, total, scale * LOG2E,
             q.stride(0), hq, group, head_dim, block_m, cfg.block_n, triton.next_power_of_2(num_chunks + 1), split,
             aligned, interpreted(), precision)
     key = ("limited", device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:7])) + args[13:] + (
