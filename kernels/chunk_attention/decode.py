@@ -13,6 +13,40 @@ from .common import LOG2E, attend_keys, chunk_entry, chunk_shift, chunk_span, me
 from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_keys, packed_tile
 
 
+@triton.jit
+def _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end, chunk_start, m_i, l_i, acc,
+                 qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """The query heads over rows start..end of a chunk in the model's dtype."""
+    d = tl.arange(0, HEAD_DIM)
+    k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
+    v_cols = v_ptr + v_off + kv_head * HEAD_DIM + d[:, None]
+    for n0 in range(start, end, BLOCK_N):
+        pos = n0 + tl.arange(0, BLOCK_N)
+        in_range = pos < end
+        k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=in_range[:, None], other=0.0)
+        v_t = tl.load(v_cols + (pos - chunk_start)[None, :] * v_stride, mask=in_range[None, :], other=0.0)
+        m_i, l_i, acc = attend_keys(q, k, v_t, in_range, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off, kv_head, start,
+                  end, chunk_start, m_i, l_i, acc, qk_scale, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_N: tl.constexpr, FORMAT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """The query heads over rows start..end of a packed chunk, dequantised in registers (packed.py)."""
+    lo_rel = start - chunk_start
+    for r0 in range((lo_rel // BLOCK_N) * BLOCK_N, end - chunk_start, BLOCK_N):
+        j = r0 + tl.arange(0, BLOCK_N)
+        in_range = (j >= lo_rel) & (j < end - chunk_start)
+        k, v, k_scale, k_zero, v_scale, v_zero = packed_tile(kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride,
+                                                             v_stride, ks_off, vs_off, r0, j, in_range, kv_head, HKV,
+                                                             HEAD_DIM, FORMAT)
+        m_i, l_i, acc = attend_packed_keys(q, k, v, k_scale, k_zero, v_scale, v_zero, in_range, m_i, l_i, acc,
+                                           qk_scale, FORMAT, DOT_F32, PRECISION)
+    return m_i, l_i, acc
+
+
 @triton.jit(do_not_specialize=["num_chunks", "split_len", "total_len", "stride_qc"])
 def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr, kq_ptr, vq_ptr, ks_ptr, vs_ptr,
                    kn_ptr, vn_ptr, pos_ptr, slot_ptr, shift_ptr, scale_ptr, cos_ptr, sin_ptr, qw_ptr, kw_ptr, qk_eps,
@@ -84,31 +118,21 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr, 
                             other=0.0)
             if DOT_F32:
                 q = q.to(tl.float32)
-            packed = False
             if FORMAT != 0:  # the chunk's parameter offsets, NOT_PACKED for one in the model's dtype
                 ks_off = tl.load(table_ptr + 5 * num_chunks + 1 + c)
                 vs_off = tl.load(table_ptr + 6 * num_chunks + 1 + c)
-                packed = ks_off != NOT_PACKED_C
-            if packed:
-                lo_rel = start - chunk_start
-                for r0 in range((lo_rel // BLOCK_N) * BLOCK_N, end - chunk_start, BLOCK_N):
-                    j = r0 + tl.arange(0, BLOCK_N)
-                    in_range = (j >= lo_rel) & (j < end - chunk_start)
-                    k, v, k_scale, k_zero, v_scale, v_zero = packed_tile(
-                        kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off, r0, j,
-                        in_range, kv_head, HQ // GROUP, HEAD_DIM, FORMAT)
-                    m_i, l_i, acc = attend_packed_keys(q, k, v, k_scale, k_zero, v_scale, v_zero, in_range, m_i, l_i,
-                                                       acc, qk_scale, FORMAT, DOT_F32, PRECISION)
-            else:
-                k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
-                v_cols = v_ptr + v_off + kv_head * HEAD_DIM + d[:, None]
-                for n0 in range(start, end, BLOCK_N):
-                    pos = n0 + tl.arange(0, BLOCK_N)
-                    in_range = pos < end
-                    k = tl.load(k_rows + (pos - chunk_start)[:, None] * k_stride, mask=in_range[:, None], other=0.0)
-                    v_t = tl.load(v_cols + (pos - chunk_start)[None, :] * v_stride, mask=in_range[None, :],
-                                  other=0.0)
-                    m_i, l_i, acc = attend_keys(q, k, v_t, in_range, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
+                if ks_off != NOT_PACKED_C:
+                    m_i, l_i, acc = _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride,
+                                                  ks_off, vs_off, kv_head, start, end, chunk_start, m_i, l_i, acc,
+                                                  qk_scale, HQ // GROUP, HEAD_DIM, BLOCK_N, FORMAT, DOT_F32, PRECISION)
+                else:
+                    m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
+                                                 chunk_start, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32,
+                                                 PRECISION)
+            else:  # (one branch each: Triton compiles a runtime branch on a constant False all the same)
+                m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
+                                             chunk_start, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32,
+                                             PRECISION)
 
     if ROPE:
         if (lo < hi) & (hi == total_len):  # this split holds the new token: it attends to it, then stores it

@@ -92,13 +92,15 @@ def check_tiles(block_n: int) -> None:
 @triton.jit
 def _levels(codes, FORMAT: tl.constexpr):
     """uint8 codes [R, B] as float16 [R, D]: fp8 values, or int4 levels (byte b: channels 2b, 2b + 1)."""
-    if FORMAT == 1:
-        return codes.to(tl.float8e4nv, bitcast=True).to(tl.float16)
-    low = (codes & 15).to(tl.int16)
-    high = (codes >> 4).to(tl.int16)
-    pairs = tl.join(low, high)
-    levels = tl.reshape(pairs, (pairs.shape[0], 2 * pairs.shape[1]))
-    return (levels | 0x6400).to(tl.float16, bitcast=True) - 1024.0
+    if FORMAT == 1:  # one return: Triton checks the types of every return, also under a constant branch
+        levels = codes.to(tl.float8e4nv, bitcast=True).to(tl.float16)
+    else:
+        low = (codes & 15).to(tl.int16)
+        high = (codes >> 4).to(tl.int16)
+        pairs = tl.join(low, high)
+        levels = tl.reshape(pairs, (pairs.shape[0], 2 * pairs.shape[1]))
+        levels = (levels | 0x6400).to(tl.float16, bitcast=True) - 1024.0
+    return levels
 
 
 @triton.jit

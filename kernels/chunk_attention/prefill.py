@@ -11,6 +11,43 @@ from .common import LOG2E, attend_tile, chunk_span, merge_partials, split_prolog
 from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_tile, packed_tile
 
 
+@triton.jit
+def _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end, chunk_start, limit, m_i, l_i,
+                 acc, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """The query rows over rows start..end of a chunk in the model's dtype, row r seeing keys up to limit[r]."""
+    d = tl.arange(0, HEAD_DIM)
+    k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
+    v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
+    for n0 in range(start, end, BLOCK_N):
+        pos = n0 + tl.arange(0, BLOCK_N)
+        j = pos - chunk_start
+        in_range = pos < end
+        k = tl.load(k_rows + j[:, None] * k_stride, mask=in_range[:, None], other=0.0)
+        v = tl.load(v_rows + j[:, None] * v_stride, mask=in_range[:, None], other=0.0)
+        visible = in_range[None, :] & (j[None, :] <= limit[:, None])
+        m_i, l_i, acc = attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
+    return m_i, l_i, acc
+
+
+@triton.jit
+def _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off, kv_head, start,
+                  end, chunk_start, m_i, l_i, acc, qk_scale, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_N: tl.constexpr, FORMAT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """The query rows over rows start..end of a packed context chunk (every key visible), dequantised in
+    registers (packed.py)."""
+    lo_rel = start - chunk_start
+    for r0 in range((lo_rel // BLOCK_N) * BLOCK_N, end - chunk_start, BLOCK_N):
+        j = r0 + tl.arange(0, BLOCK_N)
+        in_range = (j >= lo_rel) & (j < end - chunk_start)
+        k, v, k_scale, k_zero, v_scale, v_zero = packed_tile(kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride,
+                                                             v_stride, ks_off, vs_off, r0, j, in_range, kv_head, HKV,
+                                                             HEAD_DIM, FORMAT)
+        m_i, l_i, acc = attend_packed_tile(q, k, v, k_scale, k_zero, v_scale, v_zero, in_range[None, :], m_i, l_i,
+                                           acc, qk_scale, FORMAT, DOT_F32, PRECISION)
+    return m_i, l_i, acc
+
+
 @triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
 def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_ptr, ks_ptr, vs_ptr,
                  num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
@@ -45,32 +82,21 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
             if DOT_F32:
                 q = q.to(tl.float32)
             limit = tl.where(c == num_chunks - 1, causal_limit, total_len)
-            packed = False
             if FORMAT != 0:  # the chunk's parameter offsets, NOT_PACKED for one in the model's dtype
                 ks_off = tl.load(table_ptr + 5 * num_chunks + 1 + c)
                 vs_off = tl.load(table_ptr + 6 * num_chunks + 1 + c)
-                packed = ks_off != NOT_PACKED_C
-            if packed:  # a context chunk: every key visible
-                lo_rel = start - chunk_start
-                for r0 in range((lo_rel // BLOCK_N) * BLOCK_N, end - chunk_start, BLOCK_N):
-                    j = r0 + tl.arange(0, BLOCK_N)
-                    in_range = (j >= lo_rel) & (j < end - chunk_start)
-                    k, v, k_scale, k_zero, v_scale, v_zero = packed_tile(
-                        kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off, r0, j,
-                        in_range, kv_head, HQ // GROUP, HEAD_DIM, FORMAT)
-                    m_i, l_i, acc = attend_packed_tile(q, k, v, k_scale, k_zero, v_scale, v_zero, in_range[None, :],
-                                                       m_i, l_i, acc, qk_scale, FORMAT, DOT_F32, PRECISION)
-            else:
-                k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
-                v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
-                for n0 in range(start, end, BLOCK_N):
-                    pos = n0 + tl.arange(0, BLOCK_N)
-                    j = pos - chunk_start
-                    in_range = pos < end
-                    k = tl.load(k_rows + j[:, None] * k_stride, mask=in_range[:, None], other=0.0)
-                    v = tl.load(v_rows + j[:, None] * v_stride, mask=in_range[:, None], other=0.0)
-                    visible = in_range[None, :] & (j[None, :] <= limit[:, None])
-                    m_i, l_i, acc = attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
+                if ks_off != NOT_PACKED_C:  # a context chunk: every key visible
+                    m_i, l_i, acc = _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride,
+                                                  ks_off, vs_off, kv_head, start, end, chunk_start, m_i, l_i, acc,
+                                                  qk_scale, HQ // GROUP, HEAD_DIM, BLOCK_N, FORMAT, DOT_F32, PRECISION)
+                else:
+                    m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
+                                                 chunk_start, limit, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N,
+                                                 DOT_F32, PRECISION)
+            else:  # (one branch each: Triton compiles a runtime branch on a constant False all the same)
+                m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
+                                             chunk_start, limit, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32,
+                                             PRECISION)
 
     out_rows = qi * HQ + head
     if SPLIT:

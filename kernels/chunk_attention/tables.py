@@ -20,9 +20,10 @@ _tables = {}
 def chunk_table(keys, values, hkv, head_dim, dtype, device):
     """The device table [K offsets, V offsets, K row strides, V row strides, chunk starts, (a slot for the total),
     K parameter offsets, V parameter offsets (NOT_PACKED: none)] of the chunks, the total length, whether every
-    offset and stride is a multiple of 16, the base tensors of the chunks in the model's dtype (keys, values: the first such chunk's) and
-    the packed ones' (packed.PackedBases). Offsets and strides count elements of the model's dtype from the bases,
-    bytes from the code bases for packed chunks, whose parameter offsets count float16 elements.
+    offset and stride is a multiple of 16, the base tensors of the chunks in the model's dtype (keys, values: the
+    first such chunk's) and the packed ones' (packed.PackedBases). Offsets and strides count elements of the model's
+    dtype from the bases, bytes from the code bases for packed chunks, whose parameter offsets count float16
+    elements.
     The table leaves out the total (which grows with the request's own chunk at every decode step) so that it is
     cached."""
     packed = PackedBases.of(keys, values)

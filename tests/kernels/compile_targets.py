@@ -1,0 +1,50 @@
+"""Compiles the chunk-attention kernels for a Hopper target (sm_90) without a GPU, all the way to its binary, and
+prints one line per kernel and setting: `OK` or the error. Run in a process of its own with TRITON_INTERPRET=0 (the
+test suite's processes use the interpreter, which runs the kernels' Python and so never sees what only the compiler
+refuses: a name defined on one branch only, returns of two types)."""
+import itertools
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from cascade_rag.kernels.chunk_attention import decode, limited, prefill
+
+TARGET = GPUTarget("cuda", 90, 32)
+FLOATS = {"qk_scale", "qk_eps"}
+POINTERS = {"table_ptr": "*i64", "kq_ptr": "*u8", "vq_ptr": "*u8", "part_ptr": "*fp32", "limit_ptr": "*i32",
+            "pos_ptr": "*i32", "slot_ptr": "*i32", "shift_ptr": "*i32", "scale_ptr": "*fp32"}
+COMMON = dict(HQ=16, GROUP=2, HEAD_DIM=128, BLOCK_N=64, CHUNKS_P2=8, ALIGNED=True, DOT_F32=False, PRECISION="tf32",
+              PDL=False)
+
+
+def signature(fn) -> dict:
+    return {p.name: "constexpr" if p.is_constexpr else "fp32" if p.name in FLOATS else
+            POINTERS.get(p.name, "*bf16") if p.name.endswith("_ptr") else "i32" for p in fn.params}
+
+
+def settings():
+    for fmt, rope in itertools.product((0, 1, 2), (False, True)):
+        yield f"decode FORMAT={fmt} ROPE={rope}", decode._decode_kernel, dict(
+            COMMON, GROUP_P2=2, BLOCK_S=16, ROPE=rope, QK_NORM=rope, PIECE_TILE=64, FORMAT=fmt)
+    for fmt in (0, 1, 2):
+        yield f"prefill FORMAT={fmt}", prefill._attn_kernel, dict(COMMON, BLOCK_M=64, SPLIT=True, TOTAL_IN_TABLE=False,
+                                                                 FORMAT=fmt)
+    yield "limited", limited._limited_kernel, dict(COMMON, BLOCK_M=64, SPLIT=True)
+
+
+def main() -> None:
+    for label, fn, constants in settings():
+        try:
+            triton.compile(ASTSource(fn, signature(fn), constexprs=constants), target=TARGET)
+            print(f"{label}: OK", flush=True)
+        except Exception as exc:  # the compiler's own error, whatever its type, is the finding
+            causes, e = [], exc
+            while e is not None:
+                causes.append(f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}")
+                e = e.__cause__ or e.__context__
+            print(f"{label}: FAILED {' <- '.join(causes)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
