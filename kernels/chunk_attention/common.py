@@ -160,3 +160,21 @@ def merge_partials(m_all, l_all, acc, m_b, l_b, o_b):
     l_all = l_all * alpha + tl.sum(w * l_b, 0)
     acc = acc * alpha[:, None] + tl.sum(o_b * w[:, :, None], 0)
     return m_new, l_all, acc
+
+
+@triton.jit
+def store_rows(out_ptr, part_ptr, out_rows, row_ok, split, n_rows, acc, m_i, l_i, HEAD_DIM: tl.constexpr,
+               SPLIT: tl.constexpr):
+    """A tile's query rows (out_rows of n_rows): with SPLIT, its partial sums, maxima and sums at split `split`
+    (partials [splits, n_rows, D], then m [splits, n_rows], then l), for the merge kernel; else the output."""
+    d = tl.arange(0, HEAD_DIM)
+    if SPLIT:
+        part = split * n_rows + out_rows
+        ml_ptr = part_ptr + tl.num_programs(2) * n_rows * HEAD_DIM
+        tl.store(part_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None])
+        tl.store(ml_ptr + part, m_i, mask=row_ok)
+        tl.store(ml_ptr + tl.num_programs(2) * n_rows + part, l_i, mask=row_ok)
+    else:
+        o = acc / l_i[:, None]
+        tl.store(out_ptr + out_rows[:, None] * HEAD_DIM + d[None, :], o.to(out_ptr.dtype.element_ty),
+                 mask=row_ok[:, None])

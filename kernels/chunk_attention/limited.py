@@ -14,7 +14,7 @@ import triton.language as tl
 
 from ..dispatch import implementation, interpreted
 from ..options import DEFAULT_KERNELS, KernelOptions
-from .common import HEAD_DIMS, LOG2E, attend_tile, chunk_span, num_sms, split_prologue
+from .common import HEAD_DIMS, LOG2E, attend_tile, chunk_span, num_sms, split_prologue, store_rows
 from .prefill import _merge_kernel, merge_block, row_tile, tuning
 from .tables import chunk_table
 
@@ -61,18 +61,7 @@ def _limited_kernel(q_ptr, k_ptr, v_ptr, table_ptr, limit_ptr, out_ptr, part_ptr
                 visible = in_range[None, :] & (pos[None, :] < limit[:, None])
                 m_i, l_i, acc = attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
 
-    out_rows = qi * HQ + head
-    if SPLIT:
-        n_rows = num_q * HQ
-        part = split * n_rows + out_rows
-        ml_ptr = part_ptr + tl.num_programs(2) * n_rows * HEAD_DIM
-        tl.store(part_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None])
-        tl.store(ml_ptr + part, m_i, mask=row_ok)
-        tl.store(ml_ptr + tl.num_programs(2) * n_rows + part, l_i, mask=row_ok)
-    else:
-        o = acc / l_i[:, None]
-        tl.store(out_ptr + out_rows[:, None] * HEAD_DIM + d[None, :], o.to(out_ptr.dtype.element_ty),
-                 mask=row_ok[:, None])
+    store_rows(out_ptr, part_ptr, qi * HQ + head, row_ok, split, num_q * HQ, acc, m_i, l_i, HEAD_DIM, SPLIT)
 
 
 def limited_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor], scale: float,

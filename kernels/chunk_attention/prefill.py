@@ -7,7 +7,7 @@ import triton.language as tl
 
 from ..dispatch import interpreted
 from ..options import AttentionTuning, KernelOptions
-from .common import LOG2E, attend_tile, chunk_span, merge_partials, split_prologue
+from .common import LOG2E, attend_tile, chunk_span, merge_partials, split_prologue, store_rows
 from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_tile, packed_tile
 
 
@@ -98,18 +98,7 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
                                              chunk_start, limit, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32,
                                              PRECISION)
 
-    out_rows = qi * HQ + head
-    if SPLIT:
-        n_rows = num_q * HQ
-        part = split * n_rows + out_rows
-        ml_ptr = part_ptr + tl.num_programs(2) * n_rows * HEAD_DIM
-        tl.store(part_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None])
-        tl.store(ml_ptr + part, m_i, mask=row_ok)
-        tl.store(ml_ptr + tl.num_programs(2) * n_rows + part, l_i, mask=row_ok)
-    else:
-        o = acc / l_i[:, None]
-        tl.store(out_ptr + out_rows[:, None] * HEAD_DIM + d[None, :], o.to(out_ptr.dtype.element_ty),
-                 mask=row_ok[:, None])
+    store_rows(out_ptr, part_ptr, qi * HQ + head, row_ok, split, num_q * HQ, acc, m_i, l_i, HEAD_DIM, SPLIT)
 
 
 @triton.jit(do_not_specialize=["num_splits", "n_rows"])
