@@ -117,8 +117,10 @@ def _tensors(data: memoryview) -> tuple[dict, dict[str, torch.Tensor]]:
     return metadata, tensors
 
 
-def check_identity(metadata: dict, fingerprint: str, name: str, kv_format: str | None) -> None:
-    """Refuses (FingerprintMismatch, KVChunkError) a chunk of another format version, model or KV format."""
+def check_identity(metadata: dict, shapes: dict[str, tuple], fingerprint: str, name: str, kv_format: str | None
+                   ) -> None:
+    """Refuses (FingerprintMismatch, KVChunkError) a chunk of another format version, model or KV format, or fp8
+    keys of the first fp8 layout (a scale per channel and group, no zero), by the shapes of its tensors."""
     version = int(metadata["format_version"])
     if version != FORMAT_VERSION:
         raise FingerprintMismatch(f"{name} has format version {version}, expected {FORMAT_VERSION}")
@@ -128,6 +130,8 @@ def check_identity(metadata: dict, fingerprint: str, name: str, kv_format: str |
     stored = metadata.get("kv_format", "dtype")
     if kv_format is not None and stored != kv_format:
         raise KVChunkError(f"{name} is in KV format {stored}, the store's is {kv_format}")
+    if stored == "fp8" and tuple(shapes["key_params"])[-2] != 2:
+        raise KVChunkError(f"{name} holds fp8 keys without their zeros (written before fp8 keys had one)")
 
 
 def chunk_of(metadata: dict, tensors: dict[str, torch.Tensor]) -> KVChunk:
@@ -162,7 +166,7 @@ def decode(data: bytes | bytearray | memoryview, fingerprint: str, device="cpu",
         raise FingerprintMismatch(f"{name} has format version {version}, expected {FORMAT_VERSION}")
     if checksum(chunk, stored.split(":")[0] if ":" in stored else "sha256") != stored:
         raise KVChunkError(f"{name} is corrupted: checksum mismatch")
-    check_identity(metadata, fingerprint, name, kv_format)
+    check_identity(metadata, {n: tuple(t.shape) for n, t in tensors.items()}, fingerprint, name, kv_format)
     if chunk.keys.shape != chunk.values.shape or chunk.keys.shape[1] != chunk.length:
         raise KVChunkError(f"{name} has inconsistent shapes {tuple(chunk.keys.shape)}")
     if torch.device(device).type != "cpu":

@@ -151,7 +151,7 @@ class ChunkStreamer:
                 data = bytearray(size)
                 source.read_into(0, memoryview(data))
                 return decode(data, fingerprint, name=name, kv_format=kv_format)
-            check_identity(metadata, fingerprint, name, kv_format)
+            check_identity(metadata, {n: e[1] for n, e in entries.items()}, fingerprint, name, kv_format)
             digests = digests.split(",")
             chunk = chunk_of(metadata, {n: torch.empty(0) for n in entries})  # the metadata parse
             expected = metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format)

@@ -77,6 +77,6 @@ def kv_bytes_per_token(kv_format: str, layers: int, kv_heads: int, head_dim: int
     float16 parameters, the keys' shared by GROUP tokens)."""
     if check_kv_format(kv_format) == "dtype":
         return layers * 2 * kv_heads * head_dim * element_size
-    params = params_per_group(kv_format) * 2
-    per_head = 2 * code_bytes(kv_format, head_dim) + params * head_dim / GROUP + params
+    key_params, value_params = (params_per_group(kv_format, keys) * 2 for keys in (True, False))
+    per_head = 2 * code_bytes(kv_format, head_dim) + key_params * head_dim / GROUP + value_params
     return layers * kv_heads * per_head

@@ -2,14 +2,18 @@
 
 Two formats beside the model's dtype:
 
-- `fp8`: e4m3 with a float16 scale. Keys: one scale per channel (and head) for each group of GROUP tokens; values:
-  one per token (and head). The scales divide the absolute maximum by 448, e4m3's largest value.
+- `fp8`: e4m3 with float16 parameters. Keys: a scale and a zero per channel (and head) for each group of GROUP
+  tokens, the zero the middle of the group's range, so that e4m3's relative error applies to the distance from it
+  (a key channel's values share an offset, on which e4m3 would spend its precision: docs/EVALUATION.md); values:
+  a scale per token (and head). A scale divides the half-range (keys) or the absolute maximum
+  (values) by 448, e4m3's largest value. x = code * scale (+ zero).
 - `int4`: 4 bits, KIVI-style (Liu et al. 2024) with a float16 scale and zero: keys per channel (and head) for each
   group of GROUP tokens, values per token (and head) over the head's channels. x = q * scale + zero, q in 0..15.
 
 Layout (what the chunk-attention kernels read): the codes [..., n, H, B] uint8, B = D for fp8 and D / 2 for int4
 (byte i holds channel 2i in its low nibble and channel 2i + 1 in its high one); the parameters in float16, keys
-[..., ceil(n / GROUP), H, P, D] and values [..., n, H, P], P = 1 (scale) for fp8 and 2 (scale, zero) for int4.
+[..., ceil(n / GROUP), H, 2, D] (scale, zero) and values [..., n, H, P], P = 1 (scale) for fp8 and 2 (scale,
+zero) for int4.
 Leading dimensions (layers) index both alike: packed[layer] is one layer's view."""
 from dataclasses import dataclass, replace
 
@@ -21,8 +25,9 @@ FP8_MAX = 448.0
 INT4_LEVELS = 15
 
 
-def params_per_group(fmt: str) -> int:
-    return 1 if fmt == "fp8" else 2
+def params_per_group(fmt: str, keys: bool) -> int:
+    """Parameters of a key channel's group or a value's token: a scale and a zero, but a scale alone for fp8 values."""
+    return 1 if fmt == "fp8" and not keys else 2
 
 
 def code_bytes(fmt: str, head_dim: int) -> int:
@@ -102,12 +107,15 @@ def quantize(x: torch.Tensor, fmt: str, keys: bool) -> PackedKV:
     x = x.float()
     # over what the parameters are shared: [..., G, GROUP, H, D] reduced over GROUP, or [..., n, H, D] over D
     grouped, dim = (_groups(x), -3) if keys else (x, -1)
-    if fmt == "fp8":
+    if fmt == "fp8" and not keys:
         scale = _scale(grouped.abs().amax(dim=dim, keepdim=True), FP8_MAX)
         zero = None
     else:
         low, high = grouped.amin(dim=dim, keepdim=True), grouped.amax(dim=dim, keepdim=True)
-        scale, zero = _scale(high - low, INT4_LEVELS), low.to(torch.float16)
+        if fmt == "fp8":
+            scale, zero = _scale((high - low) / 2, FP8_MAX), ((low + high) / 2).to(torch.float16)
+        else:
+            scale, zero = _scale(high - low, INT4_LEVELS), low.to(torch.float16)
     y = (grouped - (zero.float() if zero is not None else 0)) / scale.float()
     if keys:
         y = y.flatten(-4, -3)[..., :n, :, :]

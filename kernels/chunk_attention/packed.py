@@ -5,7 +5,7 @@ A packed chunk's table entries (tables.py) are its codes' byte offsets and row s
 `kq`/`vq`, and its parameters' offsets (in float16 elements) from the bases `ks`/`vs` in two more columns (-1 for a
 chunk in the model's dtype). The dequantisation folds into the products, so that each element costs one
 conversion: a key channel's scale multiplies the query's channel (q' = q * scale, per tile: a tile lies in one
-group of GROUP tokens) and, for int4, its zero adds q . zero to every score of the tile; a value's per-token scale
+group of GROUP tokens) and its zero adds q . zero to every score of the tile; a value's per-token scale
 multiplies the token's probability and, for int4, its zero adds p . zero to every channel of the output. int4
 levels become float16 by the exponent trick ((level | 0x6400) as float16 is 1024 + level)."""
 from dataclasses import dataclass
@@ -15,7 +15,7 @@ from ..launcher import wait_for_inputs  # noqa: F401 (before triton: it picks th
 import triton
 import triton.language as tl
 
-from ..kv_quant import GROUP, PackedKV, params_per_group
+from ..kv_quant import GROUP, PackedKV
 
 FORMAT_CODES = {"fp8": 1, "int4": 2}  # the kernels' FORMAT (0: every chunk in the model's dtype)
 GROUP_TOKENS = tl.constexpr(GROUP)
@@ -108,24 +108,23 @@ def packed_tile(kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride
                 kv_head, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, FORMAT: tl.constexpr):
     """One tile of a packed chunk, its rows j (chunk-relative, from r0, a multiple of the tile): the keys' and
     values' levels [N, D] in float16, the key scale and zero [D] of the tile's group and the values' scale and
-    zero [N] (fp32; the zeros 0 for fp8)."""
+    zero [N] (fp32; the values' zero 0 for fp8)."""
     CODE_BYTES: tl.constexpr = HEAD_DIM if FORMAT == 1 else HEAD_DIM // 2
-    P: tl.constexpr = 1 if FORMAT == 1 else 2
+    PV: tl.constexpr = 1 if FORMAT == 1 else 2  # a value's parameters (a key channel's: scale and zero)
     b = tl.arange(0, CODE_BYTES)
     d = tl.arange(0, HEAD_DIM)
     kc = tl.load(kq_ptr + k_off + j[:, None] * k_stride + kv_head * CODE_BYTES + b[None, :], mask=in_range[:, None],
                  other=0)
     vc = tl.load(vq_ptr + v_off + j[:, None] * v_stride + kv_head * CODE_BYTES + b[None, :], mask=in_range[:, None],
                  other=0)
-    group_params = ks_ptr + ks_off + (r0 // GROUP_TOKENS) * (HKV * P * HEAD_DIM) + kv_head * P * HEAD_DIM
+    group_params = ks_ptr + ks_off + (r0 // GROUP_TOKENS) * (HKV * 2 * HEAD_DIM) + kv_head * 2 * HEAD_DIM
     k_scale = tl.load(group_params + d).to(tl.float32)
-    token_params = vs_ptr + vs_off + j * (HKV * P) + kv_head * P
+    k_zero = tl.load(group_params + HEAD_DIM + d).to(tl.float32)
+    token_params = vs_ptr + vs_off + j * (HKV * PV) + kv_head * PV
     v_scale = tl.load(token_params, mask=in_range, other=0.0).to(tl.float32)
     if FORMAT == 2:
-        k_zero = tl.load(group_params + HEAD_DIM + d).to(tl.float32)
         v_zero = tl.load(token_params + 1, mask=in_range, other=0.0).to(tl.float32)
     else:
-        k_zero = tl.zeros([HEAD_DIM], tl.float32)
         v_zero = tl.zeros(j.shape, tl.float32)
     return _levels(kc, FORMAT), _levels(vc, FORMAT), k_scale, k_zero, v_scale, v_zero
 
@@ -144,9 +143,7 @@ def attend_packed_keys(q, k, v, k_scale, k_zero, v_scale, v_zero, visible, m_i, 
         v_t = v_t.to(tl.float32)
     else:
         scaled = scaled.to(tl.float16)
-    s = tl.dot(k, tl.trans(scaled), input_precision=PRECISION)
-    if FORMAT == 2:
-        s += tl.sum(qf * k_zero[None, :], 1)[None, :]
+    s = tl.dot(k, tl.trans(scaled), input_precision=PRECISION) + tl.sum(qf * k_zero[None, :], 1)[None, :]
     s = tl.where(visible[:, None], s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 0))
     alpha = tl.exp2(m_i - m_new)
@@ -169,9 +166,7 @@ def attend_packed_tile(q, k, v, k_scale, k_zero, v_scale, v_zero, visible, m_i, 
         v = v.to(tl.float32)
     else:
         scaled = scaled.to(tl.float16)
-    s = tl.dot(scaled, tl.trans(k), input_precision=PRECISION)
-    if FORMAT == 2:
-        s += tl.sum(qf * k_zero[None, :], 1)[:, None]
+    s = tl.dot(scaled, tl.trans(k), input_precision=PRECISION) + tl.sum(qf * k_zero[None, :], 1)[:, None]
     s = tl.where(visible, s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)

@@ -2,11 +2,13 @@
 processes; a process started with another format is refused (FAILED_PRECONDITION over gRPC, naming both)."""
 import json
 import shutil
+from dataclasses import replace
 
 import grpc
 import pytest
 
-from cascade_rag.engine.chunk_format import decode
+from cascade_rag.engine.chunk_format import decode, encode
+from cascade_rag.engine.kv_chunk import KVChunkError
 from cascade_rag.rag.client import Client
 from cascade_rag.rag.manifest import KVFormatMismatch
 from cascade_rag.rag.pipeline import RAG
@@ -81,3 +83,30 @@ def test_a_layer_found_corrupt_while_streamed_is_recomputed(int4_dir, tiny_model
         assert rag.check() == [] and len(key) == len(list((data / "chunks").glob("*.safetensors")))
         again = rag.ask("Who built the lighthouse of Varn?", top_k=2).result()
         assert again.text == answer.text and not again.warnings and passage.doc_id == "varn"
+
+
+def test_fp8_chunks_of_the_first_layout_are_refused_and_recomputed(tiny_model, tmp_path):
+    """fp8 keys first had a scale alone per channel and group; chunks stored so (key parameters [.., 1, D]) are
+    refused by their shapes, recomputed with a warning, and stored again in today's layout (a scale and a zero)."""
+    data = tmp_path / "fp8"
+    with RAG(data, model=tiny_model, kv_format="fp8", passage_tokens=48, overlap=8) as rag:
+        rag.ingest(documents=CORPUS)
+        fingerprint = rag.model().fingerprint
+    files = sorted((data / "chunks").glob("*.safetensors"))
+    for f in files:
+        chunk = decode(f.read_bytes(), fingerprint)
+        assert chunk.keys.params.shape[-2] == 2
+        first = replace(chunk, keys=replace(chunk.keys, params=chunk.keys.params[..., :1, :].contiguous()))
+        f.write_bytes(encode(first))
+        with pytest.raises(KVChunkError, match="holds fp8 keys without their zeros"):
+            decode(f.read_bytes(), fingerprint)
+    with RAG(data, model=tiny_model) as rag:
+        answer = rag.ask("Who built the lighthouse of Varn?", top_k=2).result()
+        assert answer.tiers == {"recomputed": 2} and answer.token_ids
+        assert all("holds fp8 keys without their zeros" in w and w.endswith("recomputing it")
+                   for w in answer.warnings) and len(answer.warnings) == 2, answer.warnings
+        assert rag.check() == []
+    assert sum(decode(f.read_bytes(), fingerprint).keys.params.shape[-2] == 2 for f in files) == 2
+    with RAG(data, model=tiny_model) as rag:
+        again = rag.ask("Who built the lighthouse of Varn?", top_k=2).result()
+        assert again.tiers == {"disk": 2} and not again.warnings and again.text == answer.text
