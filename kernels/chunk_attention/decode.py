@@ -39,10 +39,10 @@ def _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_s
     for r0 in range((lo_rel // BLOCK_N) * BLOCK_N, end - chunk_start, BLOCK_N):
         j = r0 + tl.arange(0, BLOCK_N)
         in_range = (j >= lo_rel) & (j < end - chunk_start)
-        k, v, k_scale, k_zero, v_scale, v_zero = packed_tile(kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride,
-                                                             v_stride, ks_off, vs_off, r0, j, in_range, kv_head, HKV,
-                                                             HEAD_DIM, FORMAT)
-        m_i, l_i, acc = attend_packed_keys(q, k, v, k_scale, k_zero, v_scale, v_zero, in_range, m_i, l_i, acc,
+        k, v_t, k_scale, k_zero, v_scale, v_zero = packed_tile(kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off,
+                                                               k_stride, v_stride, ks_off, vs_off, r0, j, in_range,
+                                                               kv_head, HKV, HEAD_DIM, FORMAT, True)
+        m_i, l_i, acc = attend_packed_keys(q, k, v_t, k_scale, k_zero, v_scale, v_zero, in_range, m_i, l_i, acc,
                                            qk_scale, FORMAT, DOT_F32, PRECISION)
     return m_i, l_i, acc
 

@@ -90,33 +90,42 @@ def check_tiles(block_n: int) -> None:
 
 
 @triton.jit
-def _levels(codes, FORMAT: tl.constexpr):
-    """uint8 codes [R, B] as float16 [R, D]: fp8 values, or int4 levels (byte b: channels 2b, 2b + 1)."""
+def _levels(codes, FORMAT: tl.constexpr, TRANSPOSED: tl.constexpr):
+    """uint8 codes [R, B] as float16 [R, D]: fp8 values, or int4 levels (byte b: channels 2b, 2b + 1); TRANSPOSED:
+    codes [B, R] as levels [D, R]."""
     if FORMAT == 1:  # one return: Triton checks the types of every return, also under a constant branch
         levels = codes.to(tl.float8e4nv, bitcast=True).to(tl.float16)
     else:
         low = (codes & 15).to(tl.int16)
         high = (codes >> 4).to(tl.int16)
         pairs = tl.join(low, high)
-        levels = tl.reshape(pairs, (pairs.shape[0], 2 * pairs.shape[1]))
+        if TRANSPOSED:  # [B, R, 2] -> [B, 2, R] -> [D, R]
+            levels = tl.reshape(tl.permute(pairs, (0, 2, 1)), (2 * pairs.shape[0], pairs.shape[1]))
+        else:
+            levels = tl.reshape(pairs, (pairs.shape[0], 2 * pairs.shape[1]))
         levels = (levels | 0x6400).to(tl.float16, bitcast=True) - 1024.0
     return levels
 
 
 @triton.jit
 def packed_tile(kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off, r0, j, in_range,
-                kv_head, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, FORMAT: tl.constexpr):
+                kv_head, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, FORMAT: tl.constexpr, V_T: tl.constexpr):
     """One tile of a packed chunk, its rows j (chunk-relative, from r0, a multiple of the tile): the keys' and
-    values' levels [N, D] in float16, the key scale and zero [D] of the tile's group and the values' scale and
-    zero [N] (fp32; the values' zero 0 for fp8)."""
+    values' levels [N, D] in float16 (V_T: the values' [D, N], loaded transposed as attend_keys wants them, so
+    that no transposition goes through shared memory), the key scale and zero [D] of the tile's group and the
+    values' scale and zero [N] (fp32; the values' zero 0 for fp8)."""
     CODE_BYTES: tl.constexpr = HEAD_DIM if FORMAT == 1 else HEAD_DIM // 2
     PV: tl.constexpr = 1 if FORMAT == 1 else 2  # a value's parameters (a key channel's: scale and zero)
     b = tl.arange(0, CODE_BYTES)
     d = tl.arange(0, HEAD_DIM)
     kc = tl.load(kq_ptr + k_off + j[:, None] * k_stride + kv_head * CODE_BYTES + b[None, :], mask=in_range[:, None],
                  other=0)
-    vc = tl.load(vq_ptr + v_off + j[:, None] * v_stride + kv_head * CODE_BYTES + b[None, :], mask=in_range[:, None],
-                 other=0)
+    if V_T:
+        vc = tl.load(vq_ptr + v_off + j[None, :] * v_stride + kv_head * CODE_BYTES + b[:, None],
+                     mask=in_range[None, :], other=0)
+    else:
+        vc = tl.load(vq_ptr + v_off + j[:, None] * v_stride + kv_head * CODE_BYTES + b[None, :],
+                     mask=in_range[:, None], other=0)
     group_params = ks_ptr + ks_off + (r0 // GROUP_TOKENS) * (HKV * 2 * HEAD_DIM) + kv_head * 2 * HEAD_DIM
     k_scale = tl.load(group_params + d).to(tl.float32)
     k_zero = tl.load(group_params + HEAD_DIM + d).to(tl.float32)
@@ -126,24 +135,23 @@ def packed_tile(kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride
         v_zero = tl.load(token_params + 1, mask=in_range, other=0.0).to(tl.float32)
     else:
         v_zero = tl.zeros(j.shape, tl.float32)
-    return _levels(kc, FORMAT), _levels(vc, FORMAT), k_scale, k_zero, v_scale, v_zero
+    return _levels(kc, FORMAT, False), _levels(vc, FORMAT, V_T), k_scale, k_zero, v_scale, v_zero
 
 
 
 @triton.jit
-def attend_packed_keys(q, k, v, k_scale, k_zero, v_scale, v_zero, visible, m_i, l_i, acc_t, qk_scale,
+def attend_packed_keys(q, k, v_t, k_scale, k_zero, v_scale, v_zero, visible, m_i, l_i, acc_t, qk_scale,
                        FORMAT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
     """attend_keys (decode: the keys are the products' rows) over a packed tile: q [R, D] (its rotation and
-    scale applied), k and v [N, D] levels, the parameters of packed_tile; acc_t [D, R]."""
-    qf = q.to(tl.float32)
-    scaled = qf * k_scale[None, :]
-    v_t = tl.trans(v)
+    scale applied), k [N, D] and v_t [D, N] levels, the parameters of packed_tile; acc_t [D, R]."""
+    q_t = tl.trans(q.to(tl.float32))  # the same for every tile of the loop
+    scaled = q_t * k_scale[:, None]
     if DOT_F32:
         k = k.to(tl.float32)
         v_t = v_t.to(tl.float32)
     else:
         scaled = scaled.to(tl.float16)
-    s = tl.dot(k, tl.trans(scaled), input_precision=PRECISION) + tl.sum(qf * k_zero[None, :], 1)[None, :]
+    s = tl.dot(k, scaled, input_precision=PRECISION) + tl.sum(q_t * k_zero[:, None], 0)[None, :]
     s = tl.where(visible[:, None], s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 0))
     alpha = tl.exp2(m_i - m_new)
