@@ -5,7 +5,7 @@ import torch
 
 from cascade_rag.kernels.chunk_attention.limited import limited_attention, limited_attention_ref
 
-from .test_triton_kernels import make_chunks
+from .kernel_cases import make_chunks
 
 # (chunk lengths, Hq, Hkv, D, forced splits, odd chunks, the queries' limits: sorted positions or scattered)
 CASES = [

@@ -13,7 +13,7 @@ from cascade_rag.rag.proto_gen import cascade_rag_pb2 as pb
 from cascade_rag.rag.server import RAGServer
 from cascade_rag.rag.store import Store
 from cascade_rag.rag.token_scopes import TokenScopes
-from tests.service.test_server import consume, rpc_error
+from tests.service.server_helpers import consume, rpc_error
 
 ALPHA_TOKEN, BETA_TOKEN, ADMIN_TOKEN = "alpha-token-0123456789", "beta-token-0123456789", "admin-token-0123456789"
 SHARED_TEXT = "The ferry timetable changes every spring when the harbour reopens."

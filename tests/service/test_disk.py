@@ -21,7 +21,7 @@ from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.proto_gen import cascade_rag_pb2 as pb
 from tests.helpers import ROOT
 
-from .test_server import rpc_error
+from .server_helpers import rpc_error
 
 ENV = dict(os.environ, CASCADE_RAG_TOKEN="")
 

@@ -12,13 +12,13 @@ import pytest
 
 from cascade_rag.engine.chunk_format import load_file
 from cascade_rag.rag.client import Client
-from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.proto_gen import cascade_rag_pb2 as pb
 from cascade_rag.rag.proto_gen import cascade_rag_pb2_grpc as pb_grpc
 from cascade_rag.rag.server import RAGServer
 from tests.helpers import ROOT
 
-from .test_server import consume, rpc_error
+from .server_helpers import client, rag  # noqa: F401  (fixtures)
+from .server_helpers import consume, rpc_error
 
 CORPUS = [
     {"id": "varn", "title": "Varn lighthouse", "text": "The lighthouse of Varn was built in 1841 by the engineer Ada "
@@ -28,24 +28,12 @@ CORPUS = [
 
 
 @pytest.fixture(scope="module")
-def rag(tmp_path_factory, tiny_model):
-    with RAG(tmp_path_factory.mktemp("data"), model=tiny_model, passage_tokens=48, overlap=8) as rag:
-        yield rag
-
-
-@pytest.fixture(scope="module")
 def server(rag):
     server = RAGServer(rag, "127.0.0.1", 0, max_queue=2).start()
     with Client(f"127.0.0.1:{server.port}") as client:
         client.ingest(CORPUS)
     yield server
     server.stop(1)
-
-
-@pytest.fixture
-def client(server):
-    with Client(f"127.0.0.1:{server.port}") as client:
-        yield client
 
 
 def passages_of(rag, doc_id: str):

@@ -16,9 +16,9 @@ from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.server import RAGServer
 from cascade_rag.rag.token_scopes import TokenScopes
 from tests.helpers import ROOT
+from tests.service.server_helpers import CORPUS, LONG, consume, wait_until
 from tests.service.test_collections import ADMIN_TOKEN, ALPHA, ALPHA_TOKEN, BETA, BETA_TOKEN
 from tests.service.test_metrics import grown, scrape
-from tests.service.test_server import CORPUS, LONG, consume, wait_until
 
 QUESTION = "What is the secret code of the Varn lighthouse?"
 

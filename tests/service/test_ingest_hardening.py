@@ -16,7 +16,7 @@ from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.proto_gen import cascade_rag_pb2 as pb
 from cascade_rag.rag.server import RAGServer
 
-from .test_server import consume, engine_free, rpc_error, wait_until
+from .server_helpers import consume, engine_free, rpc_error, wait_until
 
 LIMITS = IngestLimits(max_title_chars=200, max_document_passages=6, max_document_tokens=400,
                       max_call_passages=40, max_call_tokens=4000)

@@ -14,7 +14,7 @@ from cascade_rag.rag.log_format import JSONFormatter, TextFormatter
 from cascade_rag.rag.metrics import ServingMetrics
 from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.server import RAGServer
-from tests.service.test_server import CORPUS, consume, rpc_error
+from tests.service.server_helpers import CORPUS, consume, rpc_error
 
 QUESTIONS = ["Who built the Varn lighthouse?", "How many queens has a bee colony?", "What do night trains carry?"]
 

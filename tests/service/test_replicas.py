@@ -22,7 +22,7 @@ from cascade_rag.rag.redis_location import RedisLocation
 from cascade_rag.rag.redis_store import RedisDocumentStore
 from tests.helpers import ROOT
 
-from .test_server import CORPUS, consume
+from .server_helpers import CORPUS, consume
 
 QUESTION = "What is the secret code of the Varn lighthouse?"
 WORDS = "harbour lantern keeper granite tide beacon rope ledger signal storm gull anchor mast chart".split()

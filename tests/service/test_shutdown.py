@@ -13,7 +13,7 @@ from cascade_rag.rag.client import Client
 from cascade_rag.rag.pipeline import RAG
 from tests.helpers import ROOT
 
-from .test_server import health_or_code, serve_command, wait_until
+from .server_helpers import health_or_code, serve_command, wait_until
 
 DRAIN_S, BOUND_S = 6.0, 15.0
 
