@@ -1,6 +1,7 @@
 """Shared by the service tests: a real gRPC server on 127.0.0.1 over the tiny model, its corpus, and call helpers."""
 import sys
 import time
+from contextlib import contextmanager
 
 import grpc
 import pytest
@@ -25,13 +26,22 @@ def rag(tmp_path_factory, tiny_model):
         yield rag
 
 
+@contextmanager
+def serving(rag, documents: list[dict], max_queue: int):
+    """A RAGServer on 127.0.0.1 (a free port) over `rag`, `documents` ingested through it; stopped on exit."""
+    server = RAGServer(rag, "127.0.0.1", 0, max_queue=max_queue).start()
+    try:
+        with Client(f"127.0.0.1:{server.port}") as client:
+            client.ingest(documents)
+        yield server
+    finally:
+        server.stop(1)
+
+
 @pytest.fixture(scope="module")
 def server(rag):
-    server = RAGServer(rag, "127.0.0.1", 0, max_queue=1).start()
-    with Client(f"127.0.0.1:{server.port}") as client:
-        client.ingest(CORPUS)
-    yield server
-    server.stop(1)
+    with serving(rag, CORPUS, max_queue=1) as server:
+        yield server
 
 
 @pytest.fixture

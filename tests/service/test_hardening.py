@@ -18,7 +18,7 @@ from cascade_rag.rag.server import RAGServer
 from tests.helpers import ROOT
 
 from .server_helpers import client, rag  # noqa: F401  (fixtures)
-from .server_helpers import consume, rpc_error
+from .server_helpers import consume, rpc_error, serving
 
 CORPUS = [
     {"id": "varn", "title": "Varn lighthouse", "text": "The lighthouse of Varn was built in 1841 by the engineer Ada "
@@ -29,11 +29,8 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def server(rag):
-    server = RAGServer(rag, "127.0.0.1", 0, max_queue=2).start()
-    with Client(f"127.0.0.1:{server.port}") as client:
-        client.ingest(CORPUS)
-    yield server
-    server.stop(1)
+    with serving(rag, CORPUS, max_queue=2) as server:
+        yield server
 
 
 def passages_of(rag, doc_id: str):

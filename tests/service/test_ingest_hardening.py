@@ -16,7 +16,8 @@ from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.proto_gen import cascade_rag_pb2 as pb
 from cascade_rag.rag.server import RAGServer
 
-from .server_helpers import consume, engine_free, rpc_error, wait_until
+from .server_helpers import client  # noqa: F401  (fixture)
+from .server_helpers import consume, engine_free, rpc_error, serving, wait_until
 
 LIMITS = IngestLimits(max_title_chars=200, max_document_passages=6, max_document_tokens=400,
                       max_call_passages=40, max_call_tokens=4000)
@@ -56,17 +57,8 @@ def rag(tmp_path_factory, tiny_model, backend):
 
 @pytest.fixture(scope="module")
 def server(rag):
-    server = RAGServer(rag, "127.0.0.1", 0, max_queue=2).start()
-    with Client(f"127.0.0.1:{server.port}") as client:
-        client.ingest([VARN])
-    yield server
-    server.stop(1)
-
-
-@pytest.fixture
-def client(server):
-    with Client(f"127.0.0.1:{server.port}") as client:
-        yield client
+    with serving(rag, [VARN], max_queue=2) as server:
+        yield server
 
 
 def unchanged(rag, before) -> bool:
