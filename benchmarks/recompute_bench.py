@@ -70,7 +70,7 @@ def main(argv=None) -> int:
     p.add_argument("--device")
     p.add_argument("--dtype")
     p.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
-    p.add_argument("--settings", default="blend,blend:first16", help="settings besides full and cached "
+    p.add_argument("--settings", default="blend,blend:first16,blend:first64,blend:none", help="settings besides full and cached "
                    "(rag.fidelity's names: blend, blend:0.3, blend:first16, ...)")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json")
