@@ -13,7 +13,7 @@ from cascade_rag.rag.client import Client
 from cascade_rag.rag.pipeline import RAG
 from tests.helpers import ROOT
 
-from .server_helpers import health_or_code, serve_command, wait_until
+from .server_helpers import serve_command, wait_until
 
 DRAIN_S, BOUND_S = 6.0, 15.0
 
@@ -31,6 +31,16 @@ def test_sigterm_during_an_ingestion_stops_it_uncommitted_within_the_drain_and_e
         assert "serving on 127.0.0.1:" in line, (tmp_path / "server.log").read_text()
         address = line.split("serving on ")[1].split()[0]
         chunks = tmp_path / "data" / "chunks"
+        watcher = Client(address)  # connected before the signal, as a load balancer's health checker is
+        assert watcher.health(timeout=10) == "SERVING"
+        seen = []
+
+        def not_serving() -> bool:
+            try:
+                seen.append((round(time.monotonic() - began, 2), watcher.health(timeout=1.0)))
+            except grpc.RpcError as exc:
+                seen.append((round(time.monotonic() - began, 2), exc.code().name))
+            return seen[-1][1] == "NOT_SERVING"
 
         def ingest():
             with Client(address) as client:
@@ -43,7 +53,8 @@ def test_sigterm_during_an_ingestion_stops_it_uncommitted_within_the_drain_and_e
         assert wait_until(lambda: chunks.exists() and len(list(chunks.glob("*.safetensors"))) >= 3, 60.0)
         process.send_signal(signal.SIGTERM)
         began = time.monotonic()
-        assert wait_until(lambda: health_or_code(address) == "NOT_SERVING", DRAIN_S)
+        assert wait_until(not_serving, DRAIN_S), (seen, outcome, (tmp_path / "server.log").read_text())
+        watcher.close()
         assert process.wait(timeout=DRAIN_S + BOUND_S) == 0
         exited = time.monotonic() - began
         ingesting.join(10)
