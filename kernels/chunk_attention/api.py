@@ -60,7 +60,8 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits, options: KernelO
 def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.Tensor, table: torch.Tensor,
                           scale: float, workspace: DecodeWorkspace, rotary: RotaryInputs | None = None,
                           new_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-                          options: KernelOptions = DEFAULT_KERNELS, packed: PackedBases = NO_PACKED) -> torch.Tensor:
+                          options: KernelOptions = DEFAULT_KERNELS, packed: PackedBases = NO_PACKED,
+                          limits: torch.Tensor | None = None) -> torch.Tensor:
     """chunk_attention over a prebuilt device table (chunk_tables) whose last entry is the context's length: every
     argument stays fixed from one decode step to the next, so the call can be captured in a CUDA graph.
 
@@ -68,7 +69,8 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
     step (workspace.decode) also does rope_store's work: q [1, Hq, D] is the new token's query as projected,
     new_kv the new token's key and value as projected and rotary rope_store's other inputs (own_keys/own_values
     being k_base/v_base); the own chunk then ends after slots[0]. packed: the (fixed) bases of the table's packed
-    chunks and their format."""
+    chunks and their format. limits (a prefill's, int64 [Nq]): query i sees only the context's first limits[i] keys
+    in the table's order (the own chunk causally as always)."""
     if packed.format:
         check_tiles(options.decode.block_n if workspace.decode else tuning(workspace.block_m, options).block_n)
     head_dim = q.shape[-1]
@@ -84,8 +86,10 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
     if q.stride()[1:] != (hq * head_dim, head_dim, 1):
         q = q.contiguous()
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=q.device)
+    if limits is not None and (limits.shape != (num_q,) or limits.dtype != torch.int64):
+        raise ValueError(f"limits must be int64 [{num_q}] (one per query), not {limits.dtype} {list(limits.shape)}")
     launch_attn(q, k_base, v_base, table, out, w.part, num_chunks, w.split_len, num_q, scale, w.block_m,
-                w.num_splits, w.aligned, True, options, packed)
+                w.num_splits, w.aligned, True, options, packed, limits)
     return out
 
 

@@ -32,10 +32,11 @@ def _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, sta
 
 @triton.jit
 def _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off, kv_head, start,
-                  end, chunk_start, m_i, l_i, acc, qk_scale, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_N: tl.constexpr, FORMAT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
-    """The query rows over rows start..end of a packed context chunk (every key visible), dequantised in
-    registers (packed.py)."""
+                  end, chunk_start, limit, m_i, l_i, acc, qk_scale, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_N: tl.constexpr, FORMAT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
+                  LIMITED: tl.constexpr):
+    """The query rows over rows start..end of a packed context chunk, dequantised in registers (packed.py): every
+    key visible, or (LIMITED) row r seeing keys up to limit[r]."""
     lo_rel = start - chunk_start
     for r0 in range((lo_rel // BLOCK_N) * BLOCK_N, end - chunk_start, BLOCK_N):
         j = r0 + tl.arange(0, BLOCK_N)
@@ -43,19 +44,25 @@ def _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_s
         k, v, k_scale, k_zero, v_scale, v_zero = packed_tile(kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride,
                                                              v_stride, ks_off, vs_off, r0, j, in_range, kv_head, HKV,
                                                              HEAD_DIM, FORMAT, False)
-        m_i, l_i, acc = attend_packed_tile(q, k, v, k_scale, k_zero, v_scale, v_zero, in_range[None, :], m_i, l_i,
-                                           acc, qk_scale, FORMAT, DOT_F32, PRECISION)
+        if LIMITED:
+            visible = in_range[None, :] & (j[None, :] <= limit[:, None])
+        else:
+            visible = in_range[None, :]
+        m_i, l_i, acc = attend_packed_tile(q, k, v, k_scale, k_zero, v_scale, v_zero, visible, m_i, l_i, acc, qk_scale,
+                                           FORMAT, DOT_F32, PRECISION)
     return m_i, l_i, acc
 
 
 @triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
-def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_ptr, ks_ptr, vs_ptr,
+def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_ptr, ks_ptr, vs_ptr, limits_ptr,
                  num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
                  HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
                  DOT_F32: tl.constexpr, PRECISION: tl.constexpr, TOTAL_IN_TABLE: tl.constexpr, FORMAT: tl.constexpr,
-                 PDL: tl.constexpr):
-    """Query rows (query x head) of a tile over a split; FORMAT: as in _decode_kernel (packed context chunks)."""
+                 LIMITED: tl.constexpr, PDL: tl.constexpr):
+    """Query rows (query x head) of a tile over a split; FORMAT: as in _decode_kernel (packed context chunks).
+    LIMITED: query i sees the context's first limits_ptr[i] keys (in the table's order) instead of all of them,
+    and the own chunk causally as always (a selective recompute's queries, which sit among the context)."""
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -70,6 +77,10 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
     d = tl.arange(0, HEAD_DIM)
     q_rows = q_ptr + (qi * HQ + head)[:, None] * HEAD_DIM + d[None, :]
     causal_limit = qi + (total_len - own_start - num_q)
+    if LIMITED:
+        seen = tl.load(limits_ptr + qi, mask=row_ok, other=0)
+    else:
+        seen = total_len
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -81,14 +92,15 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
             q = tl.load(q_rows + c * stride_qc, mask=row_ok[:, None], other=0.0)
             if DOT_F32:
                 q = q.to(tl.float32)
-            limit = tl.where(c == num_chunks - 1, causal_limit, total_len)
+            limit = tl.where(c == num_chunks - 1, causal_limit, seen - 1 - chunk_start)
             if FORMAT != 0:  # the chunk's parameter offsets, NOT_PACKED for one in the model's dtype
                 ks_off = tl.load(table_ptr + 5 * num_chunks + 1 + c)
                 vs_off = tl.load(table_ptr + 6 * num_chunks + 1 + c)
                 if ks_off != NOT_PACKED_C:  # a context chunk: every key visible
                     m_i, l_i, acc = _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride,
-                                                  ks_off, vs_off, kv_head, start, end, chunk_start, m_i, l_i, acc,
-                                                  qk_scale, HQ // GROUP, HEAD_DIM, BLOCK_N, FORMAT, DOT_F32, PRECISION)
+                                                  ks_off, vs_off, kv_head, start, end, chunk_start, limit, m_i, l_i,
+                                                  acc, qk_scale, HQ // GROUP, HEAD_DIM, BLOCK_N, FORMAT, DOT_F32,
+                                                  PRECISION, LIMITED)
                 else:
                     m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
                                                  chunk_start, limit, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N,
@@ -141,20 +153,22 @@ def tuning(block_m: int, options: KernelOptions) -> AttentionTuning:
 
 
 def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,
-                aligned, total_in_table, options: KernelOptions, packed: PackedBases = NO_PACKED):
+                aligned, total_in_table, options: KernelOptions, packed: PackedBases = NO_PACKED,
+                limits: torch.Tensor | None = None):
     """_attn_kernel over rotated queries q [C, Nq, Hq, D] in row tiles of block_m, then, with several splits, the
-    merge of their partials (in part); packed: the bases and format of the table's packed chunks."""
+    merge of their partials (in part); packed: the bases and format of the table's packed chunks; limits: int64
+    [Nq], the context keys each query sees (None: all)."""
     num_q, hq, head_dim = q.shape[1:]
     hkv = k_base.shape[-2]
     group = hq // hkv
     cfg = tuning(block_m, options)
     split = num_splits > 1
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    args = (q, k_base, v_base, table, out, part) + packed.pointers(q) + (
+    args = (q, k_base, v_base, table, out, part) + packed.pointers(q) + (table if limits is None else limits,) + (
         num_chunks, num_q, split_len, total, scale * LOG2E, q.stride(0), hq, group, head_dim, block_m, cfg.block_n,
         triton.next_power_of_2(num_chunks + 1), split, aligned, interpreted(), precision, total_in_table,
-        packed.format)
-    key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:10])) + args[16:] + (
+        packed.format, limits is not None)
+    key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:11])) + args[17:] + (
         cfg.num_warps, cfg.num_stages)
     launch(_attn_kernel, (triton.cdiv(num_q * group, block_m), hkv, num_splits), args, key, options,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)

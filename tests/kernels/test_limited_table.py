@@ -1,0 +1,83 @@
+"""A prefill over a graph's chunk table in which each query sees only a prefix of the context (limits), as a
+selective recompute's queries do, which sit among the context chunks: against the reference with the same limits,
+over chunks in the model's dtype and packed ones; under TRITON_INTERPRET=1 on the CPU and compiled on CUDA."""
+import pytest
+import torch
+
+import cascade_rag.kernels.chunk_attention as ca  # kernels.dispatch sets TRITON_INTERPRET=1 when there is no GPU
+from cascade_rag.kernels.kv_quant import quantize
+
+# (context lengths, which are packed ("d": model dtype, "p": the format), format, queries, Hq, Hkv, head_dim)
+CASES = [
+    ([7, 40, 25], "ddd", None, 9, 4, 2, 64),     # limits inside chunks, at their ends, 0
+    ([5, 70, 33], "dpp", "int4", 12, 4, 2, 64),  # packed context: the limit cuts a packed tile
+    ([6, 50, 31], "dpd", "fp8", 20, 8, 1, 128),  # GQA 8 in several row tiles, head_dim 128
+]
+
+
+def limited_table(case, dtype, device):
+    lengths, kinds, fmt, nq, hq, hkv, d = case
+    torch.manual_seed(sum(lengths) + nq)
+    layers, layer, max_chunks = 2, 1, len(lengths) + 3  # padding chunks before the real ones
+    chunks = []
+    for n, kind in zip(lengths, kinds):
+        k, v = (torch.randn(layers, n, hkv, d, device=device) * 2 + 0.3 for _ in range(2))
+        chunks.append((quantize(k, fmt, True), quantize(v, fmt, False)) if kind == "p" else (k.to(dtype), v.to(dtype)))
+    own_k, own_v = (torch.randn(layers, nq + 8, hkv, d, device=device).to(dtype) for _ in range(2))
+    bases = ca.fixed_bases(device)[{"fp8": 1, "int4": 2}[fmt]] if fmt else ca.NO_PACKED
+    tables = torch.tensor(ca.chunk_tables(chunks, own_k, own_v, max_chunks, bases), device=device)
+    context = sum(lengths)
+    limits = torch.randint(0, context + 1, (nq,), device=device)
+    limits[:3] = torch.tensor([0, lengths[0], context], device=device)
+    q = torch.randn(max_chunks, nq, hq, d, dtype=dtype, device=device)
+    empty = torch.zeros(0, hkv, d, dtype=dtype, device=device)
+    pad = max_chunks - 1 - len(chunks)
+    keys = [empty] * pad + [k[layer] for k, _ in chunks] + [own_k[layer, :nq]]
+    values = [empty] * pad + [v[layer] for _, v in chunks] + [own_v[layer, :nq]]
+    return q, own_k[layer], own_v[layer], tables[layer], bases, limits, keys, values
+
+
+def check(case, dtype, device, atol):
+    q, own_k, own_v, table, bases, limits, keys, values = limited_table(case, dtype, device)
+    nq, hq, d = q.shape[1:]
+    scale = d ** -0.5
+    workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, aligned=False)
+    assert not workspace.decode
+    out = ca.chunk_attention_table(q, own_k, own_v, table, scale, workspace, packed=bases, limits=limits)
+    ref = ca.chunk_attention_ref(q.float(), keys, values, scale, limits)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max().item() <= atol
+    unlimited = ca.chunk_attention_ref(q.float(), keys, values, scale)
+    assert (ref - unlimited).abs().max() > 10 * atol  # the limits matter in these cases
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", CASES)
+def test_limited_table_prefill_interpreted(case):
+    check(case, torch.float32, "cpu", 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", CASES)
+def test_limited_table_prefill_gpu(case):
+    check(case, torch.bfloat16, "cuda", 2e-2)
+
+
+def test_reference_limits_mask_the_context_alone():
+    """Limit 0 leaves a query its own chunk only (causal); the full context's length changes nothing."""
+    torch.manual_seed(1)
+    keys = [torch.randn(n, 1, 64) for n in (10, 6, 3)]
+    values = [torch.randn(n, 1, 64) for n in (10, 6, 3)]
+    q = torch.randn(3, 3, 2, 64)
+    full = ca.chunk_attention_ref(q, keys, values, 0.125)
+    assert torch.allclose(ca.chunk_attention_ref(q, keys, values, 0.125, torch.tensor([16, 16, 16])), full)
+    own = ca.chunk_attention_ref(q[2:], keys[2:], values[2:], 0.125)
+    assert torch.allclose(ca.chunk_attention_ref(q, keys, values, 0.125, torch.tensor([0, 0, 0])), own, atol=1e-6)
+
+
+@pytest.mark.interpreter
+def test_limits_of_the_wrong_shape_are_refused():
+    q, own_k, own_v, table, bases, limits, _, _ = limited_table(CASES[0], torch.float32, "cpu")
+    workspace = ca.decode_workspace(q.shape[1], q.shape[2], q.shape[3], own_k.shape[1], 256, "cpu")
+    with pytest.raises(ValueError, match="one per query"):
+        ca.chunk_attention_table(q, own_k, own_v, table, 0.125, workspace, limits=limits[:-1])
