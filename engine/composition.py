@@ -8,6 +8,7 @@ from .attention import AttentionContext, KVBuffer
 from .kv_chunk import KVChunk
 from .model import Decoder
 from .options import Recompute
+from .recompute_graph import GraphRecompute
 from .selective import SelectiveRecompute
 
 MODES = ("cached", "full", "blend")
@@ -57,11 +58,14 @@ class Composer:
         if total > self.config.max_position:
             raise ValueError(f"sequence of {total} tokens exceeds the model's {self.config.max_position} positions")
 
-    def compose(self, chunks, mode: str, recompute: Recompute = Recompute()) -> list[KVChunk]:
-        """The chunks to prefill over: for `blend`, level 0 and the documents partly recomputed by `recompute`."""
+    def compose(self, chunks, mode: str, recompute: Recompute = Recompute(),
+                graph: GraphRecompute | None = None) -> list[KVChunk]:
+        """The chunks to prefill over: for `blend`, level 0 and the documents partly recomputed by `recompute`
+        (EPIC's pass in `graph` where it fits: the chunks returned then hold views of its buffer until its next
+        run)."""
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        return self.blend(list(chunks), recompute) if mode == "blend" else list(chunks)
+        return self.blend(list(chunks), recompute, graph) if mode == "blend" else list(chunks)
 
     def prefill_inputs(self, chunks, token_ids, mode, max_new_tokens, own=None):
         """The context, the tokens to prefill and the position of the first. `full`: every token prefilled in
@@ -95,7 +99,8 @@ class Composer:
         ctx.mask = torch.cat((torch.ones(total, start, dtype=torch.bool, device=self.device), own), dim=1)
         return ctx, ids, start + index, start
 
-    def blend(self, chunks: list[KVChunk], recompute: Recompute = Recompute()) -> list[KVChunk]:
+    def blend(self, chunks: list[KVChunk], recompute: Recompute = Recompute(),
+              graph: GraphRecompute | None = None) -> list[KVChunk]:
         """Level 0 and the documents laid one after it, part of their KV recomputed (engine.selective); the
         stored chunks are not modified."""
-        return SelectiveRecompute(self.model, self.dtype, self.device)(chunks, recompute)
+        return SelectiveRecompute(self.model, self.dtype, self.device, graph)(chunks, recompute)

@@ -53,10 +53,12 @@ def _input_views(buffer: torch.Tensor, layers: int, max_chunks: int, max_questio
 
 class TableAttention:
     """The attention backend of a graph's step: chunk attention over the decoder's prebuilt per-layer tables; in a
-    decode step the attention kernel also rotates and stores the new token (no rotary kernel)."""
+    decode step the attention kernel also rotates and stores the new token (no rotary kernel). limits (a prefill's):
+    the context keys each new token sees, in the table's order (engine.recompute_graph)."""
 
-    def __init__(self, tables: torch.Tensor, workspace: DecodeWorkspace, packed: PackedBases = NO_PACKED):
-        self.tables, self.workspace, self.packed = tables, workspace, packed
+    def __init__(self, tables: torch.Tensor, workspace: DecodeWorkspace, packed: PackedBases = NO_PACKED,
+                 limits: torch.Tensor | None = None):
+        self.tables, self.workspace, self.packed, self.limits = tables, workspace, packed, limits
 
     def attend(self, ctx, layer, q, k, v, rotary, ops):
         keys, values, scale = ctx.own.keys[layer], ctx.own.values[layer], q.shape[-1] ** -0.5
@@ -64,7 +66,7 @@ class TableAttention:
             return ops.chunk_attention_table(q, keys, values, self.tables[layer], scale, self.workspace, rotary,
                                              (k, v), self.packed)
         return ops.chunk_attention_table(ops.rope_store(q, k, v, rotary), keys, values, self.tables[layer], scale,
-                                         self.workspace, packed=self.packed)
+                                         self.workspace, packed=self.packed, limits=self.limits)
 
 
 class GraphDecoder:

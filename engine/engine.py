@@ -13,6 +13,7 @@ from cascade_rag.kernels.chunk_attention import HEAD_DIMS
 
 from .composition import Composer
 from .cuda_graph import GraphDecoder
+from .recompute_graph import GraphRecompute
 from .embedded import embedded_model_path
 from .generation import Generation
 from .chunk_format import FORMAT_VERSION
@@ -27,7 +28,8 @@ from .tokenizer import TextStream, Tokenizer
 
 class LLMEngine:
     """One model at batch size 1. Owns the decoder (weights and kernels), the tokenizer, the checkpoint's identity,
-    the composition of chunks (engine.composition) and, on CUDA, the CUDA-graph decoder; configured by one
+    the composition of chunks (engine.composition) and, on CUDA, the CUDA-graph decoder and EPIC's graphed
+    recompute (engine.recompute_graph, in `generate` and `stream`); configured by one
     EngineOptions (`options`, resolved for the machine), given whole or as keyword arguments naming its fields:
     LLMEngine(path, EngineOptions(device="cuda")) or LLMEngine(path, device="cuda", use_cuda_graphs=False)."""
 
@@ -41,10 +43,16 @@ class LLMEngine:
         self.tokenizer = Tokenizer(self.model_path, self.config.eos_token_ids)
         self.model_id = model_identity(self.model_path)
         self.composer = Composer(self.model, self.dtype, self.device, self.options.document_temperature)
-        self.graphs = None
+        self.graphs, self._recompute_graph = None, None
         on_device = self.device.startswith("cuda") or self.options.graph_steps_off_cuda
         if self.options.use_cuda_graphs and on_device and self.config.head_dim in HEAD_DIMS:
             self.graphs = GraphDecoder(self.model, self.options, self.dtype, self.device)
+
+    def recompute_graph(self) -> GraphRecompute | None:
+        """EPIC's graphed recompute where there are graphs (its buffers allocated at the first `blend` request)."""
+        if self.graphs is not None and self._recompute_graph is None:
+            self._recompute_graph = GraphRecompute(self.model, self.options, self.dtype, self.device)
+        return self._recompute_graph
 
     def variant(self, **fields) -> "LLMEngine":
         """This engine, its model, tokenizer and graphs shared, with other composition options (fields of
@@ -135,7 +143,8 @@ class LLMEngine:
 
         At batch size 1 one generation runs at a time: starting another abandons the previous one."""
         began = time.perf_counter()
-        chunks = self.composer.compose(chunks, mode, self.options.blend)
+        graph = self.recompute_graph() if mode == "blend" and self.options.blend.ratio is None else None
+        chunks = self.composer.compose(chunks, mode, self.options.blend, graph)
         context_tokens = sum(c.length for c in chunks)
         own_tokens = len(token_ids) + params.max_new_tokens + (context_tokens if mode == "full" else 0)
         graphs = self.graphs if self.graphs is not None and self.graphs.fits(

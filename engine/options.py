@@ -75,7 +75,9 @@ class EngineOptions:
     - use_cuda_graphs: on CUDA, decode steps and (in `cached` and `blend`) the question prefill replay CUDA graphs,
       within the limits graph_own_tokens (the request's own KV buffer: question + answer), graph_max_chunks
       (chunks + the own one), graph_max_question (longest question prefilled by a graph) and graph_min_bucket
-      (the shortest context bucket); larger requests run eagerly. graph_steps_off_cuda: elsewhere than CUDA, run
+      (the shortest context bucket); larger requests run eagerly. `blend`'s recompute of each document's first
+      tokens (EPIC) replays a graph too, for up to graph_recompute_tokens tokens (padded to a power of two).
+      graph_steps_off_cuda: elsewhere than CUDA, run
       the graph decoder's static steps uncaptured (slow; for tests of the graph path and its options on a CPU).
     - quantized_head: greedy graph steps read the LM head's int8 copy (kernels.lm_head; the token is the same).
     - document_temperature: divides the new tokens' scores over documents that share positions (`cached`).
@@ -94,6 +96,7 @@ class EngineOptions:
     graph_max_chunks: int = 33
     graph_max_question: int = 512
     graph_min_bucket: int = 1024
+    graph_recompute_tokens: int = 1024
     graph_steps_off_cuda: bool = False
     quantized_head: bool = True
     document_temperature: float = DOCUMENT_TEMPERATURE
@@ -110,7 +113,8 @@ class EngineOptions:
         if self.dtype is not None:
             resolve_dtype(self.dtype)
         check_kv_format(self.kv_format)
-        for name in ("graph_own_tokens", "graph_max_chunks", "graph_max_question", "graph_min_bucket"):
+        for name in ("graph_own_tokens", "graph_max_chunks", "graph_max_question", "graph_min_bucket",
+                     "graph_recompute_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.prefill_batch_tokens is not None and self.prefill_batch_tokens < 1:

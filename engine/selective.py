@@ -11,8 +11,9 @@ the documents ahead of them; the other rows keep their stored K/V. Two ways of c
   (their position shift applied to the query), so the documents are never copied.
 
 Either way the selected tokens run in one pass per layer, each attending under a key limit of its own position
-(kernels.chunk_attention.limited: the Triton kernel on CUDA), and the stored chunks are not modified. The result
-is a list of chunks that the question is prefilled over as in `cached` (CUDA graphs included)."""
+(kernels.chunk_attention.limited: the Triton kernel on CUDA), and the stored chunks are not modified. Given a
+GraphRecompute (engine.recompute_graph), EPIC's pass replays its CUDA graph instead, the recomputed rows in its
+buffer. The result is a list of chunks that the question is prefilled over as in `cached` (CUDA graphs included)."""
 import math
 from dataclasses import replace
 
@@ -25,6 +26,7 @@ from .attention import AttentionContext, KVBuffer
 from .kv_chunk import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk
 from .model import Decoder
 from .options import Recompute
+from .recompute_graph import GraphRecompute
 
 
 class LimitedAttention:
@@ -48,10 +50,10 @@ class LimitedAttention:
 
 
 class SelectiveRecompute:
-    """Runs a Recompute for the decoder `model` in `dtype` on `device`."""
+    """Runs a Recompute for the decoder `model` in `dtype` on `device`; EPIC's pass in `graph` where it fits."""
 
-    def __init__(self, model: Decoder, dtype: torch.dtype, device: str):
-        self.model, self.config, self.dtype, self.device = model, model.config, dtype, device
+    def __init__(self, model: Decoder, dtype: torch.dtype, device: str, graph: GraphRecompute | None = None):
+        self.model, self.config, self.dtype, self.device, self.graph = model, model.config, dtype, device, graph
 
     def __call__(self, chunks: list[KVChunk], recompute: Recompute) -> list[KVChunk]:
         if not chunks or chunks[0].level != LEVEL_SYSTEM or chunks[0].start != 0:
@@ -127,9 +129,13 @@ class SelectiveRecompute:
         m = sum(counts)
         if m == 0:
             return [level0, *documents]
-        own = KVBuffer.empty(self.config, m, self.dtype, self.device)
+        graph = self.graph if self.graph is not None and self.graph.fits(1 + len(documents), m) else None
+        own = graph.buffer if graph else KVBuffer.empty(self.config, m, self.dtype, self.device)
         out, shifts, row = [level0], [0], 0
+        # the graph's context: level 0 and the stored rows, in order; a document's tokens see those before it
+        context, context_shifts, limits = [self._dense(level0)], [0], []
         for chunk, place, k in zip(documents, places, counts):
+            limits += [sum(c.length for c in context)] * k
             chunk = self._dense(chunk)
             if k:  # the recomputed rows: keys rotated at their placed positions (shift 0)
                 out.append(KVChunk(LEVEL_DOCUMENT, chunk.token_ids[:k], place, own.keys[:, row:row + k],
@@ -140,14 +146,19 @@ class SelectiveRecompute:
                 out.append(KVChunk(LEVEL_DOCUMENT, chunk.token_ids[k:], chunk.start + k, chunk.keys[:, k:],
                                    chunk.values[:, k:], chunk.fingerprint))
                 shifts.append(place - chunk.start)
-        positions = torch.tensor([p + i for p, k in zip(places, counts) for i in range(k)], dtype=torch.int64,
-                                 device=self.device)
+                context.append(out[-1])
+                context_shifts.append(shifts[-1])
+        token_ids = [t for c, k in zip(documents, counts) for t in c.token_ids[:k]]
+        at = [p + i for p, k in zip(places, counts) for i in range(k)]
+        if graph:
+            graph.run([c.keys for c in context], [c.values for c in context], context_shifts, token_ids, at, limits)
+            return out
+        positions = torch.tensor(at, dtype=torch.int64, device=self.device)
         backend = LimitedAttention(positions + 1, own_rows=0)
         ctx = AttentionContext(keys=[c.keys.to(self.device) for c in out],
                                values=[c.values.to(self.device) for c in out],
                                shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own,
                                backend=backend)
-        token_ids = [t for c, k in zip(documents, counts) for t in c.token_ids[:k]]
         self._run(torch.tensor(token_ids, dtype=torch.int64, device=self.device), positions,
                   torch.arange(m, device=self.device), ctx, backend)
         return out

@@ -74,9 +74,10 @@ def test_variants_share_the_model_and_change_only_the_composition(tiny_checkpoin
 @pytest.mark.interpreter
 def test_graph_steps_over_recomputed_prefixes_equal_eager(tmp_path, tokenizer_dir):
     """The recomputed rows and the stored ones after them through the graph decoder's tables and its Triton
-    kernels (in the interpreter on the CPU) against eager decode. The recompute itself runs the references here
-    (the CPU's dispatch); its kernels are checked in tests/kernels (test_limited_attention, test_rope_rmsnorm: a
-    query rotated for a chunk placed after it)."""
+    kernels (in the interpreter on the CPU) against eager decode; the recompute itself runs through the graph's
+    recompute (tests/engine/test_recompute_graph.py), the eager one through the references (the CPU's dispatch),
+    whose kernels are checked in tests/kernels (test_limited_attention, test_rope_rmsnorm: a query rotated for a
+    chunk placed after it)."""
     from cascade_rag.engine.cuda_graph import GraphDecoder
     from tests.helpers import make_tiny_checkpoint
     path = make_tiny_checkpoint(tmp_path / "q", "qwen3-gqa-untied", tokenizer_dir, head_dim=64)

@@ -1,0 +1,114 @@
+"""The recompute of each document's first tokens (EPIC, engine.selective's `prefix`) replayed as a CUDA graph, one
+per context-length bucket and number of recomputed tokens (padded to a power of two).
+
+The recomputed tokens are a prefill over a chunk table, as the question's is (engine.cuda_graph): the context is
+level 0 and the rows of each document after its recomputed ones (read in place, their position shift applied to
+the query), the own chunk is this object's buffer, which receives the recomputed rows in position order. Token i of
+document d sees the context's first limits[i] keys (level 0 and the stored rows of the documents before d) and,
+causally, the recomputed rows up to its own (those of the documents before d and its own first ones): the same
+attention as the eager pass (engine.selective.LimitedAttention). Padding tokens come after the real ones with a
+limit of 0, so that no real token sees them, and their rows are never referenced."""
+import torch
+
+from cascade_rag.kernels.chunk_attention import chunk_tables, decode_workspace
+
+from .attention import AttentionContext, KVBuffer
+from .cuda_graph import TableAttention, question_bucket
+from .model import Decoder
+from .options import EngineOptions
+
+_NAMES = ("tables", "shifts", "tokens", "positions", "limits")
+
+
+class GraphRecompute:
+    """Owns the recomputed rows' buffer (`buffer`, [layers, graph_recompute_tokens, Hkv, D]: the chunks that
+    engine.selective returns are views of it, valid until the next run), the static inputs of a run (chunk tables,
+    shifts, tokens, positions, limits: one int64 buffer, filled from a pinned host copy in one asynchronous copy)
+    and the graphs captured over them. Elsewhere than CUDA the same steps run uncaptured (for tests)."""
+
+    def __init__(self, model: Decoder, options: EngineOptions, dtype: torch.dtype, device: str):
+        c = model.config
+        self.model, self.config, self.options = model, c, options
+        self.max_chunks = options.graph_max_chunks
+        capacity = options.graph_recompute_tokens
+        self.buffer = KVBuffer.empty(c, capacity, dtype, device)
+        self.capture = torch.device(device).type == "cuda"
+        sizes = (c.num_layers * (7 * self.max_chunks + 1), self.max_chunks - 1, capacity, capacity, capacity)
+        self.inputs = torch.zeros(sum(sizes), dtype=torch.int64, device=device)
+        self.staging = torch.zeros(self.inputs.shape, dtype=torch.int64, pin_memory=self.capture)
+        self.staged = torch.cuda.Event() if self.capture else None  # the last copy out of staging
+        self.views, self.host, offset = {}, {}, 0
+        for name, size in zip(_NAMES, sizes):
+            self.views[name] = self.inputs[offset:offset + size]
+            self.host[name] = self.staging[offset:offset + size].numpy()
+            offset += size
+        self.views["tables"] = self.views["tables"].view(c.num_layers, -1)
+        self.host["tables"] = self.host["tables"].reshape(c.num_layers, -1)
+        self.scales = torch.ones(self.max_chunks - 1, dtype=torch.float32, device=device)
+        self.slots = torch.arange(capacity, device=device)
+        self.graphs: dict[tuple, tuple] = {}
+        self.pool = torch.cuda.graph_pool_handle() if self.capture else None
+
+    def fits(self, context_chunks: int, tokens: int) -> bool:
+        """Whether a recompute of `tokens` tokens over `context_chunks` context chunks runs here."""
+        return 0 < tokens and context_chunks < self.max_chunks and question_bucket(tokens) <= self.buffer.capacity
+
+    def run(self, keys: list[torch.Tensor], values: list[torch.Tensor], shifts: list[int], token_ids: list[int],
+            positions: list[int], limits: list[int]) -> None:
+        """The tokens (at their positions, each seeing the first limits[i] keys of the context) through every layer,
+        their KV written to the buffer's first rows. keys/values: the context chunks, [layers, n, Hkv, D] in the
+        model's dtype on the device; shifts: each one's position shift."""
+        n, padded = len(token_ids), question_bucket(len(token_ids))
+        if not self.fits(len(keys), n):
+            raise ValueError(f"a recompute of {n} tokens over {len(keys)} chunks does not fit the graph's buffers")
+        context = sum(k.shape[1] for k in keys)
+        bucket = max(self.options.graph_min_bucket, 1 << (context + padded - 1).bit_length())
+        if self.staged is not None:
+            self.staged.synchronize()  # the previous run's copy has left the staging buffer
+        host = self.host
+        tables = chunk_tables(list(zip(keys, values)), self.buffer.keys, self.buffer.values, self.max_chunks)
+        host["tables"][:] = tables
+        aligned = bool((tables[:, :4 * self.max_chunks] % 16 == 0).all())
+        host["shifts"][:] = 0
+        host["shifts"][len(host["shifts"]) - len(shifts):] = shifts
+        host["tokens"][:n], host["tokens"][n:padded] = token_ids, 0
+        host["positions"][:n], host["positions"][n:padded] = positions, positions[-1]
+        host["limits"][:n], host["limits"][n:padded] = limits, 0
+        self.inputs.copy_(self.staging, non_blocking=True)
+        if self.staged is not None:
+            self.staged.record()
+        key = (bucket, aligned, padded)
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(bucket, aligned, padded)
+        graph, workspace = self.graphs[key]
+        if graph is None:
+            self._step(workspace, padded)
+        else:
+            graph.replay()
+
+    def _step(self, workspace, padded: int) -> None:
+        v = self.views
+        ctx = AttentionContext([], [], v["shifts"], self.buffer, scales=self.scales,
+                               backend=TableAttention(v["tables"], workspace, limits=v["limits"][:padded]))
+        x = self.model.embed_tokens(v["tokens"][:padded])
+        positions, slots = v["positions"][:padded], self.slots[:padded]
+        with torch.inference_mode():
+            for layer in self.model.layers:
+                x = layer(x, positions, slots, ctx, self.model.rotary)
+
+    def _capture(self, bucket: int, aligned: bool, padded: int):
+        c = self.config
+        workspace = decode_workspace(padded, c.num_heads, c.head_dim, c.num_kv_heads, bucket, self.buffer.keys.device,
+                                     aligned, self.options.kernels)
+        if not self.capture:
+            return None, workspace
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self._step(workspace, padded)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            self._step(workspace, padded)
+        return graph, workspace

@@ -1,0 +1,68 @@
+"""EPIC's recompute through the graph's static buffers and chunk table (engine.recompute_graph; on the CPU the steps
+run uncaptured, the Triton kernels in the interpreter) against the eager pass (engine.selective): the same rows,
+the same answer, the stored chunks untouched, and the eager pass where the graph's buffers are too small."""
+import pytest
+import torch
+
+from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, Recompute, SamplingParams
+from cascade_rag.engine.recompute_graph import GraphRecompute
+from cascade_rag.engine.selective import SelectiveRecompute
+from tests.helpers import make_tiny_checkpoint
+
+pytestmark = pytest.mark.interpreter
+SYSTEM, QUESTION = [1, 5, 9, 14], [300, 301, 302, 303]
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory, tokenizer_dir):
+    path = make_tiny_checkpoint(tmp_path_factory.mktemp("q"), "qwen3-gqa-untied", tokenizer_dir, head_dim=64)
+    return LLMEngine(path, device="cpu", dtype="fp32", graph_own_tokens=64, graph_steps_off_cuda=True,
+                     graph_recompute_tokens=64, blend=Recompute(None, 4))
+
+
+def stored(engine, lengths, offset=0):
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    return [level0] + [engine.prefill_chunk([20 + offset + i + 40 * j for i in range(n)], [level0], LEVEL_DOCUMENT,
+                                            "fp") for j, n in enumerate(lengths)]
+
+
+def test_graphed_rows_equal_the_eager_pass(engine):
+    graph = engine.recompute_graph()
+    assert isinstance(graph, GraphRecompute)
+    for lengths, offset in (((20, 3, 25), 0), ((9, 30), 7)):  # a document shorter than the prefix; then new inputs
+        chunks = stored(engine, lengths, offset)
+        before = [(c.keys.clone(), c.values.clone()) for c in chunks]
+        eager = SelectiveRecompute(engine.model, engine.dtype, "cpu")(chunks, Recompute(None, 4))
+        graphed = SelectiveRecompute(engine.model, engine.dtype, "cpu", graph)(chunks, Recompute(None, 4))
+        assert [(c.start, c.length) for c in graphed] == [(c.start, c.length) for c in eager]
+        recomputed = [c for c in graphed if c.keys.data_ptr() >= graph.buffer.keys.data_ptr()
+                      and c.keys.untyped_storage().data_ptr() == graph.buffer.keys.untyped_storage().data_ptr()]
+        assert sum(c.length for c in recomputed) == sum(min(4, n) for n in lengths)
+        for a, b in zip(graphed, eager):
+            assert (a.keys - b.keys).abs().max() <= 1e-4 and (a.values - b.values).abs().max() <= 1e-4
+        assert all(torch.equal(c.keys, k) and torch.equal(c.values, v) for c, (k, v) in zip(chunks, before))
+
+
+def test_graphed_recompute_answers_as_the_eager_engine(engine, tmp_path, tokenizer_dir):
+    eager = LLMEngine(engine.model_path, device="cpu", dtype="fp32", use_cuda_graphs=False, blend=Recompute(None, 4))
+    chunks = stored(engine, (20, 30, 25))
+    params = SamplingParams(max_new_tokens=6, ignore_eos=True)
+    expected = eager.generate(QUESTION, params, chunks, "blend").token_ids
+    assert engine.generate(QUESTION, params, chunks, "blend").token_ids == expected and len(expected) == 6
+    full = eager.generate(QUESTION, params, chunks, "full").token_ids
+    every = Recompute(None, 30)  # every row recomputed: a full prefill's answer
+    assert engine.variant(blend=every).generate(QUESTION, params, chunks, "blend").token_ids == full
+
+
+def test_a_recompute_beyond_the_graphs_buffer_runs_eagerly(engine):
+    graph = engine.recompute_graph()
+    assert graph.fits(4, 64) and not graph.fits(4, 65) and not graph.fits(engine.options.graph_max_chunks, 8)
+    chunks = stored(engine, (20, 30, 25))
+    wide = Recompute(None, 25)  # 20 + 25 + 25 rows: padded to 128, over the 64 of the buffer
+    eager = SelectiveRecompute(engine.model, engine.dtype, "cpu")(chunks, wide)
+    fallback = SelectiveRecompute(engine.model, engine.dtype, "cpu", graph)(chunks, wide)
+    assert all(c.keys.untyped_storage().data_ptr() != graph.buffer.keys.untyped_storage().data_ptr()
+               for c in fallback)
+    assert all(torch.equal(a.keys, b.keys) for a, b in zip(fallback, eager))
+    with pytest.raises(ValueError, match="does not fit"):
+        graph.run([chunks[0].keys], [chunks[0].values], [0], list(range(70)), list(range(4, 74)), [4] * 70)
