@@ -93,7 +93,7 @@ class EngineOptions:
     use_custom_kernels: bool = True
     use_cuda_graphs: bool = True
     graph_own_tokens: int = 4096
-    graph_max_chunks: int = 33
+    graph_max_chunks: int = 63  # with the own chunk 64: the kernels search as wide a power of two as at 33
     graph_max_question: int = 512
     graph_min_bucket: int = 1024
     graph_recompute_tokens: int = 1024
