@@ -50,10 +50,14 @@ class LimitedAttention:
 
 
 class SelectiveRecompute:
-    """Runs a Recompute for the decoder `model` in `dtype` on `device`; EPIC's pass in `graph` where it fits."""
+    """Runs a Recompute for the decoder `model` in `dtype` on `device`. EPIC's pass runs in `graph` where it fits;
+    else, `masked` (None: off CUDA), as one SDPA under a mask over the stored rows turned to their places (a
+    per-request copy of their keys), or over the rows in place with their shifts (the limited-attention kernel)."""
 
-    def __init__(self, model: Decoder, dtype: torch.dtype, device: str, graph: GraphRecompute | None = None):
-        self.model, self.config, self.dtype, self.device, self.graph = model, model.config, dtype, device, graph
+    def __init__(self, model: Decoder, dtype: torch.dtype, device: str, graph: GraphRecompute | None = None,
+                 masked: bool | None = None):
+        self.model, self.config, self.dtype, self.device = model, model.config, dtype, device
+        self.graph, self.masked = graph, masked
 
     def __call__(self, chunks: list[KVChunk], recompute: Recompute) -> list[KVChunk]:
         if not chunks or chunks[0].level != LEVEL_SYSTEM or chunks[0].start != 0:
@@ -130,9 +134,13 @@ class SelectiveRecompute:
         if m == 0:
             return [level0, *documents]
         graph = self.graph if self.graph is not None and self.graph.fits(1 + len(documents), m) else None
+        # off CUDA (the limited-attention kernel's reference): the stored rows turned to their places, one masked SDPA
+        turned = graph is None and torch.device(self.device).type != "cuda" if self.masked is None else self.masked
         own = graph.buffer if graph else KVBuffer.empty(self.config, m, self.dtype, self.device)
+        cos, sin = self.model.rotary.cos, self.model.rotary.sin
         out, shifts, row = [level0], [0], 0
-        # the graph's context: level 0 and the stored rows, in order; a document's tokens see those before it
+        # the context of the recomputed tokens: level 0 and the stored rows, in order; a document's tokens see those
+        # before it (limits) and the recomputed rows before them (causally, in `own`)
         context, context_shifts, limits = [self._dense(level0)], [0], []
         for chunk, place, k in zip(documents, places, counts):
             limits += [sum(c.length for c in context)] * k
@@ -142,23 +150,35 @@ class SelectiveRecompute:
                                    own.values[:, row:row + k], chunk.fingerprint))
                 shifts.append(0)
                 row += k
-            if k < chunk.length:  # the stored rows after them, in place
-                out.append(KVChunk(LEVEL_DOCUMENT, chunk.token_ids[k:], chunk.start + k, chunk.keys[:, k:],
-                                   chunk.values[:, k:], chunk.fingerprint))
-                shifts.append(place - chunk.start)
-                context.append(out[-1])
-                context_shifts.append(shifts[-1])
+            if k < chunk.length:  # the stored rows after them, in place (or turned to their place: a copy)
+                rest, shift = KVChunk(LEVEL_DOCUMENT, chunk.token_ids[k:], chunk.start + k, chunk.keys[:, k:],
+                                      chunk.values[:, k:], chunk.fingerprint), place - chunk.start
+                if turned and shift:
+                    rest, shift = replace(rest, start=place + k, keys=rotate(rest.keys, cos[shift], sin[shift])), 0
+                out.append(rest)
+                shifts.append(shift)
+                context.append(rest)
+                context_shifts.append(shift)
         token_ids = [t for c, k in zip(documents, counts) for t in c.token_ids[:k]]
         at = [p + i for p, k in zip(places, counts) for i in range(k)]
         if graph:
             graph.run([c.keys for c in context], [c.values for c in context], context_shifts, token_ids, at, limits)
             return out
         positions = torch.tensor(at, dtype=torch.int64, device=self.device)
+        ids, slots = torch.tensor(token_ids, dtype=torch.int64, device=self.device), torch.arange(m, device=self.device)
+        if turned:
+            total = sum(c.length for c in context)
+            seen = torch.arange(total, device=self.device)[None, :] < torch.tensor(limits, device=self.device)[:, None]
+            causal = torch.ones(m, m, dtype=torch.bool, device=self.device).tril()
+            ctx = AttentionContext(keys=[c.keys for c in context], values=[c.values for c in context],
+                                   shifts=torch.zeros(len(context), dtype=torch.int64, device=self.device), own=own,
+                                   mask=torch.cat((seen, causal), dim=1))
+            self._run(ids, positions, slots, ctx, None)
+            return out
         backend = LimitedAttention(positions + 1, own_rows=0)
         ctx = AttentionContext(keys=[c.keys.to(self.device) for c in out],
                                values=[c.values.to(self.device) for c in out],
                                shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own,
                                backend=backend)
-        self._run(torch.tensor(token_ids, dtype=torch.int64, device=self.device), positions,
-                  torch.arange(m, device=self.device), ctx, backend)
+        self._run(ids, positions, slots, ctx, backend)
         return out

@@ -1,6 +1,8 @@
 """EPIC's recompute through the graph's static buffers and chunk table (engine.recompute_graph; on the CPU the steps
 run uncaptured, the Triton kernels in the interpreter) against the eager pass (engine.selective): the same rows,
-the same answer, the stored chunks untouched, and the eager pass where the graph's buffers are too small."""
+the same answer, the stored chunks untouched, and the eager pass where the graph's buffers are too small. The
+rows are compared with the eager pass over the stored rows in place (the layout the graph reads), whose masked
+variant off CUDA tests/engine/test_selective.py checks."""
 import pytest
 import torch
 
@@ -32,7 +34,7 @@ def test_graphed_rows_equal_the_eager_pass(engine):
     for lengths, offset in (((20, 3, 25), 0), ((9, 30), 7)):  # a document shorter than the prefix; then new inputs
         chunks = stored(engine, lengths, offset)
         before = [(c.keys.clone(), c.values.clone()) for c in chunks]
-        eager = SelectiveRecompute(engine.model, engine.dtype, "cpu")(chunks, Recompute(None, 4))
+        eager = SelectiveRecompute(engine.model, engine.dtype, "cpu", masked=False)(chunks, Recompute(None, 4))
         graphed = SelectiveRecompute(engine.model, engine.dtype, "cpu", graph)(chunks, Recompute(None, 4))
         assert [(c.start, c.length) for c in graphed] == [(c.start, c.length) for c in eager]
         recomputed = [c for c in graphed if c.keys.data_ptr() >= graph.buffer.keys.data_ptr()

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, Recompute, SamplingParams
+from cascade_rag.engine.selective import SelectiveRecompute
 
 from .test_kv_chunks import DOCS, QUESTION, SYSTEM
 
@@ -29,7 +30,7 @@ def test_prefixes_covering_every_document_are_a_full_prefill(tiny_checkpoint):
 def test_prefixes_recompute_only_their_rows_and_read_the_rest_in_place(tiny_checkpoint):
     engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
     chunks = stored(engine)
-    blended = engine.blend(chunks, ratio=None, prefix=2)
+    blended = SelectiveRecompute(engine.model, engine.dtype, "cpu", masked=False)(chunks, Recompute(None, 2))
     # level 0, then per document its two recomputed rows and its stored rows after them (a 1-token document: its
     # one row recomputed, nothing stored after it)
     assert [c.length for c in blended] == [len(SYSTEM), 2, len(DOCS[2]) - 2, 2, len(DOCS[0]) - 2, 1]
@@ -47,6 +48,29 @@ def test_prefixes_recompute_only_their_rows_and_read_the_rest_in_place(tiny_chec
     assert (laid - engine.logits(chunks, QUESTION, "cached")).abs().max() > 1e-4
     with pytest.raises(ValueError, match="at least 0 tokens"):
         Recompute(None, -1)
+
+
+def test_the_masked_pass_over_turned_rows_equals_the_limited_one_in_place(tiny_checkpoint):
+    """Off CUDA, EPIC's pass turns the stored rows after the prefixes to their places (a copy) and runs one SDPA
+    under a mask: the same recomputed rows as the limited attention over the rows in place, and the same logits."""
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    chunks = stored(engine)
+    before = [(c.keys.clone(), c.values.clone()) for c in chunks]
+    in_place = SelectiveRecompute(engine.model, engine.dtype, "cpu", masked=False)(chunks, Recompute(None, 2))
+    turned = SelectiveRecompute(engine.model, engine.dtype, "cpu")(chunks, Recompute(None, 2))
+    assert [c.length for c in turned] == [c.length for c in in_place]
+    assert [c.start for c in turned] == [0, 4, 6, 16, 18, 23]  # laid one after the other: no shift left
+    assert turned[4].keys.data_ptr() != chunks[2].keys[:, 2:].data_ptr()  # a copy: the stored chunk is unchanged
+    for a, b in zip(turned, in_place):
+        assert (a.values - b.values).abs().max() <= 1e-5
+    assert (turned[1].keys - in_place[1].keys).abs().max() <= 1e-5 and (turned[3].keys - in_place[3].keys).abs().max(
+        ) <= 1e-5
+    assert all(torch.equal(c.keys, k) and torch.equal(c.values, v) for c, (k, v) in zip(chunks, before))
+    logits = []
+    for result in (turned, in_place):  # the question prefilled over each, as `blend` does
+        ctx, prompt, start = engine.composer.prefill_inputs(result, QUESTION, "blend", 0)
+        logits.append(engine.model(torch.tensor(prompt), torch.arange(start, start + len(prompt)), ctx, all_logits=True))
+    assert (logits[0] - logits[1]).abs().max() <= 1e-4
 
 
 def test_blend_with_prefixes_recomputes_both(tiny_checkpoint):
