@@ -142,8 +142,10 @@ class SelectiveRecompute:
         # the context of the recomputed tokens: level 0 and the stored rows, in order; a document's tokens see those
         # before it (limits) and the recomputed rows before them (causally, in `own`)
         context, context_shifts, limits = [self._dense(level0)], [0], []
+        seen = level0.length  # the context rows before the document
         for chunk, place, k in zip(documents, places, counts):
-            limits += [sum(c.length for c in context)] * k
+            limits += [seen] * k
+            seen += chunk.length - k
             chunk = self._dense(chunk)
             if k:  # the recomputed rows: keys rotated at their placed positions (shift 0)
                 out.append(KVChunk(LEVEL_DOCUMENT, chunk.token_ids[:k], place, own.keys[:, row:row + k],
@@ -167,12 +169,11 @@ class SelectiveRecompute:
         positions = torch.tensor(at, dtype=torch.int64, device=self.device)
         ids, slots = torch.tensor(token_ids, dtype=torch.int64, device=self.device), torch.arange(m, device=self.device)
         if turned:
-            total = sum(c.length for c in context)
-            seen = torch.arange(total, device=self.device)[None, :] < torch.tensor(limits, device=self.device)[:, None]
+            visible = torch.arange(seen, device=self.device)[None, :] < torch.tensor(limits, device=self.device)[:, None]
             causal = torch.ones(m, m, dtype=torch.bool, device=self.device).tril()
             ctx = AttentionContext(keys=[c.keys for c in context], values=[c.values for c in context],
                                    shifts=torch.zeros(len(context), dtype=torch.int64, device=self.device), own=own,
-                                   mask=torch.cat((seen, causal), dim=1))
+                                   mask=torch.cat((visible, causal), dim=1))
             self._run(ids, positions, slots, ctx, None)
             return out
         backend = LimitedAttention(positions + 1, own_rows=0)
