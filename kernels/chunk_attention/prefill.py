@@ -77,8 +77,10 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
     d = tl.arange(0, HEAD_DIM)
     q_rows = q_ptr + (qi * HQ + head)[:, None] * HEAD_DIM + d[None, :]
     causal_limit = qi + (total_len - own_start - num_q)
-    if LIMITED:
+    if LIMITED:  # and the tile reads no key past its rows' last visible one, in the context or its own chunk
         seen = tl.load(limits_ptr + qi, mask=row_ok, other=0)
+        tile_seen = tl.max(seen, 0)
+        tile_own = own_start + tl.max(tl.where(row_ok, causal_limit, -1), 0) + 1
     else:
         seen = total_len
 
@@ -88,6 +90,8 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
     for c in range(first, last):
         start, end, chunk_start, k_off, v_off, k_stride, v_stride = chunk_span(
             table_ptr, c, first, num_chunks, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs, ALIGNED)
+        if LIMITED:
+            end = tl.minimum(end, tl.where(c == num_chunks - 1, tile_own, tile_seen))
         if start < end:  # padding chunks are empty: no loads, no pipeline prologue
             q = tl.load(q_rows + c * stride_qc, mask=row_ok[:, None], other=0.0)
             if DOT_F32:

@@ -7,16 +7,18 @@ import torch
 import cascade_rag.kernels.chunk_attention as ca  # kernels.dispatch sets TRITON_INTERPRET=1 when there is no GPU
 from cascade_rag.kernels.kv_quant import quantize
 
-# (context lengths, which are packed ("d": model dtype, "p": the format), format, queries, Hq, Hkv, head_dim)
+# (context lengths, which are packed ("d": model dtype, "p": the format), format, queries, Hq, Hkv, head_dim,
+# limits in position order as a recompute's are)
 CASES = [
-    ([7, 40, 25], "ddd", None, 9, 4, 2, 64),     # limits inside chunks, at their ends, 0
-    ([5, 70, 33], "dpp", "int4", 12, 4, 2, 64),  # packed context: the limit cuts a packed tile
-    ([6, 50, 31], "dpd", "fp8", 20, 8, 1, 128),  # GQA 8 in several row tiles, head_dim 128
+    ([7, 40, 25], "ddd", None, 9, 4, 2, 64, False),     # limits inside chunks, at their ends, 0
+    ([5, 70, 33], "dpp", "int4", 12, 4, 2, 64, False),  # packed context: the limit cuts a packed tile
+    ([6, 50, 31], "dpd", "fp8", 20, 8, 1, 128, False),  # GQA 8 in several row tiles, head_dim 128
+    ([9, 64, 40, 30], "dddd", None, 70, 4, 2, 64, True),  # tiles whose limits end before whole chunks and splits
 ]
 
 
 def limited_table(case, dtype, device):
-    lengths, kinds, fmt, nq, hq, hkv, d = case
+    lengths, kinds, fmt, nq, hq, hkv, d, ordered = case
     torch.manual_seed(sum(lengths) + nq)
     layers, layer, max_chunks = 2, 1, len(lengths) + 3  # padding chunks before the real ones
     chunks = []
@@ -29,6 +31,8 @@ def limited_table(case, dtype, device):
     context = sum(lengths)
     limits = torch.randint(0, context + 1, (nq,), device=device)
     limits[:3] = torch.tensor([0, lengths[0], context], device=device)
+    if ordered:
+        limits = limits.sort().values
     q = torch.randn(max_chunks, nq, hq, d, dtype=dtype, device=device)
     empty = torch.zeros(0, hkv, d, dtype=dtype, device=device)
     pad = max_chunks - 1 - len(chunks)
