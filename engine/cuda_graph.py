@@ -26,6 +26,7 @@ from cascade_rag.kernels.greedy import EMPTY, SLOTS, next_input, publish_token, 
 from cascade_rag.kernels.lm_head import quantize_rows, supported
 
 from .attention import AttentionContext, KVBuffer
+from .graph_capture import StagedInputs, capture
 from .kv_chunk import KVChunk
 from .model import Decoder
 from .options import EngineOptions
@@ -36,17 +37,15 @@ def question_bucket(n: int) -> int:
 
 
 def _input_sizes(layers: int, max_chunks: int, max_question: int) -> dict:
-    """int64 elements of each input in GraphDecoder.inputs (the float32 scales take half as many)."""
+    """int64 elements of each input GraphDecoder stages (the float32 scales take half as many)."""
     return dict(tables=layers * (7 * max_chunks + 1), shifts=max_chunks - 1, scales=max_chunks // 2,
                 prompt=max_question, prompt_positions=max_question, last=1)
 
 
-def _input_views(buffer: torch.Tensor, layers: int, max_chunks: int, max_question: int) -> dict:
-    views, offset = {}, 0
-    for name, size in _input_sizes(layers, max_chunks, max_question).items():
-        views[name] = buffer[offset:offset + size]
-        offset += size
-    views["tables"] = views["tables"].view(layers, 7 * max_chunks + 1)
+def _typed(views: dict, layers: int, max_chunks: int) -> dict:
+    """StagedInputs' flat int64 views as GraphDecoder reads them: tables per layer, scales as float32."""
+    views = dict(views)
+    views["tables"] = views["tables"].reshape(layers, 7 * max_chunks + 1)
     views["scales"] = views["scales"].view(torch.float32)[:max_chunks - 1]
     return views
 
@@ -98,12 +97,10 @@ class GraphDecoder:
         self.last_slot = 0  # the own slot of the last step queued
         self.prompt_slots = torch.arange(self.max_question, device=device)
         # what prepare writes: views of one int64 buffer, filled from its pinned host copy
-        sizes = (c.num_layers, self.max_chunks, self.max_question)
-        self.inputs = torch.zeros(sum(_input_sizes(*sizes).values()), dtype=torch.int64, device=device)
-        self.staging = torch.zeros(self.inputs.shape, dtype=torch.int64, pin_memory=self.capture)
-        self.staged = torch.cuda.Event() if self.capture else None  # the last copy out of staging
-        self.host = {name: t.numpy() for name, t in _input_views(self.staging, *sizes).items()}
-        views = _input_views(self.inputs, *sizes)
+        self.staged = StagedInputs(_input_sizes(c.num_layers, self.max_chunks, self.max_question), device,
+                                   self.capture)
+        views = _typed(self.staged.views, c.num_layers, self.max_chunks)
+        self.host = {name: t.numpy() for name, t in _typed(self.staged.host, c.num_layers, self.max_chunks).items()}
         self.tables, self.shifts, self.scales = views["tables"], views["shifts"], views["scales"]
         self.prompt, self.prompt_positions, self.last = views["prompt"], views["prompt_positions"], views["last"]
         self.graphs: dict[tuple, tuple] = {}
@@ -125,8 +122,7 @@ class GraphDecoder:
         if n <= self.max_question:
             own_tokens = max(own_tokens, question_bucket(n))
         self.bucket = max(self.options.graph_min_bucket, 1 << (context + own_tokens - 1).bit_length())
-        if self.staged is not None:
-            self.staged.synchronize()  # the previous request's copy has left the staging buffer
+        self.staged.wait()  # the previous request's copy has left the host buffer
         host = self.host
         packed = PackedBases.of(ctx.keys, ctx.values)
         self.packed = self.packed_bases[packed.format]
@@ -143,9 +139,7 @@ class GraphDecoder:
             top = self.model.config.max_position - 1
             host["prompt_positions"][:padded] = np.minimum(np.arange(start, start + padded), top)
             host["last"][0] = n - 1
-        self.inputs.copy_(self.staging, non_blocking=True)
-        if self.staged is not None:
-            self.staged.record()
+        self.staged.send()
         # the chunks' shifts and scales are already on the device: after the padding, as in the tables
         self.shifts[len(self.shifts) - len(ctx.shifts):].copy_(ctx.shifts)
         if ctx.scales is not None:
@@ -223,17 +217,6 @@ class GraphDecoder:
                                      self.own.keys.device, self.aligned, self.options.kernels)
         if not self.capture:
             return None, workspace, None
-        state = (self.token, self.position, self.slot, self.best)  # the warm-up steps advance them
-        saved = [t.clone() for t in state]
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step(workspace, prompt, greedy)
-        torch.cuda.current_stream().wait_stream(stream)
-        for t, value in zip(state, saved):
-            t.copy_(value)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            logits = self._step(workspace, prompt, greedy)
+        graph, logits = capture(lambda: self._step(workspace, prompt, greedy), self.pool,
+                                keep=(self.token, self.position, self.slot, self.best))  # the warm-ups advance them
         return graph, workspace, logits

@@ -14,6 +14,7 @@ from cascade_rag.kernels.chunk_attention import chunk_tables, decode_workspace
 
 from .attention import AttentionContext, KVBuffer
 from .cuda_graph import TableAttention, question_bucket
+from .graph_capture import StagedInputs, capture
 from .model import Decoder
 from .options import EngineOptions
 
@@ -23,7 +24,7 @@ _NAMES = ("tables", "shifts", "tokens", "positions", "limits")
 class GraphRecompute:
     """Owns the recomputed rows' buffer (`buffer`, [layers, graph_recompute_tokens, Hkv, D]: the chunks that
     engine.selective returns are views of it, valid until the next run), the static inputs of a run (chunk tables,
-    shifts, tokens, positions, limits: one int64 buffer, filled from a pinned host copy in one asynchronous copy)
+    shifts, tokens, positions, limits: engine.graph_capture.StagedInputs)
     and the graphs captured over them. Elsewhere than CUDA the same steps run uncaptured (for tests)."""
 
     def __init__(self, model: Decoder, options: EngineOptions, dtype: torch.dtype, device: str):
@@ -34,15 +35,9 @@ class GraphRecompute:
         self.buffer = KVBuffer.empty(c, capacity, dtype, device)
         self.capture = torch.device(device).type == "cuda"
         sizes = (c.num_layers * (7 * self.max_chunks + 1), self.max_chunks - 1, capacity, capacity, capacity)
-        self.inputs = torch.zeros(sum(sizes), dtype=torch.int64, device=device)
-        self.staging = torch.zeros(self.inputs.shape, dtype=torch.int64, pin_memory=self.capture)
-        self.staged = torch.cuda.Event() if self.capture else None  # the last copy out of staging
-        self.views, self.host, offset = {}, {}, 0
-        for name, size in zip(_NAMES, sizes):
-            self.views[name] = self.inputs[offset:offset + size]
-            self.host[name] = self.staging[offset:offset + size].numpy()
-            offset += size
-        self.views["tables"] = self.views["tables"].view(c.num_layers, -1)
+        self.staged = StagedInputs(dict(zip(_NAMES, sizes)), device, self.capture)
+        self.views = dict(self.staged.views, tables=self.staged.views["tables"].view(c.num_layers, -1))
+        self.host = {name: t.numpy() for name, t in self.staged.host.items()}
         self.host["tables"] = self.host["tables"].reshape(c.num_layers, -1)
         self.scales = torch.ones(self.max_chunks - 1, dtype=torch.float32, device=device)
         self.slots = torch.arange(capacity, device=device)
@@ -63,8 +58,7 @@ class GraphRecompute:
             raise ValueError(f"a recompute of {n} tokens over {len(keys)} chunks does not fit the graph's buffers")
         context = sum(k.shape[1] for k in keys)
         bucket = max(self.options.graph_min_bucket, 1 << (context + padded - 1).bit_length())
-        if self.staged is not None:
-            self.staged.synchronize()  # the previous run's copy has left the staging buffer
+        self.staged.wait()  # the previous run's copy has left the host buffer
         host = self.host
         tables = chunk_tables(list(zip(keys, values)), self.buffer.keys, self.buffer.values, self.max_chunks)
         host["tables"][:] = tables
@@ -74,9 +68,7 @@ class GraphRecompute:
         host["tokens"][:n], host["tokens"][n:padded] = token_ids, 0
         host["positions"][:n], host["positions"][n:padded] = positions, positions[-1]
         host["limits"][:n], host["limits"][n:padded] = limits, 0
-        self.inputs.copy_(self.staging, non_blocking=True)
-        if self.staged is not None:
-            self.staged.record()
+        self.staged.send()
         key = (bucket, aligned, padded)
         if key not in self.graphs:
             self.graphs[key] = self._capture(bucket, aligned, padded)
@@ -102,13 +94,5 @@ class GraphRecompute:
                                      aligned, self.options.kernels)
         if not self.capture:
             return None, workspace
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(2):
-                self._step(workspace, padded)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
-            self._step(workspace, padded)
+        graph, _ = capture(lambda: self._step(workspace, padded), self.pool)
         return graph, workspace
