@@ -21,7 +21,8 @@ from cascade_rag.kernels.options import DEFAULT_KERNELS
 from .bench_kernels import CONTEXTS, D, SWEEP_BYTES, decode_case, gpu_s
 
 FORMATS = ("bf16", "fp8", "int4")
-GRID = list(itertools.product((16, 32), (2, 4, 8), (2, 3, 4), (1, 2, 4)))  # block_n, warps, stages, programs/SM
+GRID = list(itertools.product((16, 32), (2, 4), (3, 4), (2, 4)))  # block_n, warps, stages, programs/SM
+QUICK_GRID = list(itertools.product((16, 32), (2,), (3,), (2, 4)))  # --quick: the settings that won on the H100
 
 
 def packed_case(total: int, chunks: int, fmt: str, seed: int):
@@ -58,12 +59,12 @@ def error(inputs) -> float:
     return (ours - plain).abs().max().item()
 
 
-def bench(total: int, chunks: int, fmt: str) -> dict:
+def bench(total: int, chunks: int, fmt: str, grid: list[tuple]) -> dict:
     inputs = cases(total, chunks, fmt)
     nbytes = stored_bytes(inputs[0][1], inputs[0][2])
     default_us = gpu_s(calls(inputs, DEFAULT_KERNELS)) * 1e6
     timings = {}
-    for s in GRID:
+    for s in grid:
         tuning = replace(DEFAULT_KERNELS.decode, block_n=s[0], num_warps=s[1], num_stages=s[2], programs_per_sm=s[3])
         try:
             timings[s] = gpu_s(calls(inputs, replace(DEFAULT_KERNELS, decode=tuning)), reps=5) * 1e6
@@ -80,13 +81,14 @@ def bench(total: int, chunks: int, fmt: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--contexts", default="4096,32768")
+    p.add_argument("--quick", action="store_true", help="a smaller grid of launch settings")
     p.add_argument("--json")
     args = p.parse_args()
     wanted = [int(c) for c in args.contexts.split(",")]
     rows = []
     for total, chunks in [c for c in CONTEXTS if c[0] in wanted]:
         for fmt in FORMATS:
-            rows.append(bench(total, chunks, fmt))
+            rows.append(bench(total, chunks, fmt, QUICK_GRID if args.quick else GRID))
             print(json.dumps(rows[-1]), flush=True)
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}\n")
     print("| context | format | bytes | default us | best us | best settings | GB/s | bf16 best / best |")
