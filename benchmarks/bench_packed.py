@@ -67,7 +67,8 @@ def bench(total: int, chunks: int, fmt: str, grid: list[tuple]) -> dict:
     for s in grid:
         tuning = replace(DEFAULT_KERNELS.decode, block_n=s[0], num_warps=s[1], num_stages=s[2], programs_per_sm=s[3])
         try:
-            timings[s] = gpu_s(calls(inputs, replace(DEFAULT_KERNELS, decode=tuning)), reps=5) * 1e6
+            options = replace(DEFAULT_KERNELS, decode=tuning, packed_decode=tuning)
+            timings[s] = gpu_s(calls(inputs, options), reps=5) * 1e6
         except Exception as e:  # out of shared memory and the like
             print(f"{fmt} {total} {s}: {type(e).__name__}: {str(e)[:100]}")
     best = min(timings, key=timings.get)

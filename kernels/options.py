@@ -56,16 +56,22 @@ class KernelOptions:
     before the ones ahead of it finish, and waits for their results); cached_launch: compiled kernels launched
     from launcher.launch's cache (off: plain Triton launches, which bind every argument on each call). The
     tuning of each kernel: `attention` (up to 16 query rows), `prefill` (row tiles of 64), `decode`, `linear`,
-    `linear_gated` (gate/up), `head` (the quantised LM head)."""
+    `linear_gated` (gate/up), `head` (the quantised LM head); `packed_decode`: the decode kernel's over contexts with
+    packed chunks (kernels.kv_quant), whose tiles cost more work and fewer bytes: twice the programs an SM."""
     pdl: bool = True
     cached_launch: bool = True
     attention: AttentionTuning = field(default_factory=AttentionTuning)
     prefill: AttentionTuning = field(default_factory=lambda: AttentionTuning(block_n=32, num_warps=4, num_stages=3,
                                                                               programs_per_sm=2, min_split=64))
     decode: DecodeTuning = field(default_factory=DecodeTuning)
+    packed_decode: DecodeTuning = field(default_factory=lambda: DecodeTuning(programs_per_sm=4))
     linear: LinearTuning = field(default_factory=LinearTuning)
     linear_gated: LinearTuning = field(default_factory=lambda: LinearTuning(block_n=8))
     head: HeadTuning = field(default_factory=HeadTuning)
+
+    def decode_tuning(self, packed: bool) -> DecodeTuning:
+        """The decode kernel's settings over a context with packed chunks or without."""
+        return self.packed_decode if packed else self.decode
 
 
 DEFAULT_KERNELS = KernelOptions()

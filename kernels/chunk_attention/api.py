@@ -27,15 +27,16 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits, options: KernelO
     if total == 0:
         raise ValueError("chunk attention needs at least one key: every chunk is empty")
     if num_q == 1 and group <= 16:
-        num_splits = num_splits or decode_splits(hkv, group, head_dim, total, device, options.decode)
+        cfg = options.decode_tuning(bool(packed.format))
+        num_splits = num_splits or decode_splits(hkv, group, head_dim, total, device, cfg)
         split_len = max(1, triton.cdiv(total, num_splits))
         num_splits = max(1, triton.cdiv(total, split_len))
         out = torch.empty((1, hq, head_dim), dtype=q.dtype, device=device)
         part = torch.empty(num_splits * hq * (head_dim + 2), dtype=torch.float32, device=device)
         if packed.format:
-            check_tiles(options.decode.block_n)
+            check_tiles(cfg.block_n)
         launch_decode(q, k_base, v_base, table, out, part, arrival_counters(device, hkv), num_chunks, num_splits,
-                      split_len, total, scale, aligned, split_len <= longest_piece(options.decode), options,
+                      split_len, total, scale, aligned, split_len <= longest_piece(cfg), options,
                       packed=packed)
         return out
 
@@ -72,12 +73,15 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
     chunks and their format. limits (a prefill's, int64 [Nq]): query i sees only the context's first limits[i] keys
     in the table's order (the own chunk causally as always)."""
     if packed.format:
-        check_tiles(options.decode.block_n if workspace.decode else tuning(workspace.block_m, options).block_n)
+        check_tiles(options.packed_decode.block_n if workspace.decode else tuning(workspace.block_m, options).block_n)
     head_dim = q.shape[-1]
     w = workspace
     if w.decode:
         if rotary is None or new_kv is None:
             raise ValueError("a decode step over a chunk table takes the new token's projections and rope")
+        if w.packed != bool(packed.format):
+            raise ValueError(f"a decode workspace made for {'packed' if w.packed else 'no packed'} chunks, given "
+                             f"{'packed' if packed.format else 'no packed'} ones (decode_workspace(packed=...))")
         out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
         launch_decode(q, k_base, v_base, table, out, w.part, w.lock, (table.shape[0] - 1) // 7, w.num_splits,
                       w.split_len, 0, scale, w.aligned, w.pieces, options, rotary, new_kv, packed)

@@ -221,7 +221,7 @@ def launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_spl
     hq, head_dim = q.shape[-2], q.shape[-1]
     hkv = k_base.shape[-2]
     group = hq // hkv
-    cfg = options.decode
+    cfg = options.decode_tuning(bool(packed.format))
     block_s = min(triton.next_power_of_2(num_splits), merge_pass(group, head_dim, cfg))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     if rotary is None:

@@ -128,7 +128,8 @@ class DecodeWorkspace:
     decode (one query and at most 16 query heads a KV head: the decode kernel, which also does rope_store's work;
     else the several-query kernel and its merge), the splits and their shortest length, the row tile, whether
     short splits are cut at chunk boundaries (pieces), whether the table's offsets and strides are multiples of
-    16 (aligned), the partials' buffer and the decode kernel's arrival counters."""
+    16 (aligned), the partials' buffer, the decode kernel's arrival counters, and whether a decode step's context
+    holds packed chunks (its splits follow KernelOptions.decode_tuning)."""
     decode: bool
     num_splits: int
     split_len: int
@@ -137,18 +138,20 @@ class DecodeWorkspace:
     aligned: bool
     part: torch.Tensor
     lock: torch.Tensor
+    packed: bool = False
 
 
 def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int, device, aligned: bool = False,
-                     options: KernelOptions = DEFAULT_KERNELS) -> DecodeWorkspace:
+                     options: KernelOptions = DEFAULT_KERNELS, packed: bool = False) -> DecodeWorkspace:
     """The DecodeWorkspace of num_q queries of hq heads over at most `capacity` keys in tables whose offsets and
-    strides are all multiples of 16 or not (`aligned`: chunk_tables' first 4 * chunks columns)."""
+    strides are all multiples of 16 or not (`aligned`: chunk_tables' first 4 * chunks columns), holding packed chunks
+    or not (the decode kernel's settings differ: KernelOptions.decode_tuning)."""
     group = hq // hkv
     block_m = row_tile(num_q, group)
     m_tiles = triton.cdiv(num_q * group, block_m)
     decode = num_q == 1 and group <= 16  # the decode kernel; else the several-query kernel and its merge
     if decode:
-        cfg = options.decode
+        cfg = options.decode_tuning(packed)
         num_splits = decode_splits(hkv, group, head_dim, capacity, device, cfg)
     else:
         cfg = tuning(block_m, options)
@@ -157,6 +160,6 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
     n_rows = num_q * hq
     return DecodeWorkspace(
         decode=decode, num_splits=num_splits, split_len=cfg.min_split,  # the kernels share the length among splits
-        block_m=block_m, pieces=decode and triton.cdiv(capacity, num_splits) <= longest_piece(options.decode),
+        block_m=block_m, pieces=decode and triton.cdiv(capacity, num_splits) <= longest_piece(cfg),
         aligned=aligned, part=torch.empty(num_splits * n_rows * (head_dim + 2), dtype=torch.float32, device=device),
-        lock=torch.zeros(hkv, dtype=torch.int32, device=device))
+        lock=torch.zeros(hkv, dtype=torch.int32, device=device), packed=decode and packed)

@@ -1,11 +1,14 @@
 """Chunk attention over packed chunks (fp8, int4) read and dequantised in the kernels, against the PyTorch reference
 over the same chunks (which dequantises them first): eager decode and prefill, and the CUDA graphs' table entry
 point; under TRITON_INTERPRET=1 on the CPU and compiled on CUDA."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 import cascade_rag.kernels.chunk_attention as ca  # kernels.dispatch sets TRITON_INTERPRET=1 when there is no GPU
 from cascade_rag.kernels.kv_quant import quantize
+from cascade_rag.kernels.options import DEFAULT_KERNELS, DecodeTuning
 from cascade_rag.kernels.rope import RotaryInputs
 
 # (context lengths, which are packed, queries, query heads, KV heads, head_dim, splits); the own chunk comes last
@@ -79,16 +82,30 @@ def test_packed_chunks_through_a_graph_table(device):
     ref = ca.chunk_attention_ref(q.float(), keys + [own_k[layer, :5]], values + [own_v[layer, :5]], scale)
     assert (out.float() - ref).abs().max() <= (1e-4 if device == "cpu" else 2e-2)
     # a decode step at own slot 5 (position 61): the kernel rotates the query for each chunk and stores the token
-    step = ca.decode_workspace(1, hq, d, hkv, 64, device, aligned=False)
+    step = ca.decode_workspace(1, hq, d, hkv, 64, device, aligned=False, packed=True)
     qn, kn, vn = (torch.randn(1, h, d, dtype=dtype, device=device) for h in (hq, hkv, hkv))
     cos, sin = (torch.ones(128, d, device=device), torch.zeros(128, d, device=device))  # rotation by 0: plain
     shifts = torch.zeros(max_chunks - 1, dtype=torch.int64, device=device)
     rotary = RotaryInputs(torch.tensor([61], device=device), shifts, torch.tensor([5], device=device),
                           own_k[layer], own_v[layer], cos, sin, None, None, 1e-6,
                           torch.ones(max_chunks - 1, device=device))
+    with pytest.raises(ValueError, match="made for no packed chunks"):  # its splits follow the other settings
+        ca.chunk_attention_table(qn, own_k[layer], own_v[layer], tables[layer], scale,
+                                 ca.decode_workspace(1, hq, d, hkv, 64, device), rotary, (kn, vn), packed=bases)
     out = ca.chunk_attention_table(qn, own_k[layer], own_v[layer], tables[layer], scale, step, rotary, (kn, vn),
                                    packed=bases)
     assert torch.equal(own_k[layer, 5], kn[0]) and torch.equal(own_v[layer, 5], vn[0])
     ref = ca.chunk_attention_ref(qn[None].expand(max_chunks, 1, hq, d).float(), keys + [own_k[layer, :6]],
                                  values + [own_v[layer, :6]], scale)
     assert (out.float() - ref).abs().max() <= (1e-4 if device == "cpu" else 2e-2)
+
+
+def test_packed_decode_steps_take_their_own_settings():
+    """A decode step over packed chunks splits its context by KernelOptions.packed_decode (twice the programs an SM
+    by default: their tiles cost more work and fewer bytes), one over dense chunks by KernelOptions.decode."""
+    options = replace(DEFAULT_KERNELS, packed_decode=DecodeTuning(programs_per_sm=8))
+    plain = ca.decode_workspace(1, 4, 64, 2, 100_000, "cpu", options=options)
+    packed = ca.decode_workspace(1, 4, 64, 2, 100_000, "cpu", options=options, packed=True)
+    assert packed.packed and not plain.packed
+    assert packed.num_splits == 4 * plain.num_splits  # 8 programs an SM against 2, over 4 "SMs" on the CPU
+    assert DEFAULT_KERNELS.decode_tuning(True) == DEFAULT_KERNELS.packed_decode != DEFAULT_KERNELS.decode
