@@ -1,4 +1,4 @@
-"""`python -m cascade_rag.benchmarks.bench_packed [--contexts 4096,32768] [--json PATH]`: chunk attention at decode
+"""`python -m cascade_rag.benchmarks.bench_packed [--contexts 4096,32768] [--quick] [--json PATH]`: chunk attention
 over packed chunks (fp8, int4) against the same chunks in bf16, on the GPU, each format at its best launch settings.
 
 The cases are bench_kernels' (Qwen3-0.6B: 16 q heads, 8 KV heads, head_dim 128; context chunks plus a bf16 own
