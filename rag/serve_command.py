@@ -46,7 +46,10 @@ def serve(args) -> int:
         server = RAGServer(rag, args.host, args.port, args.max_queue, token, tls, metrics_port=args.metrics_port,
                            tokens=tokens, http_port=args.http_port).start()
         announce(args, server, tls, bool(token or tokens))
-        stop.wait()
+        # Python runs a signal's handler in the main thread, and the kernel may deliver the signal to another one:
+        # a wait without a timeout would then sleep through it. Short waits let the main thread run the handler.
+        while not stop.wait(0.2):
+            pass
         log.info(f"draining (at most {args.drain_seconds:g} s) ...")
         server.stop(args.drain_seconds)
     log.info("stopped")
