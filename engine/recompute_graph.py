@@ -1,5 +1,6 @@
 """The recompute of each document's first tokens (EPIC, engine.selective's `prefix`) replayed as a CUDA graph, one
-per context-length bucket and number of recomputed tokens (padded to a power of two).
+per context-length bucket, number of recomputed tokens and number of table slots (each padded to a power of two:
+the queries are rotated for every slot, so a graph has no more slots than its context needs).
 
 The recomputed tokens are a prefill over a chunk table, as the question's is (engine.cuda_graph): the context is
 level 0 and the rows of each document after its recomputed ones (read in place, their position shift applied to
@@ -36,17 +37,20 @@ class GraphRecompute:
         self.capture = torch.device(device).type == "cuda"
         sizes = (c.num_layers * (7 * self.max_chunks + 1), self.max_chunks - 1, capacity, capacity, capacity)
         self.staged = StagedInputs(dict(zip(_NAMES, sizes)), device, self.capture)
-        self.views = dict(self.staged.views, tables=self.staged.views["tables"].view(c.num_layers, -1))
-        self.host = {name: t.numpy() for name, t in self.staged.host.items()}
-        self.host["tables"] = self.host["tables"].reshape(c.num_layers, -1)
+        self.views, self.host = self.staged.views, {name: t.numpy() for name, t in self.staged.host.items()}
         self.scales = torch.ones(self.max_chunks - 1, dtype=torch.float32, device=device)
-        self.slots = torch.arange(capacity, device=device)
+        self.slots_rows = torch.arange(capacity, device=device)  # the buffer's rows the tokens are written to
         self.graphs: dict[tuple, tuple] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
 
     def fits(self, context_chunks: int, tokens: int) -> bool:
         """Whether a recompute of `tokens` tokens over `context_chunks` context chunks runs here."""
         return 0 < tokens and context_chunks < self.max_chunks and question_bucket(tokens) <= self.buffer.capacity
+
+    def slots(self, context_chunks: int) -> int:
+        """Table slots of a graph over `context_chunks` chunks: them and the own chunk, in a power of two (at least
+        8), at most max_chunks."""
+        return min(self.max_chunks, max(8, 1 << context_chunks.bit_length()))
 
     def run(self, keys: list[torch.Tensor], values: list[torch.Tensor], shifts: list[int], token_ids: list[int],
             positions: list[int], limits: list[int]) -> None:
@@ -59,40 +63,41 @@ class GraphRecompute:
         context = sum(k.shape[1] for k in keys)
         bucket = max(self.options.graph_min_bucket, 1 << (context + padded - 1).bit_length())
         self.staged.wait()  # the previous run's copy has left the host buffer
-        host = self.host
-        tables = chunk_tables(list(zip(keys, values)), self.buffer.keys, self.buffer.values, self.max_chunks)
-        host["tables"][:] = tables
-        aligned = bool((tables[:, :4 * self.max_chunks] % 16 == 0).all())
-        host["shifts"][:] = 0
-        host["shifts"][len(host["shifts"]) - len(shifts):] = shifts
+        host, slots = self.host, self.slots(len(keys))
+        tables = chunk_tables(list(zip(keys, values)), self.buffer.keys, self.buffer.values, slots)
+        host["tables"][:tables.size] = tables.reshape(-1)
+        aligned = bool((tables[:, :4 * slots] % 16 == 0).all())
+        host["shifts"][:slots - 1 - len(shifts)] = 0
+        host["shifts"][slots - 1 - len(shifts):slots - 1] = shifts
         host["tokens"][:n], host["tokens"][n:padded] = token_ids, 0
         host["positions"][:n], host["positions"][n:padded] = positions, positions[-1]
         host["limits"][:n], host["limits"][n:padded] = limits, 0
         self.staged.send()
-        key = (bucket, aligned, padded)
+        key = (bucket, aligned, padded, slots)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(bucket, aligned, padded)
+            self.graphs[key] = self._capture(bucket, aligned, padded, slots)
         graph, workspace = self.graphs[key]
         if graph is None:
-            self._step(workspace, padded)
+            self._step(workspace, padded, slots)
         else:
             graph.replay()
 
-    def _step(self, workspace, padded: int) -> None:
-        v = self.views
-        ctx = AttentionContext([], [], v["shifts"], self.buffer, scales=self.scales,
-                               backend=TableAttention(v["tables"], workspace, limits=v["limits"][:padded]))
+    def _step(self, workspace, padded: int, slots: int) -> None:
+        v, layers = self.views, self.config.num_layers
+        tables = v["tables"][:layers * (7 * slots + 1)].view(layers, -1)
+        ctx = AttentionContext([], [], v["shifts"][:slots - 1], self.buffer, scales=self.scales[:slots - 1],
+                               backend=TableAttention(tables, workspace, limits=v["limits"][:padded]))
         x = self.model.embed_tokens(v["tokens"][:padded])
-        positions, slots = v["positions"][:padded], self.slots[:padded]
+        positions, slot_rows = v["positions"][:padded], self.slots_rows[:padded]
         with torch.inference_mode():
             for layer in self.model.layers:
-                x = layer(x, positions, slots, ctx, self.model.rotary)
+                x = layer(x, positions, slot_rows, ctx, self.model.rotary)
 
-    def _capture(self, bucket: int, aligned: bool, padded: int):
+    def _capture(self, bucket: int, aligned: bool, padded: int, slots: int):
         c = self.config
         workspace = decode_workspace(padded, c.num_heads, c.head_dim, c.num_kv_heads, bucket, self.buffer.keys.device,
                                      aligned, self.options.kernels)
         if not self.capture:
             return None, workspace
-        graph, _ = capture(lambda: self._step(workspace, padded), self.pool)
+        graph, _ = capture(lambda: self._step(workspace, padded, slots), self.pool)
         return graph, workspace

@@ -17,6 +17,19 @@ class AttentionTuning:
 
 
 @dataclass(frozen=True)
+class LongPrefillTuning(AttentionTuning):
+    """AttentionTuning of the prefills of at least min_rows rows (queries x query heads of a KV head: a selective
+    recompute's tokens), in row tiles of block_m rows (a power of two above 64): a tile's keys are read once for
+    more rows."""
+    block_m: int = 128
+    min_rows: int = 512
+
+    def __post_init__(self):
+        if self.block_m <= 64 or self.block_m & (self.block_m - 1):
+            raise ValueError(f"long prefill row tiles are a power of two above 64, not {self.block_m}")
+
+
+@dataclass(frozen=True)
 class DecodeTuning:
     """Chunk attention of one query (the decode kernel): AttentionTuning's settings, then merge_elements (partial
     values the merging program reads at once: splits a pass x query heads x head_dim) and piece_tiles (the longest
@@ -56,13 +69,15 @@ class KernelOptions:
     before the ones ahead of it finish, and waits for their results); cached_launch: compiled kernels launched
     from launcher.launch's cache (off: plain Triton launches, which bind every argument on each call). The
     tuning of each kernel: `attention` (up to 16 query rows), `prefill` (row tiles of 64), `decode`, `linear`,
-    `linear_gated` (gate/up), `head` (the quantised LM head); `packed_decode`: the decode kernel's over contexts with
+    `linear_gated` (gate/up), `head` (the quantised LM head), `long_prefill` (prefills of many rows); `packed_decode`: the decode kernel's over contexts with
     packed chunks (kernels.kv_quant), whose tiles cost more work and fewer bytes: twice the programs an SM."""
     pdl: bool = True
     cached_launch: bool = True
     attention: AttentionTuning = field(default_factory=AttentionTuning)
     prefill: AttentionTuning = field(default_factory=lambda: AttentionTuning(block_n=32, num_warps=4, num_stages=3,
                                                                               programs_per_sm=2, min_split=64))
+    long_prefill: LongPrefillTuning = field(default_factory=lambda: LongPrefillTuning(
+        block_n=64, num_warps=8, num_stages=2, programs_per_sm=1, min_split=256))
     decode: DecodeTuning = field(default_factory=DecodeTuning)
     packed_decode: DecodeTuning = field(default_factory=lambda: DecodeTuning(programs_per_sm=4))
     linear: LinearTuning = field(default_factory=LinearTuning)
