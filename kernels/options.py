@@ -33,7 +33,8 @@ class LongPrefillTuning(AttentionTuning):
 class DecodeTuning:
     """Chunk attention of one query (the decode kernel): AttentionTuning's settings, then merge_elements (partial
     values the merging program reads at once: splits a pass x query heads x head_dim) and piece_tiles (the longest
-    split, in KV blocks, that is cut at chunk boundaries; 0: never)."""
+    split, in KV blocks, that is cut at chunk boundaries; 0: never) and packed_tiles (K/V tiles of a packed chunk
+    loaded an iteration, 1 or 2: a tile lies in one group of keys, so two keep more bytes in flight)."""
     block_n: int = 32
     num_warps: int = 2
     num_stages: int = 3
@@ -41,6 +42,11 @@ class DecodeTuning:
     min_split: int = 32
     merge_elements: int = 8192
     piece_tiles: int = 8
+    packed_tiles: int = 1
+
+    def __post_init__(self):
+        if self.packed_tiles not in (1, 2):
+            raise ValueError(f"packed_tiles is 1 or 2, not {self.packed_tiles}")
 
 
 @dataclass(frozen=True)
