@@ -42,17 +42,24 @@ class Composer:
             spans = [(c.start, c.start + c.length) for c in chunks]
             shared = [any(i != j and a < d and c < b for j, (c, d) in enumerate(spans)) for i, (a, b) in enumerate(spans)]
             if any(shared):
-                scales = torch.tensor([1 / self.temperature if s else 1.0 for s in shared], dtype=torch.float32,
-                                      device=self.device)
+                scales = self.device_tensor([1 / self.temperature if s else 1.0 for s in shared], torch.float32)
         if own is None:
             own = KVBuffer.empty(self.config, capacity, self.dtype, self.device)
         own.length = 0
         ctx = AttentionContext(
             keys=[c.keys.to(self.device) for c in chunks], values=[c.values.to(self.device) for c in chunks],
-            shifts=torch.tensor(shifts, dtype=torch.int64, device=self.device), own=own, scales=scales,
+            shifts=self.device_tensor(shifts, torch.int64), own=own, scales=scales,
             arrivals=[c.arrival for c in chunks if c.arrival is not None and c.arrival.pending],
         )
         return ctx, position
+
+    def device_tensor(self, values: list, dtype: torch.dtype) -> torch.Tensor:
+        """values in a tensor on the device; on CUDA copied from pinned memory in stream order, so that the host does
+        not wait for the work queued before (an EPIC recompute's graph) as a copy from pageable memory would."""
+        t = torch.tensor(values, dtype=dtype)
+        if torch.device(self.device).type != "cuda":
+            return t.to(self.device)
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def check_length(self, total: int) -> None:
         if total > self.config.max_position:
