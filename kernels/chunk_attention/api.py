@@ -42,7 +42,7 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits, options: KernelO
 
     block_m = row_tile(num_q, group, options, bool(packed.format))
     m_tiles = triton.cdiv(num_q * group, block_m)
-    cfg = tuning(block_m, options)
+    cfg = tuning(block_m, options, bool(packed.format))
     if num_splits is None:
         num_splits = triton.cdiv(cfg.programs_per_sm * num_sms(device), m_tiles * hkv)
         num_splits = max(1, min(num_splits, triton.cdiv(total, cfg.min_split)))
@@ -73,7 +73,8 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
     chunks and their format. limits (a prefill's, int64 [Nq]): query i sees only the context's first limits[i] keys
     in the table's order (the own chunk causally as always)."""
     if packed.format:
-        check_tiles(options.packed_decode.block_n if workspace.decode else tuning(workspace.block_m, options).block_n)
+        check_tiles(options.packed_decode.block_n if workspace.decode else
+                    tuning(workspace.block_m, options, True).block_n)
     head_dim = q.shape[-1]
     w = workspace
     if w.decode:

@@ -156,11 +156,13 @@ def row_tile(num_q: int, group: int, options: KernelOptions, packed: bool = Fals
     return min(64, max(16, triton.next_power_of_2(num_q * group)))
 
 
-def tuning(block_m: int, options: KernelOptions) -> AttentionTuning:
-    """The launch settings of _attn_kernel for row tiles of block_m."""
+def tuning(block_m: int, options: KernelOptions, packed: bool = False) -> AttentionTuning:
+    """The launch settings of _attn_kernel for row tiles of block_m, over a context with packed chunks or not."""
     if block_m > 64:
         return options.long_prefill
-    return options.prefill if block_m == 64 else options.attention
+    if block_m == 64:
+        return options.packed_prefill if packed else options.prefill
+    return options.attention
 
 
 def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,
@@ -172,7 +174,7 @@ def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, tota
     num_q, hq, head_dim = q.shape[1:]
     hkv = k_base.shape[-2]
     group = hq // hkv
-    cfg = tuning(block_m, options)
+    cfg = tuning(block_m, options, bool(packed.format))
     split = num_splits > 1
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     args = (q, k_base, v_base, table, out, part) + packed.pointers(q) + (table if limits is None else limits,) + (

@@ -154,7 +154,7 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
         cfg = options.decode_tuning(packed)
         num_splits = decode_splits(hkv, group, head_dim, capacity, device, cfg)
     else:
-        cfg = tuning(block_m, options)
+        cfg = tuning(block_m, options, packed)
         num_splits = triton.cdiv(cfg.programs_per_sm * num_sms(torch.device(device)), m_tiles * hkv)
         num_splits = max(2, min(num_splits, triton.cdiv(capacity, cfg.min_split)))
     n_rows = num_q * hq

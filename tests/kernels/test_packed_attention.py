@@ -121,3 +121,13 @@ def test_packed_decode_steps_take_their_own_settings():
     assert packed.packed and not plain.packed
     assert packed.num_splits == 4 * plain.num_splits  # 8 programs an SM against 2, over 4 "SMs" on the CPU
     assert DEFAULT_KERNELS.decode_tuning(True) == DEFAULT_KERNELS.packed_decode != DEFAULT_KERNELS.decode
+
+
+def test_packed_prefills_take_their_own_settings():
+    """A question's prefill over packed chunks splits its context by KernelOptions.packed_prefill, one over dense
+    chunks by KernelOptions.prefill."""
+    options = replace(DEFAULT_KERNELS, packed_prefill=replace(DEFAULT_KERNELS.prefill, programs_per_sm=8))
+    plain = ca.decode_workspace(32, 4, 64, 2, 100_000, "cpu", options=options)
+    packed = ca.decode_workspace(32, 4, 64, 2, 100_000, "cpu", options=options, packed=True)
+    assert not plain.decode and plain.block_m == packed.block_m == 64
+    assert packed.num_splits == 4 * plain.num_splits  # 8 programs an SM against 2
