@@ -19,8 +19,8 @@ class AttentionTuning:
 @dataclass(frozen=True)
 class LongPrefillTuning(AttentionTuning):
     """AttentionTuning of the prefills of at least min_rows rows (queries x query heads of a KV head: a selective
-    recompute's tokens), in row tiles of block_m rows (a power of two above 64): a tile's keys are read once for
-    more rows."""
+    recompute's tokens; 0: none), in row tiles of block_m rows (a power of two above 64): a tile's keys are read
+    once for more rows."""
     block_m: int = 128
     min_rows: int = 512
 

@@ -151,7 +151,7 @@ def row_tile(num_q: int, group: int, options: KernelOptions, packed: bool = Fals
     """Rows (query x query head) of a program's tile: 16 to 64, or the long prefill's for many rows (over packed
     chunks only where its K/V tiles divide their groups)."""
     long = options.long_prefill
-    if num_q * group >= long.min_rows and not (packed and KV_GROUP % long.block_n):
+    if long.min_rows and num_q * group >= long.min_rows and not (packed and KV_GROUP % long.block_n):
         return long.block_m
     return min(64, max(16, triton.next_power_of_2(num_q * group)))
 
