@@ -75,7 +75,7 @@ class KernelOptions:
     before the ones ahead of it finish, and waits for their results); cached_launch: compiled kernels launched
     from launcher.launch's cache (off: plain Triton launches, which bind every argument on each call). The
     tuning of each kernel: `attention` (up to 16 query rows), `prefill` (row tiles of 64), `decode`, `linear`,
-    `linear_gated` (gate/up), `head` (the quantised LM head), `long_prefill` (prefills of many rows); `packed_prefill` and `packed_decode`: the row tiles of 64's and the decode
+    `linear_gated` (gate/up), `head` (the quantised LM head), `long_prefill` (prefills of many rows; off: min_rows 0); `packed_prefill` and `packed_decode`: the row tiles of 64's and the decode
     kernel's over contexts with packed chunks (kernels.kv_quant), whose tiles cost more work and fewer bytes:
     twice the programs an SM for the decode kernel."""
     pdl: bool = True
@@ -86,7 +86,7 @@ class KernelOptions:
     packed_prefill: AttentionTuning = field(default_factory=lambda: AttentionTuning(
         block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64))
     long_prefill: LongPrefillTuning = field(default_factory=lambda: LongPrefillTuning(
-        block_n=64, num_warps=8, num_stages=2, programs_per_sm=1, min_split=256))
+        block_n=64, num_warps=8, num_stages=2, programs_per_sm=1, min_split=256, min_rows=0))
     decode: DecodeTuning = field(default_factory=DecodeTuning)
     packed_decode: DecodeTuning = field(default_factory=lambda: DecodeTuning(programs_per_sm=4))
     linear: LinearTuning = field(default_factory=LinearTuning)
