@@ -75,9 +75,10 @@ class KernelOptions:
     before the ones ahead of it finish, and waits for their results); cached_launch: compiled kernels launched
     from launcher.launch's cache (off: plain Triton launches, which bind every argument on each call). The
     tuning of each kernel: `attention` (up to 16 query rows), `prefill` (row tiles of 64), `decode`, `linear`,
-    `linear_gated` (gate/up), `head` (the quantised LM head), `long_prefill` (prefills of many rows; off: min_rows 0); `packed_prefill` and `packed_decode`: the row tiles of 64's and the decode
-    kernel's over contexts with packed chunks (kernels.kv_quant), whose tiles cost more work and fewer bytes:
-    twice the programs an SM for the decode kernel."""
+    `linear_gated` (gate/up), `head` (the quantised LM head), `long_prefill` (prefills of many rows; min_rows 0,
+    the default, turns it off); `packed_prefill` and `packed_decode`: the row tiles of 64's and the decode kernel's
+    over contexts with packed chunks (kernels.kv_quant), whose tiles cost more work and fewer bytes: twice the
+    programs an SM for the decode kernel."""
     pdl: bool = True
     cached_launch: bool = True
     attention: AttentionTuning = field(default_factory=AttentionTuning)
