@@ -5,7 +5,7 @@ prefill, packed_prefill).
 
 The cases are bench_kernels' (Qwen3-0.6B: 16 q heads, 8 KV heads, head_dim 128; context chunks plus a bf16 own
 chunk), the context chunks quantised with kernels.kv_quant. Every format is timed over the same grid of launch
-settings (KV block, warps, pipeline depth, programs per SM; a decode step's packed tiles an iteration), so that a
+settings (KV block, warps, pipeline depth, programs per SM), so that a
 ratio compares each format at its best; the default settings' time is printed beside it. GPU time as in
 bench_kernels (a CUDA graph of calls over copies of the inputs larger than L2). Effective GB/s counts the bytes each
 format stores (codes and parameters)."""
@@ -24,11 +24,10 @@ from cascade_rag.kernels.options import DEFAULT_KERNELS
 from .bench_kernels import CONTEXTS, D, SWEEP_BYTES, decode_case, gpu_s
 
 FORMATS = ("bf16", "fp8", "int4")
-# block_n, warps, stages, programs/SM, packed tiles an iteration
-GRID = list(itertools.product((16, 32), (2, 4), (3, 4), (2, 4), (1, 2)))
-QUICK_GRID = list(itertools.product((16, 32), (2,), (3,), (2, 4), (1, 2)))  # --quick: around the H100's winners
-PREFILL_GRID = list(itertools.product((16, 32), (4, 8), (2, 3), (2, 4, 8), (1,)))  # the question's (no packed tiles)
-QUICK_PREFILL_GRID = list(itertools.product((16, 32), (4,), (2, 3), (2, 4), (1,)))
+GRID = list(itertools.product((16, 32), (2, 4), (3, 4), (2, 4)))  # block_n, warps, stages, programs/SM
+QUICK_GRID = list(itertools.product((16, 32), (2,), (3,), (2, 4)))  # --quick: the settings that won on the H100
+PREFILL_GRID = list(itertools.product((16, 32), (4, 8), (2, 3), (2, 4, 8)))  # a question's prefill
+QUICK_PREFILL_GRID = list(itertools.product((16, 32), (4,), (2, 3), (2, 4)))
 
 
 def packed_case(total: int, chunks: int, fmt: str, seed: int, num_q: int = 1):
@@ -68,8 +67,7 @@ def error(inputs) -> float:
 def tuned(s: tuple, num_q: int):
     """The kernel options of grid setting s: the decode kernel's (one query) or the question prefill's."""
     if num_q == 1:
-        t = replace(DEFAULT_KERNELS.decode, block_n=s[0], num_warps=s[1], num_stages=s[2], programs_per_sm=s[3],
-                    packed_tiles=s[4])
+        t = replace(DEFAULT_KERNELS.decode, block_n=s[0], num_warps=s[1], num_stages=s[2], programs_per_sm=s[3])
         return replace(DEFAULT_KERNELS, decode=t, packed_decode=t)
     t = replace(DEFAULT_KERNELS.prefill, block_n=s[0], num_warps=s[1], num_stages=s[2], programs_per_sm=s[3])
     return replace(DEFAULT_KERNELS, prefill=t, packed_prefill=t)
@@ -81,8 +79,6 @@ def bench(total: int, chunks: int, fmt: str, grid: list[tuple], num_q: int = 1) 
     default_us = gpu_s(calls(inputs, DEFAULT_KERNELS)) * 1e6
     timings = {}
     for s in grid:
-        if fmt == "bf16" and s[4] != 1:
-            continue  # packed tiles only
         try:
             options = tuned(s, num_q)
             timings[s] = gpu_s(calls(inputs, options), reps=5) * 1e6
@@ -91,7 +87,7 @@ def bench(total: int, chunks: int, fmt: str, grid: list[tuple], num_q: int = 1) 
     best = min(timings, key=timings.get)
     top = sorted(timings, key=timings.get)[:5]
     return dict(context=total, format=fmt, queries=num_q, bytes=nbytes, default_us=default_us, best_us=timings[best],
-                best=dict(zip(("block_n", "num_warps", "num_stages", "programs_per_sm", "packed_tiles"), best)),
+                best=dict(zip(("block_n", "num_warps", "num_stages", "programs_per_sm"), best)),
                 gb_per_s=nbytes / timings[best] / 1e3, top5={str(s): round(timings[s], 1) for s in top},
                 max_abs_err=error(inputs))
 
@@ -118,8 +114,7 @@ def main() -> None:
         bf16 = next(x for x in rows if x["context"] == r["context"] and x["format"] == "bf16")
         b = r["best"]
         print(f"| {r['context']} | {r['format']} | {r['bytes'] / 1e6:.1f} MB | {r['default_us']:.1f} | "
-              f"{r['best_us']:.1f} | {b['block_n']}/{b['num_warps']}w/{b['num_stages']}s/{b['programs_per_sm']}p/"
-              f"{b['packed_tiles']}t | "
+              f"{r['best_us']:.1f} | {b['block_n']}/{b['num_warps']}w/{b['num_stages']}s/{b['programs_per_sm']}p | "
               f"{r['gb_per_s']:.0f} | {bf16['best_us'] / r['best_us']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:

@@ -17,24 +17,10 @@ class AttentionTuning:
 
 
 @dataclass(frozen=True)
-class LongPrefillTuning(AttentionTuning):
-    """AttentionTuning of the prefills of at least min_rows rows (queries x query heads of a KV head: a selective
-    recompute's tokens; 0: none), in row tiles of block_m rows (a power of two above 64): a tile's keys are read
-    once for more rows."""
-    block_m: int = 128
-    min_rows: int = 512
-
-    def __post_init__(self):
-        if self.block_m <= 64 or self.block_m & (self.block_m - 1):
-            raise ValueError(f"long prefill row tiles are a power of two above 64, not {self.block_m}")
-
-
-@dataclass(frozen=True)
 class DecodeTuning:
     """Chunk attention of one query (the decode kernel): AttentionTuning's settings, then merge_elements (partial
     values the merging program reads at once: splits a pass x query heads x head_dim) and piece_tiles (the longest
-    split, in KV blocks, that is cut at chunk boundaries; 0: never) and packed_tiles (K/V tiles of a packed chunk
-    loaded an iteration, 1 or 2: a tile lies in one group of keys, so two keep more bytes in flight)."""
+    split, in KV blocks, that is cut at chunk boundaries; 0: never)."""
     block_n: int = 32
     num_warps: int = 2
     num_stages: int = 3
@@ -42,11 +28,6 @@ class DecodeTuning:
     min_split: int = 32
     merge_elements: int = 8192
     piece_tiles: int = 8
-    packed_tiles: int = 1
-
-    def __post_init__(self):
-        if self.packed_tiles not in (1, 2):
-            raise ValueError(f"packed_tiles is 1 or 2, not {self.packed_tiles}")
 
 
 @dataclass(frozen=True)
@@ -75,10 +56,9 @@ class KernelOptions:
     before the ones ahead of it finish, and waits for their results); cached_launch: compiled kernels launched
     from launcher.launch's cache (off: plain Triton launches, which bind every argument on each call). The
     tuning of each kernel: `attention` (up to 16 query rows), `prefill` (row tiles of 64), `decode`, `linear`,
-    `linear_gated` (gate/up), `head` (the quantised LM head), `long_prefill` (prefills of many rows; min_rows 0,
-    the default, turns it off); `packed_prefill` and `packed_decode`: the row tiles of 64's and the decode kernel's
-    over contexts with packed chunks (kernels.kv_quant), whose tiles cost more work and fewer bytes: twice the
-    programs an SM for the decode kernel."""
+    `linear_gated` (gate/up), `head` (the quantised LM head); `packed_prefill` and `packed_decode`: the row tiles
+    of 64's and the decode kernel's over contexts with packed chunks (kernels.kv_quant), whose tiles cost more work
+    and fewer bytes: twice the programs an SM for the decode kernel."""
     pdl: bool = True
     cached_launch: bool = True
     attention: AttentionTuning = field(default_factory=AttentionTuning)
@@ -86,8 +66,6 @@ class KernelOptions:
                                                                               programs_per_sm=2, min_split=64))
     packed_prefill: AttentionTuning = field(default_factory=lambda: AttentionTuning(
         block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64))
-    long_prefill: LongPrefillTuning = field(default_factory=lambda: LongPrefillTuning(
-        block_n=64, num_warps=8, num_stages=2, programs_per_sm=1, min_split=256, min_rows=0))
     decode: DecodeTuning = field(default_factory=DecodeTuning)
     packed_decode: DecodeTuning = field(default_factory=lambda: DecodeTuning(programs_per_sm=4))
     linear: LinearTuning = field(default_factory=LinearTuning)

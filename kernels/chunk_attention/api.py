@@ -40,7 +40,7 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits, options: KernelO
                       packed=packed)
         return out
 
-    block_m = row_tile(num_q, group, options, bool(packed.format))
+    block_m = row_tile(num_q, group)
     m_tiles = triton.cdiv(num_q * group, block_m)
     cfg = tuning(block_m, options, bool(packed.format))
     if num_splits is None:

@@ -33,30 +33,17 @@ def _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, sta
 @triton.jit
 def _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off, kv_head, start,
                   end, chunk_start, m_i, l_i, acc, qk_scale, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_N: tl.constexpr, FORMAT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
-                  TILES: tl.constexpr):
-    """The query heads over rows start..end of a packed chunk, dequantised in registers (packed.py); TILES (1 or 2)
-    tiles loaded an iteration, each in one group of keys (two keep twice the bytes in flight)."""
+                  BLOCK_N: tl.constexpr, FORMAT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
+    """The query heads over rows start..end of a packed chunk, dequantised in registers (packed.py)."""
     lo_rel = start - chunk_start
-    end_rel = end - chunk_start
-    last_tile = ((end_rel - 1) // BLOCK_N) * BLOCK_N
-    for r0 in range((lo_rel // BLOCK_N) * BLOCK_N, end_rel, BLOCK_N * TILES):
+    for r0 in range((lo_rel // BLOCK_N) * BLOCK_N, end - chunk_start, BLOCK_N):
         j = r0 + tl.arange(0, BLOCK_N)
-        in_range = (j >= lo_rel) & (j < end_rel)
+        in_range = (j >= lo_rel) & (j < end - chunk_start)
         k, v_t, k_scale, k_zero, v_scale, v_zero = packed_tile(kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off,
                                                                k_stride, v_stride, ks_off, vs_off, r0, j, in_range,
                                                                kv_head, HKV, HEAD_DIM, FORMAT, True)
-        if TILES == 2:  # the next tile, its rows masked past the end (its parameters read from the last tile's group)
-            j2 = j + BLOCK_N
-            in2 = j2 < end_rel
-            k2, v2_t, k2_scale, k2_zero, v2_scale, v2_zero = packed_tile(
-                kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off,
-                tl.minimum(r0 + BLOCK_N, last_tile), j2, in2, kv_head, HKV, HEAD_DIM, FORMAT, True)
         m_i, l_i, acc = attend_packed_keys(q, k, v_t, k_scale, k_zero, v_scale, v_zero, in_range, m_i, l_i, acc,
                                            qk_scale, FORMAT, DOT_F32, PRECISION)
-        if TILES == 2:
-            m_i, l_i, acc = attend_packed_keys(q, k2, v2_t, k2_scale, k2_zero, v2_scale, v2_zero, in2, m_i, l_i, acc,
-                                               qk_scale, FORMAT, DOT_F32, PRECISION)
     return m_i, l_i, acc
 
 
@@ -68,7 +55,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr, 
                    BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, BLOCK_S: tl.constexpr,
                    ALIGNED: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr,
                    ROPE: tl.constexpr, QK_NORM: tl.constexpr, PIECE_TILE: tl.constexpr, FORMAT: tl.constexpr,
-                   PACKED_TILES: tl.constexpr, PDL: tl.constexpr):
+                   PDL: tl.constexpr):
     """One query (decode): program (kv head, split) runs the GROUP query heads of its KV head (the columns
     of its products, attend_keys) over its split; the program that finishes its KV head's splits last merges
     them by log-sum-exp, so one launch does the whole step.
@@ -137,8 +124,7 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, lock_ptr, 
                 if ks_off != NOT_PACKED_C:
                     m_i, l_i, acc = _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride,
                                                   ks_off, vs_off, kv_head, start, end, chunk_start, m_i, l_i, acc,
-                                                  qk_scale, HQ // GROUP, HEAD_DIM, BLOCK_N, FORMAT, DOT_F32, PRECISION,
-                                                  PACKED_TILES)
+                                                  qk_scale, HQ // GROUP, HEAD_DIM, BLOCK_N, FORMAT, DOT_F32, PRECISION)
                 else:
                     m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
                                                  chunk_start, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32,
@@ -252,8 +238,7 @@ def launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_spl
     pointers = (q, k_base, v_base, table, out, part, lock) + packed.pointers(q) + rope_pointers
     constexprs = (hq, group, triton.next_power_of_2(group), head_dim, cfg.block_n,
                   triton.next_power_of_2(num_chunks + 1), block_s, aligned, interpreted(), precision,
-                  rotary is not None, qk_norm, cfg.block_n if pieces else 0, packed.format,
-                  cfg.packed_tiles if packed.format else 1)
+                  rotary is not None, qk_norm, cfg.block_n if pieces else 0, packed.format)
     args = pointers + (qk_eps, num_chunks, split_len, total, scale * LOG2E, q.stride(0)) + constexprs
     key = ("decode", q.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
            constexprs, cfg.num_warps, cfg.num_stages)

@@ -91,7 +91,7 @@ def _limited_triton(q, keys, values, scale, limits, num_splits, options: KernelO
     if packed.format:
         raise ValueError("limited attention reads chunks in the model's dtype only (dequantise packed ones first)")
     limits = limits.to(device=device, dtype=torch.int32)
-    block_m = row_tile(num_q, group, options)
+    block_m = row_tile(num_q, group)
     m_tiles = triton.cdiv(num_q * group, block_m)
     cfg = tuning(block_m, options)
     if num_splits is None:

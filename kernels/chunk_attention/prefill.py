@@ -6,7 +6,6 @@ import triton
 import triton.language as tl
 
 from ..dispatch import interpreted
-from ..kv_quant import GROUP as KV_GROUP
 from ..options import AttentionTuning, KernelOptions
 from .common import LOG2E, attend_tile, chunk_span, merge_partials, split_prologue, store_rows
 from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_tile, packed_tile
@@ -147,19 +146,13 @@ def merge_block(num_splits: int, head_dim: int) -> int:
     return min(triton.next_power_of_2(num_splits), 8192 // head_dim)
 
 
-def row_tile(num_q: int, group: int, options: KernelOptions, packed: bool = False) -> int:
-    """Rows (query x query head) of a program's tile: 16 to 64, or the long prefill's for many rows (over packed
-    chunks only where its K/V tiles divide their groups)."""
-    long = options.long_prefill
-    if long.min_rows and num_q * group >= long.min_rows and not (packed and KV_GROUP % long.block_n):
-        return long.block_m
+def row_tile(num_q: int, group: int) -> int:
+    """Rows (query x query head) of a program's tile: 16 to 64."""
     return min(64, max(16, triton.next_power_of_2(num_q * group)))
 
 
 def tuning(block_m: int, options: KernelOptions, packed: bool = False) -> AttentionTuning:
     """The launch settings of _attn_kernel for row tiles of block_m, over a context with packed chunks or not."""
-    if block_m > 64:
-        return options.long_prefill
     if block_m == 64:
         return options.packed_prefill if packed else options.prefill
     return options.attention

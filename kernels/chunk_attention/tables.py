@@ -147,7 +147,7 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
     strides are all multiples of 16 or not (`aligned`: chunk_tables' first 4 * chunks columns), holding packed chunks
     or not (the decode kernel's settings differ: KernelOptions.decode_tuning)."""
     group = hq // hkv
-    block_m = row_tile(num_q, group, options, packed)
+    block_m = row_tile(num_q, group)
     m_tiles = triton.cdiv(num_q * group, block_m)
     decode = num_q == 1 and group <= 16  # the decode kernel; else the several-query kernel and its merge
     if decode:

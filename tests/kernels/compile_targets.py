@@ -24,16 +24,12 @@ def signature(fn) -> dict:
 
 
 def settings():
-    for fmt, rope, tiles in itertools.product((0, 1, 2), (False, True), (1, 2)):
-        if tiles == 1 or fmt:  # two tiles an iteration: packed chunks only
-            yield f"decode FORMAT={fmt} ROPE={rope} PACKED_TILES={tiles}", decode._decode_kernel, dict(
-                COMMON, GROUP_P2=2, BLOCK_S=16, ROPE=rope, QK_NORM=rope, PIECE_TILE=64, FORMAT=fmt, PACKED_TILES=tiles)
+    for fmt, rope in itertools.product((0, 1, 2), (False, True)):
+        yield f"decode FORMAT={fmt} ROPE={rope}", decode._decode_kernel, dict(
+            COMMON, GROUP_P2=2, BLOCK_S=16, ROPE=rope, QK_NORM=rope, PIECE_TILE=64, FORMAT=fmt)
     for fmt, limited_rows in itertools.product((0, 1, 2), (False, True)):  # limits come with a graph's table
         yield f"prefill FORMAT={fmt} LIMITED={limited_rows}", prefill._attn_kernel, dict(
             COMMON, BLOCK_M=64, SPLIT=True, TOTAL_IN_TABLE=limited_rows, FORMAT=fmt, LIMITED=limited_rows)
-    for limited_rows in (False, True):  # the long prefill's row tiles (KernelOptions.long_prefill)
-        yield f"prefill BLOCK_M=128 LIMITED={limited_rows}", prefill._attn_kernel, dict(
-            COMMON, BLOCK_M=128, SPLIT=True, TOTAL_IN_TABLE=limited_rows, FORMAT=0, LIMITED=limited_rows)
     yield "limited", limited._limited_kernel, dict(COMMON, BLOCK_M=64, SPLIT=True)
 
 

@@ -6,7 +6,6 @@ import torch
 
 import cascade_rag.kernels.chunk_attention as ca  # kernels.dispatch sets TRITON_INTERPRET=1 when there is no GPU
 from cascade_rag.kernels.kv_quant import quantize
-from cascade_rag.kernels.options import DEFAULT_KERNELS, KernelOptions, LongPrefillTuning
 
 # (context lengths, which are packed ("d": model dtype, "p": the format), format, queries, Hq, Hkv, head_dim,
 # limits in position order as a recompute's are)
@@ -42,23 +41,13 @@ def limited_table(case, dtype, device):
     return q, own_k[layer], own_v[layer], tables[layer], bases, limits, keys, values
 
 
-# every prefill in the long prefill's row tiles of 128 (a recompute's many tokens), its K/V tiles of 64 where the
-# chunks are not packed (packed ones keep the tiles of 64 rows, whose K/V tiles divide their groups)
-LONG = KernelOptions(long_prefill=LongPrefillTuning(block_n=64, num_warps=8, num_stages=2, programs_per_sm=1,
-                                                    min_split=64, min_rows=1))
-
-
-def check(case, dtype, device, atol, options: KernelOptions = DEFAULT_KERNELS):
+def check(case, dtype, device, atol):
     q, own_k, own_v, table, bases, limits, keys, values = limited_table(case, dtype, device)
     nq, hq, d = q.shape[1:]
     scale = d ** -0.5
-    workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, aligned=False, options=options,
-                                    packed=bool(bases.format))
+    workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, aligned=False)
     assert not workspace.decode
-    if options is LONG:  # the long tiles, except over packed chunks
-        assert (workspace.block_m == 128) == (not bases.format)
-    out = ca.chunk_attention_table(q, own_k, own_v, table, scale, workspace, packed=bases, limits=limits,
-                                   options=options)
+    out = ca.chunk_attention_table(q, own_k, own_v, table, scale, workspace, packed=bases, limits=limits)
     ref = ca.chunk_attention_ref(q.float(), keys, values, scale, limits)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert (out.float() - ref).abs().max().item() <= atol
@@ -67,17 +56,15 @@ def check(case, dtype, device, atol, options: KernelOptions = DEFAULT_KERNELS):
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("options", [DEFAULT_KERNELS, LONG], ids=["tiles", "long"])
 @pytest.mark.parametrize("case", CASES)
-def test_limited_table_prefill_interpreted(case, options):
-    check(case, torch.float32, "cpu", 1e-4, options)
+def test_limited_table_prefill_interpreted(case):
+    check(case, torch.float32, "cpu", 1e-4)
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("options", [DEFAULT_KERNELS, LONG], ids=["tiles", "long"])
 @pytest.mark.parametrize("case", CASES)
-def test_limited_table_prefill_gpu(case, options):
-    check(case, torch.bfloat16, "cuda", 2e-2, options)
+def test_limited_table_prefill_gpu(case):
+    check(case, torch.bfloat16, "cuda", 2e-2)
 
 
 def test_reference_limits_mask_the_context_alone():
@@ -98,10 +85,3 @@ def test_limits_of_the_wrong_shape_are_refused():
     workspace = ca.decode_workspace(q.shape[1], q.shape[2], q.shape[3], own_k.shape[1], 256, "cpu")
     with pytest.raises(ValueError, match="one per query"):
         ca.chunk_attention_table(q, own_k, own_v, table, 0.125, workspace, limits=limits[:-1])
-
-
-def test_long_prefill_tiles_are_larger_than_the_prefills():
-    with pytest.raises(ValueError, match="power of two above 64"):
-        LongPrefillTuning(block_m=64)
-    with pytest.raises(ValueError, match="power of two above 64"):
-        LongPrefillTuning(block_m=96)

@@ -32,14 +32,10 @@ def packed_chunks(case, fmt, dtype, device):
     return keys, values, torch.randn(len(lengths) + 1, nq, hq, d, dtype=dtype, device=device)
 
 
-# decode steps loading two K/V tiles an iteration, of 16 rows (two to a group), the second past the end at times
-TWO_TILES = replace(DEFAULT_KERNELS, packed_decode=DecodeTuning(block_n=16, packed_tiles=2))
-
-
-def check(case, fmt, dtype, device, atol, options=DEFAULT_KERNELS):
+def check(case, fmt, dtype, device, atol):
     keys, values, q = packed_chunks(case, fmt, dtype, device)
     scale = q.shape[-1] ** -0.5
-    out = ca.chunk_attention(q, keys, values, scale, impl="triton", num_splits=case[-1], options=options)
+    out = ca.chunk_attention(q, keys, values, scale, impl="triton", num_splits=case[-1])
     ref = ca.chunk_attention_ref(q.float(), keys, values, scale)
     assert out.shape == ref.shape and out.dtype == dtype and torch.isfinite(out).all()
     assert (out.float() - ref).abs().max().item() <= atol
@@ -52,19 +48,11 @@ def test_packed_chunk_attention_interpreted(case, fmt):
     check(case, fmt, torch.float32, "cpu", 1e-4)
 
 
-@pytest.mark.interpreter
-@pytest.mark.parametrize("fmt", ["fp8", "int4"])
-@pytest.mark.parametrize("case", [c for c in CASES if c[2] == 1])
-def test_packed_decode_in_two_tiles_an_iteration_interpreted(case, fmt):
-    check(case, fmt, torch.float32, "cpu", 1e-4, TWO_TILES)
-
-
 @pytest.mark.gpu
-@pytest.mark.parametrize("options", [DEFAULT_KERNELS, TWO_TILES], ids=["default", "two-tiles"])
 @pytest.mark.parametrize("fmt", ["fp8", "int4"])
 @pytest.mark.parametrize("case", CASES)
-def test_packed_chunk_attention_gpu(case, fmt, options):
-    check(case, fmt, torch.bfloat16, "cuda", 2e-2, options)
+def test_packed_chunk_attention_gpu(case, fmt):
+    check(case, fmt, torch.bfloat16, "cuda", 2e-2)
 
 
 @pytest.mark.parametrize("device", [pytest.param("cpu", marks=pytest.mark.interpreter),
