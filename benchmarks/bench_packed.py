@@ -5,10 +5,9 @@ prefill, packed_prefill).
 
 The cases are bench_kernels' (Qwen3-0.6B: 16 q heads, 8 KV heads, head_dim 128; context chunks plus a bf16 own
 chunk), the context chunks quantised with kernels.kv_quant. Every format is timed over the same grid of launch
-settings (KV block, warps, pipeline depth, programs per SM), so that a
-ratio compares each format at its best; the default settings' time is printed beside it. GPU time as in
-bench_kernels (a CUDA graph of calls over copies of the inputs larger than L2). Effective GB/s counts the bytes each
-format stores (codes and parameters)."""
+settings (KV block, warps, pipeline depth, programs per SM), so that a ratio compares each format at its best; the
+default settings' time is printed beside it. GPU time as in bench_kernels (a CUDA graph of calls over copies of the
+inputs larger than L2). Effective GB/s counts the bytes each format stores (codes and parameters)."""
 import argparse
 import itertools
 import json

@@ -39,7 +39,7 @@ class GraphRecompute:
         self.staged = StagedInputs(dict(zip(_NAMES, sizes)), device, self.capture)
         self.views, self.host = self.staged.views, {name: t.numpy() for name, t in self.staged.host.items()}
         self.scales = torch.ones(self.max_chunks - 1, dtype=torch.float32, device=device)
-        self.slots_rows = torch.arange(capacity, device=device)  # the buffer's rows the tokens are written to
+        self.rows = torch.arange(capacity, device=device)  # the buffer's rows the tokens are written to
         self.graphs: dict[tuple, tuple] = {}
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
 
@@ -88,10 +88,10 @@ class GraphRecompute:
         ctx = AttentionContext([], [], v["shifts"][:slots - 1], self.buffer, scales=self.scales[:slots - 1],
                                backend=TableAttention(tables, workspace, limits=v["limits"][:padded]))
         x = self.model.embed_tokens(v["tokens"][:padded])
-        positions, slot_rows = v["positions"][:padded], self.slots_rows[:padded]
+        positions, rows = v["positions"][:padded], self.rows[:padded]
         with torch.inference_mode():
             for layer in self.model.layers:
-                x = layer(x, positions, slot_rows, ctx, self.model.rotary)
+                x = layer(x, positions, rows, ctx, self.model.rotary)
 
     def _capture(self, bucket: int, aligned: bool, padded: int, slots: int):
         c = self.config

@@ -31,7 +31,9 @@ def stored(engine, lengths, offset=0):
 def test_graphed_rows_equal_the_eager_pass(engine):
     graph = engine.recompute_graph()
     assert isinstance(graph, GraphRecompute)
-    for lengths, offset in (((20, 3, 25), 0), ((9, 30), 7)):  # a document shorter than the prefix; then new inputs
+    assert [graph.slots(n) for n in (1, 7, 8, 40, 62)] == [8, 8, 16, 63, 63]  # context chunks and the own one
+    # a document shorter than the prefix; new inputs; 9 context chunks (16 table slots)
+    for lengths, offset in (((20, 3, 25), 0), ((9, 30), 7), ((6,) * 8, 3)):
         chunks = stored(engine, lengths, offset)
         before = [(c.keys.clone(), c.values.clone()) for c in chunks]
         eager = SelectiveRecompute(engine.model, engine.dtype, "cpu", masked=False)(chunks, Recompute(None, 4))
