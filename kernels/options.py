@@ -50,6 +50,9 @@ class HeadTuning:
     exact_warps: int = 4
 
 
+PREFILL = AttentionTuning(block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64)  # row tiles of 64
+
+
 @dataclass(frozen=True)
 class KernelOptions:
     """pdl: programmatic dependent launch where the GPU has it (compute capability 9 and up: each kernel starts
@@ -62,10 +65,8 @@ class KernelOptions:
     pdl: bool = True
     cached_launch: bool = True
     attention: AttentionTuning = field(default_factory=AttentionTuning)
-    prefill: AttentionTuning = field(default_factory=lambda: AttentionTuning(block_n=32, num_warps=4, num_stages=3,
-                                                                              programs_per_sm=2, min_split=64))
-    packed_prefill: AttentionTuning = field(default_factory=lambda: AttentionTuning(
-        block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64))
+    prefill: AttentionTuning = field(default_factory=lambda: PREFILL)
+    packed_prefill: AttentionTuning = field(default_factory=lambda: PREFILL)
     decode: DecodeTuning = field(default_factory=DecodeTuning)
     packed_decode: DecodeTuning = field(default_factory=lambda: DecodeTuning(programs_per_sm=4))
     linear: LinearTuning = field(default_factory=LinearTuning)
