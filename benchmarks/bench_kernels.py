@@ -192,7 +192,8 @@ def sweep(name: str, field: str, settings: list[tuple], cases) -> tuple[object, 
 
 def settings(options: KernelOptions = DEFAULT_KERNELS) -> dict:
     return {name: dataclasses.asdict(getattr(options, name))
-            for name in ("decode", "packed_decode", "prefill", "packed_prefill", "attention", "linear", "linear_gated", "head")}
+            for name in ("decode", "packed_decode", "prefill", "packed_prefill", "attention", "linear", "linear_gated",
+                         "head")}
 
 
 def tune(which: list[str]) -> tuple[KernelOptions, dict]:
