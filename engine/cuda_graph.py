@@ -17,6 +17,8 @@ keys, which its LM head fills in turn, and ends by writing its token into a pinn
 Its LM head reads an int8 copy of the weight and recomputes only the rows that can hold the argmax
 (kernels.lm_head): the same token from half the bytes.
 """
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -33,13 +35,24 @@ from .options import EngineOptions
 
 
 def question_bucket(n: int) -> int:
-    return max(16, 1 << (n - 1).bit_length())
+    """Tokens a prefill of n is padded to: a power of two (at least 16), and above 256 a multiple of 128."""
+    return max(16, 1 << (n - 1).bit_length()) if n <= 256 else -(-n // 128) * 128
+
+
+@dataclass(frozen=True)
+class Lead:
+    """Tokens prefilled before the question in its pass, into the own rows before it (EPIC's recomputed rows,
+    engine.selective.PrefixPlan): their ids, placed positions and limits (token i sees the context's first limits[i]
+    keys in the table's order, then the own rows before it; the question sees the whole context)."""
+    token_ids: list[int]
+    positions: list[int]
+    limits: list[int]
 
 
 def _input_sizes(layers: int, max_chunks: int, max_question: int) -> dict:
     """int64 elements of each input GraphDecoder stages (the float32 scales take half as many)."""
     return dict(tables=layers * (7 * max_chunks + 1), shifts=max_chunks - 1, scales=max_chunks // 2,
-                prompt=max_question, prompt_positions=max_question, last=1)
+                prompt=max_question, prompt_positions=max_question, limits=max_question, last=1)
 
 
 def _typed(views: dict, layers: int, max_chunks: int) -> dict:
@@ -103,6 +116,7 @@ class GraphDecoder:
         self.host = {name: t.numpy() for name, t in _typed(self.staged.host, c.num_layers, self.max_chunks).items()}
         self.tables, self.shifts, self.scales = views["tables"], views["shifts"], views["scales"]
         self.prompt, self.prompt_positions, self.last = views["prompt"], views["prompt_positions"], views["last"]
+        self.limits, self.lead = views["limits"], 0  # the lead's rows (prepare) come before the question's
         self.graphs: dict[tuple, tuple] = {}
         # packed chunks' table offsets count from these, which stay put (the graphs hold their addresses)
         self.packed_bases, self.packed = fixed_bases(device), NO_PACKED
@@ -113,13 +127,20 @@ class GraphDecoder:
         """Whether a request over these chunks whose own chunk holds at most own_tokens tokens runs in graphs."""
         return len(chunks) < self.max_chunks and own_tokens <= self.own.capacity
 
-    def prepare(self, ctx: AttentionContext, own_tokens: int, prompt: list[int], start: int) -> None:
+    def fits_prompt(self, n: int) -> bool:
+        """Whether a graph prefills n tokens (a lead's and the question's)."""
+        return question_bucket(n) <= self.max_question
+
+    def prepare(self, ctx: AttentionContext, own_tokens: int, prompt: list[int], start: int,
+                lead: Lead | None = None) -> None:
         """Fills the static buffers for a request over ctx's chunks (on the device: the table holds their
-        addresses) whose own chunk will hold at most own_tokens tokens, the first of them the prompt at
-        positions from `start` (prefilled by a graph if it has at most graph_max_question tokens)."""
+        addresses) whose own chunk will hold at most own_tokens tokens, the first of them the lead's (if any) and
+        then the prompt at positions from `start`, prefilled by a graph if they are at most graph_max_question."""
         context = sum(k.shape[1] for k in ctx.keys)
-        n = len(prompt)
-        if n <= self.max_question:
+        lead_ids = lead.token_ids if lead else []
+        self.lead = len(lead_ids)
+        n = self.lead + len(prompt)
+        if self.fits_prompt(n):
             own_tokens = max(own_tokens, question_bucket(n))
         self.bucket = max(self.options.graph_min_bucket, 1 << (context + own_tokens - 1).bit_length())
         self.staged.wait()  # the previous request's copy has left the host buffer
@@ -132,12 +153,15 @@ class GraphDecoder:
         self.aligned = bool((tables[:, :4 * self.max_chunks] % 16 == 0).all())  # offsets, strides (not starts)
         host["shifts"][:] = 0
         host["scales"][:] = 1.0
-        if n <= self.max_question:
-            padded = question_bucket(n)
-            host["prompt"][:n] = prompt
+        if self.fits_prompt(n):
+            padded, end = question_bucket(n), start + len(prompt)
+            host["prompt"][:n] = lead_ids + list(prompt)
             host["prompt"][n:padded] = 0
             top = self.model.config.max_position - 1
-            host["prompt_positions"][:padded] = np.minimum(np.arange(start, start + padded), top)
+            host["prompt_positions"][:self.lead] = lead.positions if lead else []
+            host["prompt_positions"][self.lead:padded] = np.minimum(np.arange(start, end + padded - n), top)
+            host["limits"][:self.lead] = lead.limits if lead else []
+            host["limits"][self.lead:n], host["limits"][n:padded] = context, 0
             host["last"][0] = n - 1
         self.staged.send()
         # the chunks' shifts and scales are already on the device: after the padding, as in the tables
@@ -145,12 +169,13 @@ class GraphDecoder:
         if ctx.scales is not None:
             self.scales[len(self.scales) - len(ctx.scales):].copy_(ctx.scales)
 
-    def _step(self, workspace, prompt: int = 0, greedy: bool = False) -> torch.Tensor:
+    def _step(self, workspace, prompt: int = 0, greedy: bool = False, limited: bool = False) -> torch.Tensor:
         """A decode step (greedy: its token from the argmax keys), or (prompt > 0) the prefill of a prompt padded
-        to `prompt` tokens: the padding comes after the real tokens, so causal masking keeps it out of their
-        attention, and decoding overwrites its slots."""
+        to `prompt` tokens (limited: under the staged limits, a lead's): the padding comes after the real tokens,
+        so causal masking keeps it out of their attention, and decoding overwrites its slots."""
+        limits = self.limits[:prompt] if limited else None
         ctx = AttentionContext([], [], self.shifts, self.own, scales=self.scales,
-                               backend=TableAttention(self.tables, workspace, self.packed))
+                               backend=TableAttention(self.tables, workspace, self.packed, limits))
         if prompt:
             return self.model.step(self.prompt[:prompt], self.prompt_positions[:prompt], self.prompt_slots[:prompt],
                                    ctx, last=self.last)
@@ -162,12 +187,13 @@ class GraphDecoder:
         return logits
 
     def prefill(self, n: int) -> torch.Tensor | None:
-        """Logits after the n-token prompt given to prepare, written to own slots from 0; None when the prompt is
-        too long for a graph."""
-        if n > self.max_question:
+        """Logits after the lead given to prepare and the n-token prompt, written to own slots from 0; None when
+        they are too long for a graph."""
+        n += self.lead
+        if not self.fits_prompt(n):
             return None
         padded = question_bucket(n)
-        return self._replay(("prefill", self.bucket, self.aligned, self.packed.format, padded), padded)
+        return self._replay(("prefill", self.bucket, self.aligned, self.packed.format, padded, self.lead > 0), padded)
 
     def begin(self, token: torch.Tensor, position: int, slot: int, greedy: bool) -> None:
         """Decoding starts after the prompt, whose last token is at `position` in own slot `slot`, with `token` (a
@@ -202,21 +228,21 @@ class GraphDecoder:
         return wait
 
     def _replay(self, key: tuple, prompt: int) -> torch.Tensor:
-        greedy = key[0] == "decode" and key[-1]
+        greedy, limited = key[0] == "decode" and key[-1], key[0] == "prefill" and key[-1]
         if key not in self.graphs:
-            self.graphs[key] = self._capture(prompt, greedy)
+            self.graphs[key] = self._capture(prompt, greedy, limited)
         graph, workspace, logits = self.graphs[key]
         if graph is None:
-            return self._step(workspace, prompt, greedy)
+            return self._step(workspace, prompt, greedy, limited)
         graph.replay()
         return logits
 
-    def _capture(self, prompt: int, greedy: bool):
+    def _capture(self, prompt: int, greedy: bool, limited: bool):
         c = self.config
         workspace = decode_workspace(max(1, prompt), c.num_heads, c.head_dim, c.num_kv_heads, self.bucket,
                                      self.own.keys.device, self.aligned, self.options.kernels, bool(self.packed.format))
         if not self.capture:
             return None, workspace, None
-        graph, logits = capture(lambda: self._step(workspace, prompt, greedy), self.pool,
+        graph, logits = capture(lambda: self._step(workspace, prompt, greedy, limited), self.pool,
                                 keep=(self.token, self.position, self.slot, self.best))  # the warm-ups advance them
         return graph, workspace, logits

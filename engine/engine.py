@@ -139,10 +139,20 @@ class LLMEngine:
     def stream(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
                chunks: list[KVChunk] = (), mode: str = "cached") -> Generation:
         """Generates after [chunks..., token_ids]; `cached` reuses the chunks' KV, `full` prefills everything,
-        `blend` recomputes part of the documents' KV first (see blend; chunks[0] must be level 0).
+        `blend` recomputes part of the documents' KV first (see blend; chunks[0] must be level 0): in graphs, each
+        document's first tokens (EPIC) run in the question's prefill, before it.
 
         At batch size 1 one generation runs at a time: starting another abandons the previous one."""
         began = time.perf_counter()
+        sampler = Sampler(params, torch.device(self.device))
+        stepper = self._lead_stepper(chunks, token_ids, params, sampler) if mode == "blend" else None
+        if stepper is None:
+            stepper = self._stepper(chunks, token_ids, params, mode, sampler)
+        prompt_tokens = len(token_ids) + sum(c.length for c in chunks)
+        return Generation.run(stepper, prompt_tokens, params, TextStream(self.tokenizer, params.stop),
+                              self.tokenizer.eos_token_ids, began)
+
+    def _stepper(self, chunks, token_ids, params: SamplingParams, mode: str, sampler: Sampler):
         graph = self.recompute_graph() if mode == "blend" and self.options.blend.ratio is None else None
         chunks = self.composer.compose(chunks, mode, self.options.blend, graph)
         context_tokens = sum(c.length for c in chunks)
@@ -151,17 +161,30 @@ class LLMEngine:
             chunks if mode != "full" else [], own_tokens) else None
         ctx, prompt, start = self.composer.prefill_inputs(chunks, token_ids, mode, params.max_new_tokens,
                                                           own=graphs.own if graphs else None)
-        sampler = Sampler(params, torch.device(self.device))
-        if graphs:
-            graphs.prepare(ctx, own_tokens, prompt, start)
-            # chunks still arriving: the prefill runs eagerly, waiting for each layer before its attention
-            stepper = GraphStepper(graphs, self.model, ctx, prompt, start, sampler,
-                                   graph_prefill=mode != "full" and not ctx.pending)
-        else:
-            stepper = EagerStepper(self.model, ctx, prompt, start, sampler, self.device)
-        prompt_tokens = len(prompt) + (context_tokens if mode != "full" else 0)
-        return Generation.run(stepper, prompt_tokens, params, TextStream(self.tokenizer, params.stop),
-                              self.tokenizer.eos_token_ids, began)
+        if not graphs:
+            return EagerStepper(self.model, ctx, prompt, start, sampler, self.device)
+        graphs.prepare(ctx, own_tokens, prompt, start)
+        # chunks still arriving: the prefill runs eagerly, waiting for each layer before its attention
+        return GraphStepper(graphs, self.model, ctx, prompt, start, sampler,
+                            graph_prefill=mode != "full" and not ctx.pending)
+
+    def _lead_stepper(self, chunks, token_ids, params: SamplingParams, sampler: Sampler) -> GraphStepper | None:
+        """EPIC's recompute and the question in one graphed prefill (Composer.lead_inputs); None where the options
+        ask for another recompute or it does not fit the graphs."""
+        blend, graphs = self.options.blend, self.graphs
+        if graphs is None or blend.ratio is not None or not token_ids:
+            return None
+        inputs = self.composer.lead_inputs(chunks, blend.prefix, graphs.own)
+        if inputs is None:
+            return None
+        ctx, lead, start = inputs
+        m = len(lead.token_ids)
+        own_tokens = m + len(token_ids) + params.max_new_tokens
+        if not (graphs.fits(ctx.keys, own_tokens) and graphs.fits_prompt(m + len(token_ids))):
+            return None
+        self.composer.check_length(start + len(token_ids) + params.max_new_tokens)
+        graphs.prepare(ctx, own_tokens, list(token_ids), start, lead)
+        return GraphStepper(graphs, self.model, ctx, list(token_ids), start, sampler, graph_prefill=True, lead=m)
 
     def generate(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
                  chunks: list[KVChunk] = (), mode: str = "cached") -> Generation:

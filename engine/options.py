@@ -73,12 +73,14 @@ class EngineOptions:
     - use_custom_kernels: the Triton kernels (off: their PyTorch references, on every path; CUDA graphs run the
       Triton kernels, so off needs use_cuda_graphs=False).
     - use_cuda_graphs: on CUDA, decode steps and (in `cached` and `blend`) the question prefill replay CUDA graphs,
-      within the limits graph_own_tokens (the request's own KV buffer: question + answer), graph_max_chunks
-      (chunks + the own one), graph_max_question (longest question prefilled by a graph) and graph_min_bucket
-      (the shortest context bucket); larger requests run eagerly. `blend`'s recompute of each document's first
-      tokens (EPIC) replays a graph too, for up to graph_recompute_tokens tokens (padded to a power of two).
-      graph_steps_off_cuda: elsewhere than CUDA, run
-      the graph decoder's static steps uncaptured (slow; for tests of the graph path and its options on a CPU).
+      within the limits graph_own_tokens (the request's own KV buffer: EPIC's recomputed rows, question, answer),
+      graph_max_chunks (chunks + the own one), graph_max_question (the most tokens prefilled by a graph: the
+      question and, in `blend`, the documents' first tokens that EPIC recomputes in the same pass) and
+      graph_min_bucket (the shortest context bucket); larger requests run eagerly. Where EPIC's tokens do not fit
+      the question's graph, their recompute replays a graph of its own, for up to graph_recompute_tokens tokens.
+      Prefills are padded to a power of two (at least 16) up to 256 tokens, above to a multiple of 128.
+      graph_steps_off_cuda: elsewhere than CUDA, run the graph decoder's static steps uncaptured (slow; for tests
+      of the graph path and its options on a CPU).
     - quantized_head: greedy graph steps read the LM head's int8 copy (kernels.lm_head; the token is the same).
     - document_temperature: divides the new tokens' scores over documents that share positions (`cached`).
     - blend: which document tokens `blend` recomputes (engine.selective; default CacheBlend's 15%).
@@ -94,7 +96,7 @@ class EngineOptions:
     use_cuda_graphs: bool = True
     graph_own_tokens: int = 4096
     graph_max_chunks: int = 63  # with the own chunk 64: the kernels search as wide a power of two as at 33
-    graph_max_question: int = 512
+    graph_max_question: int = 2048
     graph_min_bucket: int = 1024
     graph_recompute_tokens: int = 1024
     graph_steps_off_cuda: bool = False

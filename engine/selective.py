@@ -15,7 +15,7 @@ Either way the selected tokens run in one pass per layer, each attending under a
 GraphRecompute (engine.recompute_graph), EPIC's pass replays its CUDA graph instead, the recomputed rows in its
 buffer. The result is a list of chunks that the question is prefilled over as in `cached` (CUDA graphs included)."""
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,6 +27,26 @@ from .kv_chunk import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunk
 from .model import Decoder
 from .options import Recompute
 from .recompute_graph import GraphRecompute
+
+
+@dataclass
+class PrefixPlan:
+    """EPIC's recompute laid out: the context the recomputed tokens attend to (level 0 and the stored rows after each
+    document's recomputed ones, dense, with their position shifts), the tokens (ids, placed positions, and limits:
+    token i sees the context's first limits[i] keys, then the recomputed rows before it), and per document (the
+    chunk, dense; its place; its recomputed rows; its stored rest or None; the rest's shift)."""
+    context: list[KVChunk]
+    shifts: list[int]
+    token_ids: list[int]
+    positions: list[int]
+    limits: list[int]
+    documents: list[tuple]
+
+    @property
+    def end(self) -> int:
+        """The position after the last document."""
+        chunk, place, *_ = self.documents[-1]
+        return place + chunk.length
 
 
 class LimitedAttention:
@@ -60,6 +80,17 @@ class SelectiveRecompute:
         self.graph, self.masked = graph, masked
 
     def __call__(self, chunks: list[KVChunk], recompute: Recompute) -> list[KVChunk]:
+        level0, documents, places = self._placed(chunks)
+        if not documents:
+            return [level0]
+        with torch.inference_mode():
+            if recompute.ratio is not None:
+                return self._blend(level0, documents, places, recompute)
+            return self._prefixes(level0, documents, recompute.prefix)
+
+    def _placed(self, chunks: list[KVChunk]) -> tuple[KVChunk, list[KVChunk], list[int]]:
+        """Level 0, the documents and the position each is placed at (one after the other), checked; waits until the
+        documents have arrived (they are read whole)."""
         if not chunks or chunks[0].level != LEVEL_SYSTEM or chunks[0].start != 0:
             raise ValueError("blend needs the level-0 chunk first, at position 0")
         level0, documents = chunks[0], chunks[1:]
@@ -71,15 +102,10 @@ class SelectiveRecompute:
         for chunk, place in zip(documents, places):
             if place < chunk.start:
                 raise ValueError(f"a chunk at canonical position {chunk.start} cannot be placed before it")
-        if not documents:
-            return [level0]
-        for chunk in documents:  # read whole below: every layer must have arrived
+        for chunk in documents:
             if chunk.arrival is not None:
                 chunk.arrival.wait_all()
-        with torch.inference_mode():
-            if recompute.ratio is not None:
-                return self._blend(level0, documents, places, recompute)
-            return self._prefixes(level0, documents, places, recompute.prefix)
+        return level0, documents, places
 
     def _run(self, token_ids, positions, slots, ctx, backend, measured=None, choose=None) -> None:
         """The tokens through every layer, their KV written at `slots` of ctx.own; after layer `measured`, on
@@ -128,48 +154,65 @@ class SelectiveRecompute:
         chunk = chunk.to(self.device)
         return replace(chunk, keys=dense(chunk.keys, self.dtype), values=dense(chunk.values, self.dtype))
 
-    def _prefixes(self, level0, documents, places, prefix: int) -> list[KVChunk]:
+    def plan(self, chunks: list[KVChunk], prefix: int, turned: bool = False) -> PrefixPlan | None:
+        """EPIC's recompute of each document's first `prefix` tokens laid out (see PrefixPlan); None when nothing is
+        recomputed. turned: the stored rows after them turned to their places (a copy), else read in place."""
+        level0, documents, places = self._placed(chunks)
         counts = [min(prefix, c.length) for c in documents]
-        m = sum(counts)
+        if sum(counts) == 0:
+            return None
+        cos, sin = self.model.rotary.cos, self.model.rotary.sin
+        # a document's tokens see level 0 and the stored rows before it (limits) and the recomputed rows before them
+        # (causally, in the own rows); the stored rows after them stay in place, their shift applied to the query
+        plan = PrefixPlan([self._dense(level0)], [0], [], [], [], [])
+        seen = level0.length  # the context rows before the document
+        for chunk, place, k in zip(documents, places, counts):
+            plan.limits += [seen] * k
+            seen += chunk.length - k
+            chunk = self._dense(chunk)
+            plan.token_ids += chunk.token_ids[:k]
+            plan.positions += range(place, place + k)
+            rest = None
+            if k < chunk.length:
+                rest, shift = KVChunk(LEVEL_DOCUMENT, chunk.token_ids[k:], chunk.start + k, chunk.keys[:, k:],
+                                      chunk.values[:, k:], chunk.fingerprint), place - chunk.start
+                if turned and shift:
+                    rest, shift = replace(rest, start=place + k, keys=rotate(rest.keys, cos[shift], sin[shift])), 0
+                plan.context.append(rest)
+                plan.shifts.append(shift)
+            plan.documents.append((chunk, place, k, rest, shift if rest is not None else 0))
+        return plan
+
+    def _prefixes(self, level0, documents, prefix: int) -> list[KVChunk]:
+        m = sum(min(prefix, c.length) for c in documents)
         if m == 0:
             return [level0, *documents]
         graph = self.graph if self.graph is not None and self.graph.fits(1 + len(documents), m) else None
         # off CUDA (the limited-attention kernel's reference): the stored rows turned to their places, one masked SDPA
         turned = graph is None and torch.device(self.device).type != "cuda" if self.masked is None else self.masked
+        plan = self.plan([level0, *documents], prefix, turned)
         own = graph.buffer if graph else KVBuffer.empty(self.config, m, self.dtype, self.device)
-        cos, sin = self.model.rotary.cos, self.model.rotary.sin
         out, shifts, row = [level0], [0], 0
-        # the context of the recomputed tokens: level 0 and the stored rows, in order; a document's tokens see those
-        # before it (limits) and the recomputed rows before them (causally, in `own`)
-        context, context_shifts, limits = [self._dense(level0)], [0], []
-        seen = level0.length  # the context rows before the document
-        for chunk, place, k in zip(documents, places, counts):
-            limits += [seen] * k
-            seen += chunk.length - k
-            chunk = self._dense(chunk)
+        for chunk, place, k, rest, shift in plan.documents:
             if k:  # the recomputed rows: keys rotated at their placed positions (shift 0)
                 out.append(KVChunk(LEVEL_DOCUMENT, chunk.token_ids[:k], place, own.keys[:, row:row + k],
                                    own.values[:, row:row + k], chunk.fingerprint))
                 shifts.append(0)
                 row += k
-            if k < chunk.length:  # the stored rows after them, in place (or turned to their place: a copy)
-                rest, shift = KVChunk(LEVEL_DOCUMENT, chunk.token_ids[k:], chunk.start + k, chunk.keys[:, k:],
-                                      chunk.values[:, k:], chunk.fingerprint), place - chunk.start
-                if turned and shift:
-                    rest, shift = replace(rest, start=place + k, keys=rotate(rest.keys, cos[shift], sin[shift])), 0
+            if rest is not None:
                 out.append(rest)
                 shifts.append(shift)
-                context.append(rest)
-                context_shifts.append(shift)
-        token_ids = [t for c, k in zip(documents, counts) for t in c.token_ids[:k]]
-        at = [p + i for p, k in zip(places, counts) for i in range(k)]
+        context = plan.context
         if graph:
-            graph.run([c.keys for c in context], [c.values for c in context], context_shifts, token_ids, at, limits)
+            graph.run([c.keys for c in context], [c.values for c in context], plan.shifts, plan.token_ids,
+                      plan.positions, plan.limits)
             return out
-        positions = torch.tensor(at, dtype=torch.int64, device=self.device)
-        ids, slots = torch.tensor(token_ids, dtype=torch.int64, device=self.device), torch.arange(m, device=self.device)
+        positions = torch.tensor(plan.positions, dtype=torch.int64, device=self.device)
+        ids = torch.tensor(plan.token_ids, dtype=torch.int64, device=self.device)
+        slots = torch.arange(m, device=self.device)
         if turned:
-            visible = torch.arange(seen, device=self.device)[None, :] < torch.tensor(limits, device=self.device)[:, None]
+            seen, limits = sum(c.length for c in context), torch.tensor(plan.limits, device=self.device)
+            visible = torch.arange(seen, device=self.device)[None, :] < limits[:, None]
             causal = torch.ones(m, m, dtype=torch.bool, device=self.device).tril()
             ctx = AttentionContext(keys=[c.keys for c in context], values=[c.values for c in context],
                                    shifts=torch.zeros(len(context), dtype=torch.int64, device=self.device), own=own,

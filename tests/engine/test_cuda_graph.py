@@ -8,7 +8,7 @@ import torch
 from dataclasses import replace
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, EngineOptions, KernelOptions, LLMEngine, SamplingParams
-from cascade_rag.engine.cuda_graph import GraphDecoder
+from cascade_rag.engine.cuda_graph import GraphDecoder, question_bucket
 from tests.helpers import make_tiny_checkpoint
 
 SYSTEM, DOCS, QUESTION = [1, 5, 9, 14], [[20 + i for i in range(n)] for n in (7, 1, 12)], [300, 301, 302, 303]
@@ -23,6 +23,11 @@ def engines(path, **options):
     static = LLMEngine(path, graph_steps_off_cuda=True, **common)
     assert eager.graphs is None and static.graphs is not None
     return eager, static
+
+
+def test_prefills_are_padded_to_a_power_of_two_then_to_a_multiple_of_128():
+    sizes = (1, 16, 17, 200, 256, 257, 384, 385, 1056)
+    assert [question_bucket(n) for n in sizes] == [16, 16, 32, 256, 256, 384, 384, 512, 1152]
 
 
 def chunks_of(engine):

@@ -1,6 +1,8 @@
 """EPIC's recompute through the graph's static buffers and chunk table (engine.recompute_graph; on the CPU the steps
 run uncaptured, the Triton kernels in the interpreter) against the eager pass (engine.selective): the same rows,
-the same answer, the stored chunks untouched, and the eager pass where the graph's buffers are too small. The
+the same answer, the stored chunks untouched, and the eager pass where the graph's buffers are too small. In
+`generate` the recompute runs in the question's prefill, before it (engine.cuda_graph.Lead), where both fit the
+question's graph; else in its own graph. The
 rows are compared with the eager pass over the stored rows in place (the layout the graph reads), whose masked
 variant off CUDA tests/engine/test_selective.py checks."""
 import pytest
@@ -70,3 +72,22 @@ def test_a_recompute_beyond_the_graphs_buffer_runs_eagerly(engine):
     assert all(torch.equal(a.keys, b.keys) for a, b in zip(fallback, eager))
     with pytest.raises(ValueError, match="does not fit"):
         graph.run([chunks[0].keys], [chunks[0].values], [0], list(range(70)), list(range(4, 74)), [4] * 70)
+
+
+def test_the_recompute_in_the_questions_prefill_answers_as_apart(engine):
+    apart = LLMEngine(engine.model_path, device="cpu", dtype="fp32", graph_own_tokens=64, graph_steps_off_cuda=True,
+                      graph_recompute_tokens=64, graph_max_question=16, blend=Recompute(None, 4))
+    eager = LLMEngine(engine.model_path, device="cpu", dtype="fp32", use_cuda_graphs=False, blend=Recompute(None, 4))
+    params = SamplingParams(max_new_tokens=5, ignore_eos=True)
+    question = QUESTION * 2  # with 4 documents' 4 tokens each: 24 tokens, padded to 32 (over apart's 16)
+    for lengths in ((20, 4, 3, 25), (9, 30, 6, 4)):  # documents shorter than the prefix and as long as it
+        chunks = stored(engine, lengths)
+        before = [(c.keys.clone(), c.values.clone()) for c in chunks]
+        expected = eager.generate(question, params, chunks, "blend")
+        assert len(expected.token_ids) == 5
+        for graphed in (engine, apart):
+            result = graphed.generate(question, params, chunks, "blend")
+            assert result.token_ids == expected.token_ids and result.prompt_tokens == expected.prompt_tokens
+        assert all(torch.equal(c.keys, k) and torch.equal(c.values, v) for c, (k, v) in zip(chunks, before))
+    leads = [key for key in engine.graphs.graphs if key[0] == "prefill" and key[-1]]
+    assert leads and not any(key[0] == "prefill" and key[-1] for key in apart.graphs.graphs)
