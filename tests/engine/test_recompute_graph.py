@@ -78,16 +78,25 @@ def test_the_recompute_in_the_questions_prefill_answers_as_apart(engine):
     apart = LLMEngine(engine.model_path, device="cpu", dtype="fp32", graph_own_tokens=64, graph_steps_off_cuda=True,
                       graph_recompute_tokens=64, graph_max_question=16, blend=Recompute(None, 4))
     eager = LLMEngine(engine.model_path, device="cpu", dtype="fp32", use_cuda_graphs=False, blend=Recompute(None, 4))
-    params = SamplingParams(max_new_tokens=5, ignore_eos=True)
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
     question = QUESTION * 2  # with 4 documents' 4 tokens each: 24 tokens, padded to 32 (over apart's 16)
-    for lengths in ((20, 4, 3, 25), (9, 30, 6, 4)):  # documents shorter than the prefix and as long as it
-        chunks = stored(engine, lengths)
-        before = [(c.keys.clone(), c.values.clone()) for c in chunks]
-        expected = eager.generate(question, params, chunks, "blend")
-        assert len(expected.token_ids) == 5
-        for graphed in (engine, apart):
-            result = graphed.generate(question, params, chunks, "blend")
-            assert result.token_ids == expected.token_ids and result.prompt_tokens == expected.prompt_tokens
-        assert all(torch.equal(c.keys, k) and torch.equal(c.values, v) for c, (k, v) in zip(chunks, before))
+    chunks = stored(engine, (20, 4, 3, 25))  # documents as long as the prefix and shorter
+    before = [(c.keys.clone(), c.values.clone()) for c in chunks]
+    expected = eager.generate(question, params, chunks, "blend")
+    assert len(expected.token_ids) == 4
+    for graphed in (engine, apart):
+        result = graphed.generate(question, params, chunks, "blend")
+        assert result.token_ids == expected.token_ids and result.prompt_tokens == expected.prompt_tokens
+    assert all(torch.equal(c.keys, k) and torch.equal(c.values, v) for c, (k, v) in zip(chunks, before))
+    # the first token's logits and the recomputed rows, from the lead's prefill and from the eager pass
+    graphs, recompute = engine.graphs, Recompute(None, 4)
+    ctx, lead, start = engine.composer.lead_inputs(chunks, 4, graphs.own)
+    graphs.prepare(ctx, len(lead.token_ids) + len(question) + 1, question, start, lead)
+    logits = graphs.prefill(len(question))
+    assert (logits[-1] - eager.logits(chunks, question, "blend", recompute)[-1]).abs().max() <= 1e-4
+    rows = [c for c in SelectiveRecompute(engine.model, engine.dtype, "cpu", masked=False)(chunks, recompute)[1:]
+            if c.length <= 4 and c.start in lead.positions]
+    recomputed = torch.cat([c.keys for c in rows], dim=1)
+    assert (graphs.own.keys[:, :len(lead.token_ids)] - recomputed).abs().max() <= 1e-4
     leads = [key for key in engine.graphs.graphs if key[0] == "prefill" and key[-1]]
     assert leads and not any(key[0] == "prefill" and key[-1] for key in apart.graphs.graphs)
