@@ -28,8 +28,9 @@ from .tokenizer import TextStream, Tokenizer
 
 class LLMEngine:
     """One model at batch size 1. Owns the decoder (weights and kernels), the tokenizer, the checkpoint's identity,
-    the composition of chunks (engine.composition) and, on CUDA, the CUDA-graph decoder and EPIC's graphed
-    recompute (engine.recompute_graph, in `generate` and `stream`); configured by one
+    the composition of chunks (engine.composition) and, on CUDA, the CUDA-graph decoder (which runs EPIC's recompute
+    in the question's prefill where it fits) and EPIC's own recompute graph for the rest (engine.recompute_graph, in
+    `generate` and `stream`); configured by one
     EngineOptions (`options`, resolved for the machine), given whole or as keyword arguments naming its fields:
     LLMEngine(path, EngineOptions(device="cuda")) or LLMEngine(path, device="cuda", use_cuda_graphs=False)."""
 
