@@ -150,7 +150,8 @@ def suite(path: Path, contexts: list[int], formats: list[str], decode: bool, rep
 
 def table(rows: list[dict]) -> str:
     lines = ["| shape | context | format | KV bytes/token | full (ours) ms | cached GPU ms | pinned CPU ms | disk ms "
-             "(page cache) | disk load alone ms | disk ms (dropped) | disk / full | CPU GB/s | disk GB/s | decode tok/s |",
+             "(page cache) | disk load alone ms | disk ms (dropped) | disk / full | CPU GB/s | disk GB/s | "
+             "decode tok/s |",
              "|" + "---|" * 14]
     for r in rows:
         gbs = lambda k: f"{r[k]:.1f}" if r.get(k) else "n/a"  # noqa: E731

@@ -88,7 +88,8 @@ class Composer:
         self.check_length(start + len(token_ids) + max_new_tokens)
         return ctx, list(token_ids), start
 
-    def lead_inputs(self, chunks: list[KVChunk], prefix: int, own: KVBuffer) -> tuple[AttentionContext, Lead, int] | None:
+    def lead_inputs(self, chunks: list[KVChunk], prefix: int,
+                    own: KVBuffer) -> tuple[AttentionContext, Lead, int] | None:
         """`blend`'s recompute of each document's first `prefix` tokens (EPIC) as the lead of the question's prefill,
         in its pass: the context (level 0 and the stored rows after those tokens, read in place; the new tokens' KV
         goes to `own`, emptied), the lead, and the position after the documents (the question's first); None when
