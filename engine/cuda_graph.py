@@ -29,7 +29,6 @@ from cascade_rag.kernels.lm_head import quantize_rows, supported
 
 from .attention import AttentionContext, KVBuffer
 from .graph_capture import StagedInputs, capture
-from .kv_chunk import KVChunk
 from .model import Decoder
 from .options import EngineOptions
 
@@ -116,16 +115,18 @@ class GraphDecoder:
         self.host = {name: t.numpy() for name, t in _typed(self.staged.host, c.num_layers, self.max_chunks).items()}
         self.tables, self.shifts, self.scales = views["tables"], views["shifts"], views["scales"]
         self.prompt, self.prompt_positions, self.last = views["prompt"], views["prompt_positions"], views["last"]
-        self.limits, self.lead = views["limits"], 0  # the lead's rows (prepare) come before the question's
+        self.limits = views["limits"]
+        self.lead = 0  # rows of the lead given to the last prepare, before the prompt's in the own buffer
         self.graphs: dict[tuple, tuple] = {}
         # packed chunks' table offsets count from these, which stay put (the graphs hold their addresses)
         self.packed_bases, self.packed = fixed_bases(device), NO_PACKED
         self.pool = torch.cuda.graph_pool_handle() if self.capture else None
         self.bucket, self.aligned = options.graph_min_bucket, False
 
-    def fits(self, chunks: list[KVChunk], own_tokens: int) -> bool:
-        """Whether a request over these chunks whose own chunk holds at most own_tokens tokens runs in graphs."""
-        return len(chunks) < self.max_chunks and own_tokens <= self.own.capacity
+    def fits(self, context_chunks: int, own_tokens: int) -> bool:
+        """Whether a request over `context_chunks` chunks whose own chunk holds at most own_tokens tokens runs in
+        graphs."""
+        return context_chunks < self.max_chunks and own_tokens <= self.own.capacity
 
     def fits_prompt(self, n: int) -> bool:
         """Whether a graph prefills n tokens (a lead's and the question's)."""

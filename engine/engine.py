@@ -159,7 +159,7 @@ class LLMEngine:
         context_tokens = sum(c.length for c in chunks)
         own_tokens = len(token_ids) + params.max_new_tokens + (context_tokens if mode == "full" else 0)
         graphs = self.graphs if self.graphs is not None and self.graphs.fits(
-            chunks if mode != "full" else [], own_tokens) else None
+            len(chunks) if mode != "full" else 0, own_tokens) else None
         ctx, prompt, start = self.composer.prefill_inputs(chunks, token_ids, mode, params.max_new_tokens,
                                                           own=graphs.own if graphs else None)
         if not graphs:
@@ -175,17 +175,20 @@ class LLMEngine:
         blend, graphs = self.options.blend, self.graphs
         if graphs is None or blend.ratio is not None or not token_ids:
             return None
+        # sized from the lengths first, so that a request that does not fit is laid out once, by the other path
+        documents = list(chunks)[1:]
+        m = sum(min(blend.prefix, c.length) for c in documents)
+        context_chunks = 1 + sum(c.length > blend.prefix for c in documents)  # level 0 and the stored rests
+        own_tokens = m + len(token_ids) + params.max_new_tokens
+        if not (graphs.fits(context_chunks, own_tokens) and graphs.fits_prompt(m + len(token_ids))):
+            return None
         inputs = self.composer.lead_inputs(chunks, blend.prefix, graphs.own)
         if inputs is None:
             return None
         ctx, lead, start = inputs
-        m = len(lead.token_ids)
-        own_tokens = m + len(token_ids) + params.max_new_tokens
-        if not (graphs.fits(ctx.keys, own_tokens) and graphs.fits_prompt(m + len(token_ids))):
-            return None
         self.composer.check_length(start + len(token_ids) + params.max_new_tokens)
         graphs.prepare(ctx, own_tokens, list(token_ids), start, lead)
-        return GraphStepper(graphs, self.model, ctx, list(token_ids), start, sampler, graph_prefill=True, lead=m)
+        return GraphStepper(graphs, self.model, ctx, list(token_ids), start, sampler, graph_prefill=True)
 
     def generate(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
                  chunks: list[KVChunk] = (), mode: str = "cached") -> Generation:

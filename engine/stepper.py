@@ -59,14 +59,14 @@ class EagerStepper:
 
 class GraphStepper:
     """Decode steps replayed as CUDA graphs (graphs.prepare done), the prompt prefilled by a graph where
-    `graph_prefill` and the prompt allow it (else by the decoder), after the `lead` rows prepare was given (then
-    the graph must prefill). Greedy steps keep their tokens on the GPU (kernels.greedy): the host only reads
-    them."""
+    `graph_prefill` and the prompt allow it (else by the decoder), after the lead's rows if prepare was given one
+    (graphs.lead; then the graph must prefill). Greedy steps keep their tokens on the GPU (kernels.greedy): the
+    host only reads them."""
 
     def __init__(self, graphs: GraphDecoder, model: Decoder, ctx: AttentionContext, prompt: list[int], start: int,
-                 sampler: Sampler, graph_prefill: bool, lead: int = 0):
+                 sampler: Sampler, graph_prefill: bool):
         self.graphs, self.model, self.ctx, self.prompt, self.start = graphs, model, ctx, prompt, start
-        self.sampler, self.graph_prefill, self.lead = sampler, graph_prefill, lead
+        self.sampler, self.graph_prefill = sampler, graph_prefill
         self.keep = sampler.greedy
         self.ahead, self.copies, self.begun = False, None, False
 
@@ -74,12 +74,12 @@ class GraphStepper:
         n = len(self.prompt)
         logits = self.graphs.prefill(n) if self.graph_prefill else None
         if logits is None:
-            if self.lead:
-                raise ValueError(f"a lead of {self.lead} rows needs the graph's prefill")
+            if self.graphs.lead:
+                raise ValueError(f"a lead of {self.graphs.lead} rows needs the graph's prefill")
             device = self.graphs.own.keys.device
             logits = self.model(*_device_inputs(self.prompt, self.start, device), self.ctx)
         else:
-            self.ctx.own.length = self.lead + n
+            self.ctx.own.length = self.graphs.lead + n
         # the next step is queued before the host waits for this token, so the GPU keeps working while the host
         # streams the token out (a step is wasted when the token ends the generation); not before the first token,
         # whose wait is the time to first token
@@ -91,7 +91,7 @@ class GraphStepper:
     def step(self, previous: Pending) -> Pending:
         if not self.begun:  # the first step (after the first token's wait)
             n = len(self.prompt)
-            self.graphs.begin(previous.tensor, self.start + n - 1, self.lead + n - 1, self.keep)
+            self.graphs.begin(previous.tensor, self.start + n - 1, self.graphs.lead + n - 1, self.keep)
             self.begun = True
         logits = self.graphs.step(None if self.keep else previous.tensor)
         self.ctx.own.length += 1

@@ -71,9 +71,9 @@ def test_each_graph_option_decodes_as_eager(option, tmp_path, tokenizer_dir):
     params = SamplingParams(max_new_tokens=6, ignore_eos=True)
     assert static.generate(QUESTION, params, chunks).token_ids == eager.generate(QUESTION, params, chunks).token_ids
     if "graph_max_chunks" in option:
-        assert not static.graphs.fits(chunks, 16)  # 4 chunks and the own one: past the limit
+        assert not static.graphs.fits(len(chunks), 16)  # 4 chunks and the own one: past the limit
     else:
-        assert static.graphs.fits(chunks, 16)
+        assert static.graphs.fits(len(chunks), 16)
 
 
 def test_graphs_refuse_the_reference_kernels(tmp_path, tokenizer_dir):

@@ -45,7 +45,7 @@ def check(case, dtype, device, atol):
     q, own_k, own_v, table, bases, limits, keys, values = limited_table(case, dtype, device)
     nq, hq, d = q.shape[1:]
     scale = d ** -0.5
-    workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, aligned=False)
+    workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, aligned=False, packed=bool(bases.format))
     assert not workspace.decode
     out = ca.chunk_attention_table(q, own_k, own_v, table, scale, workspace, packed=bases, limits=limits)
     ref = ca.chunk_attention_ref(q.float(), keys, values, scale, limits)
