@@ -14,6 +14,7 @@ from cascade_rag.kernels.chunk_attention import HEAD_DIMS
 from .composition import Composer
 from .cuda_graph import GraphDecoder
 from .recompute_graph import GraphRecompute
+from .selective import prefix_counts
 from .embedded import embedded_model_path
 from .generation import Generation
 from .chunk_format import FORMAT_VERSION
@@ -176,9 +177,9 @@ class LLMEngine:
         if graphs is None or blend.ratio is not None or not token_ids:
             return None
         # sized from the lengths first, so that a request that does not fit is laid out once, by the other path
-        documents = list(chunks)[1:]
-        m = sum(min(blend.prefix, c.length) for c in documents)
-        context_chunks = 1 + sum(c.length > blend.prefix for c in documents)  # level 0 and the stored rests
+        counts = prefix_counts(list(chunks), blend.prefix)
+        m = sum(counts)
+        context_chunks = 1 + sum(k < c.length for c, k in zip(list(chunks)[1:], counts))  # level 0, the stored rests
         own_tokens = m + len(token_ids) + params.max_new_tokens
         if not (graphs.fits(context_chunks, own_tokens) and graphs.fits_prompt(m + len(token_ids))):
             return None

@@ -6,8 +6,8 @@ the documents ahead of them; the other rows keep their stored K/V. Two ways of c
   whose KV depends on the context), where the deviation of its values from the stored ones is measured; at every
   later layer only the `ratio` share that deviates most is recomputed. The documents are copied (keys turned to
   their new positions) into a per-request buffer that the recomputed rows overwrite.
-- EPIC (Hu et al. 2024), `prefix`: each document's first `prefix` tokens, at every layer, measured nothing. Only
-  those rows are computed, into a per-request buffer of just them; the stored rows after them are read in place
+- EPIC (Hu et al. 2024), `prefix`: each document's first `prefix` tokens, at every layer, measured nothing (none of
+  a first document placed where it was prefilled: prefix_counts). Only those rows are computed, into a per-request buffer of just them; the stored rows after them are read in place
   (their position shift applied to the query), so the documents are never copied.
 
 Either way the selected tokens run in one pass per layer, each attending under a key limit of its own position
@@ -47,6 +47,18 @@ class PrefixPlan:
         """The position after the last document."""
         chunk, place, *_ = self.documents[-1]
         return place + chunk.length
+
+
+def prefix_counts(chunks: list[KVChunk], prefix: int) -> list[int]:
+    """EPIC's recomputed tokens of each document (chunks: level 0, then the documents laid one after it): its first
+    `prefix`, and none of a document placed where it was prefilled, right after the same level 0 (its stored rows
+    are the ones a full prefill computes)."""
+    level0, counts, place = chunks[0], [], chunks[0].length
+    for chunk in chunks[1:]:
+        exact = place == chunk.start == level0.length and chunk.fingerprint == level0.fingerprint
+        counts.append(0 if exact else min(prefix, chunk.length))
+        place += chunk.length
+    return counts
 
 
 class LimitedAttention:
@@ -158,7 +170,7 @@ class SelectiveRecompute:
         """EPIC's recompute of each document's first `prefix` tokens laid out (see PrefixPlan); None when nothing is
         recomputed. turned: the stored rows after them turned to their places (a copy), else read in place."""
         level0, documents, places = self._placed(chunks)
-        counts = [min(prefix, c.length) for c in documents]
+        counts = prefix_counts(chunks, prefix)
         if sum(counts) == 0:
             return None
         cos, sin = self.model.rotary.cos, self.model.rotary.sin
@@ -184,7 +196,7 @@ class SelectiveRecompute:
         return plan
 
     def _prefixes(self, level0, documents, prefix: int) -> list[KVChunk]:
-        m = sum(min(prefix, c.length) for c in documents)
+        m = sum(prefix_counts([level0, *documents], prefix))
         if m == 0:
             return [level0, *documents]
         graph = self.graph if self.graph is not None and self.graph.fits(1 + len(documents), m) else None

@@ -31,17 +31,16 @@ def test_prefixes_recompute_only_their_rows_and_read_the_rest_in_place(tiny_chec
     engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
     chunks = stored(engine)
     blended = SelectiveRecompute(engine.model, engine.dtype, "cpu", masked=False)(chunks, Recompute(None, 2))
-    # level 0, then per document its two recomputed rows and its stored rows after them (a 1-token document: its
-    # one row recomputed, nothing stored after it)
-    assert [c.length for c in blended] == [len(SYSTEM), 2, len(DOCS[2]) - 2, 2, len(DOCS[0]) - 2, 1]
-    assert [c.start for c in blended] == [0, len(SYSTEM), len(SYSTEM) + 2, len(SYSTEM) + len(DOCS[2]),
-                                          len(SYSTEM) + 2, len(SYSTEM) + len(DOCS[2]) + len(DOCS[0])]
-    assert blended[2].keys.data_ptr() == chunks[1].keys[:, 2:].data_ptr()  # not copied
-    # the first document saw exactly level 0 when stored: its recomputed rows are its stored ones
-    assert (blended[1].values - chunks[1].values[:, :2]).abs().max() <= 1e-5
-    assert (blended[1].keys - chunks[1].keys[:, :2]).abs().max() <= 1e-5
+    # level 0; the first document whole (placed where it was stored, right after level 0, it saw what a full prefill
+    # sees: nothing of it is recomputed); then per document its two recomputed rows and its stored rows after them
+    # (a 1-token document: its one row recomputed, nothing stored after it)
+    assert [c.length for c in blended] == [len(SYSTEM), len(DOCS[2]), 2, len(DOCS[0]) - 2, 1]
+    assert [c.start for c in blended] == [0, len(SYSTEM), len(SYSTEM) + len(DOCS[2]), len(SYSTEM) + 2,
+                                          len(SYSTEM) + len(DOCS[2]) + len(DOCS[0])]
+    assert blended[1].keys.data_ptr() == chunks[1].keys.data_ptr()  # not copied
+    assert blended[3].keys.data_ptr() == chunks[2].keys[:, 2:].data_ptr()
     # a later document's first rows now see the documents before it
-    assert (blended[3].values[1:] - chunks[2].values[1:, :2]).abs().max() > 1e-4
+    assert (blended[2].values[1:] - chunks[2].values[1:, :2]).abs().max() > 1e-4
     # nothing recomputed: the documents laid one after the other, as they are
     assert engine.blend(chunks, ratio=None) == chunks
     laid = engine.logits(chunks, QUESTION, "blend", Recompute(None, 0))
@@ -59,11 +58,11 @@ def test_the_masked_pass_over_turned_rows_equals_the_limited_one_in_place(tiny_c
     in_place = SelectiveRecompute(engine.model, engine.dtype, "cpu", masked=False)(chunks, Recompute(None, 2))
     turned = SelectiveRecompute(engine.model, engine.dtype, "cpu")(chunks, Recompute(None, 2))
     assert [c.length for c in turned] == [c.length for c in in_place]
-    assert [c.start for c in turned] == [0, 4, 6, 16, 18, 23]  # laid one after the other: no shift left
-    assert turned[4].keys.data_ptr() != chunks[2].keys[:, 2:].data_ptr()  # a copy: the stored chunk is unchanged
+    assert [c.start for c in turned] == [0, 4, 16, 18, 23]  # laid one after the other: no shift left
+    assert turned[3].keys.data_ptr() != chunks[2].keys[:, 2:].data_ptr()  # a copy: the stored chunk is unchanged
     for a, b in zip(turned, in_place):
         assert (a.values - b.values).abs().max() <= 1e-5
-    assert (turned[1].keys - in_place[1].keys).abs().max() <= 1e-5 and (turned[3].keys - in_place[3].keys).abs().max(
+    assert (turned[2].keys - in_place[2].keys).abs().max() <= 1e-5 and (turned[4].keys - in_place[4].keys).abs().max(
         ) <= 1e-5
     assert all(torch.equal(c.keys, k) and torch.equal(c.values, v) for c, (k, v) in zip(chunks, before))
     logits = []
