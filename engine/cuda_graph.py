@@ -17,7 +17,7 @@ keys, which its LM head fills in turn, and ends by writing its token into a pinn
 Its LM head reads an int8 copy of the weight and recomputes only the rows that can hold the argmax
 (kernels.lm_head): the same token from half the bytes.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -51,7 +51,7 @@ class Lead:
 def _input_sizes(layers: int, max_chunks: int, max_question: int) -> dict:
     """int64 elements of each input GraphDecoder stages (the float32 scales take half as many)."""
     return dict(tables=layers * (7 * max_chunks + 1), shifts=max_chunks - 1, scales=max_chunks // 2,
-                prompt=max_question, prompt_positions=max_question, limits=max_question, last=1)
+                prompt=max_question, prompt_positions=max_question, limits=max_question, last=1, padding=1)
 
 
 def _typed(views: dict, layers: int, max_chunks: int) -> dict:
@@ -65,18 +65,21 @@ def _typed(views: dict, layers: int, max_chunks: int) -> dict:
 class TableAttention:
     """The attention backend of a graph's step: chunk attention over the decoder's prebuilt per-layer tables; in a
     decode step the attention kernel also rotates and stores the new token (no rotary kernel). limits (a prefill's):
-    the context keys each new token sees, in the table's order (engine.recompute_graph)."""
+    the context keys each new token sees, in the table's order (engine.recompute_graph); padding ([1] int64): the
+    tables' leading empty chunks, for which a prefill rotates no query."""
 
     def __init__(self, tables: torch.Tensor, workspace: DecodeWorkspace, packed: PackedBases = NO_PACKED,
-                 limits: torch.Tensor | None = None):
+                 limits: torch.Tensor | None = None, padding: torch.Tensor | None = None):
         self.tables, self.workspace, self.packed, self.limits = tables, workspace, packed, limits
+        self.padding = padding
 
     def attend(self, ctx, layer, q, k, v, rotary, ops):
         keys, values, scale = ctx.own.keys[layer], ctx.own.values[layer], q.shape[-1] ** -0.5
         if self.workspace.decode:
             return ops.chunk_attention_table(q, keys, values, self.tables[layer], scale, self.workspace, rotary,
                                              (k, v), self.packed)
-        return ops.chunk_attention_table(ops.rope_store(q, k, v, rotary), keys, values, self.tables[layer], scale,
+        queries = ops.rope_store(q, k, v, replace(rotary, padding=self.padding))
+        return ops.chunk_attention_table(queries, keys, values, self.tables[layer], scale,
                                          self.workspace, packed=self.packed, limits=self.limits)
 
 
@@ -115,7 +118,7 @@ class GraphDecoder:
         self.host = {name: t.numpy() for name, t in _typed(self.staged.host, c.num_layers, self.max_chunks).items()}
         self.tables, self.shifts, self.scales = views["tables"], views["shifts"], views["scales"]
         self.prompt, self.prompt_positions, self.last = views["prompt"], views["prompt_positions"], views["last"]
-        self.limits = views["limits"]
+        self.limits, self.padding = views["limits"], views["padding"]
         self.lead = 0  # rows of the lead given to the last prepare, before the prompt's in the own buffer
         self.graphs: dict[tuple, tuple] = {}
         # packed chunks' table offsets count from these, which stay put (the graphs hold their addresses)
@@ -154,6 +157,7 @@ class GraphDecoder:
         self.aligned = bool((tables[:, :4 * self.max_chunks] % 16 == 0).all())  # offsets, strides (not starts)
         host["shifts"][:] = 0
         host["scales"][:] = 1.0
+        host["padding"][0] = len(self.shifts) - len(ctx.shifts)
         if self.fits_prompt(n):
             padded, end = question_bucket(n), start + len(prompt)
             host["prompt"][:n] = lead_ids + list(prompt)
@@ -176,7 +180,7 @@ class GraphDecoder:
         so causal masking keeps it out of their attention, and decoding overwrites its slots."""
         limits = self.limits[:prompt] if limited else None
         ctx = AttentionContext([], [], self.shifts, self.own, scales=self.scales,
-                               backend=TableAttention(self.tables, workspace, self.packed, limits))
+                               backend=TableAttention(self.tables, workspace, self.packed, limits, self.padding))
         if prompt:
             return self.model.step(self.prompt[:prompt], self.prompt_positions[:prompt], self.prompt_slots[:prompt],
                                    ctx, last=self.last)

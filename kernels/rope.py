@@ -21,7 +21,8 @@ class RotaryInputs:
     """What rope_store needs besides the projections: the new tokens' positions [n] and own-buffer slots [n], the
     context chunks' position shifts [C] (and query scales [C] fp32, their scores' 1 / temperature), the own
     buffer's keys and values [capacity, Hkv, D] that receive the new ones, the cos/sin tables [P, D] fp32, and
-    Qwen3's per-head q/k RMSNorm weights [D] with their eps."""
+    Qwen3's per-head q/k RMSNorm weights [D] with their eps; padding ([1] int64, a CUDA graph's): the number of
+    leading context chunks that are empty (the graph's padding), for which no query is rotated."""
     positions: torch.Tensor
     shifts: torch.Tensor
     slots: torch.Tensor
@@ -33,6 +34,7 @@ class RotaryInputs:
     k_norm: torch.Tensor | None = None
     qk_eps: float = 1e-6
     scales: torch.Tensor | None = None
+    padding: torch.Tensor | None = None
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -93,10 +95,10 @@ def rotated(x, xr, d, cos, sin, HEAD_DIM: tl.constexpr, dtype: tl.constexpr):
 
 @triton.jit(do_not_specialize=["n", "num_shifts"])
 def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_ptr, sin_ptr, out_ptr, ok_ptr,
-                       ov_ptr, q_norm_ptr, k_norm_ptr, scale_ptr, qk_eps, n, num_shifts, stride_q, stride_k, stride_v,
-                       HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr, HQ_P2: tl.constexpr,
-                       HKV_P2: tl.constexpr, Q_NORM: tl.constexpr, K_NORM: tl.constexpr, HAS_SCALES: tl.constexpr,
-                       PDL: tl.constexpr):
+                       ov_ptr, q_norm_ptr, k_norm_ptr, scale_ptr, padding_ptr, qk_eps, n, num_shifts, stride_q,
+                       stride_k, stride_v, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
+                       HQ_P2: tl.constexpr, HKV_P2: tl.constexpr, Q_NORM: tl.constexpr, K_NORM: tl.constexpr,
+                       HAS_SCALES: tl.constexpr, HAS_PADDING: tl.constexpr, PDL: tl.constexpr):
     i = tl.program_id(0)       # token
     c = tl.program_id(1)       # 0..num_shifts: a rotated query per chunk (the last: the own chunk); then K/V
     wait_for_inputs(PDL)
@@ -104,7 +106,10 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
     dtype = q_ptr.dtype.element_ty
     d = tl.arange(0, HEAD_DIM)
     partner = (d + HEAD_DIM // 2) % HEAD_DIM
-    if c <= num_shifts:
+    padding = 0
+    if HAS_PADDING:  # empty chunks: nothing reads their queries
+        padding = tl.load(padding_ptr).to(tl.int32)
+    if (c <= num_shifts) & (c >= padding):
         shift = tl.load(shift_ptr + c, mask=c < num_shifts, other=0)
         q_heads = tl.arange(0, HQ_P2)
         q_ok = q_heads < HQ
@@ -116,7 +121,7 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
             scale = tl.load(scale_ptr + c, mask=c < num_shifts, other=1.0).to(rq.dtype).to(tl.float32)
             rq = (rq.to(tl.float32) * scale).to(rq.dtype)
         tl.store(out_ptr + ((c * n + i) * HQ + q_heads[:, None]) * HEAD_DIM + d[None, :], rq, mask=q_ok[:, None])
-    else:
+    elif c > num_shifts:
         slot = tl.load(slot_ptr + i)
         kv_heads = tl.arange(0, HKV_P2)
         kv_ok = kv_heads < HKV
@@ -144,9 +149,11 @@ def _rope_store_triton(q, k, v, rotary: RotaryInputs, options: KernelOptions):
     out = torch.empty((num_shifts + 1, n, hq, head_dim), dtype=q.dtype, device=q.device)
     has_scales = scales is not None and num_shifts > 0
     # absent tensors are never read: any pointer will do
+    padding = rotary.padding if num_shifts else None
     pointers = (q, k, v, positions, shifts if num_shifts else positions, slots, cos, sin, out, own_keys, own_values,
-                q if q_norm is None else q_norm, k if k_norm is None else k_norm, scales if has_scales else cos)
-    flags = (q_norm is not None, k_norm is not None, has_scales)
+                q if q_norm is None else q_norm, k if k_norm is None else k_norm, scales if has_scales else cos,
+                positions if padding is None else padding)
+    flags = (q_norm is not None, k_norm is not None, has_scales, padding is not None)
     args = pointers + (qk_eps, n, num_shifts, q.stride(0), k.stride(0), v.stride(0), hq, hkv, head_dim,
                        triton.next_power_of_2(hq), triton.next_power_of_2(hkv)) + flags
     key = ("rope", q.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
@@ -162,7 +169,8 @@ def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: Rotary
     q and k are first RMS-normalised per head by the weights q_norm/k_norm [D] (eps qk_eps), when given, as
     rmsnorm_ref does. Writes the rotated keys and the values to own_keys/own_values [capacity, Hkv, D] at slots
     [n] and returns the queries rotated for each chunk and for the own chunk (shift 0): [C + 1, n, Hq, D], those
-    of chunk c multiplied by scales[c] (scales [C] fp32, rounded to q's dtype) when given. A query is rotated for
+    of chunk c multiplied by scales[c] (scales [C] fp32, rounded to q's dtype) when given; by the Triton kernel,
+    those of the first rotary.padding[0] chunks left unwritten when it is given. A query is rotated for
     every chunk, also for one placed after it (a selective recompute, whose key limits hide that chunk): its
     position minus the shift is then below 0, and it is rotated to position 0 (never to a row before the tables).
     impl: None (Triton on CUDA, the reference elsewhere), "triton" (also on CPU under TRITON_INTERPRET=1) or "ref".

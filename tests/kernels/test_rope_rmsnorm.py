@@ -36,9 +36,13 @@ def rope_inputs(case, dtype, device, norm, scaled, views=True):
     return q, k, v, positions, torch.tensor(shifts, dtype=torch.int64, device=device), slots, kwargs
 
 
-def check_rope(case, dtype, device, atol, norm=False, scaled=False, views=True):
+def check_rope(case, dtype, device, atol, norm=False, scaled=False, views=True, padding=0):
+    """Triton against the reference; padding: the first chunks' queries are not rotated by the kernel (a graph's
+    empty chunks), the others' compared."""
     n, hq, hkv, d, shifts = case
     q, k, v, positions, shifts, slots, kwargs = rope_inputs(case, dtype, device, norm, scaled, views)
+    if padding:
+        kwargs["padding"] = torch.tensor([padding], device=device)
     from cascade_rag.engine.model import Rotary
     rotary = Rotary(d, 10000.0, 64).to(device)
     outputs = []
@@ -50,7 +54,7 @@ def check_rope(case, dtype, device, atol, norm=False, scaled=False, views=True):
         outputs.append((queries, own_k, own_v))
     (tq, tk, tv), (rq, rk, rv) = outputs
     assert tq.shape == (len(shifts) + 1, n, hq, d) and tq.dtype == dtype
-    for got, want in ((tq, rq), (tk, rk), (tv, rv)):
+    for got, want in ((tq[padding:], rq[padding:]), (tk, rk), (tv, rv)):
         torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=atol)
     assert torch.equal(tv, rv) and not tk[:4].any() and not tk[4 + n:].any()
 
@@ -74,6 +78,18 @@ def test_rope_store_interpreted_fp16_rounds_like_reference(case, norm, scaled):
 @pytest.mark.parametrize("case", ROPE_CASES[:2])
 def test_rope_store_interpreted_separate_tensors(case):
     check_rope(case, torch.float32, "cpu", 1e-5, True, True, views=False)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("padding", [1, 2, 3])
+def test_rope_store_interpreted_leaves_out_a_graphs_padding(padding):
+    check_rope(ROPE_CASES[0], torch.float32, "cpu", 1e-5, True, True, padding=padding)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("padding", [1, 8])
+def test_rope_store_gpu_leaves_out_a_graphs_padding(padding):
+    check_rope(ROPE_CASES[3], torch.bfloat16, "cuda", 2e-2, True, True, padding=padding)
 
 
 @pytest.mark.gpu
