@@ -7,8 +7,9 @@ the documents ahead of them; the other rows keep their stored K/V. Two ways of c
   later layer only the `ratio` share that deviates most is recomputed. The documents are copied (keys turned to
   their new positions) into a per-request buffer that the recomputed rows overwrite.
 - EPIC (Hu et al. 2024), `prefix`: each document's first `prefix` tokens, at every layer, measured nothing (none of
-  a first document placed where it was prefilled: prefix_counts). Only those rows are computed, into a per-request buffer of just them; the stored rows after them are read in place
-  (their position shift applied to the query), so the documents are never copied.
+  a first document placed where it was prefilled: prefix_counts). Only those rows are computed, into a per-request
+  buffer of just them; the stored rows after them are read in place (their position shift applied to the query),
+  so the documents are never copied.
 
 Either way the selected tokens run in one pass per layer, each attending under a key limit of its own position
 (kernels.chunk_attention.limited: the Triton kernel on CUDA), and the stored chunks are not modified. Given a
@@ -53,6 +54,8 @@ def prefix_counts(chunks: list[KVChunk], prefix: int) -> list[int]:
     """EPIC's recomputed tokens of each document (chunks: level 0, then the documents laid one after it): its first
     `prefix`, and none of a document placed where it was prefilled, right after the same level 0 (its stored rows
     are the ones a full prefill computes)."""
+    if not chunks:
+        return []
     level0, counts, place = chunks[0], [], chunks[0].length
     for chunk in chunks[1:]:
         exact = place == chunk.start == level0.length and chunk.fingerprint == level0.fingerprint

@@ -100,3 +100,10 @@ def test_the_recompute_in_the_questions_prefill_answers_as_apart(engine):
     assert (graphs.own.keys[:, :len(lead.token_ids)] - recomputed).abs().max() <= 1e-4
     leads = [key for key in engine.graphs.graphs if key[0] == "prefill" and key[-1]]
     assert leads and not any(key[0] == "prefill" and key[-1] for key in apart.graphs.graphs)
+
+
+def test_a_blend_without_level_0_first_is_refused_before_its_lead(engine):
+    documents = stored(engine, (20, 30))[1:]
+    for chunks in ([], documents):
+        with pytest.raises(ValueError, match="level-0 chunk first"):
+            engine.generate(QUESTION, SamplingParams(max_new_tokens=2), chunks, "blend")
