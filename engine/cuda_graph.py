@@ -245,7 +245,8 @@ class GraphDecoder:
     def _capture(self, prompt: int, greedy: bool, limited: bool):
         c = self.config
         workspace = decode_workspace(max(1, prompt), c.num_heads, c.head_dim, c.num_kv_heads, self.bucket,
-                                     self.own.keys.device, self.aligned, self.options.kernels, bool(self.packed.format))
+                                     self.own.keys.device, self.aligned, self.options.kernels, bool(self.packed.format),
+                                     limited)
         if not self.capture:
             return None, workspace, None
         graph, logits = capture(lambda: self._step(workspace, prompt, greedy, limited), self.pool,

@@ -96,7 +96,7 @@ class GraphRecompute:
     def _capture(self, bucket: int, aligned: bool, padded: int, slots: int):
         c = self.config
         workspace = decode_workspace(padded, c.num_heads, c.head_dim, c.num_kv_heads, bucket, self.buffer.keys.device,
-                                     aligned, self.options.kernels)
+                                     aligned, self.options.kernels, limited=True)
         if not self.capture:
             return None, workspace
         graph, _ = capture(lambda: self._step(workspace, padded, slots), self.pool)

@@ -2,7 +2,7 @@
 the cached launch of compiled kernels, and each kernel's launch settings (tuning), with the measured defaults
 (how they were measured: docs/BENCHMARKS.md, "Kernel launch settings"; `cascade_rag.benchmarks.bench_kernels --tune`
 sweeps them and returns the winners)."""
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class HeadTuning:
 
 
 PREFILL = AttentionTuning(block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64)  # row tiles of 64
+LIMITED_PREFILL = replace(PREFILL, programs_per_sm=8)
 
 
 @dataclass(frozen=True)
@@ -61,12 +62,15 @@ class KernelOptions:
     tuning of each kernel: `attention` (up to 16 query rows), `prefill` (row tiles of 64), `decode`, `linear`,
     `linear_gated` (gate/up), `head` (the quantised LM head); `packed_prefill` and `packed_decode`: the row tiles
     of 64's and the decode kernel's over contexts with packed chunks (kernels.kv_quant), whose tiles cost more work
-    and fewer bytes: twice the programs an SM for the decode kernel."""
+    and fewer bytes: twice the programs an SM for the decode kernel; `limited_prefill`: the row tiles of 64's under
+    per-query key limits (a selective recompute, alone or before the question), whose tiles see contexts of
+    different lengths, the question's the whole of it: four times `prefill`'s programs an SM, so more splits."""
     pdl: bool = True
     cached_launch: bool = True
     attention: AttentionTuning = field(default_factory=AttentionTuning)
     prefill: AttentionTuning = field(default_factory=lambda: PREFILL)
     packed_prefill: AttentionTuning = field(default_factory=lambda: PREFILL)
+    limited_prefill: AttentionTuning = field(default_factory=lambda: LIMITED_PREFILL)
     decode: DecodeTuning = field(default_factory=DecodeTuning)
     packed_decode: DecodeTuning = field(default_factory=lambda: DecodeTuning(programs_per_sm=4))
     linear: LinearTuning = field(default_factory=LinearTuning)

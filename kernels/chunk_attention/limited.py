@@ -93,7 +93,7 @@ def _limited_triton(q, keys, values, scale, limits, num_splits, options: KernelO
     limits = limits.to(device=device, dtype=torch.int32)
     block_m = row_tile(num_q, group)
     m_tiles = triton.cdiv(num_q * group, block_m)
-    cfg = tuning(block_m, options)
+    cfg = tuning(block_m, options, limited=True)
     if num_splits is None:
         num_splits = triton.cdiv(cfg.programs_per_sm * num_sms(device), m_tiles * hkv)
         num_splits = max(1, min(num_splits, triton.cdiv(total, cfg.min_split)))

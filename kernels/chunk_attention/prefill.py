@@ -151,11 +151,14 @@ def row_tile(num_q: int, group: int) -> int:
     return min(64, max(16, triton.next_power_of_2(num_q * group)))
 
 
-def tuning(block_m: int, options: KernelOptions, packed: bool = False) -> AttentionTuning:
-    """The launch settings of _attn_kernel for row tiles of block_m, over a context with packed chunks or not."""
-    if block_m == 64:
-        return options.packed_prefill if packed else options.prefill
-    return options.attention
+def tuning(block_m: int, options: KernelOptions, packed: bool = False, limited: bool = False) -> AttentionTuning:
+    """The launch settings of _attn_kernel for row tiles of block_m, over a context with packed chunks or not,
+    under per-query key limits or not (packed chunks take packed_prefill's either way)."""
+    if block_m != 64:
+        return options.attention
+    if packed:
+        return options.packed_prefill
+    return options.limited_prefill if limited else options.prefill
 
 
 def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,
@@ -167,7 +170,7 @@ def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, tota
     num_q, hq, head_dim = q.shape[1:]
     hkv = k_base.shape[-2]
     group = hq // hkv
-    cfg = tuning(block_m, options, bool(packed.format))
+    cfg = tuning(block_m, options, bool(packed.format), limits is not None)
     split = num_splits > 1
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     args = (q, k_base, v_base, table, out, part) + packed.pointers(q) + (table if limits is None else limits,) + (

@@ -1,11 +1,14 @@
 """A prefill over a graph's chunk table in which each query sees only a prefix of the context (limits), as a
 selective recompute's queries do, which sit among the context chunks: against the reference with the same limits,
 over chunks in the model's dtype and packed ones; under TRITON_INTERPRET=1 on the CPU and compiled on CUDA."""
+from dataclasses import replace
+
 import pytest
 import torch
 
 import cascade_rag.kernels.chunk_attention as ca  # kernels.dispatch sets TRITON_INTERPRET=1 when there is no GPU
 from cascade_rag.kernels.kv_quant import quantize
+from cascade_rag.kernels.options import DEFAULT_KERNELS
 
 # (context lengths, which are packed ("d": model dtype, "p": the format), format, queries, Hq, Hkv, head_dim,
 # limits in position order as a recompute's are)
@@ -45,7 +48,8 @@ def check(case, dtype, device, atol):
     q, own_k, own_v, table, bases, limits, keys, values = limited_table(case, dtype, device)
     nq, hq, d = q.shape[1:]
     scale = d ** -0.5
-    workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, aligned=False, packed=bool(bases.format))
+    workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, aligned=False, packed=bool(bases.format),
+                                    limited=True)
     assert not workspace.decode
     out = ca.chunk_attention_table(q, own_k, own_v, table, scale, workspace, packed=bases, limits=limits)
     ref = ca.chunk_attention_ref(q.float(), keys, values, scale, limits)
@@ -85,3 +89,15 @@ def test_limits_of_the_wrong_shape_are_refused():
     workspace = ca.decode_workspace(q.shape[1], q.shape[2], q.shape[3], own_k.shape[1], 256, "cpu")
     with pytest.raises(ValueError, match="one per query"):
         ca.chunk_attention_table(q, own_k, own_v, table, 0.125, workspace, limits=limits[:-1])
+
+
+def test_limited_prefills_take_their_own_settings():
+    """A prefill under key limits (a selective recompute, alone or before the question) splits its context by
+    KernelOptions.limited_prefill, one without by KernelOptions.prefill; over packed chunks both by packed_prefill."""
+    plain = ca.decode_workspace(32, 4, 64, 2, 100_000, "cpu")
+    limited = ca.decode_workspace(32, 4, 64, 2, 100_000, "cpu", limited=True)
+    packed = ca.decode_workspace(32, 4, 64, 2, 100_000, "cpu", packed=True, limited=True)
+    assert not limited.decode and limited.block_m == plain.block_m == 64
+    assert limited.num_splits == 4 * plain.num_splits == 4 * packed.num_splits  # 8 programs an SM against 2
+    fewer = replace(DEFAULT_KERNELS, limited_prefill=DEFAULT_KERNELS.prefill)
+    assert ca.decode_workspace(32, 4, 64, 2, 100_000, "cpu", options=fewer, limited=True).num_splits == plain.num_splits
