@@ -166,7 +166,11 @@ class SelectiveRecompute:
 
     def _dense(self, chunk: KVChunk) -> KVChunk:
         """The chunk on the device in the model's dtype (a packed one dequantised: its rows are split below)."""
-        chunk = chunk.to(self.device)
+        device = self.model.embed_tokens.weight.device
+        if all(isinstance(t, torch.Tensor) and t.device == device and t.dtype == self.dtype
+               for t in (chunk.keys, chunk.values)):
+            return chunk  # (as it is: the common case, and a request's host time)
+        chunk = chunk.to(device)
         return replace(chunk, keys=dense(chunk.keys, self.dtype), values=dense(chunk.values, self.dtype))
 
     def plan(self, chunks: list[KVChunk], prefix: int, turned: bool = False) -> PrefixPlan | None:

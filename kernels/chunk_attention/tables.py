@@ -90,10 +90,12 @@ def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor,
     length, to which chunk_attention_table adds the own chunk's."""
     size = own_keys.element_size()
     pad = num_chunks - 1 - len(chunks)
+    if pad < 0:
+        raise ValueError(f"{len(chunks)} chunks and the own one do not fit a table of {num_chunks}")
     row = own_keys.stride(1)
     own_k, own_v = own_keys.stride(0), own_values.stride(0)
     plain = (NOT_PACKED, NOT_PACKED, 0, 0)  # no parameters
-    columns = [(0, 0, own_k, own_v, row, row, 0) + plain] * pad
+    columns = []
     # per chunk: K offset, V offset (layer 0), K, V layer strides, K, V row strides, length; K, V parameter offsets
     # (layer 0) and their layer strides. A packed chunk counts from the packed bases: its layer strides are stored
     # plus the own buffer's, which the offsets below subtract.
@@ -109,17 +111,22 @@ def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor,
                             (v.data_ptr() - own_values.data_ptr()) // size,
                             k.stride(0), v.stride(0), k.stride(1), v.stride(1), k.shape[1]) + plain)
     columns.append((0, 0, own_k, own_v, row, own_values.stride(1), 0) + plain)
-    k_off, v_off, k_layer, v_layer, k_row, v_row, length, k_param, v_param, kp_layer, vp_layer = \
-        np.array(columns, dtype=np.int64).T
+    entries = np.empty((num_chunks, 11), dtype=np.int64)
+    entries[:pad] = (0, 0, own_k, own_v, row, row, 0) + plain  # the padding: empty chunks
+    entries[pad:] = columns
+    k_off, v_off, k_layer, v_layer, k_row, v_row, length, k_param, v_param, kp_layer, vp_layer = entries.T
     layers = np.arange(own_keys.shape[0])[:, None]
-    k_offs = k_off + layers * (k_layer - own_k)
-    v_offs = v_off + layers * (v_layer - own_v)
-    k_params = k_param + layers * kp_layer
-    v_params = v_param + layers * vp_layer
-    starts = np.cumsum(length) - length
-    shared = (k_row, v_row, starts, length.sum(keepdims=True))  # the same for every layer
-    rows = [k_offs, v_offs] + [np.broadcast_to(t, (len(layers), len(t))) for t in shared] + [k_params, v_params]
-    return np.concatenate(rows, axis=1)
+    table = np.empty((len(layers), 7 * num_chunks + 1), dtype=np.int64)
+    n = num_chunks
+    table[:, :n] = k_off + layers * (k_layer - own_k)
+    table[:, n:2 * n] = v_off + layers * (v_layer - own_v)
+    table[:, 2 * n:3 * n] = k_row  # these four the same for every layer
+    table[:, 3 * n:4 * n] = v_row
+    table[:, 4 * n:5 * n] = np.cumsum(length) - length
+    table[:, 5 * n] = length.sum()
+    table[:, 5 * n + 1:6 * n + 1] = k_param + layers * kp_layer
+    table[:, 6 * n + 1:] = v_param + layers * vp_layer
+    return table
 
 
 @dataclass(frozen=True)

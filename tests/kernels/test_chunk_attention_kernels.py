@@ -189,6 +189,15 @@ def test_decode_table_needs_the_projections_and_rope():
                                  workspace)
 
 
+def test_a_table_refuses_more_chunks_than_its_slots():
+    own = torch.zeros(2, 8, 2, 64)
+    chunk = (torch.zeros(2, 3, 2, 64), torch.zeros(2, 3, 2, 64))
+    table = ca.chunk_tables([chunk] * 3, own, own, 4)
+    assert table.shape == (2, 7 * 4 + 1) and list(table[0, 4 * 4:5 * 4 + 1]) == [0, 3, 6, 9, 9]  # starts, total
+    with pytest.raises(ValueError, match="4 chunks and the own one do not fit a table of 4"):
+        ca.chunk_tables([chunk] * 4, own, own, 4)
+
+
 GPU_ATTENTION_CASES = ATTENTION_CASES + [
     ([1024, 3000, 17, 9], 1, 16, 8, 128, None, ()),   # Qwen3-0.6B decode, automatic splits
     ([500, 700, 300], 300, 14, 2, 64, None, ()),      # Qwen2-0.5B prefill of 300 queries
