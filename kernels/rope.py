@@ -93,14 +93,17 @@ def rotated(x, xr, d, cos, sin, HEAD_DIM: tl.constexpr, dtype: tl.constexpr):
     return ((x * cos).to(dtype).to(tl.float32) + (xr * sin).to(dtype).to(tl.float32)).to(dtype)
 
 
+CHUNKS_A_PROGRAM = 8  # the queries of this many chunks a program rotates (a token's query loaded and normed once)
+
+
 @triton.jit(do_not_specialize=["n", "num_shifts"])
 def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_ptr, sin_ptr, out_ptr, ok_ptr,
                        ov_ptr, q_norm_ptr, k_norm_ptr, scale_ptr, padding_ptr, qk_eps, n, num_shifts, stride_q,
                        stride_k, stride_v, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
                        HQ_P2: tl.constexpr, HKV_P2: tl.constexpr, Q_NORM: tl.constexpr, K_NORM: tl.constexpr,
-                       HAS_SCALES: tl.constexpr, HAS_PADDING: tl.constexpr, PDL: tl.constexpr):
+                       HAS_SCALES: tl.constexpr, HAS_PADDING: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr):
     i = tl.program_id(0)       # token
-    c = tl.program_id(1)       # 0..num_shifts: a rotated query per chunk (the last: the own chunk); then K/V
+    b = tl.program_id(1)       # chunks b * BLOCK_C.. of 0..num_shifts (the last: the own chunk); the last program K/V
     wait_for_inputs(PDL)
     position = tl.load(pos_ptr + i)
     dtype = q_ptr.dtype.element_ty
@@ -109,19 +112,25 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
     padding = 0
     if HAS_PADDING:  # empty chunks: nothing reads their queries
         padding = tl.load(padding_ptr).to(tl.int32)
-    if (c <= num_shifts) & (c >= padding):
-        shift = tl.load(shift_ptr + c, mask=c < num_shifts, other=0)
-        q_heads = tl.arange(0, HQ_P2)
-        q_ok = q_heads < HQ
-        x, xr = normed_heads(q_ptr + i * stride_q, q_heads, q_ok, d, partner, q_norm_ptr, qk_eps, HEAD_DIM, Q_NORM)
-        cos, sin = cos_sin(cos_ptr, sin_ptr, tl.maximum(position - shift, 0), 0 * q_heads[:, None] + d[None, :],
-                           HEAD_DIM, dtype)
-        rq = rotated(x, xr, d, cos, sin, HEAD_DIM, dtype)
-        if HAS_SCALES:  # the own chunk's scale is 1
-            scale = tl.load(scale_ptr + c, mask=c < num_shifts, other=1.0).to(rq.dtype).to(tl.float32)
-            rq = (rq.to(tl.float32) * scale).to(rq.dtype)
-        tl.store(out_ptr + ((c * n + i) * HQ + q_heads[:, None]) * HEAD_DIM + d[None, :], rq, mask=q_ok[:, None])
-    elif c > num_shifts:
+    first = tl.maximum(b * BLOCK_C, padding)
+    last = tl.minimum(b * BLOCK_C + BLOCK_C, num_shifts + 1)
+    if b * BLOCK_C <= num_shifts:
+        if first < last:
+            q_heads = tl.arange(0, HQ_P2)
+            q_ok = q_heads < HQ
+            x, xr = normed_heads(q_ptr + i * stride_q, q_heads, q_ok, d, partner, q_norm_ptr, qk_eps, HEAD_DIM,
+                                 Q_NORM)
+            for c in range(first, last):
+                shift = tl.load(shift_ptr + c, mask=c < num_shifts, other=0)
+                cos, sin = cos_sin(cos_ptr, sin_ptr, tl.maximum(position - shift, 0),
+                                   0 * q_heads[:, None] + d[None, :], HEAD_DIM, dtype)
+                rq = rotated(x, xr, d, cos, sin, HEAD_DIM, dtype)
+                if HAS_SCALES:  # the own chunk's scale is 1
+                    scale = tl.load(scale_ptr + c, mask=c < num_shifts, other=1.0).to(rq.dtype).to(tl.float32)
+                    rq = (rq.to(tl.float32) * scale).to(rq.dtype)
+                tl.store(out_ptr + ((c * n + i) * HQ + q_heads[:, None]) * HEAD_DIM + d[None, :], rq,
+                         mask=q_ok[:, None])
+    else:
         slot = tl.load(slot_ptr + i)
         kv_heads = tl.arange(0, HKV_P2)
         kv_ok = kv_heads < HKV
@@ -155,10 +164,11 @@ def _rope_store_triton(q, k, v, rotary: RotaryInputs, options: KernelOptions):
                 positions if padding is None else padding)
     flags = (q_norm is not None, k_norm is not None, has_scales, padding is not None)
     args = pointers + (qk_eps, n, num_shifts, q.stride(0), k.stride(0), v.stride(0), hq, hkv, head_dim,
-                       triton.next_power_of_2(hq), triton.next_power_of_2(hkv)) + flags
+                       triton.next_power_of_2(hq), triton.next_power_of_2(hkv)) + flags + (CHUNKS_A_PROGRAM,)
     key = ("rope", q.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
            q.stride(0) % 16 == 0, k.stride(0) % 16 == 0, v.stride(0) % 16 == 0, hq, hkv, head_dim) + flags
-    launch(_rope_store_kernel, (n, num_shifts + 2), args, key, options, num_warps=4)
+    launch(_rope_store_kernel, (n, triton.cdiv(num_shifts + 1, CHUNKS_A_PROGRAM) + 1), args, key, options,
+           num_warps=4)
     return out
 
 

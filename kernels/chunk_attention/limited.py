@@ -15,7 +15,7 @@ import triton.language as tl
 from ..dispatch import implementation, interpreted
 from ..options import DEFAULT_KERNELS, KernelOptions
 from .common import HEAD_DIMS, LOG2E, attend_tile, chunk_span, num_sms, split_prologue, store_rows
-from .prefill import _merge_kernel, merge_block, row_tile, tuning
+from .prefill import launch_merge, row_tile, tuning
 from .tables import chunk_table
 
 
@@ -111,9 +111,7 @@ def _limited_triton(q, keys, values, scale, limits, num_splits, options: KernelO
     launch(_limited_kernel, (m_tiles, hkv, num_splits), args, key, options, num_warps=cfg.num_warps,
            num_stages=cfg.num_stages)
     if split:
-        block_s = merge_block(num_splits, head_dim)
-        launch(_merge_kernel, (num_q * hq,), (part, out, num_splits, num_q * hq, head_dim, block_s),
-               ("merge", device.index, out.dtype, head_dim, block_s), options, num_warps=4)
+        launch_merge(part, out, num_splits, num_q * hq, head_dim, options)
     return out
 
 

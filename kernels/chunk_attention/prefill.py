@@ -119,31 +119,42 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
 
 @triton.jit(do_not_specialize=["num_splits", "n_rows"])
 def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
-                  PDL: tl.constexpr):
-    """Output row `row` from its splits' partials by log-sum-exp: one online pass, each block of BLOCK_S
-    splits' m, l and accumulators loaded together (one memory round trip a block)."""
-    row = tl.program_id(0)
+                  BLOCK_R: tl.constexpr, PDL: tl.constexpr):
+    """Output rows BLOCK_R * program.. from their splits' partials by log-sum-exp: one online pass, each block of
+    BLOCK_S splits' m, l and accumulators of the rows loaded together (one memory round trip a block)."""
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < n_rows
     wait_for_inputs(PDL)
     ml_ptr = part_ptr + num_splits * n_rows * HEAD_DIM
     d = tl.arange(0, HEAD_DIM)
-    m_all = tl.full([1], -1.0e30, tl.float32)
-    l_all = tl.zeros([1], tl.float32)
-    acc = tl.zeros([1, HEAD_DIM], tl.float32)
+    m_all = tl.full([BLOCK_R], -1.0e30, tl.float32)
+    l_all = tl.zeros([BLOCK_R], tl.float32)
+    acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
     for s0 in range(0, num_splits, BLOCK_S):
-        sb = (s0 + tl.arange(0, BLOCK_S))[:, None]  # [BLOCK_S, 1]: the splits of one row
-        ok = sb < num_splits
-        m_b = tl.load(ml_ptr + sb * n_rows + row, mask=ok, other=-1.0e30)
-        l_b = tl.load(ml_ptr + (num_splits + sb) * n_rows + row, mask=ok, other=0.0)
-        o_b = tl.load(part_ptr + ((sb * n_rows + row) * HEAD_DIM)[:, :, None] + d[None, None, :], mask=ok[:, :, None],
-                      other=0.0)
+        sb = (s0 + tl.arange(0, BLOCK_S))[:, None]  # [BLOCK_S, 1]: the splits
+        ok = (sb < num_splits) & row_ok[None, :]
+        m_b = tl.load(ml_ptr + sb * n_rows + rows[None, :], mask=ok, other=-1.0e30)
+        l_b = tl.load(ml_ptr + (num_splits + sb) * n_rows + rows[None, :], mask=ok, other=0.0)
+        o_b = tl.load(part_ptr + ((sb * n_rows + rows[None, :]) * HEAD_DIM)[:, :, None] + d[None, None, :],
+                      mask=ok[:, :, None], other=0.0)
         m_all, l_all, acc = merge_partials(m_all, l_all, acc, m_b, l_b, o_b)
-    out = acc / l_all[:, None]
-    tl.store(out_ptr + row * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty))
+    out = acc / tl.where(row_ok, l_all, 1.0)[:, None]
+    tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-def merge_block(num_splits: int, head_dim: int) -> int:
-    """Splits a block of _merge_kernel loads at once: all of them, up to 8,192 values."""
-    return min(triton.next_power_of_2(num_splits), 8192 // head_dim)
+def merge_block(num_splits: int, head_dim: int) -> tuple[int, int]:
+    """Splits and rows a program of _merge_kernel loads at once: all the splits up to 8,192 values, and as many
+    rows as that leaves room for, up to 16."""
+    block_s = min(triton.next_power_of_2(num_splits), 8192 // head_dim)
+    return block_s, max(1, min(16, 8192 // (head_dim * block_s)))
+
+
+def launch_merge(part: torch.Tensor, out: torch.Tensor, num_splits: int, n_rows: int, head_dim: int,
+                 options: KernelOptions) -> None:
+    """_merge_kernel: the rows of out [n_rows, D] from their partials in part (store_rows' layout)."""
+    block_s, block_r = merge_block(num_splits, head_dim)
+    launch(_merge_kernel, (triton.cdiv(n_rows, block_r),), (part, out, num_splits, n_rows, head_dim, block_s, block_r),
+           ("merge", out.device.index, out.dtype, head_dim, block_s, block_r), options, num_warps=4)
 
 
 def row_tile(num_q: int, group: int) -> int:
@@ -182,6 +193,4 @@ def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, tota
     launch(_attn_kernel, (triton.cdiv(num_q * group, block_m), hkv, num_splits), args, key, options,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split:
-        block_s = merge_block(num_splits, head_dim)
-        launch(_merge_kernel, (num_q * hq,), (part, out, num_splits, num_q * hq, head_dim, block_s),
-               ("merge", out.device.index, out.dtype, head_dim, block_s), options, num_warps=4)
+        launch_merge(part, out, num_splits, num_q * hq, head_dim, options)

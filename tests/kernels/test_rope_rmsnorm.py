@@ -86,6 +86,14 @@ def test_rope_store_interpreted_leaves_out_a_graphs_padding(padding):
     check_rope(ROPE_CASES[0], torch.float32, "cpu", 1e-5, True, True, padding=padding)
 
 
+@pytest.mark.parametrize("padding", [7, 8, 9])
+def test_rope_store_interpreted_padding_across_a_programs_chunks(padding):
+    """10 rotated queries a token, in programs of rope.CHUNKS_A_PROGRAM: the padding ends before, at and after the
+    end of the first program's."""
+    assert rope.CHUNKS_A_PROGRAM == 8
+    check_rope(ROPE_CASES[3], torch.float32, "cpu", 1e-5, True, True, padding=padding)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("padding", [1, 8])
 def test_rope_store_gpu_leaves_out_a_graphs_padding(padding):
