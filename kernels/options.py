@@ -8,14 +8,12 @@ from dataclasses import dataclass, field, replace
 @dataclass(frozen=True)
 class AttentionTuning:
     """Chunk attention with several query rows (_attn_kernel): KV block, warps, pipeline depth, programs per SM
-    to aim for, shortest split (in keys); block_m: the largest row tile (query x query head) of a launch of 64 rows
-    or more (fewer take `attention`'s settings)."""
+    to aim for, shortest split (in keys)."""
     block_n: int = 32
     num_warps: int = 2
     num_stages: int = 2
     programs_per_sm: int = 4
     min_split: int = 32
-    block_m: int = 64
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from ..options import DEFAULT_KERNELS, KernelOptions
 from ..rope import RotaryInputs
 from .common import HEAD_DIMS, num_sms
 from .decode import arrival_counters, decode_splits, launch_decode, longest_piece
-from .prefill import launch_attn, tile_tuning, tuning
+from .prefill import launch_attn, row_tile, tuning
 from .reference import chunk_attention_ref
 from .packed import NO_PACKED, PackedBases, check_tiles
 from .tables import DecodeWorkspace, chunk_table
@@ -40,8 +40,9 @@ def _chunk_attention_triton(q, keys, values, scale, num_splits, options: KernelO
                       packed=packed)
         return out
 
-    block_m, cfg = tile_tuning(num_q, group, options, bool(packed.format))
+    block_m = row_tile(num_q, group)
     m_tiles = triton.cdiv(num_q * group, block_m)
+    cfg = tuning(block_m, options, bool(packed.format))
     if num_splits is None:
         num_splits = triton.cdiv(cfg.programs_per_sm * num_sms(device), m_tiles * hkv)
         num_splits = max(1, min(num_splits, triton.cdiv(total, cfg.min_split)))

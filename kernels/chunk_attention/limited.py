@@ -15,7 +15,7 @@ import triton.language as tl
 from ..dispatch import implementation, interpreted
 from ..options import DEFAULT_KERNELS, KernelOptions
 from .common import HEAD_DIMS, LOG2E, attend_tile, chunk_span, num_sms, split_prologue, store_rows
-from .prefill import launch_merge, tile_tuning
+from .prefill import launch_merge, row_tile, tuning
 from .tables import chunk_table
 
 
@@ -91,8 +91,9 @@ def _limited_triton(q, keys, values, scale, limits, num_splits, options: KernelO
     if packed.format:
         raise ValueError("limited attention reads chunks in the model's dtype only (dequantise packed ones first)")
     limits = limits.to(device=device, dtype=torch.int32)
-    block_m, cfg = tile_tuning(num_q, group, options, limited=True)
+    block_m = row_tile(num_q, group)
     m_tiles = triton.cdiv(num_q * group, block_m)
+    cfg = tuning(block_m, options, limited=True)
     if num_splits is None:
         num_splits = triton.cdiv(cfg.programs_per_sm * num_sms(device), m_tiles * hkv)
         num_splits = max(1, min(num_splits, triton.cdiv(total, cfg.min_split)))

@@ -157,28 +157,19 @@ def launch_merge(part: torch.Tensor, out: torch.Tensor, num_splits: int, n_rows:
            ("merge", out.device.index, out.dtype, head_dim, block_s, block_r), options, num_warps=4)
 
 
-def row_tile(num_q: int, group: int, largest: int = 64) -> int:
-    """Rows (query x query head) of a program's tile: 16 to `largest`."""
-    return min(largest, max(16, triton.next_power_of_2(num_q * group)))
+def row_tile(num_q: int, group: int) -> int:
+    """Rows (query x query head) of a program's tile: 16 to 64."""
+    return min(64, max(16, triton.next_power_of_2(num_q * group)))
 
 
 def tuning(block_m: int, options: KernelOptions, packed: bool = False, limited: bool = False) -> AttentionTuning:
     """The launch settings of _attn_kernel for row tiles of block_m, over a context with packed chunks or not,
     under per-query key limits or not (packed chunks take packed_prefill's either way)."""
-    if block_m < 64:
+    if block_m != 64:
         return options.attention
     if packed:
         return options.packed_prefill
     return options.limited_prefill if limited else options.prefill
-
-
-def tile_tuning(num_q: int, group: int, options: KernelOptions, packed: bool = False,
-                limited: bool = False) -> tuple[int, AttentionTuning]:
-    """The row tile of a launch for num_q queries of `group` heads a KV head, and its settings (tuning): up to 64
-    rows, and up to the settings' block_m where they fill 64."""
-    block_m = row_tile(num_q, group)
-    cfg = tuning(block_m, options, packed, limited)
-    return (block_m if block_m < 64 else row_tile(num_q, group, cfg.block_m)), cfg
 
 
 def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,

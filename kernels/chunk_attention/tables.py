@@ -12,7 +12,7 @@ from ..kv_quant import PackedKV
 from .common import num_sms
 from .packed import NO_PACKED, NOT_PACKED, PackedBases, check_packed, packed_columns
 from .decode import decode_splits, longest_piece
-from .prefill import tile_tuning
+from .prefill import row_tile, tuning
 
 _tables = {}
 
@@ -156,13 +156,14 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
     or not (the decode kernel's settings differ: KernelOptions.decode_tuning), for queries under key limits or not
     (a prefill's splits then follow KernelOptions.limited_prefill)."""
     group = hq // hkv
-    block_m, cfg = tile_tuning(num_q, group, options, packed, limited)
+    block_m = row_tile(num_q, group)
     m_tiles = triton.cdiv(num_q * group, block_m)
     decode = num_q == 1 and group <= 16  # the decode kernel; else the several-query kernel and its merge
     if decode:
         cfg = options.decode_tuning(packed)
         num_splits = decode_splits(hkv, group, head_dim, capacity, device, cfg)
     else:
+        cfg = tuning(block_m, options, packed, limited)
         num_splits = triton.cdiv(cfg.programs_per_sm * num_sms(torch.device(device)), m_tiles * hkv)
         num_splits = max(2, min(num_splits, triton.cdiv(capacity, cfg.min_split)))
     n_rows = num_q * hq

@@ -5,15 +5,12 @@ the same answer, the stored chunks untouched, and the eager pass where the graph
 question's graph; else in its own graph. The
 rows are compared with the eager pass over the stored rows in place (the layout the graph reads), whose masked
 variant off CUDA tests/engine/test_selective.py checks."""
-from dataclasses import replace
-
 import pytest
 import torch
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, Recompute, SamplingParams
 from cascade_rag.engine.recompute_graph import GraphRecompute
 from cascade_rag.engine.selective import SelectiveRecompute
-from cascade_rag.kernels.options import DEFAULT_KERNELS
 from tests.helpers import make_tiny_checkpoint
 
 pytestmark = pytest.mark.interpreter
@@ -81,16 +78,13 @@ def test_the_recompute_in_the_questions_prefill_answers_as_apart(engine):
     apart = LLMEngine(engine.model_path, device="cpu", dtype="fp32", graph_own_tokens=64, graph_steps_off_cuda=True,
                       graph_recompute_tokens=64, graph_max_question=16, blend=Recompute(None, 4))
     eager = LLMEngine(engine.model_path, device="cpu", dtype="fp32", use_cuda_graphs=False, blend=Recompute(None, 4))
-    wide = replace(DEFAULT_KERNELS, limited_prefill=replace(DEFAULT_KERNELS.limited_prefill, block_m=128))
-    wide = LLMEngine(engine.model_path, device="cpu", dtype="fp32", graph_own_tokens=64, graph_steps_off_cuda=True,
-                     graph_recompute_tokens=64, blend=Recompute(None, 4), kernels=wide)  # the lead in one row tile
     params = SamplingParams(max_new_tokens=4, ignore_eos=True)
     question = QUESTION * 2  # with the 4 + 3 + 4 tokens of the documents after the first: 19, padded to 32 (over 16)
     chunks = stored(engine, (20, 4, 3, 25))  # documents as long as the prefix and shorter
     before = [(c.keys.clone(), c.values.clone()) for c in chunks]
     expected = eager.generate(question, params, chunks, "blend")
     assert len(expected.token_ids) == 4
-    for graphed in (engine, apart, wide):
+    for graphed in (engine, apart):
         result = graphed.generate(question, params, chunks, "blend")
         assert result.token_ids == expected.token_ids and result.prompt_tokens == expected.prompt_tokens
     assert all(torch.equal(c.keys, k) and torch.equal(c.values, v) for c, (k, v) in zip(chunks, before))

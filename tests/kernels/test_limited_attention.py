@@ -1,13 +1,9 @@
 """Chunk attention under per-query key limits (selective recompute): the Triton kernel against its reference, and
 the reference against masked SDPA over the concatenated keys."""
-from dataclasses import replace
-
 import pytest
 import torch
 
 from cascade_rag.kernels.chunk_attention.limited import limited_attention, limited_attention_ref
-from cascade_rag.kernels.chunk_attention.prefill import tile_tuning
-from cascade_rag.kernels.options import DEFAULT_KERNELS
 
 from .kernel_cases import make_chunks
 
@@ -53,13 +49,14 @@ def test_bad_arguments_are_named():
         limited_attention(torch.randn(2, 2, 1, 64), keys, values, 0.125, torch.tensor([1]))
 
 
-def check(case, dtype, device, atol, n=19, options=DEFAULT_KERNELS):
+def check(case, dtype, device, atol):
     lengths, hq, hkv, d, splits, odd, kind = case
     torch.manual_seed(sum(lengths) + hq)
     keys, values = make_chunks(lengths, hkv, d, dtype, device, odd=odd)
+    n = 19
     q = torch.randn(len(lengths), n, hq, d, dtype=dtype, device=device)
     limits = limits_for(sum(lengths), kind, n).to(device)
-    out = limited_attention(q, keys, values, d ** -0.5, limits, impl="triton", num_splits=splits, options=options)
+    out = limited_attention(q, keys, values, d ** -0.5, limits, impl="triton", num_splits=splits)
     ref = limited_attention_ref(q.float(), [k.float() for k in keys], [v.float() for v in values], d ** -0.5, limits)
     assert out.shape == (n, hq, d) and out.dtype == dtype and torch.isfinite(out).all()
     assert (out.float() - ref).abs().max().item() <= atol
@@ -69,25 +66,6 @@ def check(case, dtype, device, atol, n=19, options=DEFAULT_KERNELS):
 @pytest.mark.parametrize("case", CASES)
 def test_limited_attention_interpreted(case):
     check(case, torch.float32, "cpu", 1e-3)
-
-
-# row tiles of 128 (the settings' block_m): 40 queries of 4 heads a KV head fill one and a part of another, of 2 a part
-WIDE_TILES = replace(DEFAULT_KERNELS, limited_prefill=replace(DEFAULT_KERNELS.limited_prefill, block_m=128))
-
-
-@pytest.mark.interpreter
-@pytest.mark.parametrize("case", [CASES[1], CASES[2]])
-def test_limited_attention_interpreted_in_wider_row_tiles(case):
-    assert tile_tuning(40, case[1] // case[2], WIDE_TILES, limited=True)[0] == 128
-    check(case, torch.float32, "cpu", 1e-3, n=40, options=WIDE_TILES)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("case", [CASES[1], CASES[2]])
-@pytest.mark.parametrize("warps", [4, 8])
-def test_limited_attention_on_the_gpu_in_wider_row_tiles(case, warps):
-    options = replace(WIDE_TILES, limited_prefill=replace(WIDE_TILES.limited_prefill, num_warps=warps))
-    check(case, torch.bfloat16, "cuda", 2e-2, n=40, options=options)
 
 
 @pytest.mark.gpu
