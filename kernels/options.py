@@ -51,7 +51,7 @@ class HeadTuning:
 
 
 PREFILL = AttentionTuning(block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64)  # row tiles of 64
-LIMITED_PREFILL = replace(PREFILL, programs_per_sm=8, min_split=1024)
+LIMITED_PREFILL = replace(PREFILL, programs_per_sm=8)
 
 
 @dataclass(frozen=True)
