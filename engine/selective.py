@@ -167,9 +167,8 @@ class SelectiveRecompute:
     def _dense(self, chunk: KVChunk) -> KVChunk:
         """The chunk on the device in the model's dtype (a packed one dequantised: its rows are split below)."""
         device = self.model.embed_tokens.weight.device
-        if all(isinstance(t, torch.Tensor) and t.device == device and t.dtype == self.dtype
-               for t in (chunk.keys, chunk.values)):
-            return chunk  # (as it is: the common case, and a request's host time)
+        if all(isinstance(t, torch.Tensor) and t.device == device for t in (chunk.keys, chunk.values)):
+            return chunk  # nothing to move or dequantise (dense keeps a plain tensor as it is): no copy of the chunk
         chunk = chunk.to(device)
         return replace(chunk, keys=dense(chunk.keys, self.dtype), values=dense(chunk.values, self.dtype))
 
