@@ -88,19 +88,19 @@ class Composer:
         self.check_length(start + len(token_ids) + max_new_tokens)
         return ctx, list(token_ids), start
 
-    def lead_inputs(self, chunks: list[KVChunk], prefix: int,
-                    own: KVBuffer) -> tuple[AttentionContext, Lead, int] | None:
+    def lead_inputs(self, chunks: list[KVChunk], prefix: int, own: KVBuffer,
+                    window: int = 0) -> tuple[AttentionContext, Lead, int] | None:
         """`blend`'s recompute of each document's first `prefix` tokens (EPIC) as the lead of the question's prefill,
         in its pass: the context (level 0 and the stored rows after those tokens, read in place; the new tokens' KV
         goes to `own`, emptied), the lead, and the position after the documents (the question's first); None when
-        nothing is recomputed."""
-        plan = SelectiveRecompute(self.model, self.dtype, self.device).plan(list(chunks), prefix)
+        nothing is recomputed. window: Recompute's."""
+        plan = SelectiveRecompute(self.model, self.dtype, self.device).plan(list(chunks), prefix, window=window)
         if plan is None:
             return None
         own.length = 0
         ctx = AttentionContext(keys=[c.keys for c in plan.context], values=[c.values for c in plan.context],
                                shifts=self.device_tensor(plan.shifts, torch.int64), own=own)
-        return ctx, Lead(plan.token_ids, plan.positions, plan.limits), plan.end
+        return ctx, Lead(plan.token_ids, plan.positions, plan.limits, plan.sink, plan.floors, plan.own_floors), plan.end
 
     def batched(self, token_lists: list[list[int]], context: list[KVChunk]):
         """The context, the concatenated tokens, their positions and the start of several sequences prefilled in

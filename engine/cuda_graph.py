@@ -17,7 +17,7 @@ keys, which its LM head fills in turn, and ends by writing its token into a pinn
 Its LM head reads an int8 copy of the weight and recomputes only the rows that can hold the argmax
 (kernels.lm_head): the same token from half the bytes.
 """
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -42,16 +42,22 @@ def question_bucket(n: int) -> int:
 class Lead:
     """Tokens prefilled before the question in its pass, into the own rows before it (EPIC's recomputed rows,
     engine.selective.PrefixPlan): their ids, placed positions and limits (token i sees the context's first limits[i]
-    keys in the table's order, then the own rows before it; the question sees the whole context)."""
+    keys in the table's order, then the own rows before it; the question sees the whole context). Under a window
+    (PrefixPlan's): sink, floors and own_floors, token i seeing none of the context keys from sink to before
+    floors[i] nor the own rows before own_floors[i]."""
     token_ids: list[int]
     positions: list[int]
     limits: list[int]
+    sink: int = 0
+    floors: list[int] = field(default_factory=list)
+    own_floors: list[int] = field(default_factory=list)
 
 
 def _input_sizes(layers: int, max_chunks: int, max_question: int) -> dict:
     """int64 elements of each input GraphDecoder stages (the float32 scales take half as many)."""
     return dict(tables=layers * (7 * max_chunks + 1), shifts=max_chunks - 1, scales=max_chunks // 2,
-                prompt=max_question, prompt_positions=max_question, limits=max_question, last=1, padding=1)
+                prompt=max_question, prompt_positions=max_question, limits=max_question, floors=3 * max_question,
+                last=1, padding=1)
 
 
 def _typed(views: dict, layers: int, max_chunks: int) -> dict:
@@ -59,19 +65,22 @@ def _typed(views: dict, layers: int, max_chunks: int) -> dict:
     views = dict(views)
     views["tables"] = views["tables"].reshape(layers, 7 * max_chunks + 1)
     views["scales"] = views["scales"].view(torch.float32)[:max_chunks - 1]
+    views["floors"] = views["floors"].view(-1, 3)
     return views
 
 
 class TableAttention:
     """The attention backend of a graph's step: chunk attention over the decoder's prebuilt per-layer tables; in a
     decode step the attention kernel also rotates and stores the new token (no rotary kernel). limits (a prefill's):
-    the context keys each new token sees, in the table's order (engine.recompute_graph); padding ([1] int64): the
-    tables' leading empty chunks, for which a prefill rotates no query."""
+    the context keys each new token sees, in the table's order (engine.recompute_graph), and floors their window
+    (chunk_attention_table's); padding ([1] int64): the tables' leading empty chunks, for which a prefill rotates no
+    query."""
 
     def __init__(self, tables: torch.Tensor, workspace: DecodeWorkspace, packed: PackedBases = NO_PACKED,
-                 limits: torch.Tensor | None = None, padding: torch.Tensor | None = None):
+                 limits: torch.Tensor | None = None, padding: torch.Tensor | None = None,
+                 floors: torch.Tensor | None = None):
         self.tables, self.workspace, self.packed, self.limits = tables, workspace, packed, limits
-        self.padding = padding
+        self.padding, self.floors = padding, floors
 
     def attend(self, ctx, layer, q, k, v, rotary, ops):
         keys, values, scale = ctx.own.keys[layer], ctx.own.values[layer], q.shape[-1] ** -0.5
@@ -80,7 +89,7 @@ class TableAttention:
                                              (k, v), self.packed)
         queries = ops.rope_store(q, k, v, replace(rotary, padding=self.padding))
         return ops.chunk_attention_table(queries, keys, values, self.tables[layer], scale,
-                                         self.workspace, packed=self.packed, limits=self.limits)
+                                         self.workspace, packed=self.packed, limits=self.limits, floors=self.floors)
 
 
 class GraphDecoder:
@@ -118,8 +127,9 @@ class GraphDecoder:
         self.host = {name: t.numpy() for name, t in _typed(self.staged.host, c.num_layers, self.max_chunks).items()}
         self.tables, self.shifts, self.scales = views["tables"], views["shifts"], views["scales"]
         self.prompt, self.prompt_positions, self.last = views["prompt"], views["prompt_positions"], views["last"]
-        self.limits, self.padding = views["limits"], views["padding"]
+        self.limits, self.padding, self.floors = views["limits"], views["padding"], views["floors"]
         self.lead = 0  # rows of the lead given to the last prepare, before the prompt's in the own buffer
+        self.windowed = False  # whether that lead has a window (floors)
         self.graphs: dict[tuple, tuple] = {}
         # packed chunks' table offsets count from these, which stay put (the graphs hold their addresses)
         self.packed_bases, self.packed = fixed_bases(device), NO_PACKED
@@ -143,6 +153,7 @@ class GraphDecoder:
         context = sum(k.shape[1] for k in ctx.keys)
         lead_ids = lead.token_ids if lead else []
         self.lead = len(lead_ids)
+        self.windowed = bool(lead and lead.floors)
         n = self.lead + len(prompt)
         if self.fits_prompt(n):
             own_tokens = max(own_tokens, question_bucket(n))
@@ -167,6 +178,9 @@ class GraphDecoder:
             host["prompt_positions"][self.lead:padded] = np.minimum(np.arange(start, end + padded - n), top)
             host["limits"][:self.lead] = lead.limits if lead else []
             host["limits"][self.lead:n], host["limits"][n:padded] = context, 0
+            if self.windowed:  # the question and the padding see every key: floors of 0
+                host["floors"][:self.lead] = np.stack((np.full(self.lead, lead.sink), lead.floors, lead.own_floors), 1)
+                host["floors"][self.lead:padded] = 0
             host["last"][0] = n - 1
         self.staged.send()
         # the chunks' shifts and scales are already on the device: after the padding, as in the tables
@@ -174,13 +188,17 @@ class GraphDecoder:
         if ctx.scales is not None:
             self.scales[len(self.scales) - len(ctx.scales):].copy_(ctx.scales)
 
-    def _step(self, workspace, prompt: int = 0, greedy: bool = False, limited: bool = False) -> torch.Tensor:
+    def _step(self, workspace, prompt: int = 0, greedy: bool = False, limited: bool = False,
+              windowed: bool = False) -> torch.Tensor:
         """A decode step (greedy: its token from the argmax keys), or (prompt > 0) the prefill of a prompt padded
-        to `prompt` tokens (limited: under the staged limits, a lead's): the padding comes after the real tokens,
-        so causal masking keeps it out of their attention, and decoding overwrites its slots."""
+        to `prompt` tokens (limited: under the staged limits, a lead's; windowed: and floors): the padding comes
+        after the real tokens, so causal masking keeps it out of their attention, and decoding overwrites its
+        slots."""
         limits = self.limits[:prompt] if limited else None
+        floors = self.floors[:prompt] if windowed else None
         ctx = AttentionContext([], [], self.shifts, self.own, scales=self.scales,
-                               backend=TableAttention(self.tables, workspace, self.packed, limits, self.padding))
+                               backend=TableAttention(self.tables, workspace, self.packed, limits, self.padding,
+                                                      floors))
         if prompt:
             return self.model.step(self.prompt[:prompt], self.prompt_positions[:prompt], self.prompt_slots[:prompt],
                                    ctx, last=self.last)
@@ -198,7 +216,8 @@ class GraphDecoder:
         if not self.fits_prompt(n):
             return None
         padded = question_bucket(n)
-        return self._replay(("prefill", self.bucket, self.aligned, self.packed.format, padded, self.lead > 0), padded)
+        return self._replay(("prefill", self.bucket, self.aligned, self.packed.format, padded, self.lead > 0,
+                             self.windowed), padded)
 
     def begin(self, token: torch.Tensor, position: int, slot: int, greedy: bool) -> None:
         """Decoding starts after the prompt, whose last token is at `position` in own slot `slot`, with `token` (a
@@ -233,22 +252,23 @@ class GraphDecoder:
         return wait
 
     def _replay(self, key: tuple, prompt: int) -> torch.Tensor:
-        greedy, limited = key[0] == "decode" and key[-1], key[0] == "prefill" and key[-1]
+        greedy = key[0] == "decode" and key[-1]
+        limited, windowed = (key[0] == "prefill" and key[-2], key[0] == "prefill" and key[-1])
         if key not in self.graphs:
-            self.graphs[key] = self._capture(prompt, greedy, limited)
+            self.graphs[key] = self._capture(prompt, greedy, limited, windowed)
         graph, workspace, logits = self.graphs[key]
         if graph is None:
-            return self._step(workspace, prompt, greedy, limited)
+            return self._step(workspace, prompt, greedy, limited, windowed)
         graph.replay()
         return logits
 
-    def _capture(self, prompt: int, greedy: bool, limited: bool):
+    def _capture(self, prompt: int, greedy: bool, limited: bool, windowed: bool):
         c = self.config
         workspace = decode_workspace(max(1, prompt), c.num_heads, c.head_dim, c.num_kv_heads, self.bucket,
                                      self.own.keys.device, self.aligned, self.options.kernels, bool(self.packed.format),
                                      limited)
         if not self.capture:
             return None, workspace, None
-        graph, logits = capture(lambda: self._step(workspace, prompt, greedy, limited), self.pool,
+        graph, logits = capture(lambda: self._step(workspace, prompt, greedy, limited, windowed), self.pool,
                                 keep=(self.token, self.position, self.slot, self.best))  # the warm-ups advance them
         return graph, workspace, logits

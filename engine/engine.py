@@ -183,7 +183,7 @@ class LLMEngine:
         own_tokens = m + len(token_ids) + params.max_new_tokens
         if not (graphs.fits(context_chunks, own_tokens) and graphs.fits_prompt(m + len(token_ids))):
             return None
-        inputs = self.composer.lead_inputs(chunks, blend.prefix, graphs.own)
+        inputs = self.composer.lead_inputs(chunks, blend.prefix, graphs.own, blend.window)
         if inputs is None:
             return None
         ctx, lead, start = inputs

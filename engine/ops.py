@@ -47,13 +47,13 @@ class Ops:
 
     def chunk_attention_table(self, q, k_base, v_base, table, scale, workspace: DecodeWorkspace,
                               rotary: RotaryInputs | None = None, new_kv=None, packed: PackedBases = NO_PACKED,
-                              limits: torch.Tensor | None = None):
+                              limits: torch.Tensor | None = None, floors: torch.Tensor | None = None):
         """The Triton kernel always: a CUDA graph's tables exist for it alone (EngineOptions refuses graphs
         without custom kernels)."""
         if not self.custom:
             raise ValueError("chunk attention over a graph's table is a Triton kernel: it needs custom kernels")
         return chunk_attention_table(q, k_base, v_base, table, scale, workspace, rotary, new_kv, self.kernels, packed,
-                                     limits)
+                                     limits, floors)
 
     def greedy_head(self, x, weight, quantized, norm_weight, eps, best) -> torch.Tensor:
         return greedy_head(x, weight, quantized, norm_weight, eps, best, self.kernels)

@@ -20,21 +20,28 @@ BLEND_RATIO = 0.15  # share of document tokens that `blend` recomputes at every 
 class Recompute:
     """Which document tokens a selective recompute computes again. ratio: CacheBlend's share (None: no layer
     recomputes every token, nothing is measured); prefix: each document's first tokens (EPIC). Neither: the
-    documents laid one after the other, nothing recomputed. ratio 1: exactly a full prefill's KV."""
+    documents laid one after the other, nothing recomputed. ratio 1: exactly a full prefill's KV. window (EPIC's
+    alone): a recomputed token sees level 0 and the document tokens of the last `window` positions before it only
+    (0: every token before it), so that its attention reads about as many keys at any context length."""
     ratio: float | None = BLEND_RATIO
     prefix: int = 0
+    window: int = 0
 
     def __post_init__(self):
         if self.ratio is not None and not 0 <= self.ratio <= 1:
             raise ValueError(f"the blend ratio must be within [0, 1], got {self.ratio}")
         if self.prefix < 0:
             raise ValueError(f"the recomputed prefix must be at least 0 tokens, got {self.prefix}")
+        if self.window < 0:
+            raise ValueError(f"the recompute window must be at least 0 positions (0: none), got {self.window}")
+        if self.window and (self.ratio is not None or not self.prefix):
+            raise ValueError("a recompute window applies to EPIC's prefixes alone (a prefix and no CacheBlend ratio)")
 
     @property
     def label(self) -> str:
         parts = ([] if self.ratio is None else [f"{self.ratio:.0%}"]) + ([f"first {self.prefix}"] if self.prefix
                                                                          else [])
-        return " + ".join(parts) or "none"
+        return " + ".join(parts) + (f" (window {self.window})" if self.window else "") or "none"
 
 
 def default_device() -> str:

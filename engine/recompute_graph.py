@@ -9,6 +9,7 @@ document d sees the context's first limits[i] keys (level 0 and the stored rows 
 causally, the recomputed rows up to its own (those of the documents before d and its own first ones): the same
 attention as the eager pass (engine.selective.LimitedAttention). Padding tokens come after the real ones with a
 limit of 0, so that no real token sees them, and their rows are never referenced."""
+import numpy as np
 import torch
 
 from cascade_rag.kernels.chunk_attention import chunk_tables, decode_workspace
@@ -19,7 +20,7 @@ from .graph_capture import StagedInputs, capture
 from .model import Decoder
 from .options import EngineOptions
 
-_NAMES = ("tables", "shifts", "tokens", "positions", "limits")
+_NAMES = ("tables", "shifts", "tokens", "positions", "limits", "floors")
 
 
 class GraphRecompute:
@@ -35,9 +36,12 @@ class GraphRecompute:
         capacity = options.graph_recompute_tokens
         self.buffer = KVBuffer.empty(c, capacity, dtype, device)
         self.capture = torch.device(device).type == "cuda"
-        sizes = (c.num_layers * (7 * self.max_chunks + 1), self.max_chunks - 1, capacity, capacity, capacity)
+        sizes = (c.num_layers * (7 * self.max_chunks + 1), self.max_chunks - 1, capacity, capacity, capacity,
+                 3 * capacity)
         self.staged = StagedInputs(dict(zip(_NAMES, sizes)), device, self.capture)
-        self.views, self.host = self.staged.views, {name: t.numpy() for name, t in self.staged.host.items()}
+        self.views = dict(self.staged.views, floors=self.staged.views["floors"].view(-1, 3))
+        self.host = {name: t.numpy() for name, t in self.staged.host.items()}
+        self.host["floors"] = self.host["floors"].reshape(-1, 3)
         self.scales = torch.ones(self.max_chunks - 1, dtype=torch.float32, device=device)
         self.rows = torch.arange(capacity, device=device)  # the buffer's rows the tokens are written to
         self.graphs: dict[tuple, tuple] = {}
@@ -53,10 +57,11 @@ class GraphRecompute:
         return min(self.max_chunks, max(8, 1 << context_chunks.bit_length()))
 
     def run(self, keys: list[torch.Tensor], values: list[torch.Tensor], shifts: list[int], token_ids: list[int],
-            positions: list[int], limits: list[int]) -> None:
+            positions: list[int], limits: list[int], floors: tuple[int, list[int], list[int]] | None = None) -> None:
         """The tokens (at their positions, each seeing the first limits[i] keys of the context) through every layer,
         their KV written to the buffer's first rows. keys/values: the context chunks, [layers, n, Hkv, D] in the
-        model's dtype on the device; shifts: each one's position shift."""
+        model's dtype on the device; shifts: each one's position shift; floors: a window (PrefixPlan's sink, floors
+        and own floors), None for none."""
         n, padded = len(token_ids), question_bucket(len(token_ids))
         if not self.fits(len(keys), n):
             raise ValueError(f"a recompute of {n} tokens over {len(keys)} chunks does not fit the graph's buffers")
@@ -72,32 +77,37 @@ class GraphRecompute:
         host["tokens"][:n], host["tokens"][n:padded] = token_ids, 0
         host["positions"][:n], host["positions"][n:padded] = positions, positions[-1]
         host["limits"][:n], host["limits"][n:padded] = limits, 0
+        if floors is not None:
+            sink, lows, own_lows = floors
+            host["floors"][:n] = np.stack((np.full(n, sink), lows, own_lows), 1)
+            host["floors"][n:padded] = 0
         self.staged.send()
-        key = (bucket, aligned, padded, slots)
+        key = (bucket, aligned, padded, slots, floors is not None)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(bucket, aligned, padded, slots)
+            self.graphs[key] = self._capture(*key)
         graph, workspace = self.graphs[key]
         if graph is None:
-            self._step(workspace, padded, slots)
+            self._step(workspace, padded, slots, floors is not None)
         else:
             graph.replay()
 
-    def _step(self, workspace, padded: int, slots: int) -> None:
+    def _step(self, workspace, padded: int, slots: int, windowed: bool) -> None:
         v, layers = self.views, self.config.num_layers
         tables = v["tables"][:layers * (7 * slots + 1)].view(layers, -1)
         ctx = AttentionContext([], [], v["shifts"][:slots - 1], self.buffer, scales=self.scales[:slots - 1],
-                               backend=TableAttention(tables, workspace, limits=v["limits"][:padded]))
+                               backend=TableAttention(tables, workspace, limits=v["limits"][:padded],
+                                                      floors=v["floors"][:padded] if windowed else None))
         x = self.model.embed_tokens(v["tokens"][:padded])
         positions, rows = v["positions"][:padded], self.rows[:padded]
         with torch.inference_mode():
             for layer in self.model.layers:
                 x = layer(x, positions, rows, ctx, self.model.rotary)
 
-    def _capture(self, bucket: int, aligned: bool, padded: int, slots: int):
+    def _capture(self, bucket: int, aligned: bool, padded: int, slots: int, windowed: bool):
         c = self.config
         workspace = decode_workspace(padded, c.num_heads, c.head_dim, c.num_kv_heads, bucket, self.buffer.keys.device,
                                      aligned, self.options.kernels, limited=True)
         if not self.capture:
             return None, workspace
-        graph, _ = capture(lambda: self._step(workspace, padded, slots), self.pool)
+        graph, _ = capture(lambda: self._step(workspace, padded, slots, windowed), self.pool)
         return graph, workspace

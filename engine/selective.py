@@ -16,7 +16,9 @@ Either way the selected tokens run in one pass per layer, each attending under a
 GraphRecompute (engine.recompute_graph), EPIC's pass replays its CUDA graph instead, the recomputed rows in its
 buffer. The result is a list of chunks that the question is prefilled over as in `cached` (CUDA graphs included)."""
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+
+import numpy as np
 
 import torch
 
@@ -35,13 +37,19 @@ class PrefixPlan:
     """EPIC's recompute laid out: the context the recomputed tokens attend to (level 0 and the stored rows after each
     document's recomputed ones, dense, with their position shifts), the tokens (ids, placed positions, and limits:
     token i sees the context's first limits[i] keys, then the recomputed rows before it), and per document (the
-    chunk, dense; its place; its recomputed rows; its stored rest or None; the rest's shift)."""
+    chunk, dense; its place; its recomputed rows; its stored rest or None; the rest's shift). Under a window, token
+    i sees none of the context keys from level 0's end (`sink`) to floors[i] nor the recomputed rows before
+    own_floors[i] (those at positions more than the window before it); without one, floors and own_floors are
+    empty."""
     context: list[KVChunk]
     shifts: list[int]
     token_ids: list[int]
     positions: list[int]
     limits: list[int]
     documents: list[tuple]
+    sink: int = 0
+    floors: list[int] = field(default_factory=list)
+    own_floors: list[int] = field(default_factory=list)
 
     @property
     def end(self) -> int:
@@ -62,6 +70,18 @@ def prefix_counts(chunks: list[KVChunk], prefix: int) -> list[int]:
         counts.append(0 if exact else min(prefix, chunk.length))
         place += chunk.length
     return counts
+
+
+def window_floors(plan: PrefixPlan, window: int) -> tuple[list[int], list[int]]:
+    """(floors, own_floors) of PrefixPlan under a window: for each token, level 0's rows and then the context's stored
+    rows at positions before its own minus `window`, and the recomputed rows (in position order) before it."""
+    low = np.asarray(plan.positions, dtype=np.int64) - window
+    rests = [(place + k, rest.length) for _, place, k, rest, _ in plan.documents if rest is not None]
+    firsts, lengths = (np.asarray(v, dtype=np.int64).reshape(-1) for v in zip(*rests)) if rests else (
+        np.zeros(0, np.int64), np.zeros(0, np.int64))
+    floors = plan.sink + np.clip(low[:, None] - firsts[None, :], 0, lengths[None, :]).sum(axis=1)
+    own = np.searchsorted(np.asarray(plan.positions, dtype=np.int64), low)
+    return floors.tolist(), own.tolist()
 
 
 class LimitedAttention:
@@ -101,7 +121,7 @@ class SelectiveRecompute:
         with torch.inference_mode():
             if recompute.ratio is not None:
                 return self._blend(level0, documents, places, recompute)
-            return self._prefixes(level0, documents, recompute.prefix)
+            return self._prefixes(level0, documents, recompute.prefix, recompute.window)
 
     def _placed(self, chunks: list[KVChunk]) -> tuple[KVChunk, list[KVChunk], list[int]]:
         """Level 0, the documents and the position each is placed at (one after the other), checked; waits until the
@@ -172,9 +192,10 @@ class SelectiveRecompute:
         chunk = chunk.to(device)
         return replace(chunk, keys=dense(chunk.keys, self.dtype), values=dense(chunk.values, self.dtype))
 
-    def plan(self, chunks: list[KVChunk], prefix: int, turned: bool = False) -> PrefixPlan | None:
+    def plan(self, chunks: list[KVChunk], prefix: int, turned: bool = False, window: int = 0) -> PrefixPlan | None:
         """EPIC's recompute of each document's first `prefix` tokens laid out (see PrefixPlan); None when nothing is
-        recomputed. turned: the stored rows after them turned to their places (a copy), else read in place."""
+        recomputed. turned: the stored rows after them turned to their places (a copy), else read in place; window:
+        each token sees the document rows of the last `window` positions before it only (0: all of them)."""
         level0, documents, places = self._placed(chunks)
         counts = prefix_counts(chunks, prefix)
         if sum(counts) == 0:
@@ -199,16 +220,20 @@ class SelectiveRecompute:
                 plan.context.append(rest)
                 plan.shifts.append(shift)
             plan.documents.append((chunk, place, k, rest, shift if rest is not None else 0))
+        if window:
+            plan.sink = level0.length
+            plan.floors, plan.own_floors = window_floors(plan, window)
         return plan
 
-    def _prefixes(self, level0, documents, prefix: int) -> list[KVChunk]:
+    def _prefixes(self, level0, documents, prefix: int, window: int = 0) -> list[KVChunk]:
         m = sum(prefix_counts([level0, *documents], prefix))
         if m == 0:
             return [level0, *documents]
         graph = self.graph if self.graph is not None and self.graph.fits(1 + len(documents), m) else None
         # off CUDA (the limited-attention kernel's reference): the stored rows turned to their places, one masked SDPA
         turned = graph is None and torch.device(self.device).type != "cuda" if self.masked is None else self.masked
-        plan = self.plan([level0, *documents], prefix, turned)
+        turned = turned or (graph is None and window > 0)  # the limited-attention kernel has no window: the mask
+        plan = self.plan([level0, *documents], prefix, turned, window)
         own = graph.buffer if graph else KVBuffer.empty(self.config, m, self.dtype, self.device)
         out, shifts, row = [level0], [0], 0
         for chunk, place, k, rest, shift in plan.documents:
@@ -223,15 +248,20 @@ class SelectiveRecompute:
         context = plan.context
         if graph:
             graph.run([c.keys for c in context], [c.values for c in context], plan.shifts, plan.token_ids,
-                      plan.positions, plan.limits)
+                      plan.positions, plan.limits, (plan.sink, plan.floors, plan.own_floors) if window else None)
             return out
         positions = torch.tensor(plan.positions, dtype=torch.int64, device=self.device)
         ids = torch.tensor(plan.token_ids, dtype=torch.int64, device=self.device)
         slots = torch.arange(m, device=self.device)
         if turned:
             seen, limits = sum(c.length for c in context), torch.tensor(plan.limits, device=self.device)
-            visible = torch.arange(seen, device=self.device)[None, :] < limits[:, None]
+            keys = torch.arange(seen, device=self.device)[None, :]
+            visible = keys < limits[:, None]
             causal = torch.ones(m, m, dtype=torch.bool, device=self.device).tril()
+            if plan.floors:  # the window: level 0, then nothing before the floors
+                visible &= (keys < plan.sink) | (keys >= torch.tensor(plan.floors, device=self.device)[:, None])
+                own_floors = torch.tensor(plan.own_floors, device=self.device)
+                causal &= torch.arange(m, device=self.device)[None, :] >= own_floors[:, None]
             ctx = AttentionContext(keys=[c.keys for c in context], values=[c.values for c in context],
                                    shifts=torch.zeros(len(context), dtype=torch.int64, device=self.device), own=own,
                                    mask=torch.cat((visible, causal), dim=1))

@@ -88,7 +88,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                         "many tokens: top-1 agreement and KL divergence (default 16; 0: off; needs full in --modes)")
     p.add_argument("--settings", help="comma-separated settings measured against full besides the modes (fidelity "
                                       "and engine TTFT only): cached:t1.0, blend:0.3, blend:first16, "
-                                      "blend:0.15+first16, blend:none")
+                                      "blend:first64w512, blend:0.15+first16, blend:none")
     p.add_argument("--plot", type=Path, help="write the fidelity-vs-TTFT plot of the modes and settings here (PNG)")
     p.add_argument("--passage-tokens", type=int, default=256, help="passage size in tokens (default 256)")
     p.add_argument("--overlap", type=int, default=32, help="tokens repeated between passages (default 32)")

@@ -4,7 +4,8 @@
 with percentile bootstrap intervals over the questions.
 
 A setting is a mode, optionally with what it composes with: `cached:t1.0` (document temperature 1.0), `blend:0.3`
-(CacheBlend's share), `blend:first16` (each passage's first 16 tokens, EPIC), `blend:0.15+first16` (both),
+(CacheBlend's share), `blend:first16` (each passage's first 16 tokens, EPIC), `blend:first16w512` (the same, each
+token seeing level 0 and the 512 positions before it only), `blend:0.15+first16` (both),
 `blend:none` (the passages laid one after the other, nothing recomputed)."""
 from dataclasses import dataclass
 
@@ -49,17 +50,21 @@ def parse_setting(text: str) -> Setting:
     if mode == "blend":
         if spec == "none":
             return Setting(name, mode, recompute=Recompute(None, 0))
-        ratio, prefix = None, 0
+        ratio, prefix, window = None, 0, 0
         for part in spec.split("+"):
             try:
                 if part.startswith("first"):
-                    prefix = int(part[len("first"):])
+                    prefix, _, seen = part[len("first"):].partition("w")
+                    prefix, window = int(prefix), int(seen) if seen else 0
                 else:
                     ratio = float(part)
             except ValueError:
-                raise ValueError(f"setting {name!r}: blend takes a ratio (0.15), first<N> or both joined by +") \
-                    from None
-        return Setting(name, mode, recompute=Recompute(ratio, prefix))
+                raise ValueError(f"setting {name!r}: blend takes a ratio (0.15), first<N> (first<N>w<W>: within a "
+                                 f"window of W positions) or both joined by +") from None
+        try:
+            return Setting(name, mode, recompute=Recompute(ratio, prefix, window))
+        except ValueError as exc:
+            raise ValueError(f"setting {name!r}: {exc}") from None
     raise ValueError(f"setting {name!r}: {mode} takes no {spec!r} (cached:t<temperature>; blend:<ratio>, "
                      f"blend:first<N>, blend:none)")
 

@@ -62,7 +62,7 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
                           scale: float, workspace: DecodeWorkspace, rotary: RotaryInputs | None = None,
                           new_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
                           options: KernelOptions = DEFAULT_KERNELS, packed: PackedBases = NO_PACKED,
-                          limits: torch.Tensor | None = None) -> torch.Tensor:
+                          limits: torch.Tensor | None = None, floors: torch.Tensor | None = None) -> torch.Tensor:
     """chunk_attention over a prebuilt device table (chunk_tables) whose last entry is the context's length: every
     argument stays fixed from one decode step to the next, so the call can be captured in a CUDA graph.
 
@@ -71,7 +71,9 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
     new_kv the new token's key and value as projected and rotary rope_store's other inputs (own_keys/own_values
     being k_base/v_base); the own chunk then ends after slots[0]. packed: the (fixed) bases of the table's packed
     chunks and their format. limits (a prefill's, int64 [Nq]): query i sees only the context's first limits[i] keys
-    in the table's order (the own chunk causally as always)."""
+    in the table's order (the own chunk causally as always); floors (with limits, context chunks in the model's
+    dtype, int64 [Nq, 3]): a window, query i seeing none of the context keys from floors[i, 0] to before
+    floors[i, 1] nor its own chunk's first floors[i, 2] rows."""
     if packed.format:
         check_tiles(options.packed_decode.block_n if workspace.decode else
                     tuning(workspace.block_m, options, True).block_n)
@@ -93,8 +95,14 @@ def chunk_attention_table(q: torch.Tensor, k_base: torch.Tensor, v_base: torch.T
     out = torch.empty((num_q, hq, head_dim), dtype=q.dtype, device=q.device)
     if limits is not None and (limits.shape != (num_q,) or limits.dtype != torch.int64):
         raise ValueError(f"limits must be int64 [{num_q}] (one per query), not {limits.dtype} {list(limits.shape)}")
+    if floors is not None:
+        if limits is None or packed.format:
+            raise ValueError("a window (floors) comes with limits, over context chunks in the model's dtype")
+        if floors.shape != (num_q, 3) or floors.dtype != torch.int64 or not floors.is_contiguous():
+            raise ValueError(f"floors must be contiguous int64 [{num_q}, 3] (sink, floor and own floor of each "
+                             f"query), not {floors.dtype} {list(floors.shape)}")
     launch_attn(q, k_base, v_base, table, out, w.part, num_chunks, w.split_len, num_q, scale, w.block_m,
-                w.num_splits, w.aligned, True, options, packed, limits)
+                w.num_splits, w.aligned, True, options, packed, limits, floors)
     return out
 
 

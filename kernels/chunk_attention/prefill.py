@@ -14,8 +14,9 @@ from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_tile, pa
 @triton.jit
 def _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end, chunk_start, limit, m_i, l_i,
                  acc, qk_scale, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, DOT_F32: tl.constexpr,
-                 PRECISION: tl.constexpr):
-    """The query rows over rows start..end of a chunk in the model's dtype, row r seeing keys up to limit[r]."""
+                 PRECISION: tl.constexpr, lower=0, sink=0, WINDOW: tl.constexpr = False):
+    """The query rows over rows start..end of a chunk in the model's dtype, row r seeing keys up to limit[r], and
+    (WINDOW) none from sink[r] to before lower[r] (in the chunk's rows)."""
     d = tl.arange(0, HEAD_DIM)
     k_rows = k_ptr + k_off + kv_head * HEAD_DIM + d[None, :]
     v_rows = v_ptr + v_off + kv_head * HEAD_DIM + d[None, :]
@@ -26,6 +27,8 @@ def _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, sta
         k = tl.load(k_rows + j[:, None] * k_stride, mask=in_range[:, None], other=0.0)
         v = tl.load(v_rows + j[:, None] * v_stride, mask=in_range[:, None], other=0.0)
         visible = in_range[None, :] & (j[None, :] <= limit[:, None])
+        if WINDOW:
+            visible = visible & ((j[None, :] >= lower[:, None]) | (j[None, :] < sink[:, None]))
         m_i, l_i, acc = attend_tile(q, k, v, visible, m_i, l_i, acc, qk_scale, DOT_F32, PRECISION)
     return m_i, l_i, acc
 
@@ -55,14 +58,17 @@ def _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_s
 
 @triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
 def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_ptr, ks_ptr, vs_ptr, limits_ptr,
-                 num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
+                 floors_ptr, num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
                  HQ: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr,
                  BLOCK_N: tl.constexpr, CHUNKS_P2: tl.constexpr, SPLIT: tl.constexpr, ALIGNED: tl.constexpr,
                  DOT_F32: tl.constexpr, PRECISION: tl.constexpr, TOTAL_IN_TABLE: tl.constexpr, FORMAT: tl.constexpr,
-                 LIMITED: tl.constexpr, PDL: tl.constexpr):
+                 LIMITED: tl.constexpr, WINDOW: tl.constexpr, PDL: tl.constexpr):
     """Query rows (query x head) of a tile over a split; FORMAT: as in _decode_kernel (packed context chunks).
     LIMITED: query i sees the context's first limits_ptr[i] keys (in the table's order) instead of all of them,
-    and the own chunk causally as always (a selective recompute's queries, which sit among the context)."""
+    and the own chunk causally as always (a selective recompute's queries, which sit among the context). WINDOW
+    (with LIMITED, context chunks in the model's dtype): floors_ptr[i] = (sink, floor, own floor), and query i sees
+    none of the context keys from sink to before floor nor the own rows before own floor; a tile skips what none of
+    its rows sees."""
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -83,6 +89,15 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
         tile_own = own_start + tl.max(tl.where(row_ok, causal_limit, -1), 0) + 1
     else:
         seen = total_len
+    if WINDOW:
+        sink = tl.load(floors_ptr + qi * 3, mask=row_ok, other=0)
+        floor = tl.load(floors_ptr + qi * 3 + 1, mask=row_ok, other=0)
+        own_floor = tl.load(floors_ptr + qi * 3 + 2, mask=row_ok, other=0)
+        tile_sink = tl.max(tl.where(row_ok, sink, 0), 0)
+        tile_floor = tl.min(tl.where(row_ok, floor, total_len), 0)
+        tile_own_floor = own_start + tl.min(tl.where(row_ok, own_floor, total_len), 0)
+    else:
+        sink, floor, own_floor = 0, 0, 0
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -92,6 +107,9 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
             table_ptr, c, first, num_chunks, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs, ALIGNED)
         if LIMITED:
             end = tl.minimum(end, tl.where(c == num_chunks - 1, tile_own, tile_seen))
+        if WINDOW:  # the keys that no row of the tile sees: between the sink and the floors
+            start = tl.maximum(start, tl.where(c == num_chunks - 1, tile_own_floor,
+                                               tl.where(start >= tile_sink, tile_floor, start)))
         if start < end:  # padding chunks are empty: no loads, no pipeline prologue
             q = tl.load(q_rows + c * stride_qc, mask=row_ok[:, None], other=0.0)
             if DOT_F32:
@@ -109,7 +127,13 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
                     m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
                                                  chunk_start, limit, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N,
                                                  DOT_F32, PRECISION)
-            else:  # (one branch each: Triton compiles a runtime branch on a constant False all the same)
+            elif WINDOW:  # (one branch each: Triton compiles a runtime branch on a constant False all the same)
+                own = c == num_chunks - 1
+                m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
+                                             chunk_start, limit, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32,
+                                             PRECISION, tl.where(own, own_floor, floor - chunk_start),
+                                             tl.where(own, 0, sink - chunk_start), True)
+            else:
                 m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
                                              chunk_start, limit, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32,
                                              PRECISION)
@@ -174,10 +198,11 @@ def tuning(block_m: int, options: KernelOptions, packed: bool = False, limited: 
 
 def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, total, scale, block_m, num_splits,
                 aligned, total_in_table, options: KernelOptions, packed: PackedBases = NO_PACKED,
-                limits: torch.Tensor | None = None):
+                limits: torch.Tensor | None = None, floors: torch.Tensor | None = None):
     """_attn_kernel over rotated queries q [C, Nq, Hq, D] in row tiles of block_m, then, with several splits, the
     merge of their partials (in part); packed: the bases and format of the table's packed chunks; limits: int64
-    [Nq], the context keys each query sees (None: all)."""
+    [Nq], the context keys each query sees (None: all); floors (with limits): int64 [Nq, 3], each query's window
+    (sink, floor, own floor: _attn_kernel's WINDOW)."""
     num_q, hq, head_dim = q.shape[1:]
     hkv = k_base.shape[-2]
     group = hq // hkv
@@ -185,10 +210,10 @@ def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, tota
     split = num_splits > 1
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     args = (q, k_base, v_base, table, out, part) + packed.pointers(q) + (table if limits is None else limits,) + (
-        num_chunks, num_q, split_len, total, scale * LOG2E, q.stride(0), hq, group, head_dim, block_m, cfg.block_n,
-        triton.next_power_of_2(num_chunks + 1), split, aligned, interpreted(), precision, total_in_table,
-        packed.format, limits is not None)
-    key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:11])) + args[17:] + (
+        table if floors is None else floors, num_chunks, num_q, split_len, total, scale * LOG2E, q.stride(0), hq,
+        group, head_dim, block_m, cfg.block_n, triton.next_power_of_2(num_chunks + 1), split, aligned, interpreted(),
+        precision, total_in_table, packed.format, limits is not None, floors is not None)
+    key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:12])) + args[18:] + (
         cfg.num_warps, cfg.num_stages)
     launch(_attn_kernel, (triton.cdiv(num_q * group, block_m), hkv, num_splits), args, key, options,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)

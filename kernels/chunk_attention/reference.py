@@ -5,11 +5,13 @@ from ..kv_quant import dense
 
 
 def chunk_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor],
-                        scale: float, limits: torch.Tensor | None = None) -> torch.Tensor:
+                        scale: float, limits: torch.Tensor | None = None,
+                        floors: torch.Tensor | None = None) -> torch.Tensor:
     """One softmax over the scores of all chunks; each KV head serves its group of query heads by a batched
     matmul, so no chunk is copied (repeated per head or concatenated). Packed chunks (kernels.kv_quant) are
     dequantised first. limits [Nq]: query i sees only the first limits[i] keys of the context chunks (all but the
-    last, in order)."""
+    last, in order); floors [Nq, 3]: nor the context keys from floors[i, 0] to before floors[i, 1], nor the last
+    chunk's first floors[i, 2] rows."""
     keys, values = [dense(k, torch.float32) for k in keys], [dense(v, torch.float32) for v in values]
     num_chunks, num_q, hq, d = q.shape
     hkv = keys[0].shape[1]
@@ -24,6 +26,12 @@ def chunk_attention_ref(q: torch.Tensor, keys: list[torch.Tensor], values: list[
         context = torch.arange(s.shape[-1] - own, device=q.device)[None, :]
         s.view(hkv, group, num_q, -1)[..., :s.shape[-1] - own].masked_fill_(context >= limits.to(q.device)[:, None],
                                                                             float("-inf"))
+    if floors is not None:
+        sink, floor, own_floor = (f.to(q.device)[:, None] for f in floors.unbind(1))
+        context = torch.arange(s.shape[-1] - own, device=q.device)[None, :]
+        s.view(hkv, group, num_q, -1)[..., :s.shape[-1] - own].masked_fill_((context >= sink) & (context < floor),
+                                                                            float("-inf"))
+        s.view(hkv, group, num_q, -1)[..., s.shape[-1] - own:].masked_fill_(j < own_floor, float("-inf"))
     p = torch.softmax(s, dim=-1).split([k.shape[0] for k in keys], dim=-1)
     out = sum(p_c @ v.float().transpose(0, 1) for p_c, v in zip(p, values))  # [Hkv, group * Nq, D]
     return out.view(hkv, group, num_q, d).permute(2, 0, 1, 3).reshape(num_q, hq, d).to(q.dtype)

@@ -98,8 +98,8 @@ def test_the_recompute_in_the_questions_prefill_answers_as_apart(engine):
             if c.length <= 4 and c.start in lead.positions]
     recomputed = torch.cat([c.keys for c in rows], dim=1)
     assert (graphs.own.keys[:, :len(lead.token_ids)] - recomputed).abs().max() <= 1e-4
-    leads = [key for key in engine.graphs.graphs if key[0] == "prefill" and key[-1]]
-    assert leads and not any(key[0] == "prefill" and key[-1] for key in apart.graphs.graphs)
+    leads = [key for key in engine.graphs.graphs if key[0] == "prefill" and key[5]]  # (..., lead, windowed)
+    assert leads and not any(key[0] == "prefill" and key[5] for key in apart.graphs.graphs)
 
 
 def test_a_blend_without_level_0_first_is_refused_before_its_lead(engine):
@@ -107,3 +107,34 @@ def test_a_blend_without_level_0_first_is_refused_before_its_lead(engine):
     for chunks in ([], documents):
         with pytest.raises(ValueError, match="level-0 chunk first"):
             engine.generate(QUESTION, SamplingParams(max_new_tokens=2), chunks, "blend")
+
+
+def test_a_windowed_recompute_in_graphs_equals_the_masked_pass(engine):
+    """Under a window (each recomputed token seeing level 0 and the 6 positions before it), EPIC's own graph and the
+    lead of the question's prefill give the masked eager pass's rows and first logits, which differ from the
+    recompute without a window."""
+    chunks = stored(engine, (20, 10, 8, 12))
+    windowed, unwindowed = Recompute(None, 4, 6), Recompute(None, 4)
+    masked = SelectiveRecompute(engine.model, engine.dtype, "cpu", masked=True)(chunks, windowed)
+    graphed = SelectiveRecompute(engine.model, engine.dtype, "cpu", engine.recompute_graph())(chunks, windowed)
+    plain = SelectiveRecompute(engine.model, engine.dtype, "cpu", masked=True)(chunks, unwindowed)
+    # the same rows: the stored ones after each prefix are read in place by the graph, turned to their places
+    # (copied, rotated) by the masked pass; the recomputed ones sit at their places in both
+    assert [c.length for c in graphed] == [c.length for c in masked]
+    for a, b in zip(graphed, masked):
+        assert (a.values - b.values).abs().max() <= 1e-4
+        assert a.start != b.start or (a.keys - b.keys).abs().max() <= 1e-4
+    assert sum(a.start == b.start for a, b in zip(graphed, masked)) == 5  # level 0, the first document, 3 prefixes
+    assert max((a.values - b.values).abs().max() for a, b in zip(masked, plain)) > 1e-3
+    eager = LLMEngine(engine.model_path, device="cpu", dtype="fp32", use_cuda_graphs=False, blend=windowed)
+    graphs = engine.graphs
+    ctx, lead, start = engine.composer.lead_inputs(chunks, 4, graphs.own, window=6)
+    assert lead.sink == len(SYSTEM) and len(lead.floors) == len(lead.own_floors) == len(lead.token_ids) == 12
+    graphs.prepare(ctx, len(lead.token_ids) + len(QUESTION) + 1, QUESTION, start, lead)
+    logits = graphs.prefill(len(QUESTION))
+    expected = eager.logits(chunks, QUESTION, "blend", windowed)[-1]
+    assert (logits[-1] - expected).abs().max() <= 1e-4
+    assert (expected - eager.logits(chunks, QUESTION, "blend", unwindowed)[-1]).abs().max() > 1e-3
+    params = SamplingParams(max_new_tokens=4, ignore_eos=True)
+    assert (engine.variant(blend=windowed).generate(QUESTION, params, chunks, "blend").token_ids
+            == eager.generate(QUESTION, params, chunks, "blend").token_ids)

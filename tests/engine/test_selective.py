@@ -113,3 +113,34 @@ def test_graph_steps_over_recomputed_prefixes_equal_eager(tmp_path, tokenizer_di
     eager = engine.generate(QUESTION, params, chunks, "blend").token_ids
     engine.graphs = GraphDecoder(engine.model, engine.options, engine.dtype, "cpu")
     assert engine.generate(QUESTION, params, chunks, "blend").token_ids == eager and len(eager) == 6
+
+
+def test_window_floors_count_the_rows_before_each_tokens_window(tiny_checkpoint):
+    """PrefixPlan's floors under a window, against a count over every context row's position: level 0 and the stored
+    rows at positions before the token's minus the window; own floors: the recomputed rows before that."""
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    chunks = stored(engine)
+    selective = SelectiveRecompute(engine.model, engine.dtype, "cpu")
+    for window in (1, 3, 7, 12, 1000):
+        plan = selective.plan(chunks, 2, window=window)
+        places = [c.start for c in plan.context]  # the context as read in place: each rest at its stored start
+        rows = [p + s + i for c, p, s in zip(plan.context, places, plan.shifts) for i in range(c.length)]
+        for i, position in enumerate(plan.positions):
+            low = position - window
+            assert plan.floors[i] == plan.sink + sum(r < low for r in rows[plan.sink:])
+            assert plan.own_floors[i] == sum(p < low for p in plan.positions)
+        assert plan.sink == len(SYSTEM)
+    assert selective.plan(chunks, 2).floors == []
+
+
+def test_a_window_over_everything_recomputes_as_none_and_a_short_one_differs(tiny_checkpoint):
+    engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
+    chunks = stored(engine)
+    plain = engine.logits(chunks, QUESTION, "blend", Recompute(None, 2))
+    assert torch.equal(engine.logits(chunks, QUESTION, "blend", Recompute(None, 2, 10_000)), plain)
+    assert (engine.logits(chunks, QUESTION, "blend", Recompute(None, 2, 3)) - plain).abs().max() > 1e-4
+    assert Recompute(None, 2, 3).label == "first 2 (window 3)"
+    with pytest.raises(ValueError, match="at least 0 positions"):
+        Recompute(None, 2, -1)
+    with pytest.raises(ValueError, match="EPIC's prefixes alone"):
+        Recompute(0.15, 2, 3)

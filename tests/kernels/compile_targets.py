@@ -12,7 +12,7 @@ from cascade_rag.kernels.chunk_attention import decode, limited, prefill
 
 TARGET = GPUTarget("cuda", 90, 32)
 FLOATS = {"qk_scale", "qk_eps"}
-POINTERS = {"table_ptr": "*i64", "kq_ptr": "*u8", "vq_ptr": "*u8", "part_ptr": "*fp32", "limit_ptr": "*i32", "limits_ptr": "*i64",
+POINTERS = {"table_ptr": "*i64", "kq_ptr": "*u8", "vq_ptr": "*u8", "part_ptr": "*fp32", "limit_ptr": "*i32", "limits_ptr": "*i64", "floors_ptr": "*i64",
             "pos_ptr": "*i32", "slot_ptr": "*i32", "shift_ptr": "*i32", "scale_ptr": "*fp32"}
 COMMON = dict(HQ=16, GROUP=2, HEAD_DIM=128, BLOCK_N=64, CHUNKS_P2=8, ALIGNED=True, DOT_F32=False, PRECISION="tf32",
               PDL=False)
@@ -29,7 +29,10 @@ def settings():
             COMMON, GROUP_P2=2, BLOCK_S=16, ROPE=rope, QK_NORM=rope, PIECE_TILE=64, FORMAT=fmt)
     for fmt, limited_rows in itertools.product((0, 1, 2), (False, True)):  # limits come with a graph's table
         yield f"prefill FORMAT={fmt} LIMITED={limited_rows}", prefill._attn_kernel, dict(
-            COMMON, BLOCK_M=64, SPLIT=True, TOTAL_IN_TABLE=limited_rows, FORMAT=fmt, LIMITED=limited_rows)
+            COMMON, BLOCK_M=64, SPLIT=True, TOTAL_IN_TABLE=limited_rows, FORMAT=fmt, LIMITED=limited_rows,
+            WINDOW=False)
+    yield "prefill FORMAT=0 LIMITED=True WINDOW=True", prefill._attn_kernel, dict(  # a windowed EPIC lead
+        COMMON, BLOCK_M=64, SPLIT=True, TOTAL_IN_TABLE=True, FORMAT=0, LIMITED=True, WINDOW=True)
     yield "limited", limited._limited_kernel, dict(COMMON, BLOCK_M=64, SPLIT=True)
 
 

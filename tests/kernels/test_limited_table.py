@@ -71,6 +71,60 @@ def test_limited_table_prefill_gpu(case):
     check(case, torch.bfloat16, "cuda", 2e-2)
 
 
+def window_floors(limits: torch.Tensor, sink: int, window: int, questions: int) -> torch.Tensor:
+    """Floors as a windowed recompute's: each query sees level 0 (the first `sink` keys) and the context keys of
+    the last `window` before its limit, and its own chunk's rows of the last `window` before it; the last
+    `questions` queries see everything (a question's rows after a lead)."""
+    n = len(limits)
+    floors = torch.stack((torch.full_like(limits, sink), (limits - window).clamp(min=sink),
+                          (torch.arange(n, device=limits.device) - window).clamp(min=0)), dim=1)
+    floors[n - questions:] = 0
+    return floors.contiguous()
+
+
+def check_window(case, window, dtype, device, atol):
+    q, own_k, own_v, table, bases, limits, keys, values = limited_table(case, dtype, device)
+    nq, hq, d = q.shape[1:]
+    floors = window_floors(limits, case[0][0], window, 3)
+    workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, aligned=False, limited=True)
+    out = ca.chunk_attention_table(q, own_k, own_v, table, d ** -0.5, workspace, packed=bases, limits=limits,
+                                   floors=floors)
+    ref = ca.chunk_attention_ref(q.float(), keys, values, d ** -0.5, limits, floors)
+    assert torch.isfinite(out).all() and (out.float() - ref).abs().max().item() <= atol
+    assert (ref - ca.chunk_attention_ref(q.float(), keys, values, d ** -0.5, limits)).abs().max() > 10 * atol
+
+
+# dense contexts (a window comes with EPIC's dense rows), limits in position order; windows shorter than a chunk
+WINDOW_CASES = [(CASES[0], 5), (CASES[3], 16), (CASES[3], 50)]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case,window", WINDOW_CASES)
+def test_windowed_table_prefill_interpreted(case, window):
+    check_window(case, window, torch.float32, "cpu", 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,window", WINDOW_CASES)
+def test_windowed_table_prefill_gpu(case, window):
+    check_window(case, window, torch.bfloat16, "cuda", 2e-2)
+
+
+def test_reference_floors_hide_the_keys_between_sink_and_floor():
+    """Floors (sink, floor, own floor) hide exactly the context keys sink..floor-1 and the first own-floor own rows:
+    query 2 against a softmax over exactly the keys it sees, each scored by its chunk's query rotation."""
+    torch.manual_seed(2)
+    keys = [torch.randn(n, 1, 64) for n in (4, 6, 3)]
+    values = [torch.randn(n, 1, 64) for n in (4, 6, 3)]
+    q = torch.randn(3, 3, 2, 64)
+    out = ca.chunk_attention_ref(q, keys, values, 0.125, torch.tensor([10, 10, 10]), torch.tensor([[2, 7, 1]] * 3))
+    seen = [(0, keys[0][:2], values[0][:2]), (1, keys[1][3:], values[1][3:]), (2, keys[2][1:3], values[2][1:3])]
+    scores = torch.cat([q[c, 2] @ k[:, 0].T for c, k, _ in seen], dim=-1) * 0.125  # [Hq, keys]
+    expected = torch.softmax(scores, dim=-1) @ torch.cat([v[:, 0] for _, _, v in seen])
+    assert torch.allclose(out[2], expected, atol=1e-5)
+    assert not torch.allclose(out[2], ca.chunk_attention_ref(q, keys, values, 0.125, torch.tensor([10] * 3))[2])
+
+
 def test_reference_limits_mask_the_context_alone():
     """Limit 0 leaves a query its own chunk only (causal); the full context's length changes nothing."""
     torch.manual_seed(1)
@@ -89,6 +143,11 @@ def test_limits_of_the_wrong_shape_are_refused():
     workspace = ca.decode_workspace(q.shape[1], q.shape[2], q.shape[3], own_k.shape[1], 256, "cpu")
     with pytest.raises(ValueError, match="one per query"):
         ca.chunk_attention_table(q, own_k, own_v, table, 0.125, workspace, limits=limits[:-1])
+    floors = window_floors(limits, 7, 4, 1)
+    with pytest.raises(ValueError, match=r"int64 \[9, 3\]"):
+        ca.chunk_attention_table(q, own_k, own_v, table, 0.125, workspace, limits=limits, floors=floors[:-1])
+    with pytest.raises(ValueError, match="comes with limits"):
+        ca.chunk_attention_table(q, own_k, own_v, table, 0.125, workspace, floors=floors)
 
 
 def test_limited_prefills_take_their_own_settings():
