@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-
 import torch
 
 from cascade_rag.kernels.kv_quant import dense
