@@ -100,7 +100,7 @@ class Composer:
         own.length = 0
         ctx = AttentionContext(keys=[c.keys for c in plan.context], values=[c.values for c in plan.context],
                                shifts=self.device_tensor(plan.shifts, torch.int64), own=own)
-        return ctx, Lead(plan.token_ids, plan.positions, plan.limits, plan.sink, plan.floors, plan.own_floors), plan.end
+        return ctx, Lead(plan.token_ids, plan.positions, plan.limits, plan.floors), plan.end
 
     def batched(self, token_lists: list[list[int]], context: list[KVChunk]):
         """The context, the concatenated tokens, their positions and the start of several sequences prefilled in

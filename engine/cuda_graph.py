@@ -17,7 +17,7 @@ keys, which its LM head fills in turn, and ends by writing its token into a pinn
 Its LM head reads an int8 copy of the weight and recomputes only the rows that can hold the argmax
 (kernels.lm_head): the same token from half the bytes.
 """
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -42,15 +42,12 @@ def question_bucket(n: int) -> int:
 class Lead:
     """Tokens prefilled before the question in its pass, into the own rows before it (EPIC's recomputed rows,
     engine.selective.PrefixPlan): their ids, placed positions and limits (token i sees the context's first limits[i]
-    keys in the table's order, then the own rows before it; the question sees the whole context). Under a window
-    (PrefixPlan's): sink, floors and own_floors, token i seeing none of the context keys from sink to before
-    floors[i] nor the own rows before own_floors[i]."""
+    keys in the table's order, then the own rows before it; the question sees the whole context), and under a window
+    their floors (PrefixPlan's, None without one)."""
     token_ids: list[int]
     positions: list[int]
     limits: list[int]
-    sink: int = 0
-    floors: list[int] = field(default_factory=list)
-    own_floors: list[int] = field(default_factory=list)
+    floors: np.ndarray | None = None
 
 
 def _input_sizes(layers: int, max_chunks: int, max_question: int) -> dict:
@@ -153,7 +150,7 @@ class GraphDecoder:
         context = sum(k.shape[1] for k in ctx.keys)
         lead_ids = lead.token_ids if lead else []
         self.lead = len(lead_ids)
-        self.windowed = bool(lead and lead.floors)
+        self.windowed = lead is not None and lead.floors is not None
         n = self.lead + len(prompt)
         if self.fits_prompt(n):
             own_tokens = max(own_tokens, question_bucket(n))
@@ -179,7 +176,7 @@ class GraphDecoder:
             host["limits"][:self.lead] = lead.limits if lead else []
             host["limits"][self.lead:n], host["limits"][n:padded] = context, 0
             if self.windowed:  # the question and the padding see every key: floors of 0
-                host["floors"][:self.lead] = np.stack((np.full(self.lead, lead.sink), lead.floors, lead.own_floors), 1)
+                host["floors"][:self.lead] = lead.floors
                 host["floors"][self.lead:padded] = 0
             host["last"][0] = n - 1
         self.staged.send()

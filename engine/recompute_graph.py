@@ -57,11 +57,11 @@ class GraphRecompute:
         return min(self.max_chunks, max(8, 1 << context_chunks.bit_length()))
 
     def run(self, keys: list[torch.Tensor], values: list[torch.Tensor], shifts: list[int], token_ids: list[int],
-            positions: list[int], limits: list[int], floors: tuple[int, list[int], list[int]] | None = None) -> None:
+            positions: list[int], limits: list[int], floors: np.ndarray | None = None) -> None:
         """The tokens (at their positions, each seeing the first limits[i] keys of the context) through every layer,
         their KV written to the buffer's first rows. keys/values: the context chunks, [layers, n, Hkv, D] in the
-        model's dtype on the device; shifts: each one's position shift; floors: a window (PrefixPlan's sink, floors
-        and own floors), None for none."""
+        model's dtype on the device; shifts: each one's position shift; floors: a window (PrefixPlan's), None for
+        none."""
         n, padded = len(token_ids), question_bucket(len(token_ids))
         if not self.fits(len(keys), n):
             raise ValueError(f"a recompute of {n} tokens over {len(keys)} chunks does not fit the graph's buffers")
@@ -78,8 +78,7 @@ class GraphRecompute:
         host["positions"][:n], host["positions"][n:padded] = positions, positions[-1]
         host["limits"][:n], host["limits"][n:padded] = limits, 0
         if floors is not None:
-            sink, lows, own_lows = floors
-            host["floors"][:n] = np.stack((np.full(n, sink), lows, own_lows), 1)
+            host["floors"][:n] = floors
             host["floors"][n:padded] = 0
         self.staged.send()
         key = (bucket, aligned, padded, slots, floors is not None)

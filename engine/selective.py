@@ -16,7 +16,7 @@ Either way the selected tokens run in one pass per layer, each attending under a
 GraphRecompute (engine.recompute_graph), EPIC's pass replays its CUDA graph instead, the recomputed rows in its
 buffer. The result is a list of chunks that the question is prefilled over as in `cached` (CUDA graphs included)."""
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -36,19 +36,17 @@ class PrefixPlan:
     """EPIC's recompute laid out: the context the recomputed tokens attend to (level 0 and the stored rows after each
     document's recomputed ones, dense, with their position shifts), the tokens (ids, placed positions, and limits:
     token i sees the context's first limits[i] keys, then the recomputed rows before it), and per document (the
-    chunk, dense; its place; its recomputed rows; its stored rest or None; the rest's shift). Under a window, token
-    i sees none of the context keys from level 0's end (`sink`) to floors[i] nor the recomputed rows before
-    own_floors[i] (those at positions more than the window before it); without one, floors and own_floors are
-    empty."""
+    chunk, dense; its place; its recomputed rows; its stored rest or None; the rest's shift). Under a window,
+    floors (int64 [tokens, 3], the table kernel's layout): token i sees none of the context keys from floors[i, 0]
+    (level 0's end) to before floors[i, 1], nor the recomputed rows before floors[i, 2] (those at positions more than
+    the window before it); None without one."""
     context: list[KVChunk]
     shifts: list[int]
     token_ids: list[int]
     positions: list[int]
     limits: list[int]
     documents: list[tuple]
-    sink: int = 0
-    floors: list[int] = field(default_factory=list)
-    own_floors: list[int] = field(default_factory=list)
+    floors: np.ndarray | None = None
 
     @property
     def end(self) -> int:
@@ -71,16 +69,17 @@ def prefix_counts(chunks: list[KVChunk], prefix: int) -> list[int]:
     return counts
 
 
-def window_floors(plan: PrefixPlan, window: int) -> tuple[list[int], list[int]]:
-    """(floors, own_floors) of PrefixPlan under a window: for each token, level 0's rows and then the context's stored
-    rows at positions before its own minus `window`, and the recomputed rows (in position order) before it."""
-    low = np.asarray(plan.positions, dtype=np.int64) - window
+def window_floors(plan: PrefixPlan, sink: int, window: int) -> np.ndarray:
+    """PrefixPlan's floors under a window, level 0 being the context's first `sink` rows: for each token, level 0's
+    rows and then the context's stored rows at positions before its own minus `window`, and the recomputed rows (in
+    position order) before that position."""
+    positions = np.asarray(plan.positions, dtype=np.int64)
+    low = positions - window
     rests = [(place + k, rest.length) for _, place, k, rest, _ in plan.documents if rest is not None]
     firsts, lengths = (np.asarray(v, dtype=np.int64).reshape(-1) for v in zip(*rests)) if rests else (
         np.zeros(0, np.int64), np.zeros(0, np.int64))
-    floors = plan.sink + np.clip(low[:, None] - firsts[None, :], 0, lengths[None, :]).sum(axis=1)
-    own = np.searchsorted(np.asarray(plan.positions, dtype=np.int64), low)
-    return floors.tolist(), own.tolist()
+    floors = sink + np.clip(low[:, None] - firsts[None, :], 0, lengths[None, :]).sum(axis=1)
+    return np.stack((np.full_like(low, sink), floors, np.searchsorted(positions, low)), axis=1)
 
 
 class LimitedAttention:
@@ -220,8 +219,7 @@ class SelectiveRecompute:
                 plan.shifts.append(shift)
             plan.documents.append((chunk, place, k, rest, shift if rest is not None else 0))
         if window:
-            plan.sink = level0.length
-            plan.floors, plan.own_floors = window_floors(plan, window)
+            plan.floors = window_floors(plan, level0.length, window)
         return plan
 
     def _prefixes(self, level0, documents, prefix: int, window: int = 0) -> list[KVChunk]:
@@ -247,7 +245,7 @@ class SelectiveRecompute:
         context = plan.context
         if graph:
             graph.run([c.keys for c in context], [c.values for c in context], plan.shifts, plan.token_ids,
-                      plan.positions, plan.limits, (plan.sink, plan.floors, plan.own_floors) if window else None)
+                      plan.positions, plan.limits, plan.floors)
             return out
         positions = torch.tensor(plan.positions, dtype=torch.int64, device=self.device)
         ids = torch.tensor(plan.token_ids, dtype=torch.int64, device=self.device)
@@ -257,10 +255,10 @@ class SelectiveRecompute:
             keys = torch.arange(seen, device=self.device)[None, :]
             visible = keys < limits[:, None]
             causal = torch.ones(m, m, dtype=torch.bool, device=self.device).tril()
-            if plan.floors:  # the window: level 0, then nothing before the floors
-                visible &= (keys < plan.sink) | (keys >= torch.tensor(plan.floors, device=self.device)[:, None])
-                own_floors = torch.tensor(plan.own_floors, device=self.device)
-                causal &= torch.arange(m, device=self.device)[None, :] >= own_floors[:, None]
+            if plan.floors is not None:  # the window: level 0, then nothing before the floors
+                sink, floor, own_floor = torch.from_numpy(plan.floors).to(self.device).unbind(1)
+                visible &= (keys < sink[:, None]) | (keys >= floor[:, None])
+                causal &= torch.arange(m, device=self.device)[None, :] >= own_floor[:, None]
             ctx = AttentionContext(keys=[c.keys for c in context], values=[c.values for c in context],
                                    shifts=torch.zeros(len(context), dtype=torch.int64, device=self.device), own=own,
                                    mask=torch.cat((visible, causal), dim=1))

@@ -129,7 +129,7 @@ def test_a_windowed_recompute_in_graphs_equals_the_masked_pass(engine):
     eager = LLMEngine(engine.model_path, device="cpu", dtype="fp32", use_cuda_graphs=False, blend=windowed)
     graphs = engine.graphs
     ctx, lead, start = engine.composer.lead_inputs(chunks, 4, graphs.own, window=6)
-    assert lead.sink == len(SYSTEM) and len(lead.floors) == len(lead.own_floors) == len(lead.token_ids) == 12
+    assert lead.floors.shape == (len(lead.token_ids), 3) == (12, 3) and (lead.floors[:, 0] == len(SYSTEM)).all()
     graphs.prepare(ctx, len(lead.token_ids) + len(QUESTION) + 1, QUESTION, start, lead)
     logits = graphs.prefill(len(QUESTION))
     expected = eager.logits(chunks, QUESTION, "blend", windowed)[-1]

@@ -125,12 +125,14 @@ def test_window_floors_count_the_rows_before_each_tokens_window(tiny_checkpoint)
         plan = selective.plan(chunks, 2, window=window)
         places = [c.start for c in plan.context]  # the context as read in place: each rest at its stored start
         rows = [p + s + i for c, p, s in zip(plan.context, places, plan.shifts) for i in range(c.length)]
+        sink = len(SYSTEM)
+        assert plan.floors.shape == (len(plan.positions), 3)
         for i, position in enumerate(plan.positions):
             low = position - window
-            assert plan.floors[i] == plan.sink + sum(r < low for r in rows[plan.sink:])
-            assert plan.own_floors[i] == sum(p < low for p in plan.positions)
-        assert plan.sink == len(SYSTEM)
-    assert selective.plan(chunks, 2).floors == []
+            assert plan.floors[i, 0] == sink
+            assert plan.floors[i, 1] == sink + sum(r < low for r in rows[sink:])
+            assert plan.floors[i, 2] == sum(p < low for p in plan.positions)
+    assert selective.plan(chunks, 2).floors is None
 
 
 def test_a_window_over_everything_recomputes_as_none_and_a_short_one_differs(tiny_checkpoint):
