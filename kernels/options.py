@@ -51,7 +51,7 @@ class HeadTuning:
 
 
 PREFILL = AttentionTuning(block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64)  # row tiles of 64
-LIMITED_PREFILL = replace(PREFILL, programs_per_sm=8)
+LIMITED_PREFILL = replace(PREFILL, programs_per_sm=8, min_split=1024)
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ class KernelOptions:
     of 64's and the decode kernel's over contexts with packed chunks (kernels.kv_quant), whose tiles cost more work
     and fewer bytes: twice the programs an SM for the decode kernel; `limited_prefill`: the row tiles of 64's under
     per-query key limits (a selective recompute, alone or before the question), whose tiles see contexts of
-    different lengths, the question's the whole of it: four times `prefill`'s programs an SM, so more splits."""
+    different lengths, the question's the whole of it: four times `prefill`'s programs an SM, so more splits, of
+    1,024 keys at least (a short context's merge of many splits costs more than they save)."""
     pdl: bool = True
     cached_launch: bool = True
     attention: AttentionTuning = field(default_factory=AttentionTuning)

@@ -160,3 +160,4 @@ def test_limited_prefills_take_their_own_settings():
     assert limited.num_splits == 4 * plain.num_splits == 4 * packed.num_splits  # 8 programs an SM against 2
     fewer = replace(DEFAULT_KERNELS, limited_prefill=DEFAULT_KERNELS.prefill)
     assert ca.decode_workspace(32, 4, 64, 2, 100_000, "cpu", options=fewer, limited=True).num_splits == plain.num_splits
+    assert ca.decode_workspace(32, 4, 64, 2, 8192, "cpu", limited=True).num_splits == 8  # of 1,024 keys at least
