@@ -263,7 +263,7 @@ class GraphDecoder:
         c = self.config
         workspace = decode_workspace(max(1, prompt), c.num_heads, c.head_dim, c.num_kv_heads, self.bucket,
                                      self.own.keys.device, self.aligned, self.options.kernels, bool(self.packed.format),
-                                     limited)
+                                     limited, windowed)
         if not self.capture:
             return None, workspace, None
         graph, logits = capture(lambda: self._step(workspace, prompt, greedy, limited, windowed), self.pool,

@@ -105,7 +105,7 @@ class GraphRecompute:
     def _capture(self, bucket: int, aligned: bool, padded: int, slots: int, windowed: bool):
         c = self.config
         workspace = decode_workspace(padded, c.num_heads, c.head_dim, c.num_kv_heads, bucket, self.buffer.keys.device,
-                                     aligned, self.options.kernels, limited=True)
+                                     aligned, self.options.kernels, limited=True, windowed=windowed)
         if not self.capture:
             return None, workspace
         graph, _ = capture(lambda: self._step(workspace, padded, slots, windowed), self.pool)

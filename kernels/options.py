@@ -52,6 +52,7 @@ class HeadTuning:
 
 PREFILL = AttentionTuning(block_n=32, num_warps=4, num_stages=3, programs_per_sm=2, min_split=64)  # row tiles of 64
 LIMITED_PREFILL = replace(PREFILL, programs_per_sm=8, min_split=1024)
+WINDOWED_PREFILL = replace(PREFILL, programs_per_sm=2, min_split=1024)
 
 
 @dataclass(frozen=True)
@@ -65,13 +66,17 @@ class KernelOptions:
     and fewer bytes: twice the programs an SM for the decode kernel; `limited_prefill`: the row tiles of 64's under
     per-query key limits (a selective recompute, alone or before the question), whose tiles see contexts of
     different lengths, the question's the whole of it: four times `prefill`'s programs an SM, so more splits, of
-    1,024 keys at least (a short context's merge of many splits costs more than they save)."""
+    1,024 keys at least (a short context's merge of many splits costs more than they save); `windowed_prefill`:
+    the same under a window as well (EPIC's lead within a window: its rows read a few splits each, the question's
+    rows every key), whose splits are counted as for the question's one row tile (programs_per_sm over the KV
+    heads), so the question's tile is split as finely as `cached`'s."""
     pdl: bool = True
     cached_launch: bool = True
     attention: AttentionTuning = field(default_factory=AttentionTuning)
     prefill: AttentionTuning = field(default_factory=lambda: PREFILL)
     packed_prefill: AttentionTuning = field(default_factory=lambda: PREFILL)
     limited_prefill: AttentionTuning = field(default_factory=lambda: LIMITED_PREFILL)
+    windowed_prefill: AttentionTuning = field(default_factory=lambda: WINDOWED_PREFILL)
     decode: DecodeTuning = field(default_factory=DecodeTuning)
     packed_decode: DecodeTuning = field(default_factory=lambda: DecodeTuning(programs_per_sm=4))
     linear: LinearTuning = field(default_factory=LinearTuning)

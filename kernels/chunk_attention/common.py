@@ -166,12 +166,14 @@ def merge_partials(m_all, l_all, acc, m_b, l_b, o_b):
 def store_rows(out_ptr, part_ptr, out_rows, row_ok, split, n_rows, acc, m_i, l_i, HEAD_DIM: tl.constexpr,
                SPLIT: tl.constexpr):
     """A tile's query rows (out_rows of n_rows): with SPLIT, its partial sums, maxima and sums at split `split`
-    (partials [splits, n_rows, D], then m [splits, n_rows], then l), for the merge kernel; else the output."""
+    (partials [splits, n_rows, D], then m [splits, n_rows], then l), for the merge kernel, the partial sums only of
+    the rows that saw a key in the split (m above -1e30: a windowed lead's rows see a few splits of many); else the
+    output."""
     d = tl.arange(0, HEAD_DIM)
     if SPLIT:
         part = split * n_rows + out_rows
         ml_ptr = part_ptr + tl.num_programs(2) * n_rows * HEAD_DIM
-        tl.store(part_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=row_ok[:, None])
+        tl.store(part_ptr + part[:, None] * HEAD_DIM + d[None, :], acc, mask=(row_ok & (m_i > -1.0e30))[:, None])
         tl.store(ml_ptr + part, m_i, mask=row_ok)
         tl.store(ml_ptr + tl.num_programs(2) * n_rows + part, l_i, mask=row_ok)
     else:

@@ -145,7 +145,9 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
 def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
                   BLOCK_R: tl.constexpr, PDL: tl.constexpr):
     """Output rows BLOCK_R * program.. from their splits' partials by log-sum-exp: one online pass, each block of
-    BLOCK_S splits' m, l and accumulators of the rows loaded together (one memory round trip a block)."""
+    BLOCK_S splits' m, l and accumulators of the rows loaded together (one memory round trip a block). A split
+    where a row saw no key holds no accumulator for it (store_rows): only its maximum, -1e30, which masks the
+    load."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
     wait_for_inputs(PDL)
@@ -159,8 +161,9 @@ def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr,
         ok = (sb < num_splits) & row_ok[None, :]
         m_b = tl.load(ml_ptr + sb * n_rows + rows[None, :], mask=ok, other=-1.0e30)
         l_b = tl.load(ml_ptr + (num_splits + sb) * n_rows + rows[None, :], mask=ok, other=0.0)
+        seen = ok & (m_b > -1.0e30)
         o_b = tl.load(part_ptr + ((sb * n_rows + rows[None, :]) * HEAD_DIM)[:, :, None] + d[None, None, :],
-                      mask=ok[:, :, None], other=0.0)
+                      mask=seen[:, :, None], other=0.0)
         m_all, l_all, acc = merge_partials(m_all, l_all, acc, m_b, l_b, o_b)
     out = acc / tl.where(row_ok, l_all, 1.0)[:, None]
     tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
@@ -186,13 +189,17 @@ def row_tile(num_q: int, group: int) -> int:
     return min(64, max(16, triton.next_power_of_2(num_q * group)))
 
 
-def tuning(block_m: int, options: KernelOptions, packed: bool = False, limited: bool = False) -> AttentionTuning:
+def tuning(block_m: int, options: KernelOptions, packed: bool = False, limited: bool = False,
+           windowed: bool = False) -> AttentionTuning:
     """The launch settings of _attn_kernel for row tiles of block_m, over a context with packed chunks or not,
-    under per-query key limits or not (packed chunks take packed_prefill's either way)."""
+    under per-query key limits or not, and windows (floors) or not (packed chunks take packed_prefill's either
+    way)."""
     if block_m != 64:
         return options.attention
     if packed:
         return options.packed_prefill
+    if windowed:
+        return options.windowed_prefill
     return options.limited_prefill if limited else options.prefill
 
 
@@ -206,7 +213,7 @@ def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, tota
     num_q, hq, head_dim = q.shape[1:]
     hkv = k_base.shape[-2]
     group = hq // hkv
-    cfg = tuning(block_m, options, bool(packed.format), limits is not None)
+    cfg = tuning(block_m, options, bool(packed.format), limits is not None, floors is not None)
     split = num_splits > 1
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     args = (q, k_base, v_base, table, out, part) + packed.pointers(q) + (table if limits is None else limits,) + (

@@ -150,11 +150,12 @@ class DecodeWorkspace:
 
 def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int, device, aligned: bool = False,
                      options: KernelOptions = DEFAULT_KERNELS, packed: bool = False,
-                     limited: bool = False) -> DecodeWorkspace:
+                     limited: bool = False, windowed: bool = False) -> DecodeWorkspace:
     """The DecodeWorkspace of num_q queries of hq heads over at most `capacity` keys in tables whose offsets and
     strides are all multiples of 16 or not (`aligned`: chunk_tables' first 4 * chunks columns), holding packed chunks
     or not (the decode kernel's settings differ: KernelOptions.decode_tuning), for queries under key limits or not
-    (a prefill's splits then follow KernelOptions.limited_prefill)."""
+    (a prefill's splits then follow KernelOptions.limited_prefill) and under windows (floors) as well or not
+    (windowed_prefill's, its splits counted for one row tile: the question's, which reads every key)."""
     group = hq // hkv
     block_m = row_tile(num_q, group)
     m_tiles = triton.cdiv(num_q * group, block_m)
@@ -163,8 +164,9 @@ def decode_workspace(num_q: int, hq: int, head_dim: int, hkv: int, capacity: int
         cfg = options.decode_tuning(packed)
         num_splits = decode_splits(hkv, group, head_dim, capacity, device, cfg)
     else:
-        cfg = tuning(block_m, options, packed, limited)
-        num_splits = triton.cdiv(cfg.programs_per_sm * num_sms(torch.device(device)), m_tiles * hkv)
+        cfg = tuning(block_m, options, packed, limited, windowed)
+        tiles = 1 if windowed else m_tiles
+        num_splits = triton.cdiv(cfg.programs_per_sm * num_sms(torch.device(device)), tiles * hkv)
         num_splits = max(2, min(num_splits, triton.cdiv(capacity, cfg.min_split)))
     n_rows = num_q * hq
     return DecodeWorkspace(

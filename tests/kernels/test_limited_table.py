@@ -82,16 +82,28 @@ def window_floors(limits: torch.Tensor, sink: int, window: int, questions: int) 
     return floors.contiguous()
 
 
-def check_window(case, window, dtype, device, atol):
+# a windowed workspace's splits, short enough that a windowed row sees a few of them
+FINE_SPLITS = replace(DEFAULT_KERNELS, windowed_prefill=replace(DEFAULT_KERNELS.windowed_prefill, programs_per_sm=8,
+                                                                 min_split=16))
+
+
+def check_window(case, window, dtype, device, atol, windowed=False):
+    """windowed: the workspace of a windowed lead (fine splits), its partials buffer filled with NaN first: a split
+    where a row sees no key must leave the row's partial sums unwritten, and the merge must not read them."""
     q, own_k, own_v, table, bases, limits, keys, values = limited_table(case, dtype, device)
     nq, hq, d = q.shape[1:]
     floors = window_floors(limits, case[0][0], window, 3)
-    workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, aligned=False, limited=True)
+    options = FINE_SPLITS if windowed else DEFAULT_KERNELS
+    workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, aligned=False, options=options,
+                                    limited=True, windowed=windowed)
+    workspace.part.fill_(float("nan"))
     out = ca.chunk_attention_table(q, own_k, own_v, table, d ** -0.5, workspace, packed=bases, limits=limits,
-                                   floors=floors)
+                                   floors=floors, options=options)
     ref = ca.chunk_attention_ref(q.float(), keys, values, d ** -0.5, limits, floors)
     assert torch.isfinite(out).all() and (out.float() - ref).abs().max().item() <= atol
     assert (ref - ca.chunk_attention_ref(q.float(), keys, values, d ** -0.5, limits)).abs().max() > 10 * atol
+    if windowed:  # some rows saw no key in some split: their partial sums were never written
+        assert workspace.num_splits > 4 and workspace.part.isnan().any()
 
 
 # dense contexts (a window comes with EPIC's dense rows), limits in position order; windows shorter than a chunk
@@ -108,6 +120,18 @@ def test_windowed_table_prefill_interpreted(case, window):
 @pytest.mark.parametrize("case,window", WINDOW_CASES)
 def test_windowed_table_prefill_gpu(case, window):
     check_window(case, window, torch.bfloat16, "cuda", 2e-2)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case,window", WINDOW_CASES[1:])
+def test_windowed_splits_interpreted(case, window):
+    check_window(case, window, torch.float32, "cpu", 1e-4, windowed=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,window", WINDOW_CASES[1:])
+def test_windowed_splits_gpu(case, window):
+    check_window(case, window, torch.bfloat16, "cuda", 2e-2, windowed=True)
 
 
 def test_reference_floors_hide_the_keys_between_sink_and_floor():
@@ -161,3 +185,13 @@ def test_limited_prefills_take_their_own_settings():
     fewer = replace(DEFAULT_KERNELS, limited_prefill=DEFAULT_KERNELS.prefill)
     assert ca.decode_workspace(32, 4, 64, 2, 100_000, "cpu", options=fewer, limited=True).num_splits == plain.num_splits
     assert ca.decode_workspace(32, 4, 64, 2, 8192, "cpu", limited=True).num_splits == 8  # of 1,024 keys at least
+
+
+def test_windowed_prefills_split_as_for_the_question_tile():
+    """A windowed lead's splits are counted for one row tile (the question's, which reads every key) by
+    KernelOptions.windowed_prefill, whatever the rows of the lead: as many as one tile of `cached` gets."""
+    few = ca.decode_workspace(64, 4, 64, 2, 100_000, "cpu", limited=True, windowed=True)
+    many = ca.decode_workspace(2048, 4, 64, 2, 100_000, "cpu", limited=True, windowed=True)
+    assert few.num_splits == many.num_splits == 4  # 2 programs an SM x 4 SMs over 2 KV heads
+    assert ca.decode_workspace(2048, 4, 64, 2, 100_000, "cpu", limited=True).num_splits == 2  # 256 row tiles
+    assert ca.decode_workspace(2048, 4, 64, 2, 2048, "cpu", limited=True, windowed=True).num_splits == 2
