@@ -2,8 +2,10 @@
 
 `ChunkStreamer.load` reads every chunk's header (in parallel threads), checks its identity and the metadata's
 digest, allocates its tensors on the device and returns the chunks at once, each with a `LayerArrival`. Threads
-then read each (layer, chunk) in layer order straight from its source into a pinned staging slot, verify that
-layer's XXH3 (the file's per-layer checksum, engine.chunk_format) and copy it to the GPU on their own CUDA stream.
+then take runs of a chunk's layers (at least `task_bytes`, where the chunk has enough), in layer order: one read
+of each tensor's run straight from its source into a pinned staging slot, each layer's XXH3 checked (the file's
+per-layer checksum, engine.chunk_format), one copy of each tensor's run to the GPU on the thread's own CUDA stream;
+a slot is written again once its copy is done, so a thread reads its next run while the last one is copied.
 The decoder waits for a layer's arrival just before its attention (AttentionContext.arrive): the first layers
 compute while the later ones are still being read. A layer that fails its check raises KVChunkError from that wait
 (the request fails; its caller drops the chunk and computes it again). Files written before the per-layer
@@ -22,7 +24,7 @@ from .chunk_format import (LAYERS_CHECKSUM, check_identity, chunk_of, decode, he
 from .kv_chunk import KVChunk, KVChunkError
 
 HEADER_GUESS = 64 << 10  # first read of a file: its header fits in this for chunks of up to ~10,000 tokens
-TASK_BYTES = 4 << 20  # a thread's task reads at least this much (several layers of a small chunk) where it can
+TASK_BYTES = 4 << 20  # a thread's run of layers reads at least this much (several layers of a small chunk)
 
 
 class ByteSource(Protocol):
@@ -90,14 +92,16 @@ class _Plan:
 
 
 class ChunkStreamer:
-    """Loads chunks through `workers` threads, each with its own CUDA stream and pinned staging slots."""
+    """Loads chunks through `workers` threads, each with its own CUDA stream, and 2 * workers pinned staging slots;
+    a thread's run of layers reads at least `task_bytes` where the chunk has them."""
 
-    def __init__(self, workers: int = 8):
+    def __init__(self, workers: int = 8, task_bytes: int = TASK_BYTES):
+        self.task_bytes = task_bytes
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="cascade-rag-chunks")
         self.local = threading.local()
         self.slots: Queue = Queue()
         for _ in range(2 * workers):
-            self.slots.put(None)  # grown to the largest layer on first use
+            self.slots.put((None, None))  # (pinned bytes, grown to the largest task on first use; its last copy)
 
     def load(self, sources: list[ByteSource], fingerprint: str, device, kv_format: str | None = None
              ) -> list[KVChunk | KVChunkError]:
@@ -126,7 +130,7 @@ class ChunkStreamer:
         tasks = []  # (first layer, plan, layers): in layer order, so that the first layers arrive first
         for plan in plans:
             layer_bytes = sum(step for _, step in plan.ranges.values())
-            group = max(1, min(len(plan.digests), TASK_BYTES // max(1, layer_bytes)))
+            group = max(1, min(len(plan.digests), self.task_bytes // max(1, layer_bytes)))
             tasks += [(first, plan, range(first, min(first + group, len(plan.digests))))
                       for first in range(0, len(plan.digests), group)]
         for _, plan, layers in sorted(tasks, key=lambda t: t[0]):
@@ -167,60 +171,72 @@ class ChunkStreamer:
             return KVChunkError(f"{name} is truncated or corrupted: {exc!r}")
 
     def _layers(self, plan: _Plan, layers: range, ready) -> None:
-        """Reads, verifies and copies layers of one chunk in order, settling each layer's future as it arrives (the
-        CUDA event after its copy, None on the CPU); a layer that fails fails it and the task's later ones."""
+        """Reads, verifies and copies a run of one chunk's layers: one read of each tensor for all of them (a
+        tensor's layers are contiguous in the file and in memory), one XXH3 check a layer, then, on a GPU, one copy
+        of each tensor for the layers that passed and one CUDA event for them all. Each layer's future is settled
+        with that event (None on the CPU); a layer that fails its check fails itself and the run's later ones, a
+        read that fails fails the run."""
         futures = plan.arrival.futures
-        for n, layer in enumerate(layers):
-            try:
-                futures[layer].set_result(self._layer(plan, layer, ready))
-            except Exception as exc:
-                if not isinstance(exc, KVChunkError):
-                    exc = KVChunkError(f"cannot read {plan.source.name}: {exc}" if isinstance(exc, OSError) else
-                                       f"{plan.source.name} could not be loaded: {exc!r}")
-                for later in layers[n:]:
-                    futures[later].set_exception(exc)
-                return
+        try:
+            passed, failure = self._run(plan, layers, ready)
+        except Exception as exc:
+            passed, failure = None, exc
+        if failure is not None and not isinstance(failure, KVChunkError):
+            failure = KVChunkError(f"cannot read {plan.source.name}: {failure}" if isinstance(failure, OSError) else
+                                   f"{plan.source.name} could not be loaded: {failure!r}")
+        done = 0 if passed is None else len(passed[0])
+        for layer in layers[:done]:
+            futures[layer].set_result(passed[1])
+        for layer in layers[done:]:
+            futures[layer].set_exception(failure)
 
-    def _layer(self, plan: _Plan, layer: int, ready):
-        digest = xxhash.xxh3_64()
+    def _run(self, plan: _Plan, layers: range, ready):
+        """((the layers that passed, their event), the first failure or None)."""
+        first, count = layers.start, len(layers)
         if ready is None:  # CPU: straight into the chunk's tensors
-            for name, (begin, step) in plan.ranges.items():
-                out = memoryview(plan.tensors[name][layer].view(torch.uint8).reshape(-1).numpy())
-                plan.source.read_into(begin + layer * step, out)
-                digest.update(out)
-            _check(plan, layer, digest)
-            return None
+            staged = {name: plan.tensors[name][first:first + count].view(torch.uint8).reshape(-1)
+                      for name in plan.ranges}
+            passed, failure = self._read_and_check(plan, layers, staged)
+            return (passed, None), failure
         stream = getattr(self.local, "stream", None)
         if stream is None:
             stream = self.local.stream = torch.cuda.Stream(plan.tensors["keys"].device)
-        need = sum(step for _, step in plan.ranges.values())
-        slot = self.slots.get()
+        need = count * sum(step for _, step in plan.ranges.values())
+        slot, copied = self.slots.get()
+        event = None
         try:
+            if copied is not None:
+                copied.synchronize()  # its last copy is done: the slot can be written again
             if slot is None or slot.numel() < need:
                 slot = torch.empty(need, dtype=torch.uint8, pin_memory=True)
-            parts, offset = [], 0
-            for name, (begin, step) in plan.ranges.items():
-                part = slot[offset:offset + step]
-                view = memoryview(part.numpy())
-                plan.source.read_into(begin + layer * step, view)
-                digest.update(view)
-                parts.append((name, part))
-                offset += step
-            _check(plan, layer, digest)
-            event = torch.cuda.Event()
-            with torch.cuda.stream(stream):
-                stream.wait_event(ready)
-                for name, part in parts:
-                    target = plan.tensors[name][layer]
-                    target.view(torch.uint8).reshape(-1).copy_(part, non_blocking=True)
-                event.record(stream)
-            event.synchronize()  # the slot is free again once its copy is done
-            return event
+            staged, offset = {}, 0
+            for name, (_, step) in plan.ranges.items():
+                staged[name] = slot[offset:offset + count * step]
+                offset += count * step
+            passed, failure = self._read_and_check(plan, layers, staged)
+            if passed:
+                event = torch.cuda.Event()
+                with torch.cuda.stream(stream):
+                    stream.wait_event(ready)
+                    for name, (_, step) in plan.ranges.items():
+                        target = plan.tensors[name][first:first + len(passed)].view(torch.uint8).reshape(-1)
+                        target.copy_(staged[name][:len(passed) * step], non_blocking=True)
+                    event.record(stream)
+            return (passed, event), failure
         finally:
-            self.slots.put(slot)
+            self.slots.put((slot, event))
 
-
-def _check(plan: _Plan, layer: int, digest) -> None:
-    if digest.hexdigest() != plan.digests[layer]:
-        raise KVChunkError(f"{plan.source.name} is corrupted: checksum mismatch in layer {layer}")
-
+    @staticmethod
+    def _read_and_check(plan: _Plan, layers: range, staged: dict) -> tuple[range, Exception | None]:
+        """Reads each tensor's bytes of `layers` into staged[name] (uint8, those layers' bytes), then checks each
+        layer's XXH3: (the layers before the first that fails, its KVChunkError or None)."""
+        for name, (begin, step) in plan.ranges.items():
+            plan.source.read_into(begin + layers.start * step, memoryview(staged[name].numpy()))
+        views = {name: memoryview(staged[name].numpy()) for name in staged}
+        for n, layer in enumerate(layers):
+            digest = xxhash.xxh3_64()
+            for name, (_, step) in plan.ranges.items():
+                digest.update(views[name][n * step:(n + 1) * step])
+            if digest.hexdigest() != plan.digests[layer]:
+                return layers[:n], KVChunkError(f"{plan.source.name} is corrupted: checksum mismatch in layer {layer}")
+        return layers, None

@@ -38,13 +38,14 @@ def test_streamed_chunks_answer_as_loaded_ones(checkpoint, kv_format, tmp_path):
         engine.generate(QUESTION, params, whole, "blend").token_ids
 
 
-def test_every_layer_is_checked_and_bad_sources_are_refused(checkpoint, tmp_path):
+@pytest.mark.parametrize("task_bytes", [1, 4 << 20])  # a run of one layer, of all of them
+def test_every_layer_is_checked_and_bad_sources_are_refused(checkpoint, tmp_path, task_bytes):
     engine = LLMEngine(checkpoint, device="cpu", dtype="fp32")
     level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
     data = encode(engine.prefill_chunk(DOCS[1], [level0], LEVEL_DOCUMENT, "fp"))
     corrupt = bytearray(data)
     corrupt[-7] ^= 1  # in the last layer's values
-    streamer = ChunkStreamer(workers=2)
+    streamer = ChunkStreamer(workers=2, task_bytes=task_bytes)
     good, bad, other, short = streamer.load(
         [BufferSource(data, "good"), BufferSource(corrupt, "bad"), BufferSource(data, "other"),
          BufferSource(data[:len(data) // 2], "short")], "fp", "cpu", "dtype")[:2] + \
@@ -61,3 +62,31 @@ def test_every_layer_is_checked_and_bad_sources_are_refused(checkpoint, tmp_path
     with pytest.raises(KVChunkError, match="checksum mismatch in layer 2"):
         engine.generate(QUESTION, SamplingParams(max_new_tokens=2),
                         [level0] + streamer.load([BufferSource(corrupt, "bad")], "fp", "cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv_format,task_bytes", [("dtype", 1), ("dtype", 4 << 20), ("int4", 4 << 20)])
+def test_streamed_to_the_gpu_as_loaded_whole(checkpoint, tmp_path, kv_format, task_bytes):
+    """Through pinned slots and the threads' streams (fewer slots than runs, so slots are reused): every tensor
+    equal to the file loaded whole; a corrupt layer refused, the layers before it arrived."""
+    engine = LLMEngine(checkpoint, device="cuda", dtype="bf16", kv_format=kv_format)
+    level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
+    paths = []
+    for i, chunk in enumerate(engine.prefill_chunks(DOCS * 3, [level0], LEVEL_DOCUMENT, "fp")):
+        paths.append(tmp_path / f"{i}.safetensors")
+        save_file(chunk, paths[-1])
+    streamer = ChunkStreamer(workers=2, task_bytes=task_bytes)
+    for _ in range(2):
+        streamed = streamer.load([FileSource(p) for p in paths], "fp", "cuda", kv_format)
+        for chunk, path in zip(streamed, paths):
+            chunk.arrival.wait_all()
+            whole = load_file(path, "fp", "cuda")
+            for a, b in ((chunk.keys, whole.keys), (chunk.values, whole.values)):
+                for x, y in ((a, b),) if kv_format == "dtype" else ((a.codes, b.codes), (a.params, b.params)):
+                    assert x.device.type == "cuda" and torch.equal(x, y)
+    data = bytearray(paths[1].read_bytes())
+    data[-7] ^= 1
+    bad = streamer.load([BufferSource(data, "bad")], "fp", "cuda", kv_format)[0]
+    bad.arrival.wait(0)
+    with pytest.raises(KVChunkError, match="checksum mismatch in layer"):
+        bad.arrival.wait_all()
