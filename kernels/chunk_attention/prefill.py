@@ -7,7 +7,7 @@ import triton.language as tl
 
 from ..dispatch import interpreted
 from ..options import AttentionTuning, KernelOptions
-from .common import LOG2E, attend_tile, chunk_span, merge_partials, split_prologue, store_rows
+from .common import LOG2E, attend_tile, chunk_span, merge_partials, num_sms, split_prologue, store_rows
 from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_tile, packed_tile
 
 
@@ -169,17 +169,20 @@ def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr,
     tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-def merge_block(num_splits: int, head_dim: int) -> tuple[int, int]:
-    """Splits and rows a program of _merge_kernel loads at once: all the splits up to 8,192 values, and as many
-    rows as that leaves room for, up to 16."""
-    block_s = min(triton.next_power_of_2(num_splits), 8192 // head_dim)
-    return block_s, max(1, min(16, 8192 // (head_dim * block_s)))
+def merge_block(num_splits: int, head_dim: int, n_rows: int = 0, sms: int = 1) -> tuple[int, int]:
+    """Splits and rows a program of _merge_kernel loads at once, 8,192 values in all: rows enough for 4 programs an
+    SM at most (up to 16; many rows, as a recompute's lead has, make too many programs of one row otherwise), then
+    as many of the splits as that leaves room for (all of them where they fit: one memory round trip)."""
+    rows = max(1, min(16, n_rows // (4 * sms)))
+    block_r = 1 << (rows.bit_length() - 1)  # a power of two
+    block_s = min(triton.next_power_of_2(num_splits), max(1, 8192 // (head_dim * block_r)))
+    return block_s, max(block_r, min(16, 8192 // (head_dim * block_s)))
 
 
 def launch_merge(part: torch.Tensor, out: torch.Tensor, num_splits: int, n_rows: int, head_dim: int,
                  options: KernelOptions) -> None:
     """_merge_kernel: the rows of out [n_rows, D] from their partials in part (store_rows' layout)."""
-    block_s, block_r = merge_block(num_splits, head_dim)
+    block_s, block_r = merge_block(num_splits, head_dim, n_rows, num_sms(out.device))
     launch(_merge_kernel, (triton.cdiv(n_rows, block_r),), (part, out, num_splits, n_rows, head_dim, block_s, block_r),
            ("merge", out.device.index, out.dtype, head_dim, block_s, block_r), options, num_warps=4)
 

@@ -195,3 +195,12 @@ def test_windowed_prefills_split_as_for_the_question_tile():
     assert few.num_splits == many.num_splits == 4  # 2 programs an SM x 4 SMs over 2 KV heads
     assert ca.decode_workspace(2048, 4, 64, 2, 100_000, "cpu", limited=True).num_splits == 2  # 256 row tiles
     assert ca.decode_workspace(2048, 4, 64, 2, 2048, "cpu", limited=True, windowed=True).num_splits == 2
+
+
+def test_merges_of_many_rows_take_several_rows_a_program():
+    """A lead's thousands of rows merge several to a program (a few splits at a time); a question's few rows one to
+    a program, all their splits at once."""
+    from cascade_rag.kernels.chunk_attention.prefill import merge_block
+    assert merge_block(33, 128, 512, 132) == (64, 1)
+    assert merge_block(33, 128, 16_896, 132) == (4, 16)
+    assert merge_block(4, 64, 64, 4) == (4, 16)
