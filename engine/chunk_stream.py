@@ -4,8 +4,7 @@
 digest, allocates its tensors on the device and returns the chunks at once, each with a `LayerArrival`. Threads
 then take runs of a chunk's layers (at least `task_bytes`, where the chunk has enough), in layer order: one read
 of each tensor's run straight from its source into a pinned staging slot, each layer's XXH3 checked (the file's
-per-layer checksum, engine.chunk_format), one copy of each tensor's run to the GPU on the thread's own CUDA stream;
-a slot is written again once its copy is done, so a thread reads its next run while the last one is copied.
+per-layer checksum, engine.chunk_format), one copy of each tensor's run to the GPU on the thread's own CUDA stream.
 The decoder waits for a layer's arrival just before its attention (AttentionContext.arrive): the first layers
 compute while the later ones are still being read. A layer that fails its check raises KVChunkError from that wait
 (the request fails; its caller drops the chunk and computes it again). Files written before the per-layer
@@ -37,6 +36,9 @@ class ByteSource(Protocol):
     def read_into(self, offset: int, out: memoryview) -> None:
         """Fills `out` with the bytes from `offset`; OSError when they are not all there."""
 
+    def will_need(self) -> None:
+        """Starts bringing every byte in, without waiting (a file: the kernel reads it ahead), where that helps."""
+
 
 class BufferSource:
     """Bytes already in memory (a backend's get)."""
@@ -51,6 +53,9 @@ class BufferSource:
         if offset + len(out) > len(self.data):
             raise OSError(f"{self.name} ends at byte {len(self.data)}, before {offset + len(out)}")
         out[:] = self.data[offset:offset + len(out)]
+
+    def will_need(self) -> None:
+        """Nothing to bring in: the bytes are in memory."""
 
 
 class LayerArrival:
@@ -101,7 +106,7 @@ class ChunkStreamer:
         self.local = threading.local()
         self.slots: Queue = Queue()
         for _ in range(2 * workers):
-            self.slots.put((None, None))  # (pinned bytes, grown to the largest task on first use; its last copy)
+            self.slots.put(None)  # pinned bytes, grown to the largest run on first use
 
     def load(self, sources: list[ByteSource], fingerprint: str, device, kv_format: str | None = None
              ) -> list[KVChunk | KVChunkError]:
@@ -156,6 +161,7 @@ class ChunkStreamer:
                 source.read_into(0, memoryview(data))
                 return decode(data, fingerprint, name=name, kv_format=kv_format)
             check_identity(metadata, {n: e[1] for n, e in entries.items()}, fingerprint, name, kv_format)
+            source.will_need()  # the layers' reads that follow find them on their way, or in memory already
             digests = digests.split(",")
             chunk = chunk_of(metadata, {n: torch.empty(0) for n in entries})  # the metadata parse
             expected = metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format)
@@ -202,11 +208,9 @@ class ChunkStreamer:
         if stream is None:
             stream = self.local.stream = torch.cuda.Stream(plan.tensors["keys"].device)
         need = count * sum(step for _, step in plan.ranges.values())
-        slot, copied = self.slots.get()
+        slot = self.slots.get()
         event = None
         try:
-            if copied is not None:
-                copied.synchronize()  # its last copy is done: the slot can be written again
             if slot is None or slot.numel() < need:
                 slot = torch.empty(need, dtype=torch.uint8, pin_memory=True)
             staged, offset = {}, 0
@@ -222,9 +226,10 @@ class ChunkStreamer:
                         target = plan.tensors[name][first:first + len(passed)].view(torch.uint8).reshape(-1)
                         target.copy_(staged[name][:len(passed) * step], non_blocking=True)
                     event.record(stream)
+                event.synchronize()  # the slot is free again once its copy is done
             return (passed, event), failure
         finally:
-            self.slots.put((slot, event))
+            self.slots.put(slot)
 
     @staticmethod
     def _read_and_check(plan: _Plan, layers: range, staged: dict) -> tuple[range, Exception | None]:
