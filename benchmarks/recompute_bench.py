@@ -4,7 +4,9 @@ one run on one device (one new token, median of --repeat after a warm-up):
     python -m cascade_rag.benchmarks.recompute_bench --shape qwen3-0.6b --contexts 1024,4096,32768 \
         --settings blend:0.15,blend:first16 --json docs/bench/recompute-qwen3-0.6b-h100.json
 
-The contexts are laid out as in `cascade-rag bench --contexts`: level 0, 4 to 16 passages, a 32-token question."""
+The contexts are laid out as in `cascade-rag bench --contexts`: level 0, 4 to 16 passages, a 32-token question.
+`--profile N` adds each setting's N costliest kernels (GPU time a call, kernel_profile); `--tuning` runs the
+engine with other kernel launch settings (kernels.options.tuned: `--tuning windowed_prefill.min_split=256`)."""
 import argparse
 import json
 import sys
@@ -13,10 +15,13 @@ import tempfile
 import torch
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, LLMEngine, SamplingParams, default_device, default_dtype
+from cascade_rag.engine.options import EngineOptions
+from cascade_rag.kernels.options import DEFAULT_KERNELS, tuned
 from cascade_rag.rag.fidelity import parse_setting
 
 from .bench import timed, tokens
 from .checkpoints import SHAPES, shape_checkpoint
+from .kernel_profile import kernel_times
 
 
 def context_chunks(engine: LLMEngine, context: int, question_tokens: int):
@@ -29,7 +34,8 @@ def context_chunks(engine: LLMEngine, context: int, question_tokens: int):
     return [level0] + docs, tokens(engine, question_tokens, "question")
 
 
-def run(engine: LLMEngine, contexts: list[int], settings: list[str], repeat: int, question_tokens: int = 32):
+def run(engine: LLMEngine, contexts: list[int], settings: list[str], repeat: int, question_tokens: int = 32,
+        profile: int = 0):
     one = SamplingParams(max_new_tokens=1)
     parsed = [parse_setting(s) for s in ["full", "cached"] + [s for s in settings if s not in ("full", "cached")]]
     rows = []
@@ -39,8 +45,12 @@ def run(engine: LLMEngine, contexts: list[int], settings: list[str], repeat: int
                "ttft_ms": {}}
         for setting in parsed:
             variant = setting.engine(engine)
-            row["ttft_ms"][setting.name] = 1e3 * timed(
-                lambda: variant.generate(question, one, chunks, setting.mode), engine.device, repeat)
+
+            def call():
+                return variant.generate(question, one, chunks, setting.mode)
+            row["ttft_ms"][setting.name] = 1e3 * timed(call, engine.device, repeat)
+            if profile:
+                row.setdefault("kernels_us", {})[setting.name] = kernel_times(call, engine.device, top=profile)
         full = row["ttft_ms"]["full"]
         row["full_over"] = {name: full / ms for name, ms in row["ttft_ms"].items()}
         rows.append(row)
@@ -73,21 +83,34 @@ def main(argv=None) -> int:
     p.add_argument("--settings", default="blend,blend:first16,blend:first64,blend:none", help="settings besides full and cached "
                    "(rag.fidelity's names: blend, blend:0.3, blend:first16, ...)")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--profile", type=int, default=0, metavar="N", help="each setting's N costliest kernels")
+    p.add_argument("--tuning", action="append", default=[], metavar="KERNEL.FIELD=N",
+                   help="a kernel launch setting (kernels.options.tuned), comma-separated or repeated")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    try:
+        kernels = tuned(DEFAULT_KERNELS, [t for arg in args.tuning for t in arg.split(",") if t.strip()])
+    except ValueError as exc:
+        p.error(str(exc))
     model = args.model
     if not model:
         from cascade_rag.engine import embedded_model_path
         model = shape_checkpoint(args.shape, tempfile.mkdtemp(), args.tokenizer or embedded_model_path())
     device = args.device or default_device()
-    engine = LLMEngine(model, device=device, dtype=args.dtype or default_dtype(device))
-    rows = run(engine, [int(c) for c in args.contexts.split(",")], args.settings.split(","), args.repeat)
+    engine = LLMEngine(model, device=device, dtype=args.dtype or default_dtype(device),
+                       options=EngineOptions(kernels=kernels))
+    rows = run(engine, [int(c) for c in args.contexts.split(",")], args.settings.split(","), args.repeat,
+               profile=args.profile)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print_table(rows, f"{args.model or args.shape}, {engine.dtype}, {name}")
+    for r in rows:
+        for setting, kernels_us in r.get("kernels_us", {}).items():
+            print(f"\n{r['context_tokens']} tokens, {setting}: " + "; ".join(
+                f"{k['name'][:48]} {k['us']:.0f} us x{k['launches']}" for k in kernels_us))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"model": args.model or args.shape, "device": name, "dtype": str(engine.dtype), "rows": rows},
-                      f, indent=2)
+            json.dump({"model": args.model or args.shape, "device": name, "dtype": str(engine.dtype),
+                       "tuning": args.tuning, "rows": rows}, f, indent=2)
     return 0
 
 

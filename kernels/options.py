@@ -2,7 +2,7 @@
 the cached launch of compiled kernels, and each kernel's launch settings (tuning), with the measured defaults
 (how they were measured: docs/BENCHMARKS.md, "Kernel launch settings"; `cascade_rag.benchmarks.bench_kernels --tune`
 sweeps them and returns the winners)."""
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 
 @dataclass(frozen=True)
@@ -89,3 +89,26 @@ class KernelOptions:
 
 
 DEFAULT_KERNELS = KernelOptions()
+
+
+def tuned(options: KernelOptions, settings: list[str]) -> KernelOptions:
+    """options with settings of the form "kernel.field=value" (an integer), e.g. "windowed_prefill.min_split=256":
+    a benchmark's sweep of one kernel's launch settings. A ValueError names a setting that is not one."""
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        kernel, _, attr = name.strip().partition(".")
+        tuning = getattr(options, kernel, None) if kernel in {f.name for f in fields(KernelOptions)} else None
+        if tuning is None or not hasattr(tuning, "__dataclass_fields__"):
+            kernels = ", ".join(f.name for f in fields(KernelOptions) if f.name not in ("pdl", "cached_launch"))
+            raise ValueError(f"unknown kernel {kernel!r} in {setting!r}; choose one of {kernels}")
+        if attr not in {f.name for f in fields(tuning)}:
+            raise ValueError(f"{kernel} has no setting {attr!r} (in {setting!r}); it has "
+                             f"{', '.join(f.name for f in fields(tuning))}")
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{setting!r} sets {kernel}.{attr} to {value!r}, not a whole number") from None
+        if number < 1:
+            raise ValueError(f"{setting!r}: {kernel}.{attr} must be at least 1")
+        options = replace(options, **{kernel: replace(tuning, **{attr: number})})
+    return options
