@@ -184,26 +184,25 @@ class ChunkStreamer:
         read that fails fails the run."""
         futures = plan.arrival.futures
         try:
-            passed, failure = self._run(plan, layers, ready)
+            passed, event, failure = self._run(plan, layers, ready)
         except Exception as exc:
-            passed, failure = None, exc
+            passed, event, failure = layers[:0], None, exc
         if failure is not None and not isinstance(failure, KVChunkError):
             failure = KVChunkError(f"cannot read {plan.source.name}: {failure}" if isinstance(failure, OSError) else
                                    f"{plan.source.name} could not be loaded: {failure!r}")
-        done = 0 if passed is None else len(passed[0])
-        for layer in layers[:done]:
-            futures[layer].set_result(passed[1])
-        for layer in layers[done:]:
+        for layer in passed:
+            futures[layer].set_result(event)
+        for layer in layers[len(passed):]:
             futures[layer].set_exception(failure)
 
     def _run(self, plan: _Plan, layers: range, ready):
-        """((the layers that passed, their event), the first failure or None)."""
+        """(the layers that passed, the CUDA event after their copy or None, the first failure or None)."""
         first, count = layers.start, len(layers)
         if ready is None:  # CPU: straight into the chunk's tensors
             staged = {name: plan.tensors[name][first:first + count].view(torch.uint8).reshape(-1)
                       for name in plan.ranges}
             passed, failure = self._read_and_check(plan, layers, staged)
-            return (passed, None), failure
+            return passed, None, failure
         stream = getattr(self.local, "stream", None)
         if stream is None:
             stream = self.local.stream = torch.cuda.Stream(plan.tensors["keys"].device)
@@ -227,7 +226,7 @@ class ChunkStreamer:
                         target.copy_(staged[name][:len(passed) * step], non_blocking=True)
                     event.record(stream)
                 event.synchronize()  # the slot is free again once its copy is done
-            return (passed, event), failure
+            return passed, event, failure
         finally:
             self.slots.put(slot)
 
@@ -235,9 +234,9 @@ class ChunkStreamer:
     def _read_and_check(plan: _Plan, layers: range, staged: dict) -> tuple[range, Exception | None]:
         """Reads each tensor's bytes of `layers` into staged[name] (uint8, those layers' bytes), then checks each
         layer's XXH3: (the layers before the first that fails, its KVChunkError or None)."""
+        views = {name: memoryview(staged[name].numpy()) for name in plan.ranges}
         for name, (begin, step) in plan.ranges.items():
-            plan.source.read_into(begin + layers.start * step, memoryview(staged[name].numpy()))
-        views = {name: memoryview(staged[name].numpy()) for name in staged}
+            plan.source.read_into(begin + layers.start * step, views[name])
         for n, layer in enumerate(layers):
             digest = xxhash.xxh3_64()
             for name, (_, step) in plan.ranges.items():

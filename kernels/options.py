@@ -2,7 +2,7 @@
 the cached launch of compiled kernels, and each kernel's launch settings (tuning), with the measured defaults
 (how they were measured: docs/BENCHMARKS.md, "Kernel launch settings"; `cascade_rag.benchmarks.bench_kernels --tune`
 sweeps them and returns the winners)."""
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -97,8 +97,8 @@ def tuned(options: KernelOptions, settings: list[str]) -> KernelOptions:
     for setting in settings:
         name, _, value = setting.partition("=")
         kernel, _, attr = name.strip().partition(".")
-        tuning = getattr(options, kernel, None) if kernel in {f.name for f in fields(KernelOptions)} else None
-        if tuning is None or not hasattr(tuning, "__dataclass_fields__"):
+        tuning = getattr(options, kernel) if kernel in {f.name for f in fields(KernelOptions)} else None
+        if not is_dataclass(tuning):
             kernels = ", ".join(f.name for f in fields(KernelOptions) if f.name not in ("pdl", "cached_launch"))
             raise ValueError(f"unknown kernel {kernel!r} in {setting!r}; choose one of {kernels}")
         if attr not in {f.name for f in fields(tuning)}:
