@@ -56,6 +56,25 @@ def _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_s
     return m_i, l_i, acc
 
 
+@triton.jit
+def lead_chunks(table_ptr, num_chunks, tile_sink, tile_floor, tile_seen, whole, CHUNKS_P2: tl.constexpr):
+    """The chunks a tile of windowed lead rows reads, in _attn_kernel's loop: the first context chunk and the count
+    (n_a) of those holding keys before tile_sink (level 0), the first and count (n_b) of the later ones holding keys
+    from tile_floor to before tile_seen (its window), and the own chunk (n_own 1); all counts 0 unless `whole`
+    (split 0 reads them all, the other splits none)."""
+    idx = tl.arange(0, CHUNKS_P2)
+    context = idx < num_chunks - 1
+    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=context, other=0)
+    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=context, other=0)
+    a_first = tl.sum((context & (ends <= 0)).to(tl.int32), 0)  # past the empty chunks (a graph's padding)
+    a_last = tl.sum((context & (starts < tile_sink)).to(tl.int32), 0)
+    b_first = tl.maximum(tl.sum((context & (ends <= tile_floor)).to(tl.int32), 0), a_last)
+    b_last = tl.maximum(tl.sum((context & (starts < tile_seen)).to(tl.int32), 0), b_first)
+    n_a = tl.where(whole, a_last - a_first, 0)
+    n_b = tl.where(whole, b_last - b_first, 0)
+    return a_first, n_a, n_b, tl.where(whole, 1, 0), b_first
+
+
 @triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
 def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_ptr, ks_ptr, vs_ptr, limits_ptr,
                  floors_ptr, num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
@@ -68,7 +87,8 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
     and the own chunk causally as always (a selective recompute's queries, which sit among the context). WINDOW
     (with LIMITED, context chunks in the model's dtype): floors_ptr[i] = (sink, floor, own floor), and query i sees
     none of the context keys from sink to before floor nor the own rows before own floor; a tile skips what none of
-    its rows sees."""
+    its rows sees, and a tile of lead rows only (each with a sink) reads all they see in split 0 (level 0, the
+    window and the own chunk: a few of the many splits), its other splits nothing."""
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -89,6 +109,7 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
         tile_own = own_start + tl.max(tl.where(row_ok, causal_limit, -1), 0) + 1
     else:
         seen = total_len
+    preloaded, n_a, n_b, n_own, b_first = first, last - first, 0, 0, 0  # the loop: chunks first..last
     if WINDOW:
         sink = tl.load(floors_ptr + qi * 3, mask=row_ok, other=0)
         floor = tl.load(floors_ptr + qi * 3 + 1, mask=row_ok, other=0)
@@ -96,15 +117,29 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
         tile_sink = tl.max(tl.where(row_ok, sink, 0), 0)
         tile_floor = tl.min(tl.where(row_ok, floor, total_len), 0)
         tile_own_floor = own_start + tl.min(tl.where(row_ok, own_floor, total_len), 0)
+        # a tile of lead rows only (each with a sink): split 0 reads all the keys its rows see, the others none
+        lead = tl.min(tl.where(row_ok, sink, 1), 0) > 0
+        a_first, a_n, b_n, own_n, b_first = lead_chunks(table_ptr, num_chunks, tile_sink, tile_floor, tile_seen,
+                                                        split == 0, CHUNKS_P2)
+        preloaded = tl.where(lead, -1, first)  # (a lead's loop reads every chunk's entry)
+        first = tl.where(lead, a_first, first)
+        n_a = tl.where(lead, a_n, n_a)
+        n_b = tl.where(lead, b_n, 0)
+        n_own = tl.where(lead, own_n, 0)
+        lo = tl.where(lead, 0, lo)
+        hi = tl.where(lead, total_len, hi)
     else:
         sink, floor, own_floor = 0, 0, 0
 
     m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for c in range(first, last):
+    for i in range(0, n_a + n_b + n_own):
+        c = first + i
+        if WINDOW:  # a lead tile's: level 0's chunks, then its window's, then the own chunk
+            c = tl.where(i < n_a, c, tl.where(i < n_a + n_b, b_first + i - n_a, num_chunks - 1))
         start, end, chunk_start, k_off, v_off, k_stride, v_stride = chunk_span(
-            table_ptr, c, first, num_chunks, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs, ALIGNED)
+            table_ptr, c, preloaded, num_chunks, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs, ALIGNED)
         if LIMITED:
             end = tl.minimum(end, tl.where(c == num_chunks - 1, tile_own, tile_seen))
         if WINDOW:  # the keys that no row of the tile sees: between the sink and the floors

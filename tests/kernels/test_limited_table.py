@@ -104,6 +104,17 @@ def check_window(case, window, dtype, device, atol, windowed=False):
     assert (ref - ca.chunk_attention_ref(q.float(), keys, values, d ** -0.5, limits)).abs().max() > 10 * atol
     if windowed:  # some rows saw no key in some split: their partial sums were never written
         assert workspace.num_splits > 4 and workspace.part.isnan().any()
+        assert_leads_in_split_zero(workspace, floors, hq // own_k.shape[1], hq, d)
+
+
+def assert_leads_in_split_zero(workspace, floors, group, hq, d):
+    """The rows of a tile of lead rows only (a sink each) saw keys in split 0 and in no other: maxima of -1e30."""
+    nq, splits, block_m = len(floors), workspace.num_splits, workspace.block_m
+    tiles = (torch.arange(nq * group, device=floors.device) // group).split(block_m)
+    leads = torch.cat([t.unique() for t in tiles if (floors[t, 0] > 0).all()])
+    assert len(leads) >= block_m // group  # the case has such a tile
+    m = workspace.part[splits * nq * hq * d:][:splits * nq * hq].view(splits, nq, hq)[:, leads]
+    assert (m[0] > -1e30).all() and (m[1:] == -1e30).all()
 
 
 # dense contexts (a window comes with EPIC's dense rows), limits in position order; windows shorter than a chunk
