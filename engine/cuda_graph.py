@@ -71,7 +71,7 @@ class TableAttention:
     decode step the attention kernel also rotates and stores the new token (no rotary kernel). limits (a prefill's):
     the context keys each new token sees, in the table's order (engine.recompute_graph), and floors their window
     (chunk_attention_table's); padding ([1] int64): the tables' leading empty chunks, for which a prefill rotates no
-    query."""
+    query; under limits a prefill rotates a query for the chunks holding keys it sees only (kernels.rope)."""
 
     def __init__(self, tables: torch.Tensor, workspace: DecodeWorkspace, packed: PackedBases = NO_PACKED,
                  limits: torch.Tensor | None = None, padding: torch.Tensor | None = None,
@@ -84,7 +84,8 @@ class TableAttention:
         if self.workspace.decode:
             return ops.chunk_attention_table(q, keys, values, self.tables[layer], scale, self.workspace, rotary,
                                              (k, v), self.packed)
-        queries = ops.rope_store(q, k, v, replace(rotary, padding=self.padding))
+        seen = {} if self.limits is None else dict(table=self.tables[layer], limits=self.limits, floors=self.floors)
+        queries = ops.rope_store(q, k, v, replace(rotary, padding=self.padding, **seen))
         return ops.chunk_attention_table(queries, keys, values, self.tables[layer], scale,
                                          self.workspace, packed=self.packed, limits=self.limits, floors=self.floors)
 

@@ -14,6 +14,7 @@ import triton.language as tl
 from .dispatch import implementation
 from .options import DEFAULT_KERNELS, KernelOptions
 from .rmsnorm import normed, rmsnorm_ref
+from .windows import seen_chunks
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,10 @@ class RotaryInputs:
     context chunks' position shifts [C] (and query scales [C] fp32, their scores' 1 / temperature), the own
     buffer's keys and values [capacity, Hkv, D] that receive the new ones, the cos/sin tables [P, D] fp32, and
     Qwen3's per-head q/k RMSNorm weights [D] with their eps; padding ([1] int64, a CUDA graph's): the number of
-    leading context chunks that are empty (the graph's padding), for which no query is rotated."""
+    leading context chunks that are empty (the graph's padding), for which no query is rotated; table (a layer's
+    chunk table, int64, chunk_tables' layout: its chunk starts), limits [n] and floors [n, 3] (int64: a prefill
+    under key limits and windows, as chunk attention takes them; floors optional): a token's query is rotated only
+    for the own chunk and the context chunks holding keys it sees (kernels.windows)."""
     positions: torch.Tensor
     shifts: torch.Tensor
     slots: torch.Tensor
@@ -35,6 +39,9 @@ class RotaryInputs:
     qk_eps: float = 1e-6
     scales: torch.Tensor | None = None
     padding: torch.Tensor | None = None
+    table: torch.Tensor | None = None
+    limits: torch.Tensor | None = None
+    floors: torch.Tensor | None = None
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -98,10 +105,12 @@ CHUNKS_A_PROGRAM = 8  # the queries of this many chunks a program rotates (a tok
 
 @triton.jit(do_not_specialize=["n", "num_shifts"])
 def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_ptr, sin_ptr, out_ptr, ok_ptr,
-                       ov_ptr, q_norm_ptr, k_norm_ptr, scale_ptr, padding_ptr, qk_eps, n, num_shifts, stride_q,
-                       stride_k, stride_v, HQ: tl.constexpr, HKV: tl.constexpr, HEAD_DIM: tl.constexpr,
-                       HQ_P2: tl.constexpr, HKV_P2: tl.constexpr, Q_NORM: tl.constexpr, K_NORM: tl.constexpr,
-                       HAS_SCALES: tl.constexpr, HAS_PADDING: tl.constexpr, BLOCK_C: tl.constexpr, PDL: tl.constexpr):
+                       ov_ptr, q_norm_ptr, k_norm_ptr, scale_ptr, padding_ptr, table_ptr, limits_ptr, floors_ptr,
+                       qk_eps, n, num_shifts, stride_q, stride_k, stride_v, HQ: tl.constexpr, HKV: tl.constexpr,
+                       HEAD_DIM: tl.constexpr, HQ_P2: tl.constexpr, HKV_P2: tl.constexpr, Q_NORM: tl.constexpr,
+                       K_NORM: tl.constexpr, HAS_SCALES: tl.constexpr, HAS_PADDING: tl.constexpr,
+                       SEEN: tl.constexpr, WINDOW: tl.constexpr, CHUNKS_P2: tl.constexpr, BLOCK_C: tl.constexpr,
+                       PDL: tl.constexpr):
     i = tl.program_id(0)       # token
     b = tl.program_id(1)       # chunks b * BLOCK_C.. of 0..num_shifts (the last: the own chunk); the last program K/V
     wait_for_inputs(PDL)
@@ -120,16 +129,27 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
             q_ok = q_heads < HQ
             x, xr = normed_heads(q_ptr + i * stride_q, q_heads, q_ok, d, partner, q_norm_ptr, qk_eps, HEAD_DIM,
                                  Q_NORM)
+            if SEEN:  # the context chunks holding keys the token sees
+                sink, floor = 0, 0
+                if WINDOW:
+                    sink = tl.load(floors_ptr + 3 * i)
+                    floor = tl.load(floors_ptr + 3 * i + 1)
+                a_first, a_last, b_first, b_last = seen_chunks(table_ptr, num_shifts + 1, sink, floor,
+                                                               tl.load(limits_ptr + i), CHUNKS_P2)
             for c in range(first, last):
-                shift = tl.load(shift_ptr + c, mask=c < num_shifts, other=0)
-                cos, sin = cos_sin(cos_ptr, sin_ptr, tl.maximum(position - shift, 0),
-                                   0 * q_heads[:, None] + d[None, :], HEAD_DIM, dtype)
-                rq = rotated(x, xr, d, cos, sin, HEAD_DIM, dtype)
-                if HAS_SCALES:  # the own chunk's scale is 1
-                    scale = tl.load(scale_ptr + c, mask=c < num_shifts, other=1.0).to(rq.dtype).to(tl.float32)
-                    rq = (rq.to(tl.float32) * scale).to(rq.dtype)
-                tl.store(out_ptr + ((c * n + i) * HQ + q_heads[:, None]) * HEAD_DIM + d[None, :], rq,
-                         mask=q_ok[:, None])
+                rotate = True
+                if SEEN:
+                    rotate = ((c >= a_first) & (c < a_last)) | ((c >= b_first) & (c < b_last)) | (c == num_shifts)
+                if rotate:
+                    shift = tl.load(shift_ptr + c, mask=c < num_shifts, other=0)
+                    cos, sin = cos_sin(cos_ptr, sin_ptr, tl.maximum(position - shift, 0),
+                                       0 * q_heads[:, None] + d[None, :], HEAD_DIM, dtype)
+                    rq = rotated(x, xr, d, cos, sin, HEAD_DIM, dtype)
+                    if HAS_SCALES:  # the own chunk's scale is 1
+                        scale = tl.load(scale_ptr + c, mask=c < num_shifts, other=1.0).to(rq.dtype).to(tl.float32)
+                        rq = (rq.to(tl.float32) * scale).to(rq.dtype)
+                    tl.store(out_ptr + ((c * n + i) * HQ + q_heads[:, None]) * HEAD_DIM + d[None, :], rq,
+                             mask=q_ok[:, None])
     else:
         slot = tl.load(slot_ptr + i)
         kv_heads = tl.arange(0, HKV_P2)
@@ -143,6 +163,19 @@ def _rope_store_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, shift_ptr, slot_ptr, cos_pt
         tl.store(ok_ptr + dst, rk, mask=kv_ok[:, None])
         v = tl.load(v_ptr + i * stride_v + kv_heads[:, None] * HEAD_DIM + d[None, :], mask=kv_ok[:, None], other=0.0)
         tl.store(ov_ptr + dst, v, mask=kv_ok[:, None])
+
+
+def check_seen(rotary: RotaryInputs, n: int, num_chunks: int) -> None:
+    """A ValueError unless rotary's table, limits and floors are a chunk table of num_chunks chunks and the int64
+    limits [n] and floors [n, 3] (or None) of n tokens."""
+    table, limits, floors = rotary.table, rotary.limits, rotary.floors
+    if table is None or table.dtype != torch.int64 or table.shape != (7 * num_chunks + 1,):
+        raise ValueError(f"rope_store under limits takes the layer's chunk table of {num_chunks} chunks, int64 "
+                         f"[{7 * num_chunks + 1}]")
+    if limits.dtype != torch.int64 or limits.shape != (n,):
+        raise ValueError(f"rope_store takes int64 limits [{n}], got {limits.dtype} {tuple(limits.shape)}")
+    if floors is not None and (floors.dtype != torch.int64 or floors.shape != (n, 3) or not floors.is_contiguous()):
+        raise ValueError(f"rope_store takes contiguous int64 floors [{n}, 3], got {floors.dtype} {tuple(floors.shape)}")
 
 
 def _rope_store_triton(q, k, v, rotary: RotaryInputs, options: KernelOptions):
@@ -159,10 +192,16 @@ def _rope_store_triton(q, k, v, rotary: RotaryInputs, options: KernelOptions):
     has_scales = scales is not None and num_shifts > 0
     # absent tensors are never read: any pointer will do
     padding = rotary.padding if num_shifts else None
+    seen = rotary.limits is not None and num_shifts > 0
+    if seen:
+        check_seen(rotary, n, num_shifts + 1)
+    window = seen and rotary.floors is not None
     pointers = (q, k, v, positions, shifts if num_shifts else positions, slots, cos, sin, out, own_keys, own_values,
                 q if q_norm is None else q_norm, k if k_norm is None else k_norm, scales if has_scales else cos,
-                positions if padding is None else padding)
-    flags = (q_norm is not None, k_norm is not None, has_scales, padding is not None)
+                positions if padding is None else padding, rotary.table if seen else positions,
+                rotary.limits if seen else positions, rotary.floors if window else positions)
+    flags = (q_norm is not None, k_norm is not None, has_scales, padding is not None, seen, window,
+             triton.next_power_of_2(num_shifts + 1) if seen else 1)
     args = pointers + (qk_eps, n, num_shifts, q.stride(0), k.stride(0), v.stride(0), hq, hkv, head_dim,
                        triton.next_power_of_2(hq), triton.next_power_of_2(hkv)) + flags + (CHUNKS_A_PROGRAM,)
     key = ("rope", q.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
@@ -180,9 +219,10 @@ def rope_store(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotary: Rotary
     rmsnorm_ref does. Writes the rotated keys and the values to own_keys/own_values [capacity, Hkv, D] at slots
     [n] and returns the queries rotated for each chunk and for the own chunk (shift 0): [C + 1, n, Hq, D], those
     of chunk c multiplied by scales[c] (scales [C] fp32, rounded to q's dtype) when given; by the Triton kernel,
-    those of the first rotary.padding[0] chunks left unwritten when it is given. A query is rotated for
-    every chunk, also for one placed after it (a selective recompute, whose key limits hide that chunk): its
-    position minus the shift is then below 0, and it is rotated to position 0 (never to a row before the tables).
+    those of the first rotary.padding[0] chunks left unwritten when it is given, and under rotary.limits those of
+    the chunks holding no key the token sees. Without limits a query is rotated for every chunk, also for one
+    placed after it (a selective recompute, whose key limits hide that chunk): its position minus the shift is then
+    below 0, and it is rotated to position 0 (never to a row before the tables).
     impl: None (Triton on CUDA, the reference elsewhere), "triton" (also on CPU under TRITON_INTERPRET=1) or "ref".
     """
     if implementation(impl, q, q.shape[-1] & (q.shape[-1] - 1) == 0, "rope_store") == "ref":

@@ -7,6 +7,7 @@ import triton.language as tl
 
 from ..dispatch import interpreted
 from ..options import AttentionTuning, KernelOptions
+from ..windows import seen_chunks
 from .common import LOG2E, attend_tile, chunk_span, merge_partials, num_sms, split_prologue, store_rows
 from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_tile, packed_tile
 
@@ -56,25 +57,6 @@ def _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_s
     return m_i, l_i, acc
 
 
-@triton.jit
-def lead_chunks(table_ptr, num_chunks, tile_sink, tile_floor, tile_seen, whole, CHUNKS_P2: tl.constexpr):
-    """The chunks a tile of windowed lead rows reads, in _attn_kernel's loop: the first context chunk and the count
-    (n_a) of those holding keys before tile_sink (level 0), the first and count (n_b) of the later ones holding keys
-    from tile_floor to before tile_seen (its window), and the own chunk (n_own 1); all counts 0 unless `whole`
-    (split 0 reads them all, the other splits none)."""
-    idx = tl.arange(0, CHUNKS_P2)
-    context = idx < num_chunks - 1
-    starts = tl.load(table_ptr + 4 * num_chunks + idx, mask=context, other=0)
-    ends = tl.load(table_ptr + 4 * num_chunks + idx + 1, mask=context, other=0)
-    a_first = tl.sum((context & (ends <= 0)).to(tl.int32), 0)  # past the empty chunks (a graph's padding)
-    a_last = tl.sum((context & (starts < tile_sink)).to(tl.int32), 0)
-    b_first = tl.maximum(tl.sum((context & (ends <= tile_floor)).to(tl.int32), 0), a_last)
-    b_last = tl.maximum(tl.sum((context & (starts < tile_seen)).to(tl.int32), 0), b_first)
-    n_a = tl.where(whole, a_last - a_first, 0)
-    n_b = tl.where(whole, b_last - b_first, 0)
-    return a_first, n_a, n_b, tl.where(whole, 1, 0), b_first
-
-
 @triton.jit(do_not_specialize=["num_chunks", "num_q", "split_len", "total_len", "stride_qc"])
 def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_ptr, ks_ptr, vs_ptr, limits_ptr,
                  floors_ptr, num_chunks, num_q, split_len, total_len, qk_scale, stride_qc,
@@ -119,13 +101,14 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
         tile_own_floor = own_start + tl.min(tl.where(row_ok, own_floor, total_len), 0)
         # a tile of lead rows only (each with a sink): split 0 reads all the keys its rows see, the others none
         lead = tl.min(tl.where(row_ok, sink, 1), 0) > 0
-        a_first, a_n, b_n, own_n, b_first = lead_chunks(table_ptr, num_chunks, tile_sink, tile_floor, tile_seen,
-                                                        split == 0, CHUNKS_P2)
+        a_first, a_last, b_first, b_last = seen_chunks(table_ptr, num_chunks, tile_sink, tile_floor, tile_seen,
+                                                       CHUNKS_P2)
+        whole = lead & (split == 0)
         preloaded = tl.where(lead, -1, first)  # (a lead's loop reads every chunk's entry)
         first = tl.where(lead, a_first, first)
-        n_a = tl.where(lead, a_n, n_a)
-        n_b = tl.where(lead, b_n, 0)
-        n_own = tl.where(lead, own_n, 0)
+        n_a = tl.where(whole, a_last - a_first, tl.where(lead, 0, n_a))
+        n_b = tl.where(whole, b_last - b_first, 0)
+        n_own = tl.where(whole, 1, 0)
         lo = tl.where(lead, 0, lo)
         hi = tl.where(lead, total_len, hi)
     else:

@@ -1,4 +1,4 @@
-"""Compiles the chunk-attention kernels for a Hopper target (sm_90) without a GPU, all the way to its binary, and
+"""Compiles the chunk-attention and rotary kernels for a Hopper target (sm_90) without a GPU, all the way to its binary, and
 prints one line per kernel and setting: `OK` or the error. Run in a process of its own with TRITON_INTERPRET=0 (the
 test suite's processes use the interpreter, which runs the kernels' Python and so never sees what only the compiler
 refuses: a name defined on one branch only, returns of two types)."""
@@ -8,12 +8,14 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from cascade_rag.kernels import rope as rotary
 from cascade_rag.kernels.chunk_attention import decode, limited, prefill
 
 TARGET = GPUTarget("cuda", 90, 32)
 FLOATS = {"qk_scale", "qk_eps"}
 POINTERS = {"table_ptr": "*i64", "kq_ptr": "*u8", "vq_ptr": "*u8", "part_ptr": "*fp32", "limit_ptr": "*i32", "limits_ptr": "*i64", "floors_ptr": "*i64",
-            "pos_ptr": "*i32", "slot_ptr": "*i32", "shift_ptr": "*i32", "scale_ptr": "*fp32"}
+            "pos_ptr": "*i32", "slot_ptr": "*i32", "shift_ptr": "*i32", "scale_ptr": "*fp32", "cos_ptr": "*fp32",
+            "sin_ptr": "*fp32", "padding_ptr": "*i64"}
 COMMON = dict(HQ=16, GROUP=2, HEAD_DIM=128, BLOCK_N=64, CHUNKS_P2=8, ALIGNED=True, DOT_F32=False, PRECISION="tf32",
               PDL=False)
 
@@ -34,6 +36,10 @@ def settings():
     yield "prefill FORMAT=0 LIMITED=True WINDOW=True", prefill._attn_kernel, dict(  # a windowed EPIC lead
         COMMON, BLOCK_M=64, SPLIT=True, TOTAL_IN_TABLE=True, FORMAT=0, LIMITED=True, WINDOW=True)
     yield "limited", limited._limited_kernel, dict(COMMON, BLOCK_M=64, SPLIT=True)
+    for seen, window in ((False, False), (True, False), (True, True)):  # a graph's prefill, a lead's, a windowed one's
+        yield f"rope_store SEEN={seen} WINDOW={window}", rotary._rope_store_kernel, dict(
+            HQ=16, HKV=8, HEAD_DIM=128, HQ_P2=16, HKV_P2=8, Q_NORM=True, K_NORM=True, HAS_SCALES=True,
+            HAS_PADDING=True, SEEN=seen, WINDOW=window, CHUNKS_P2=64, BLOCK_C=8, PDL=False)
 
 
 def main() -> None:
