@@ -6,9 +6,11 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 
-def kernel_times(fn, device: str, calls: int = 5, top: int = 12) -> list[dict]:
-    """The `top` kernels (operators off CUDA) by time, each as {"name", "us" (a call's total), "launches" (a
-    call's)}, over `calls` calls of fn after one warm-up."""
+def kernel_times(fn, device: str, calls: int = 5, top: int = 12) -> dict:
+    """{"total_us", "launches": a call's time on the device (off CUDA: in operators) and kernels, all of them,
+    "top": the `top` kernels (operators off CUDA) by time, each as {"name", "us" (a call's total), "launches" (a
+    call's)}}, over `calls` calls of fn after one warm-up. A call's wall time less total_us is roughly the time the
+    device waited for the host (kernels that overlap, as under programmatic dependent launch, blur it)."""
     cuda = str(device).startswith("cuda")
     fn()
     with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
@@ -24,4 +26,5 @@ def kernel_times(fn, device: str, calls: int = 5, top: int = 12) -> list[dict]:
         us[event.name] += (event.device_time_total if cuda else event.self_cpu_time_total) / calls
         launches[event.name] += 1
     ranked = sorted(us, key=us.get, reverse=True)[:top]
-    return [{"name": name, "us": round(us[name], 1), "launches": launches[name] // calls} for name in ranked]
+    return {"total_us": round(sum(us.values()), 1), "launches": sum(launches.values()) // calls,
+            "top": [{"name": name, "us": round(us[name], 1), "launches": launches[name] // calls} for name in ranked]}

@@ -5,8 +5,9 @@ one run on one device (one new token, median of --repeat after a warm-up):
         --settings blend:0.15,blend:first16 --json docs/bench/recompute-qwen3-0.6b-h100.json
 
 The contexts are laid out as in `cascade-rag bench --contexts`: level 0, 4 to 16 passages, a 32-token question.
-`--profile N` adds each setting's N costliest kernels (GPU time a call, kernel_profile); `--tuning` runs the
-engine with other kernel launch settings (kernels.options.tuned: `--tuning windowed_prefill.min_split=256`)."""
+`--profile N` adds each setting's GPU time and kernels a call (all of them; TTFT less that time is roughly the GPU
+waiting for the host) and its N costliest kernels (kernel_profile); `--tuning` runs the engine with other kernel launch settings
+(kernels.options.tuned: `--tuning windowed_prefill.min_split=256`)."""
 import argparse
 import json
 import sys
@@ -104,9 +105,10 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print_table(rows, f"{args.model or args.shape}, {engine.dtype}, {name}")
     for r in rows:
-        for setting, kernels_us in r.get("kernels_us", {}).items():
-            print(f"\n{r['context_tokens']} tokens, {setting}: " + "; ".join(
-                f"{k['name'][:48]} {k['us']:.0f} us x{k['launches']}" for k in kernels_us))
+        for setting, kernels in r.get("kernels_us", {}).items():
+            print(f"\n{r['context_tokens']} tokens, {setting}: {kernels['total_us']:.0f} us in "
+                  f"{kernels['launches']} kernels (TTFT {1e3 * r['ttft_ms'][setting]:.0f} us); " + "; ".join(
+                      f"{k['name'][:48]} {k['us']:.0f} us x{k['launches']}" for k in kernels["top"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"model": args.model or args.shape, "device": name, "dtype": str(engine.dtype),

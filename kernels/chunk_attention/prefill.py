@@ -8,7 +8,8 @@ import triton.language as tl
 from ..dispatch import interpreted
 from ..options import AttentionTuning, KernelOptions
 from ..windows import seen_chunks
-from .common import LOG2E, attend_tile, chunk_span, merge_partials, num_sms, split_prologue, store_rows
+from .common import (LOG2E, attend_tile, chunk_span, merge_partials, num_sms, split_prologue, store_rows,
+                     store_unseen)
 from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_tile, packed_tile
 
 
@@ -70,93 +71,102 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
     (with LIMITED, context chunks in the model's dtype): floors_ptr[i] = (sink, floor, own floor), and query i sees
     none of the context keys from sink to before floor nor the own rows before own floor; a tile skips what none of
     its rows sees, and a tile of lead rows only (each with a sink) reads all they see in split 0 (level 0, the
-    window and the own chunk: a few of the many splits), its other splits nothing."""
+    window and the own chunk: a few of the many splits), which also stores the other splits' empty maxima and sums
+    for the merge; the tile's programs of those splits return at once."""
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    first, last, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs = split_prologue(
-        table_ptr, num_chunks, split, tl.num_programs(2), split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE, 0, ALIGNED)
-    own_start = tl.load(table_ptr + 5 * num_chunks - 1)
-    wait_for_inputs(PDL)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     qi = rows // GROUP
-    head = kv_head * GROUP + rows % GROUP
     row_ok = qi < num_q
-    d = tl.arange(0, HEAD_DIM)
-    q_rows = q_ptr + (qi * HQ + head)[:, None] * HEAD_DIM + d[None, :]
-    causal_limit = qi + (total_len - own_start - num_q)
-    if LIMITED:  # and the tile reads no key past its rows' last visible one, in the context or its own chunk
-        seen = tl.load(limits_ptr + qi, mask=row_ok, other=0)
-        tile_seen = tl.max(seen, 0)
-        tile_own = own_start + tl.max(tl.where(row_ok, causal_limit, -1), 0) + 1
-    else:
-        seen = total_len
-    preloaded, n_a, n_b, n_own, b_first = first, last - first, 0, 0, 0  # the loop: chunks first..last
-    if WINDOW:
+    sink, lead, go = 0, False, True
+    if WINDOW:  # a tile of lead rows only (each with a sink): split 0 reads all the keys its rows see, the others
+        # return at once (the floors are written before the launch, like the table: read before the wait)
         sink = tl.load(floors_ptr + qi * 3, mask=row_ok, other=0)
-        floor = tl.load(floors_ptr + qi * 3 + 1, mask=row_ok, other=0)
-        own_floor = tl.load(floors_ptr + qi * 3 + 2, mask=row_ok, other=0)
-        tile_sink = tl.max(tl.where(row_ok, sink, 0), 0)
-        tile_floor = tl.min(tl.where(row_ok, floor, total_len), 0)
-        tile_own_floor = own_start + tl.min(tl.where(row_ok, own_floor, total_len), 0)
-        # a tile of lead rows only (each with a sink): split 0 reads all the keys its rows see, the others none
         lead = tl.min(tl.where(row_ok, sink, 1), 0) > 0
-        a_first, a_last, b_first, b_last = seen_chunks(table_ptr, num_chunks, tile_sink, tile_floor, tile_seen,
-                                                       CHUNKS_P2)
-        whole = lead & (split == 0)
-        preloaded = tl.where(lead, -1, first)  # (a lead's loop reads every chunk's entry)
-        first = tl.where(lead, a_first, first)
-        n_a = tl.where(whole, a_last - a_first, tl.where(lead, 0, n_a))
-        n_b = tl.where(whole, b_last - b_first, 0)
-        n_own = tl.where(whole, 1, 0)
-        lo = tl.where(lead, 0, lo)
-        hi = tl.where(lead, total_len, hi)
-    else:
-        sink, floor, own_floor = 0, 0, 0
+        go = (split == 0) | (tl.min(tl.where(row_ok, sink, 1), 0) <= 0)
+    if go:
+        first, last, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs = split_prologue(
+            table_ptr, num_chunks, split, tl.num_programs(2), split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE, 0,
+            ALIGNED)
+        own_start = tl.load(table_ptr + 5 * num_chunks - 1)
+        wait_for_inputs(PDL)
+        head = kv_head * GROUP + rows % GROUP
+        d = tl.arange(0, HEAD_DIM)
+        q_rows = q_ptr + (qi * HQ + head)[:, None] * HEAD_DIM + d[None, :]
+        causal_limit = qi + (total_len - own_start - num_q)
+        if LIMITED:  # and the tile reads no key past its rows' last visible one, in the context or its own chunk
+            seen = tl.load(limits_ptr + qi, mask=row_ok, other=0)
+            tile_seen = tl.max(seen, 0)
+            tile_own = own_start + tl.max(tl.where(row_ok, causal_limit, -1), 0) + 1
+        else:
+            seen = total_len
+        preloaded, n_a, n_b, n_own, b_first = first, last - first, 0, 0, 0  # the loop: chunks first..last
+        if WINDOW:
+            floor = tl.load(floors_ptr + qi * 3 + 1, mask=row_ok, other=0)
+            own_floor = tl.load(floors_ptr + qi * 3 + 2, mask=row_ok, other=0)
+            tile_sink = tl.max(tl.where(row_ok, sink, 0), 0)
+            tile_floor = tl.min(tl.where(row_ok, floor, total_len), 0)
+            tile_own_floor = own_start + tl.min(tl.where(row_ok, own_floor, total_len), 0)
+            a_first, a_last, b_first, b_last = seen_chunks(table_ptr, num_chunks, tile_sink, tile_floor, tile_seen,
+                                                           CHUNKS_P2)
+            whole = lead & (split == 0)
+            preloaded = tl.where(lead, -1, first)  # (a lead's loop reads every chunk's entry)
+            first = tl.where(lead, a_first, first)
+            n_a = tl.where(whole, a_last - a_first, tl.where(lead, 0, n_a))
+            n_b = tl.where(whole, b_last - b_first, 0)
+            n_own = tl.where(whole, 1, 0)
+            lo = tl.where(lead, 0, lo)
+            hi = tl.where(lead, total_len, hi)
+        else:
+            floor, own_floor = 0, 0
 
-    m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
-    for i in range(0, n_a + n_b + n_own):
-        c = first + i
-        if WINDOW:  # a lead tile's: level 0's chunks, then its window's, then the own chunk
-            c = tl.where(i < n_a, c, tl.where(i < n_a + n_b, b_first + i - n_a, num_chunks - 1))
-        start, end, chunk_start, k_off, v_off, k_stride, v_stride = chunk_span(
-            table_ptr, c, preloaded, num_chunks, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs, ALIGNED)
-        if LIMITED:
-            end = tl.minimum(end, tl.where(c == num_chunks - 1, tile_own, tile_seen))
-        if WINDOW:  # the keys that no row of the tile sees: between the sink and the floors
-            start = tl.maximum(start, tl.where(c == num_chunks - 1, tile_own_floor,
-                                               tl.where(start >= tile_sink, tile_floor, start)))
-        if start < end:  # padding chunks are empty: no loads, no pipeline prologue
-            q = tl.load(q_rows + c * stride_qc, mask=row_ok[:, None], other=0.0)
-            if DOT_F32:
-                q = q.to(tl.float32)
-            limit = tl.where(c == num_chunks - 1, causal_limit, seen - 1 - chunk_start)
-            if FORMAT != 0:  # the chunk's parameter offsets, NOT_PACKED for one in the model's dtype
-                ks_off = tl.load(table_ptr + 5 * num_chunks + 1 + c)
-                vs_off = tl.load(table_ptr + 6 * num_chunks + 1 + c)
-                if ks_off != NOT_PACKED_C:  # a context chunk: every key visible
-                    m_i, l_i, acc = _packed_chunk(q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride,
-                                                  ks_off, vs_off, kv_head, start, end, chunk_start, limit, m_i, l_i,
-                                                  acc, qk_scale, HQ // GROUP, HEAD_DIM, BLOCK_N, FORMAT, DOT_F32,
-                                                  PRECISION, LIMITED)
+        m_i = tl.full([BLOCK_M], -1.0e30, tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        for i in range(0, n_a + n_b + n_own):
+            c = first + i
+            if WINDOW:  # a lead tile's: level 0's chunks, then its window's, then the own chunk
+                c = tl.where(i < n_a, c, tl.where(i < n_a + n_b, b_first + i - n_a, num_chunks - 1))
+            start, end, chunk_start, k_off, v_off, k_stride, v_stride = chunk_span(
+                table_ptr, c, preloaded, num_chunks, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs, ALIGNED)
+            if LIMITED:
+                end = tl.minimum(end, tl.where(c == num_chunks - 1, tile_own, tile_seen))
+            if WINDOW:  # the keys that no row of the tile sees: between the sink and the floors
+                start = tl.maximum(start, tl.where(c == num_chunks - 1, tile_own_floor,
+                                                   tl.where(start >= tile_sink, tile_floor, start)))
+            if start < end:  # padding chunks are empty: no loads, no pipeline prologue
+                q = tl.load(q_rows + c * stride_qc, mask=row_ok[:, None], other=0.0)
+                if DOT_F32:
+                    q = q.to(tl.float32)
+                limit = tl.where(c == num_chunks - 1, causal_limit, seen - 1 - chunk_start)
+                if FORMAT != 0:  # the chunk's parameter offsets, NOT_PACKED for one in the model's dtype
+                    ks_off = tl.load(table_ptr + 5 * num_chunks + 1 + c)
+                    vs_off = tl.load(table_ptr + 6 * num_chunks + 1 + c)
+                    if ks_off != NOT_PACKED_C:  # a context chunk: every key visible
+                        m_i, l_i, acc = _packed_chunk(
+                            q, kq_ptr, vq_ptr, ks_ptr, vs_ptr, k_off, v_off, k_stride, v_stride, ks_off, vs_off,
+                            kv_head, start, end, chunk_start, limit, m_i, l_i, acc, qk_scale, HQ // GROUP, HEAD_DIM,
+                            BLOCK_N, FORMAT, DOT_F32, PRECISION, LIMITED)
+                    else:
+                        m_i, l_i, acc = _dense_chunk(
+                            q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end, chunk_start, limit,
+                            m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32, PRECISION)
+                elif WINDOW:  # (one branch each: Triton compiles a runtime branch on a constant False all the same)
+                    own = c == num_chunks - 1
+                    m_i, l_i, acc = _dense_chunk(
+                        q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end, chunk_start, limit,
+                        m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32, PRECISION,
+                        tl.where(own, own_floor, floor - chunk_start), tl.where(own, 0, sink - chunk_start), True)
                 else:
-                    m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
-                                                 chunk_start, limit, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N,
-                                                 DOT_F32, PRECISION)
-            elif WINDOW:  # (one branch each: Triton compiles a runtime branch on a constant False all the same)
-                own = c == num_chunks - 1
-                m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
-                                             chunk_start, limit, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32,
-                                             PRECISION, tl.where(own, own_floor, floor - chunk_start),
-                                             tl.where(own, 0, sink - chunk_start), True)
-            else:
-                m_i, l_i, acc = _dense_chunk(q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end,
-                                             chunk_start, limit, m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32,
-                                             PRECISION)
+                    m_i, l_i, acc = _dense_chunk(
+                        q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end, chunk_start, limit,
+                        m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32, PRECISION)
 
-    store_rows(out_ptr, part_ptr, qi * HQ + head, row_ok, split, num_q * HQ, acc, m_i, l_i, HEAD_DIM, SPLIT)
+        store_rows(out_ptr, part_ptr, qi * HQ + head, row_ok, split, num_q * HQ, acc, m_i, l_i, HEAD_DIM, SPLIT)
+        if WINDOW and SPLIT:
+            if lead:  # its other splits' maxima and sums, as a split where the rows see no key leaves them
+                store_unseen(part_ptr, qi * HQ + head, row_ok, num_q * HQ, HEAD_DIM)
 
 
 @triton.jit(do_not_specialize=["num_splits", "n_rows"])

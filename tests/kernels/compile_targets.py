@@ -1,7 +1,7 @@
-"""Compiles the chunk-attention and rotary kernels for a Hopper target (sm_90) without a GPU, all the way to its binary, and
-prints one line per kernel and setting: `OK` or the error. Run in a process of its own with TRITON_INTERPRET=0 (the
-test suite's processes use the interpreter, which runs the kernels' Python and so never sees what only the compiler
-refuses: a name defined on one branch only, returns of two types)."""
+"""Compiles the chunk-attention and rotary kernels for a Hopper target (sm_90) without a GPU, all the way to their
+binaries, and prints one line per kernel and setting: `OK` or the error. Run in a process of its own with
+TRITON_INTERPRET=0 (the test suite's processes use the interpreter, which runs the kernels' Python and so never sees
+what only the compiler refuses: a name defined on one branch only, returns of two types)."""
 import itertools
 
 import triton

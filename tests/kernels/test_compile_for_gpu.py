@@ -1,6 +1,7 @@
-"""The chunk-attention and rotary kernels compile for a Hopper GPU (sm_90) in every setting the engine launches, checked on
-any machine: Triton's interpreter, which the CPU tests use, runs a kernel's Python and never sees what only the
-compiler refuses. Runs tests/kernels/compile_targets.py in a process of its own, without the interpreter."""
+"""The chunk-attention and rotary kernels compile for a Hopper GPU (sm_90) in every setting the engine launches,
+checked on any machine: Triton's interpreter, which the CPU tests use, runs a kernel's Python and never sees what
+only the compiler refuses. Runs tests/kernels/compile_targets.py in a process of its own, without the
+interpreter."""
 import os
 import subprocess
 import sys
