@@ -72,14 +72,19 @@ def prefix_counts(chunks: list[KVChunk], prefix: int) -> list[int]:
 
 def window_floors(plan: PrefixPlan, sink: int, window: int) -> np.ndarray:
     """PrefixPlan's floors under a window, level 0 being the context's first `sink` rows: for each token, level 0's
-    rows and then the context's stored rows at positions before its own minus `window`, and the recomputed rows (in
-    position order) before that position."""
+    rows and then the context's stored rows at positions before its own minus `window` (the rests are runs of
+    positions in order: those of the runs before the last one starting there, and that one's up to it), and the
+    recomputed rows (in position order) before that position."""
     positions = np.asarray(plan.positions, dtype=np.int64)
     low = positions - window
     rests = [(place + k, rest.length) for _, place, k, rest, _ in plan.documents if rest is not None]
-    firsts, lengths = (np.asarray(v, dtype=np.int64).reshape(-1) for v in zip(*rests)) if rests else (
-        np.zeros(0, np.int64), np.zeros(0, np.int64))
-    floors = sink + np.clip(low[:, None] - firsts[None, :], 0, lengths[None, :]).sum(axis=1)
+    floors = np.full_like(low, sink)
+    if rests:
+        firsts, lengths = np.asarray(rests, dtype=np.int64).T
+        before = np.cumsum(lengths) - lengths  # the rows of the runs before each
+        run = np.searchsorted(firsts, low, side="right") - 1  # the last run starting at or before low, or -1
+        at = np.maximum(run, 0)
+        floors += np.where(run >= 0, before[at] + np.minimum(low - firsts[at], lengths[at]), 0)
     return np.stack((np.full_like(low, sink), floors, np.searchsorted(positions, low)), axis=1)
 
 

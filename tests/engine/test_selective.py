@@ -1,5 +1,7 @@
 """Selective recompute (engine.selective): EPIC's recomputed prefixes over stored rows read in place, CacheBlend
 with prefixes, and the engine variants that eval measures side by side."""
+import itertools
+
 import pytest
 import torch
 
@@ -121,8 +123,8 @@ def test_window_floors_count_the_rows_before_each_tokens_window(tiny_checkpoint)
     engine = LLMEngine(tiny_checkpoint, device="cpu", dtype="fp32")
     chunks = stored(engine)
     selective = SelectiveRecompute(engine.model, engine.dtype, "cpu")
-    for window in (1, 3, 7, 12, 1000):
-        plan = selective.plan(chunks, 2, window=window)
+    for prefix, window in itertools.product((2, 5), (1, 3, 7, 12, 1000)):  # windows ending inside a prefix, too
+        plan = selective.plan(chunks, prefix, window=window)
         places = [c.start for c in plan.context]  # the context as read in place: each rest at its stored start
         rows = [p + s + i for c, p, s in zip(plan.context, places, plan.shifts) for i in range(c.length)]
         sink = len(SYSTEM)
