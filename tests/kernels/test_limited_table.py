@@ -229,36 +229,46 @@ def seen_pairs(lengths, pad, limits, floors):
     return torch.cat((pairs, torch.ones(1, len(limits), dtype=torch.bool)))
 
 
-@pytest.mark.interpreter
-@pytest.mark.parametrize("case,window", WINDOW_CASES)
-def test_queries_rotated_for_the_chunks_they_see(case, window):
+def check_rotations_seen(case, window, dtype, device, atol, attention_atol):
     """rope_store under a table's limits and floors rotates each query for the chunks holding keys it sees (and its
     own) as the reference does; the attention reads no other: with NaN for every other rotation it equals the
     reference over the full rotations, across splits and in the lead's tiles."""
     from cascade_rag.engine.model import Rotary
     from cascade_rag.kernels.rope import RotaryInputs, rope_store
-    q, own_k, own_v, table, bases, limits, keys, values = limited_table(case, torch.float32, "cpu")
+    q, own_k, own_v, table, bases, limits, keys, values = limited_table(case, dtype, device)
     chunks, nq, hq, d = q.shape
     floors = window_floors(limits, case[0][0], window, 3)
     torch.manual_seed(7)
-    raw = torch.randn(nq, hq, d)
-    k_new, v_new = torch.randn(nq, own_k.shape[1], d), torch.randn(nq, own_k.shape[1], d)
-    rotary = Rotary(d, 10000.0, 512)
-    shifts = torch.arange(chunks - 1) * 3 - 4
+    raw = torch.randn(nq, hq, d, device=device).to(dtype)
+    k_new, v_new = (torch.randn(nq, own_k.shape[1], d, device=device).to(dtype) for _ in range(2))
+    rotary = Rotary(d, 10000.0, 512).to(device)
+    shifts = torch.arange(chunks - 1, device=device) * 3 - 4
     rotated = []
     for impl, seen in (("triton", dict(table=table, limits=limits, floors=floors.contiguous())), ("ref", {})):
-        rotated.append(rope_store(raw, k_new, v_new, RotaryInputs(limits + 100, shifts, torch.arange(nq),
+        rotated.append(rope_store(raw, k_new, v_new, RotaryInputs(limits + 100, shifts, torch.arange(nq, device=device),
                                                                   own_k.clone(), own_v.clone(), rotary.cos,
                                                                   rotary.sin, **seen), impl=impl))
     got, want = rotated
-    pairs = seen_pairs(case[0], chunks - 1 - len(case[0]), limits, floors)
+    pairs = seen_pairs(case[0], chunks - 1 - len(case[0]), limits, floors).to(device)
     assert not pairs.all() and pairs[-1].all()
-    torch.testing.assert_close(got[pairs], want[pairs], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got[pairs].float(), want[pairs].float(), atol=atol, rtol=atol)
     got[~pairs] = float("nan")
     for options in (DEFAULT_KERNELS, FINE_SPLITS):
-        workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, "cpu", options=options, limited=True,
+        workspace = ca.decode_workspace(nq, hq, d, own_k.shape[1], 256, device, options=options, limited=True,
                                         windowed=options is FINE_SPLITS)
         out = ca.chunk_attention_table(got, own_k, own_v, table, d ** -0.5, workspace, limits=limits, floors=floors,
                                        options=options)
-        ref = ca.chunk_attention_ref(want, keys, values, d ** -0.5, limits, floors)
-        assert torch.isfinite(out).all() and (out - ref).abs().max().item() <= 1e-4
+        ref = ca.chunk_attention_ref(want.float(), keys, values, d ** -0.5, limits, floors)
+        assert torch.isfinite(out).all() and (out.float() - ref).abs().max().item() <= attention_atol
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case,window", WINDOW_CASES)
+def test_queries_rotated_for_the_chunks_they_see_interpreted(case, window):
+    check_rotations_seen(case, window, torch.float32, "cpu", 1e-5, 1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case,window", WINDOW_CASES)
+def test_queries_rotated_for_the_chunks_they_see_gpu(case, window):
+    check_rotations_seen(case, window, torch.bfloat16, "cuda", 2e-2, 2e-2)
