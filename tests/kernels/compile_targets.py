@@ -17,7 +17,7 @@ POINTERS = {"table_ptr": "*i64", "kq_ptr": "*u8", "vq_ptr": "*u8", "part_ptr": "
             "pos_ptr": "*i32", "slot_ptr": "*i32", "shift_ptr": "*i32", "scale_ptr": "*fp32", "cos_ptr": "*fp32",
             "sin_ptr": "*fp32", "padding_ptr": "*i64"}
 COMMON = dict(HQ=16, GROUP=2, HEAD_DIM=128, BLOCK_N=64, CHUNKS_P2=8, ALIGNED=True, DOT_F32=False, PRECISION="tf32",
-              PDL=False)
+              PDL=True)  # as the engine launches them on Hopper
 
 
 def signature(fn) -> dict:
@@ -39,7 +39,7 @@ def settings():
     for seen, window in ((False, False), (True, False), (True, True)):  # a graph's prefill, a lead's, a windowed one's
         yield f"rope_store SEEN={seen} WINDOW={window}", rotary._rope_store_kernel, dict(
             HQ=16, HKV=8, HEAD_DIM=128, HQ_P2=16, HKV_P2=8, Q_NORM=True, K_NORM=True, HAS_SCALES=True,
-            HAS_PADDING=True, SEEN=seen, WINDOW=window, CHUNKS_P2=64, BLOCK_C=8, PDL=False)
+            HAS_PADDING=True, SEEN=seen, WINDOW=window, CHUNKS_P2=64, BLOCK_C=8, PDL=True)
 
 
 def main() -> None:
