@@ -92,9 +92,9 @@ def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor,
     pad = num_chunks - 1 - len(chunks)
     if pad < 0:
         raise ValueError(f"{len(chunks)} chunks and the own one do not fit a table of {num_chunks}")
-    row = own_keys.stride(1)
-    own_k, own_v = own_keys.stride(0), own_values.stride(0)
+    (own_k, row, _, _), own_v = own_keys.stride(), own_values.stride(0)
     plain = (NOT_PACKED, NOT_PACKED, 0, 0)  # no parameters
+    own_kp, own_vp = own_keys.data_ptr(), own_values.data_ptr()
     columns = []
     # per chunk: K offset, V offset (layer 0), K, V layer strides, K, V row strides, length; K, V parameter offsets
     # (layer 0) and their layer strides. A packed chunk counts from the packed bases: its layer strides are stored
@@ -107,25 +107,20 @@ def chunk_tables(chunks: list, own_keys: torch.Tensor, own_values: torch.Tensor,
             columns.append((k_off, v_off, k.codes.stride(0) + own_k, v.codes.stride(0) + own_v, k_row, v_row,
                             k.shape[1], k_param, v_param, k.params.stride(0), v.params.stride(0)))
         else:
-            columns.append(((k.data_ptr() - own_keys.data_ptr()) // size,
-                            (v.data_ptr() - own_values.data_ptr()) // size,
-                            k.stride(0), v.stride(0), k.stride(1), v.stride(1), k.shape[1]) + plain)
+            (k_layer, k_row, _, _), (v_layer, v_row, _, _) = k.stride(), v.stride()
+            columns.append(((k.data_ptr() - own_kp) // size, (v.data_ptr() - own_vp) // size,
+                            k_layer, v_layer, k_row, v_row, k.shape[1]) + plain)
     columns.append((0, 0, own_k, own_v, row, own_values.stride(1), 0) + plain)
     entries = np.empty((num_chunks, 11), dtype=np.int64)
     entries[:pad] = (0, 0, own_k, own_v, row, row, 0) + plain  # the padding: empty chunks
     entries[pad:] = columns
     k_off, v_off, k_layer, v_layer, k_row, v_row, length, k_param, v_param, kp_layer, vp_layer = entries.T
-    layers = np.arange(own_keys.shape[0])[:, None]
-    table = np.empty((len(layers), 7 * num_chunks + 1), dtype=np.int64)
-    n = num_chunks
-    table[:, :n] = k_off + layers * (k_layer - own_k)
-    table[:, n:2 * n] = v_off + layers * (v_layer - own_v)
-    table[:, 2 * n:3 * n] = k_row  # these four the same for every layer
-    table[:, 3 * n:4 * n] = v_row
-    table[:, 4 * n:5 * n] = np.cumsum(length) - length
-    table[:, 5 * n] = length.sum()
-    table[:, 5 * n + 1:6 * n + 1] = k_param + layers * kp_layer
-    table[:, 6 * n + 1:] = v_param + layers * vp_layer
+    starts = np.cumsum(length) - length
+    # each column's layer-0 value and its step from layer to layer, in the table's order (the total in its slot)
+    zero, total = np.zeros(num_chunks, dtype=np.int64), np.array([length.sum()])
+    first = np.concatenate((k_off, v_off, k_row, v_row, starts, total, k_param, v_param))
+    step = np.concatenate((k_layer - own_k, v_layer - own_v, zero, zero, zero, [0], kp_layer, vp_layer))
+    table = first + np.arange(own_keys.shape[0])[:, None] * step
     return table
 
 
