@@ -183,11 +183,11 @@ def store_rows(out_ptr, part_ptr, out_rows, row_ok, split, n_rows, acc, m_i, l_i
 
 
 @triton.jit
-def store_unseen(part_ptr, out_rows, row_ok, n_rows, HEAD_DIM: tl.constexpr):
-    """store_rows' maxima and sums of a tile's rows at every split but the first as a split where they saw no key
-    leaves them (-1e30 and 0; no partial sums): those of a windowed lead's tile, whose other splits return at once."""
+def store_unseen(part_ptr, out_rows, row_ok, n_rows, first_split, HEAD_DIM: tl.constexpr):
+    """store_rows' maxima and sums of a tile's rows at splits first_split.. as a split where they saw no key leaves
+    them (-1e30 and 0; no partial sums): those of a windowed lead's tile, whose splits past its keys return at once."""
     num_splits = tl.num_programs(2)
     ml_ptr = part_ptr + num_splits * n_rows * HEAD_DIM
-    for s in range(1, num_splits):
+    for s in range(first_split, num_splits):
         tl.store(ml_ptr + s * n_rows + out_rows, tl.full(out_rows.shape, -1.0e30, tl.float32), mask=row_ok)
         tl.store(ml_ptr + (num_splits + s) * n_rows + out_rows, tl.zeros(out_rows.shape, tl.float32), mask=row_ok)

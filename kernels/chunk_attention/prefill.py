@@ -7,7 +7,7 @@ import triton.language as tl
 
 from ..dispatch import interpreted
 from ..options import AttentionTuning, KernelOptions
-from ..windows import seen_chunks
+from ..windows import lead_tile, seen_chunks
 from .common import (LOG2E, attend_tile, chunk_span, merge_partials, num_sms, split_prologue, store_rows,
                      store_unseen)
 from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_tile, packed_tile
@@ -70,21 +70,21 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
     and the own chunk causally as always (a selective recompute's queries, which sit among the context). WINDOW
     (with LIMITED, context chunks in the model's dtype): floors_ptr[i] = (sink, floor, own floor), and query i sees
     none of the context keys from sink to before floor nor the own rows before own floor; a tile skips what none of
-    its rows sees, and a tile of lead rows only (each with a sink) reads all they see in split 0 (level 0, the
-    window and the own chunk: a few of the many splits), which also stores the other splits' empty maxima and sums
-    for the merge; the tile's programs of those splits return at once."""
+    its rows sees, and a tile of lead rows only (each with a sink) reads what they see (level 0, the window and the
+    own chunk) in its first splits, in pieces of the splits' length, as many as a bound on those keys fills; its
+    programs of the other splits return at once, split 0 storing their empty maxima and sums for the merge."""
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     qi = rows // GROUP
     row_ok = qi < num_q
-    sink, lead, go = 0, False, True
-    if WINDOW:  # a tile of lead rows only (each with a sink): split 0 reads all the keys its rows see, the others
-        # return at once (the floors are written before the launch, like the table: read before the wait)
-        sink = tl.load(floors_ptr + qi * 3, mask=row_ok, other=0)
-        lead = tl.min(tl.where(row_ok, sink, 1), 0) > 0
-        go = (split == 0) | (tl.min(tl.where(row_ok, sink, 1), 0) <= 0)
+    sink, lead, go, pieces = 0, False, True, 1
+    if WINDOW:  # a tile of lead rows only (each with a sink) reads the keys its rows see in its first `pieces`
+        # splits, in pieces of the splits' length; its other splits return at once
+        sink, floor, own_floor, lead, pieces, piece_len = lead_tile(
+            floors_ptr, limits_ptr, table_ptr, qi, row_ok, num_chunks, num_q, split_len, total_len, tl.num_programs(2))
+        go = (split < pieces) | (tl.min(tl.where(row_ok, sink, 1), 0) <= 0)
     if go:
         first, last, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs = split_prologue(
             table_ptr, num_chunks, split, tl.num_programs(2), split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE, 0,
@@ -102,22 +102,22 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
         else:
             seen = total_len
         preloaded, n_a, n_b, n_own, b_first = first, last - first, 0, 0, 0  # the loop: chunks first..last
+        done = split * 0  # a lead tile's keys before the loop's chunk
         if WINDOW:
-            floor = tl.load(floors_ptr + qi * 3 + 1, mask=row_ok, other=0)
-            own_floor = tl.load(floors_ptr + qi * 3 + 2, mask=row_ok, other=0)
             tile_sink = tl.max(tl.where(row_ok, sink, 0), 0)
             tile_floor = tl.min(tl.where(row_ok, floor, total_len), 0)
             tile_own_floor = own_start + tl.min(tl.where(row_ok, own_floor, total_len), 0)
             a_first, a_last, b_first, b_last = seen_chunks(table_ptr, num_chunks, tile_sink, tile_floor, tile_seen,
                                                            CHUNKS_P2)
-            whole = lead & (split == 0)
             preloaded = tl.where(lead, -1, first)  # (a lead's loop reads every chunk's entry)
             first = tl.where(lead, a_first, first)
-            n_a = tl.where(whole, a_last - a_first, tl.where(lead, 0, n_a))
-            n_b = tl.where(whole, b_last - b_first, 0)
-            n_own = tl.where(whole, 1, 0)
+            n_a = tl.where(lead, a_last - a_first, n_a)
+            n_b = tl.where(lead, b_last - b_first, 0)
+            n_own = tl.where(lead, 1, 0)
             lo = tl.where(lead, 0, lo)
             hi = tl.where(lead, total_len, hi)
+            piece_lo = split * piece_len  # this split's piece of the lead tile's keys (at most total_len of them:
+            piece_hi = piece_lo + piece_len  # the splits hold them all)
         else:
             floor, own_floor = 0, 0
 
@@ -135,6 +135,11 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
             if WINDOW:  # the keys that no row of the tile sees: between the sink and the floors
                 start = tl.maximum(start, tl.where(c == num_chunks - 1, tile_own_floor,
                                                    tl.where(start >= tile_sink, tile_floor, start)))
+                keys = tl.maximum(end - start, 0)  # a lead tile's: those of this split's piece
+                piece_start = start + tl.minimum(tl.maximum(piece_lo - done, 0), keys)
+                end = tl.where(lead, start + tl.minimum(tl.maximum(piece_hi - done, 0), keys), end)
+                start = tl.where(lead, piece_start, start)
+                done += keys.to(tl.int32)
             if start < end:  # padding chunks are empty: no loads, no pipeline prologue
                 q = tl.load(q_rows + c * stride_qc, mask=row_ok[:, None], other=0.0)
                 if DOT_F32:
@@ -165,8 +170,8 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
 
         store_rows(out_ptr, part_ptr, qi * HQ + head, row_ok, split, num_q * HQ, acc, m_i, l_i, HEAD_DIM, SPLIT)
         if WINDOW and SPLIT:
-            if lead:  # its other splits' maxima and sums, as a split where the rows see no key leaves them
-                store_unseen(part_ptr, qi * HQ + head, row_ok, num_q * HQ, HEAD_DIM)
+            if lead & (split == 0):  # the splits that return at once: maxima and sums as where no key is seen
+                store_unseen(part_ptr, qi * HQ + head, row_ok, num_q * HQ, pieces, HEAD_DIM)
 
 
 @triton.jit(do_not_specialize=["num_splits", "n_rows"])

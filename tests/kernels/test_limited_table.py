@@ -104,17 +104,28 @@ def check_window(case, window, dtype, device, atol, windowed=False):
     assert (ref - ca.chunk_attention_ref(q.float(), keys, values, d ** -0.5, limits)).abs().max() > 10 * atol
     if windowed:  # some rows saw no key in some split: their partial sums were never written
         assert workspace.num_splits > 4 and workspace.part.isnan().any()
-        assert_leads_in_split_zero(workspace, floors, hq // own_k.shape[1], hq, d)
+        total = sum(k.shape[0] for k in keys)  # the context and the own chunk
+        assert leads_in_their_pieces(workspace, floors, limits, hq // own_k.shape[1], hq, d, total)
 
 
-def assert_leads_in_split_zero(workspace, floors, group, hq, d):
-    """The rows of a tile of lead rows only (a sink each) saw keys in split 0 and in no other: maxima of -1e30."""
+def leads_in_their_pieces(workspace, floors, limits, group, hq, d, total) -> bool:
+    """A tile of lead rows only (a sink each) reads its keys in its first splits, in pieces of the splits' length
+    (as many as a bound on its keys fills: level 0, its window, its own rows): its rows' maxima are -1e30 in the
+    splits after those. Whether a lead tile saw keys in more than one split."""
     nq, splits, block_m = len(floors), workspace.num_splits, workspace.block_m
-    tiles = (torch.arange(nq * group, device=floors.device) // group).split(block_m)
-    leads = torch.cat([t.unique() for t in tiles if (floors[t, 0] > 0).all()])
-    assert len(leads) >= block_m // group  # the case has such a tile
-    m = workspace.part[splits * nq * hq * d:][:splits * nq * hq].view(splits, nq, hq)[:, leads]
-    assert (m[0] > -1e30).all() and (m[1:] == -1e30).all()
+    length = max(workspace.split_len, -(-total // splits))
+    m = workspace.part[splits * nq * hq * d:][:splits * nq * hq].view(splits, nq, hq)
+    tiles = [t.unique() for t in (torch.arange(nq * group, device=floors.device) // group).split(block_m)]
+    leads = [t for t in tiles if (floors[t, 0] > 0).all()]
+    assert leads  # the case has such a tile
+    several = False
+    for t in leads:
+        keys = int(floors[t, 0].max() + (limits[t].max() - floors[t, 1].min()).clamp(min=0)
+                   + (t.max() + 1 - floors[t, 2].min()).clamp(min=0))
+        pieces = max(1, -(-keys // length))
+        assert (m[pieces:, t] == -1e30).all() and (m[:pieces, t] > -1e30).any()
+        several |= bool((m[1:pieces, t] > -1e30).any())
+    return several
 
 
 # dense contexts (a window comes with EPIC's dense rows), limits in position order; windows shorter than a chunk
