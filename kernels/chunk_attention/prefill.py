@@ -247,6 +247,7 @@ def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, tota
     [Nq], the context keys each query sees (None: all); floors (with limits): int64 [Nq, 3], each query's window
     (sink, floor, own floor: _attn_kernel's WINDOW)."""
     num_q, hq, head_dim = q.shape[1:]
+    assert floors is None or total_in_table, "windows (floors) come with a graph's table (lead_tile reads its total)"
     hkv = k_base.shape[-2]
     group = hq // hkv
     cfg = tuning(block_m, options, bool(packed.format), limits is not None, floors is not None)
