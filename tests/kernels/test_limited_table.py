@@ -283,3 +283,22 @@ def test_queries_rotated_for_the_chunks_they_see_interpreted(case, window):
 @pytest.mark.parametrize("case,window", WINDOW_CASES)
 def test_queries_rotated_for_the_chunks_they_see_gpu(case, window):
     check_rotations_seen(case, window, torch.bfloat16, "cuda", 2e-2, 2e-2)
+
+
+@pytest.mark.interpreter
+def test_rotations_under_limits_need_the_table_limits_and_floors_of_their_shape():
+    from cascade_rag.engine.model import Rotary
+    from cascade_rag.kernels.rope import RotaryInputs, rope_store
+    q, own_k, own_v, table, _, limits, _, _ = limited_table(CASES[0], torch.float32, "cpu")
+    chunks, nq, hq, d = q.shape
+    rotary = Rotary(d, 10000.0, 512)
+    floors = window_floors(limits, 7, 4, 1)
+    base = RotaryInputs(limits + 100, torch.zeros(chunks - 1, dtype=torch.int64), torch.arange(nq), own_k, own_v,
+                        rotary.cos, rotary.sin)
+    raw, new = torch.randn(nq, hq, d), torch.randn(nq, own_k.shape[1], d)
+    for seen, message in ((dict(limits=limits), "chunk table of 6 chunks"),
+                          (dict(table=table[:-1], limits=limits), "chunk table of 6 chunks"),
+                          (dict(table=table, limits=limits.int()), r"int64 limits \[9\]"),
+                          (dict(table=table, limits=limits, floors=floors[:-1]), r"int64 floors \[9, 3\]")):
+        with pytest.raises(ValueError, match=message):
+            rope_store(raw, new, new, replace(base, **seen), impl="triton")
