@@ -78,14 +78,17 @@ def window_floors(plan: PrefixPlan, sink: int, window: int) -> np.ndarray:
     positions = np.asarray(plan.positions, dtype=np.int64)
     low = positions - window
     rests = [(place + k, rest.length) for _, place, k, rest, _ in plan.documents if rest is not None]
-    floors = np.full_like(low, sink)
+    floors = np.empty((len(positions), 3), dtype=np.int64)
+    floors[:, 0] = sink
+    floors[:, 1] = sink
     if rests:
         firsts, lengths = np.asarray(rests, dtype=np.int64).T
         before = np.cumsum(lengths) - lengths  # the rows of the runs before each
         run = np.searchsorted(firsts, low, side="right") - 1  # the last run starting at or before low, or -1
         at = np.maximum(run, 0)
-        floors += np.where(run >= 0, before[at] + np.minimum(low - firsts[at], lengths[at]), 0)
-    return np.stack((np.full_like(low, sink), floors, np.searchsorted(positions, low)), axis=1)
+        floors[:, 1] += np.where(run >= 0, before[at] + np.minimum(low - firsts[at], lengths[at]), 0)
+    floors[:, 2] = np.searchsorted(positions, low)
+    return floors
 
 
 class LimitedAttention:
