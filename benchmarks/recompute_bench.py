@@ -6,8 +6,8 @@ one run on one device (one new token, median of --repeat after a warm-up):
 
 The contexts are laid out as in `cascade-rag bench --contexts`: level 0, 4 to 16 passages, a 32-token question.
 `--profile N` adds each setting's GPU time and kernels a call (all of them; TTFT less that time is roughly the GPU
-waiting for the host) and its N costliest kernels (kernel_profile); `--tuning` runs the engine with other kernel launch settings
-(kernels.options.tuned: `--tuning windowed_prefill.min_split=256`)."""
+waiting for the host) and its N costliest kernels (kernel_profile); `--tuning` runs the engine with other kernel
+launch settings (kernels.options.tuned: `--tuning windowed_prefill.min_split=256`)."""
 import argparse
 import json
 import sys
