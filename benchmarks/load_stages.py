@@ -11,7 +11,6 @@ threads is the one that bounds the tier.
         --threads 1,2,4,8 --json stages.json"""
 import argparse
 import json
-import os
 import sys
 import tempfile
 import threading
@@ -55,13 +54,8 @@ class Worker:
         self.target = torch.empty(task_bytes, dtype=torch.uint8, device=device)
         self.stream = torch.cuda.Stream(device) if cuda else None
 
-    def read(self, fd: int, offset: int, length: int) -> None:
-        done = 0
-        while done < length:
-            n = os.preadv(fd, [self.view[done:length]], offset + done)
-            if n <= 0:
-                raise OSError(f"short read at byte {offset + done}")
-            done += n
+    def read(self, source: FileSource, offset: int, length: int) -> None:
+        source.read_into(offset, self.view[:length])
 
     def hash(self, length: int) -> str:
         return xxhash.xxh3_64(self.view[:length]).hexdigest()
@@ -77,17 +71,17 @@ class Worker:
 
 def stage_runner(stage: str, tasks: list[tuple[int, int, int]], pool: ThreadPoolExecutor, task_bytes: int,
                  device: torch.device):
-    """A function that runs `stage` over every task (fd, offset, length) on the pool's threads, each with a Worker
-    of its own."""
+    """A function that runs `stage` over every task (source, offset, length) on the pool's threads, each with a
+    Worker of its own."""
     local = threading.local()
 
     def one(task):
         worker = getattr(local, "worker", None)
         if worker is None:
             worker = local.worker = Worker(task_bytes, device)
-        fd, offset, length = task
+        source, offset, length = task
         if "read" in stage:
-            worker.read(fd, offset, length)
+            worker.read(source, offset, length)
         if "hash" in stage:
             worker.hash(length)
         if "copy" in stage:
@@ -99,30 +93,27 @@ def stage_runner(stage: str, tasks: list[tuple[int, int, int]], pool: ThreadPool
 def measure(paths: list[Path], kv_format: str, threads: list[int], task_bytes: int, device: torch.device,
             repeat: int) -> list[dict]:
     """A row per thread count: each stage's GB/s (the files' bytes over the median wall time of a pass)."""
-    total = sum(p.stat().st_size for p in paths)
-    fds = [os.open(p, os.O_RDONLY) for p in paths]
-    tasks = [(fd, offset, min(task_bytes, p.stat().st_size - offset))
-             for fd, p in zip(fds, paths) for offset in range(0, p.stat().st_size, task_bytes)]
+    sources = [FileSource(p) for p in paths]  # each opened here (size()), once for every pass and thread
+    sizes = [source.size() for source in sources]
+    total = sum(sizes)
+    tasks = [(source, offset, min(task_bytes, size - offset))
+             for source, size in zip(sources, sizes) for offset in range(0, size, task_bytes)]
     rows = []
-    try:
-        for n in threads:
-            row = {"threads": n, "bytes": total, "gb_per_s": {}}
-            with ThreadPoolExecutor(n) as pool:
-                for stage in STAGES[:-1]:
-                    run = stage_runner(stage, tasks, pool, task_bytes, device)
-                    row["gb_per_s"][stage] = total / timed(run, str(device), repeat) / 1e9
-            streamer = ChunkStreamer(n, task_bytes)
+    for n in threads:
+        row = {"threads": n, "bytes": total, "gb_per_s": {}}
+        with ThreadPoolExecutor(n) as pool:
+            for stage in STAGES[:-1]:
+                run = stage_runner(stage, tasks, pool, task_bytes, device)
+                row["gb_per_s"][stage] = total / timed(run, str(device), repeat) / 1e9
+        streamer = ChunkStreamer(n, task_bytes)
 
-            def load():
-                for chunk in streamer.load([FileSource(p) for p in paths], "bench", device, kv_format):
-                    chunk.arrival.wait_all()
-            row["gb_per_s"]["streamer"] = total / timed(load, str(device), repeat) / 1e9
-            streamer.pool.shutdown()
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    finally:
-        for fd in fds:
-            os.close(fd)
+        def load():
+            for chunk in streamer.load([FileSource(p) for p in paths], "bench", device, kv_format):
+                chunk.arrival.wait_all()
+        row["gb_per_s"]["streamer"] = total / timed(load, str(device), repeat) / 1e9
+        streamer.pool.shutdown()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     return rows
 
 
