@@ -1,13 +1,12 @@
 """Chunks streamed layer by layer (engine.chunk_stream): the question's prefill waits for each layer, answers as
 over chunks loaded whole; every layer checked; older files, other formats and unreadable ones refused or decoded."""
-import os
-
 import pytest
 import torch
 
 from cascade_rag.engine import LEVEL_DOCUMENT, LEVEL_SYSTEM, KVChunkError, LLMEngine, SamplingParams
 from cascade_rag.engine.chunk_format import encode, load_file, save_file
 from cascade_rag.engine.chunk_stream import BufferSource, ChunkStreamer
+from cascade_rag.benchmarks.bench_formats import drop_cache
 from cascade_rag.engine.file_io import FileSource
 from tests.helpers import make_tiny_checkpoint
 
@@ -31,10 +30,7 @@ def test_streamed_chunks_answer_as_loaded_ones(checkpoint, kv_format, tmp_path):
     params = SamplingParams(max_new_tokens=4)
     whole = [level0] + [load_file(p, "fp") for p in paths]
     expected = engine.generate(QUESTION, params, whole).token_ids
-    for p in paths:  # cold files: each source asks for its file ahead (FileSource.will_need), then reads it
-        fd = os.open(p, os.O_RDONLY)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        os.close(fd)
+    drop_cache(paths)  # cold files: each source asks for its file ahead (FileSource.will_need), then reads it
     streamed = streamer.load([FileSource(p) for p in paths], "fp", "cpu", kv_format)
     assert all(c.arrival is not None and c.kv_format == kv_format for c in streamed)
     assert engine.generate(QUESTION, params, [level0] + streamed).token_ids == expected
