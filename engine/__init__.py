@@ -1,6 +1,6 @@
 from .config import ModelConfig, ModelLoadError
 from .embedded import ModelPreparationError, embedded_model_path
-from .composition import MODES
+from .composition import DEFAULT_MODE, MODES
 from .engine import LLMEngine
 from .generation import Generation
 from .options import BLEND_RATIO, EngineOptions, Recompute, default_device, default_dtype, default_prefill_batch_tokens

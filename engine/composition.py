@@ -13,6 +13,7 @@ from .recompute_graph import GraphRecompute
 from .selective import SelectiveRecompute
 
 MODES = ("cached", "full", "blend")
+DEFAULT_MODE = "cached"  # what a request that names no mode gets (docs/EVALUATION.md says why)
 
 
 class Composer:

@@ -11,7 +11,7 @@ import torch
 
 from cascade_rag.kernels.chunk_attention import HEAD_DIMS
 
-from .composition import Composer
+from .composition import DEFAULT_MODE, Composer
 from .cuda_graph import GraphDecoder
 from .recompute_graph import GraphRecompute
 from .selective import prefix_counts
@@ -126,7 +126,7 @@ class LLMEngine:
         mode recomputes as the options' `blend` says)."""
         return self.composer.blend(chunks, Recompute(ratio, prefix))
 
-    def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = "cached",
+    def logits(self, chunks: list[KVChunk], token_ids: list[int], mode: str = DEFAULT_MODE,
                recompute: Recompute | None = None) -> torch.Tensor:
         """Logits of every token of token_ids after the chunks ([n, vocab], fp32); `blend` recomputes as
         `recompute` says (default: the options' blend); for tests and evaluation."""
@@ -139,7 +139,7 @@ class LLMEngine:
         return ids, torch.arange(start, start + len(prompt), device=self.device)
 
     def stream(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
-               chunks: list[KVChunk] = (), mode: str = "cached") -> Generation:
+               chunks: list[KVChunk] = (), mode: str = DEFAULT_MODE) -> Generation:
         """Generates after [chunks..., token_ids]; `cached` reuses the chunks' KV, `full` prefills everything,
         `blend` recomputes part of the documents' KV first (see blend; chunks[0] must be level 0): in graphs, each
         document's first tokens (EPIC) run in the question's prefill, before it.
@@ -192,7 +192,7 @@ class LLMEngine:
         return GraphStepper(graphs, self.model, ctx, list(token_ids), start, sampler, graph_prefill=True)
 
     def generate(self, token_ids: list[int], params: SamplingParams = SamplingParams(),
-                 chunks: list[KVChunk] = (), mode: str = "cached") -> Generation:
+                 chunks: list[KVChunk] = (), mode: str = DEFAULT_MODE) -> Generation:
         return self.stream(token_ids, params, chunks, mode).result()
 
     def chat_ids(self, messages: list[dict]) -> list[int]:

@@ -11,7 +11,7 @@ from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
 from .serving import Question, Serving
 from .token_scopes import TokenScopes
-from .wire import PROTO_TO_MODE
+from .wire import MODE_TO_PROTO, PROTO_TO_MODE
 
 FINISH_REASONS = {"stop": pb.FINISH_REASON_STOP, "length": pb.FINISH_REASON_LENGTH}
 
@@ -49,7 +49,7 @@ class AnswerService(pb_grpc.AnswerServicer):
             finish_reason=FINISH_REASONS.get(a.finish_reason, pb.FINISH_REASON_UNSPECIFIED),
             sources=[source(s) for s in a.sources], text=a.text, warnings=a.warnings, timings=timings,
             usage=pb.Usage(prompt_tokens=a.prompt_tokens, completion_tokens=len(a.token_ids)),
-            chunk_tiers=pb.ChunkTiers(**a.tiers)))
+            chunk_tiers=pb.ChunkTiers(**a.tiers), mode=MODE_TO_PROTO[a.mode]))
 
     def Retrieve(self, request, context):
         collection = collection_of(context, self.tokens, request.collection)

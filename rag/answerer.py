@@ -4,7 +4,7 @@ import itertools
 import logging
 import time
 
-from cascade_rag.engine import MODES, KVChunk, KVChunkError, SamplingParams
+from cascade_rag.engine import DEFAULT_MODE, MODES, KVChunk, KVChunkError, SamplingParams
 
 from .answer import Answer, AnswerStream
 from .chunk_provider import ChunkProvider
@@ -20,9 +20,10 @@ class Answerer:
     def __init__(self, provider: ChunkProvider, retriever: Retriever):
         self.provider, self.retriever = provider, retriever
 
-    def ask(self, question: str, top_k: int, mode: str, params: SamplingParams,
+    def ask(self, question: str, top_k: int, mode: str | None, params: SamplingParams,
             collection: str = DEFAULT_COLLECTION, where: MetadataFilter | None = None) -> AnswerStream:
         """See RAG.ask."""
+        mode = DEFAULT_MODE if mode is None else mode
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         check_query(question, top_k)

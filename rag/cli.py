@@ -54,9 +54,10 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_data_dir(p)
     add_collection(p)
     add_answer_options(p)
-    p.add_argument("--mode", choices=["cached", "full", "blend"], default="cached",
-                   help="cached: stored KV chunks (default); full: one prefill of the same tokens; blend: stored "
-                        "chunks with the 15%% of document tokens that their neighbours change most recomputed")
+    p.add_argument("--mode", choices=["cached", "full", "blend"], default=None,
+                   help="cached: stored KV chunks; full: one prefill of the same tokens; blend: stored chunks with the "
+                        "15%% of document tokens that their neighbours change most recomputed (default: the "
+                        "engine's default mode, or the server's with --server: README, Engine API)")
     add_model_options(p)
     add_kv_format(p)
     p.add_argument("--server", metavar="HOST:PORT[,...]",

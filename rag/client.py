@@ -12,7 +12,7 @@ from .answer_format import format_sources
 from .ingest import Document
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
-from .wire import MAX_MESSAGE_BYTES, MODE_TO_PROTO
+from .wire import MAX_MESSAGE_BYTES, MODE_TO_PROTO, PROTO_TO_MODE
 
 
 class Client:
@@ -38,13 +38,13 @@ class Client:
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
     def query(self, question: str, top_k: int = 0, max_tokens: int = 0, temperature: float = 0.0,
-              top_p: float = 0.0, seed: int | None = None, mode: str = "cached", timeout: float | None = None,
+              top_p: float = 0.0, seed: int | None = None, mode: str | None = None, timeout: float | None = None,
               collection: str = "", where: dict[str, str | list[str]] | None = None):
         """The response stream (iterate for QueryResponse messages; .cancel() stops it). `where`: metadata key to
-        the value required, or to a list of accepted values (all keys must match)."""
+        the value required, or to a list of accepted values (all keys must match); mode None: the server's default."""
         request = pb.QueryRequest(question=question, top_k=top_k, max_tokens=max_tokens, temperature=temperature,
-                                  top_p=top_p, seed=seed, mode=MODE_TO_PROTO[mode], collection=collection,
-                                  filter=metadata_filter(where))
+                                  top_p=top_p, seed=seed, mode=MODE_TO_PROTO.get(mode, pb.MODE_UNSPECIFIED),
+                                  collection=collection, filter=metadata_filter(where))
         return self.answer.Query(request, timeout=timeout, metadata=self.metadata)
 
     def retrieve(self, question: str, top_k: int = 0, timeout: float | None = None, collection: str = "",
@@ -125,8 +125,9 @@ def metadata_filter(where: dict[str, str | list[str]] | None) -> pb.MetadataFilt
                                          for k, v in (where or {}).items()])
 
 
-def print_stream(responses, mode: str = "cached", out=sys.stdout) -> pb.QueryResult | None:
-    """Writes the text as it streams, then the sources and timings; returns the final result."""
+def print_stream(responses, mode: str | None = None, out=sys.stdout) -> pb.QueryResult | None:
+    """Writes the text as it streams, then the sources and timings (labelled with the mode the result reports, else
+    `mode`, the one asked); returns the final result."""
     result = None
     for response in responses:
         if response.HasField("result"):
@@ -140,7 +141,8 @@ def print_stream(responses, mode: str = "cached", out=sys.stdout) -> pb.QueryRes
     t, tiers = result.timings, result.chunk_tiers
     used = ", ".join(f"{getattr(tiers, n)} {n}" for n in ("gpu", "cpu", "disk", "remote", "recomputed")
                      if getattr(tiers, n))
-    out.write(f"Timings ({mode}): queue {t.queue_time_ns / 1e6:.0f} ms, retrieval {t.retrieval_time_ns / 1e6:.0f} ms, "
+    label = PROTO_TO_MODE.get(result.mode) or mode or "mode not reported"  # an older server reports none
+    out.write(f"Timings ({label}): queue {t.queue_time_ns / 1e6:.0f} ms, retrieval {t.retrieval_time_ns / 1e6:.0f} ms, "
               f"chunks {t.chunks_time_ns / 1e6:.0f} ms, time to first token {t.time_to_first_token_ns / 1e6:.0f} ms "
               f"(prefill {t.prefill_time_ns / 1e6:.0f} ms, {result.usage.prompt_tokens} prompt tokens), "
               f"decode {t.decode_tokens_per_second:.1f} tokens/s, {result.usage.completion_tokens} tokens, "

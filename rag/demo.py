@@ -29,7 +29,7 @@ def main(args) -> int:
                           f"{reply.tokens} tokens, KV {reply.kv_bytes / 2**20:.1f} MiB, {reply.time_ns / 1e9:.1f} s")
                     for q in questions[:3]:
                         print(f"\nQ: {q['question']}\nA: ", end="", flush=True)
-                        print_stream(client.query(q["question"], max_tokens=args.max_tokens), mode="cached")
+                        print_stream(client.query(q["question"], max_tokens=args.max_tokens))
                     info = client.info()
                     hits = ", ".join(f"{t.name} tier {t.hit_rate:.0%} hits" for t in info.cache_tiers)
                     print(f"\nserver: {info.counts.documents} documents, {info.counts.chunk_bytes / 2**20:.1f} MiB "

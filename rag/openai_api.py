@@ -48,7 +48,7 @@ class ChatRequest(BaseModel):
     collection: str = ""
     filter: dict | None = None           # Haystack's filter syntax: see filters.MetadataFilter.from_json
     top_k: int = Field(0, ge=0, lt=2**32)
-    mode: Literal["cached", "full", "blend"] = "cached"
+    mode: Literal["cached", "full", "blend"] | None = None  # None: the server's default
 
     def unsupported(self) -> tuple[str, str] | None:
         """(field, why) of the first field asked for that cannot be honoured."""

@@ -111,11 +111,12 @@ class RAG:
         """The top_k passages of the collection (of its documents that match `where`) for the question."""
         return [source for source, _ in self.retriever.search(question, top_k, collection_name(collection), where)]
 
-    def ask(self, question: str, top_k: int = 4, mode: str = "cached",
+    def ask(self, question: str, top_k: int = 4, mode: str | None = None,
             params: SamplingParams = SamplingParams(max_new_tokens=128), collection: str = DEFAULT_COLLECTION,
             where: MetadataFilter | None = None) -> AnswerStream:
         """Retrieves the top_k passages of the collection (of its documents that match `where`) now and returns a
-        stream that composes level 0, their chunks and the question (`cached`: stored KV; `full`: one prefill of
+        stream that composes level 0, their chunks and the question in `mode` (None: the engine's DEFAULT_MODE;
+        `cached`: stored KV; `full`: one prefill of
         the same tokens; `blend`: stored KV partly recomputed, see LLMEngine.blend) and generates the answer. The
         answer attends to those passages only, so to the collection's only."""
         return self.answerer.ask(question, top_k, mode, params, collection_name(collection), where)

@@ -23,7 +23,7 @@ class Question:
     """A checked question, as both front ends make it."""
     text: str
     top_k: int
-    mode: str = "cached"
+    mode: str | None = None  # None: the engine's DEFAULT_MODE
     params: SamplingParams = field(default_factory=lambda: SamplingParams(max_new_tokens=128))
     collection: str = DEFAULT_COLLECTION
     where: MetadataFilter | None = None

@@ -4,4 +4,5 @@ from .proto_gen import cascade_rag_pb2 as pb
 
 MAX_MESSAGE_BYTES = 16 << 20
 MODE_TO_PROTO = {"cached": pb.MODE_CACHED, "full": pb.MODE_FULL, "blend": pb.MODE_BLEND}
-PROTO_TO_MODE = {**{value: name for name, value in MODE_TO_PROTO.items()}, pb.MODE_UNSPECIFIED: "cached"}
+# MODE_UNSPECIFIED: None, the server's default (cascade_rag.engine.DEFAULT_MODE)
+PROTO_TO_MODE = {**{value: name for name, value in MODE_TO_PROTO.items()}, pb.MODE_UNSPECIFIED: None}

@@ -83,7 +83,7 @@ class QueryResponse(_message.Message):
     def __init__(self, text: _Optional[str] = ..., result: _Optional[_Union[QueryResult, _Mapping]] = ...) -> None: ...
 
 class QueryResult(_message.Message):
-    __slots__ = ("finish_reason", "sources", "usage", "timings", "chunk_tiers", "warnings", "text")
+    __slots__ = ("finish_reason", "sources", "usage", "timings", "chunk_tiers", "warnings", "text", "mode")
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     SOURCES_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class QueryResult(_message.Message):
     CHUNK_TIERS_FIELD_NUMBER: _ClassVar[int]
     WARNINGS_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     finish_reason: FinishReason
     sources: _containers.RepeatedCompositeFieldContainer[Source]
     usage: Usage
@@ -98,7 +99,8 @@ class QueryResult(_message.Message):
     chunk_tiers: ChunkTiers
     warnings: _containers.RepeatedScalarFieldContainer[str]
     text: str
-    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., sources: _Optional[_Iterable[_Union[Source, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., chunk_tiers: _Optional[_Union[ChunkTiers, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ...) -> None: ...
+    mode: Mode
+    def __init__(self, finish_reason: _Optional[_Union[FinishReason, str]] = ..., sources: _Optional[_Iterable[_Union[Source, _Mapping]]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., chunk_tiers: _Optional[_Union[ChunkTiers, _Mapping]] = ..., warnings: _Optional[_Iterable[str]] = ..., text: _Optional[str] = ..., mode: _Optional[_Union[Mode, str]] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens")

@@ -122,4 +122,4 @@ def test_ask_mode_choices_are_the_engine_modes():
     mode = next(a for a in sub.choices["ask"]._actions if a.dest == "mode")
     assert tuple(mode.choices) == MODES
     from cascade_rag.rag.wire import MODE_TO_PROTO, PROTO_TO_MODE
-    assert tuple(MODE_TO_PROTO) == MODES and set(PROTO_TO_MODE.values()) == set(MODES)
+    assert tuple(MODE_TO_PROTO) == MODES and set(PROTO_TO_MODE.values()) == {*MODES, None}  # None: the server's

@@ -9,10 +9,12 @@ import sys
 import grpc
 import pytest
 
+from cascade_rag.engine import DEFAULT_MODE
 from cascade_rag.rag.client import Client
 from cascade_rag.rag.proto_gen import cascade_rag_pb2 as pb
 from cascade_rag.rag.proto_gen import cascade_rag_pb2_grpc as pb_grpc
 from cascade_rag.rag.server import RAGServer
+from cascade_rag.rag.wire import MODE_TO_PROTO
 from tests.helpers import ROOT
 
 from .server_helpers import client, rag, server  # noqa: F401  (fixtures)
@@ -38,6 +40,17 @@ def test_query_streams_text_then_a_final_result(client):
                                     mode="blend"))
     tiers = blend.chunk_tiers
     assert blend.finish_reason != pb.FINISH_REASON_UNSPECIFIED and tiers.cpu + tiers.disk + tiers.gpu == 2
+
+
+def test_a_query_naming_no_mode_gets_the_engines_default(client):
+    """The client sends MODE_UNSPECIFIED when no mode is named; the server answers in DEFAULT_MODE (greedy: the same
+    tokens as naming it)."""
+    question = "What is the secret code of the Varn lighthouse?"
+    unnamed, result = consume(client.query(question, top_k=2, max_tokens=8))
+    named, _ = consume(client.query(question, top_k=2, max_tokens=8, mode=DEFAULT_MODE))
+    assert unnamed == named and result.mode == MODE_TO_PROTO[DEFAULT_MODE]
+    _, full = consume(client.query(question, top_k=2, max_tokens=2, mode="full"))
+    assert full.mode == pb.MODE_FULL
 
 
 def test_retrieve_list_and_info(client):
@@ -73,7 +86,7 @@ def test_cli_client_asks_and_checks_health(server):
                                        capture_output=True, text=True, timeout=120)
     asked = run("ask", "Who built the Varn lighthouse?", "--server", address, "--max-tokens", "5", "--top-k", "2")
     assert asked.returncode == 0, asked.stderr
-    assert "to the question):\n  1. varn" in asked.stdout and "Timings (cached): queue" in asked.stdout
+    assert "to the question):\n  1. varn" in asked.stdout and f"Timings ({DEFAULT_MODE}): queue" in asked.stdout
     healthy = run("health", "--server", address)
     assert healthy.returncode == 0 and healthy.stdout.strip() == "SERVING"
     bad = run("ask", "", "--server", address)
