@@ -77,9 +77,9 @@ class Answerer:
             chunks = [model.level0] + (self._chunks(passages, answer, recomputed) if answer.mode != "full" else
                                        [self.provider.tokens_only(p.token_ids) for p in passages])
             answer.chunks_s = time.perf_counter() - loaded
-            generation = model.engine.stream(ids, params, chunks, answer.mode)
-            deltas = iter(generation)
-            try:
+            try:  # `blend` waits for the chunks before its recompute, in stream(); `cached` at the first token
+                generation = model.engine.stream(ids, params, chunks, answer.mode)
+                deltas = iter(generation)
                 return generation, deltas, next(deltas, None)
             except KVChunkError as exc:
                 if attempt:

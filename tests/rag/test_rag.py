@@ -102,7 +102,8 @@ def test_delete_removes_everything_of_the_document(rag):
     rag.ingest(documents=CORPUS)  # back for the other tests
 
 
-def test_corrupt_and_missing_chunks_are_recomputed(rag, caplog):
+@pytest.mark.parametrize("mode", ["cached", "blend"])  # `blend` meets the corrupt layer before its recompute
+def test_corrupt_and_missing_chunks_are_recomputed(rag, caplog, mode):
     rag.ingest(documents=CORPUS)
     [source] = rag.retrieve("What is the secret code of the Varn lighthouse?", top_k=1)
     [passage] = rag.store.passages([source.passage_id]).values()
@@ -111,13 +112,13 @@ def test_corrupt_and_missing_chunks_are_recomputed(rag, caplog):
     data[-100] ^= 0xFF
     path.write_bytes(bytes(data))
     rag.model().tiers.discard(passage.chunk_key)
-    answer = rag.ask("What is the secret code of the Varn lighthouse?", top_k=1, params=QUICK).result()
+    answer = rag.ask("What is the secret code of the Varn lighthouse?", top_k=1, mode=mode, params=QUICK).result()
     assert answer.tiers == {"recomputed": 1} and "checksum" in answer.warnings[0]
     assert "checksum" in caplog.text
     load_file(path, rag.model().fingerprint)  # stored again, whole
     path.unlink()
     rag.model().tiers.discard(passage.chunk_key)
-    answer = rag.ask("What is the secret code of the Varn lighthouse?", top_k=1, params=QUICK).result()
+    answer = rag.ask("What is the secret code of the Varn lighthouse?", top_k=1, mode=mode, params=QUICK).result()
     assert answer.tiers == {"recomputed": 1} and "missing" in answer.warnings[0] and path.exists()
 
 
