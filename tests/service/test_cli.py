@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import pytest
+from cascade_rag.engine import DEFAULT_MODE
 from tests.helpers import ROOT
 
 
@@ -109,7 +110,7 @@ def test_second_writer_is_refused(tmp_path):
 def test_demo_streams_answers_with_sources_and_timings():
     result = cli("demo", "--max-tokens", "6", timeout=600)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.count("Sources (in retrieval order") == 3 and result.stdout.count("Timings (cached)") == 3
+    assert result.stdout.count("Sources (in retrieval order") == 3 and result.stdout.count(f"Timings ({DEFAULT_MODE})") == 3
     assert "3 documents ingested" in result.stdout
 
 

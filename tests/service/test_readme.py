@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cascade_rag.engine import DEFAULT_MODE
 from tests.helpers import ROOT
 
 BIN = Path(sys.executable).parent
@@ -50,7 +51,7 @@ def test_serving_block_runs(tmp_path):
                             env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "3 documents ingested" in result.stdout
-    assert "1. company.md  [Brightwater Ferries]" in result.stdout and "Timings (cached)" in result.stdout
+    assert "1. company.md  [Brightwater Ferries]" in result.stdout and f"Timings ({DEFAULT_MODE})" in result.stdout
     assert [line.split("\t")[0] for line in result.stdout.splitlines() if "\t" in line] == \
         ["company.md", "policies.txt", "routes.md"]
 
