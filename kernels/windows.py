@@ -25,21 +25,11 @@ def seen_chunks(table_ptr, num_chunks, sink, floor, seen, CHUNKS_P2: tl.constexp
 
 
 @triton.jit
-def lead_tile(floors_ptr, limits_ptr, table_ptr, qi, row_ok, num_chunks, num_q, split_len, total_len, num_splits):
-    """A row tile under windows, in a chunk table's attention (TOTAL_IN_TABLE: total_len is the own chunk's): its
-    rows' sinks, floors and own floors; whether every row is a lead's (a sink each); for such a tile the splits its
-    keys fill at the splits' length (at most level 0, its window and its own rows up to its last row's: a bound),
-    and that length. Reads only what is written before the launch (floors, limits, the table)."""
+def lead_tile(floors_ptr, qi, row_ok):
+    """A row tile under windows: its rows' sinks, floors and own floors, and whether every row is a lead's (a sink
+    each: such a tile sees few keys, and reads them all in one program). Reads only what is written before the
+    launch (the floors)."""
     sink = tl.load(floors_ptr + qi * 3, mask=row_ok, other=0)
     floor = tl.load(floors_ptr + qi * 3 + 1, mask=row_ok, other=0)
     own_floor = tl.load(floors_ptr + qi * 3 + 2, mask=row_ok, other=0)
-    seen = tl.load(limits_ptr + qi, mask=row_ok, other=0)
-    own_start = tl.load(table_ptr + 5 * num_chunks - 1)
-    total_len = tl.load(table_ptr + 5 * num_chunks).to(tl.int32) + total_len
-    length = tl.maximum(split_len, tl.cdiv(total_len, num_splits))
-    lead = tl.min(tl.where(row_ok, sink, 1), 0) > 0
-    own_end = tl.max(tl.where(row_ok, qi, -1), 0) + 1 + (total_len - own_start - num_q)  # causally
-    keys = (tl.max(tl.where(row_ok, sink, 0), 0)
-            + tl.maximum(tl.max(seen, 0) - tl.min(tl.where(row_ok, floor, total_len), 0), 0)
-            + tl.maximum(own_end - tl.min(tl.where(row_ok, own_floor, total_len), 0), 0))
-    return sink, floor, own_floor, lead, tl.maximum(tl.cdiv(keys, length), 1), length
+    return sink, floor, own_floor, tl.min(tl.where(row_ok, sink, 1), 0) > 0

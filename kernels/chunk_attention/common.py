@@ -9,6 +9,8 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+DONE = float("inf")  # a row's maximum at split 0 that marks it computed whole (store_done)
+DONE_C = tl.constexpr(DONE)
 HEAD_DIMS = (64, 128)  # what the Triton kernels support
 
 
@@ -183,11 +185,12 @@ def store_rows(out_ptr, part_ptr, out_rows, row_ok, split, n_rows, acc, m_i, l_i
 
 
 @triton.jit
-def store_unseen(part_ptr, out_rows, row_ok, n_rows, first_split, HEAD_DIM: tl.constexpr):
-    """store_rows' maxima and sums of a tile's rows at splits first_split.. as a split where they saw no key leaves
-    them (-1e30 and 0; no partial sums): those of a windowed lead's tile, whose splits past its keys return at once."""
-    num_splits = tl.num_programs(2)
-    ml_ptr = part_ptr + num_splits * n_rows * HEAD_DIM
-    for s in range(first_split, num_splits):
-        tl.store(ml_ptr + s * n_rows + out_rows, tl.full(out_rows.shape, -1.0e30, tl.float32), mask=row_ok)
-        tl.store(ml_ptr + (num_splits + s) * n_rows + out_rows, tl.zeros(out_rows.shape, tl.float32), mask=row_ok)
+def store_done(out_ptr, part_ptr, out_rows, row_ok, n_rows, acc, l_i, HEAD_DIM: tl.constexpr):
+    """A tile's query rows that split 0 computed whole (a windowed lead's, which see few keys): their output, and
+    DONE for their maximum at split 0, which tells the merge (_merge_kernel's MARKED) to leave them as they are. The
+    other splits store nothing for them."""
+    d = tl.arange(0, HEAD_DIM)
+    tl.store(out_ptr + out_rows[:, None] * HEAD_DIM + d[None, :], (acc / l_i[:, None]).to(out_ptr.dtype.element_ty),
+             mask=row_ok[:, None])
+    ml_ptr = part_ptr + tl.num_programs(2) * n_rows * HEAD_DIM
+    tl.store(ml_ptr + out_rows, tl.full(out_rows.shape, DONE_C, tl.float32), mask=row_ok)

@@ -8,8 +8,8 @@ import triton.language as tl
 from ..dispatch import interpreted
 from ..options import AttentionTuning, KernelOptions
 from ..windows import lead_tile, seen_chunks
-from .common import (LOG2E, attend_tile, chunk_span, merge_partials, num_sms, split_prologue, store_rows,
-                     store_unseen)
+from .common import (DONE_C, LOG2E, attend_tile, chunk_span, merge_partials, num_sms, split_prologue, store_done,
+                     store_rows)
 from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_tile, packed_tile
 
 
@@ -70,21 +70,20 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
     and the own chunk causally as always (a selective recompute's queries, which sit among the context). WINDOW
     (with LIMITED, context chunks in the model's dtype): floors_ptr[i] = (sink, floor, own floor), and query i sees
     none of the context keys from sink to before floor nor the own rows before own floor; a tile skips what none of
-    its rows sees, and a tile of lead rows only (each with a sink) reads what they see (level 0, the window and the
-    own chunk) in its first splits, in pieces of the splits' length, as many as a bound on those keys fills; its
-    programs of the other splits return at once, split 0 storing their empty maxima and sums for the merge."""
+    its rows sees, and a tile of lead rows only (each with a sink) reads all they see (level 0, the window and the
+    own chunk) in split 0, which stores their output whole and marks them done for the merge (store_done); its
+    programs of the other splits return at once."""
     pid_m = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     qi = rows // GROUP
     row_ok = qi < num_q
-    sink, lead, go, pieces = 0, False, True, 1
-    if WINDOW:  # a tile of lead rows only (each with a sink) reads the keys its rows see in its first `pieces`
-        # splits, in pieces of the splits' length; its other splits return at once
-        sink, floor, own_floor, lead, pieces, piece_len = lead_tile(
-            floors_ptr, limits_ptr, table_ptr, qi, row_ok, num_chunks, num_q, split_len, total_len, tl.num_programs(2))
-        go = (split < pieces) | (tl.min(tl.where(row_ok, sink, 1), 0) <= 0)
+    sink, lead, go = 0, False, True
+    if WINDOW:  # a tile of lead rows only (each with a sink) reads every key its rows see in split 0; its other
+        # splits return at once
+        sink, floor, own_floor, lead = lead_tile(floors_ptr, qi, row_ok)
+        go = (split == 0) | (tl.min(tl.where(row_ok, sink, 1), 0) <= 0)
     if go:
         first, last, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs = split_prologue(
             table_ptr, num_chunks, split, tl.num_programs(2), split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE, 0,
@@ -102,7 +101,6 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
         else:
             seen = total_len
         preloaded, n_a, n_b, n_own, b_first = first, last - first, 0, 0, 0  # the loop: chunks first..last
-        done = split * 0  # a lead tile's keys before the loop's chunk
         if WINDOW:
             tile_sink = tl.max(tl.where(row_ok, sink, 0), 0)
             tile_floor = tl.min(tl.where(row_ok, floor, total_len), 0)
@@ -116,8 +114,6 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
             n_own = tl.where(lead, 1, 0)
             lo = tl.where(lead, 0, lo)
             hi = tl.where(lead, total_len, hi)
-            piece_lo = split * piece_len  # this split's piece of the lead tile's keys (at most total_len of them:
-            piece_hi = piece_lo + piece_len  # the splits hold them all)
         else:
             floor, own_floor = 0, 0
 
@@ -135,11 +131,6 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
             if WINDOW:  # the keys that no row of the tile sees: between the sink and the floors
                 start = tl.maximum(start, tl.where(c == num_chunks - 1, tile_own_floor,
                                                    tl.where(start >= tile_sink, tile_floor, start)))
-                keys = tl.maximum(end - start, 0)  # a lead tile's: those of this split's piece
-                piece_start = start + tl.minimum(tl.maximum(piece_lo - done, 0), keys)
-                end = tl.where(lead, start + tl.minimum(tl.maximum(piece_hi - done, 0), keys), end)
-                start = tl.where(lead, piece_start, start)
-                done += keys.to(tl.int32)
             if start < end:  # padding chunks are empty: no loads, no pipeline prologue
                 q = tl.load(q_rows + c * stride_qc, mask=row_ok[:, None], other=0.0)
                 if DOT_F32:
@@ -168,56 +159,69 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
                         q, k_ptr, v_ptr, k_off, v_off, k_stride, v_stride, kv_head, start, end, chunk_start, limit,
                         m_i, l_i, acc, qk_scale, HEAD_DIM, BLOCK_N, DOT_F32, PRECISION)
 
-        store_rows(out_ptr, part_ptr, qi * HQ + head, row_ok, split, num_q * HQ, acc, m_i, l_i, HEAD_DIM, SPLIT)
         if WINDOW and SPLIT:
-            if lead & (split == 0):  # the splits that return at once: maxima and sums as where no key is seen
-                store_unseen(part_ptr, qi * HQ + head, row_ok, num_q * HQ, pieces, HEAD_DIM)
+            if lead:  # every key its rows see, in split 0: the output whole, and done for the merge
+                store_done(out_ptr, part_ptr, qi * HQ + head, row_ok, num_q * HQ, acc, l_i, HEAD_DIM)
+            else:
+                store_rows(out_ptr, part_ptr, qi * HQ + head, row_ok, split, num_q * HQ, acc, m_i, l_i, HEAD_DIM,
+                           SPLIT)
+        else:
+            store_rows(out_ptr, part_ptr, qi * HQ + head, row_ok, split, num_q * HQ, acc, m_i, l_i, HEAD_DIM, SPLIT)
 
 
 @triton.jit(do_not_specialize=["num_splits", "n_rows"])
 def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr,
-                  BLOCK_R: tl.constexpr, PDL: tl.constexpr):
+                  BLOCK_R: tl.constexpr, MARKED: tl.constexpr, PDL: tl.constexpr):
     """Output rows BLOCK_R * program.. from their splits' partials by log-sum-exp: one online pass, each block of
     BLOCK_S splits' m, l and accumulators of the rows loaded together (one memory round trip a block). A split
     where a row saw no key holds no accumulator for it (store_rows): only its maximum, -1e30, which masks the
-    load."""
+    load. MARKED (a windowed lead's merge): rows whose maximum at split 0 is DONE were computed whole there
+    (store_done) and are left as they are; a program whose rows all are returns after that one load."""
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
     wait_for_inputs(PDL)
     ml_ptr = part_ptr + num_splits * n_rows * HEAD_DIM
-    d = tl.arange(0, HEAD_DIM)
-    m_all = tl.full([BLOCK_R], -1.0e30, tl.float32)
-    l_all = tl.zeros([BLOCK_R], tl.float32)
-    acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
-    for s0 in range(0, num_splits, BLOCK_S):
-        sb = (s0 + tl.arange(0, BLOCK_S))[:, None]  # [BLOCK_S, 1]: the splits
-        ok = (sb < num_splits) & row_ok[None, :]
-        m_b = tl.load(ml_ptr + sb * n_rows + rows[None, :], mask=ok, other=-1.0e30)
-        l_b = tl.load(ml_ptr + (num_splits + sb) * n_rows + rows[None, :], mask=ok, other=0.0)
-        seen = ok & (m_b > -1.0e30)
-        o_b = tl.load(part_ptr + ((sb * n_rows + rows[None, :]) * HEAD_DIM)[:, :, None] + d[None, None, :],
-                      mask=seen[:, :, None], other=0.0)
-        m_all, l_all, acc = merge_partials(m_all, l_all, acc, m_b, l_b, o_b)
-    out = acc / tl.where(row_ok, l_all, 1.0)[:, None]
-    tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
+    todo = row_ok
+    if MARKED:
+        todo = row_ok & (tl.load(ml_ptr + rows, mask=row_ok, other=DONE_C) != DONE_C)
+    if tl.max(todo.to(tl.int32), 0) > 0:
+        d = tl.arange(0, HEAD_DIM)
+        m_all = tl.full([BLOCK_R], -1.0e30, tl.float32)
+        l_all = tl.zeros([BLOCK_R], tl.float32)
+        acc = tl.zeros([BLOCK_R, HEAD_DIM], tl.float32)
+        for s0 in range(0, num_splits, BLOCK_S):
+            sb = (s0 + tl.arange(0, BLOCK_S))[:, None]  # [BLOCK_S, 1]: the splits
+            ok = (sb < num_splits) & todo[None, :]
+            m_b = tl.load(ml_ptr + sb * n_rows + rows[None, :], mask=ok, other=-1.0e30)
+            l_b = tl.load(ml_ptr + (num_splits + sb) * n_rows + rows[None, :], mask=ok, other=0.0)
+            seen = ok & (m_b > -1.0e30)
+            o_b = tl.load(part_ptr + ((sb * n_rows + rows[None, :]) * HEAD_DIM)[:, :, None] + d[None, None, :],
+                          mask=seen[:, :, None], other=0.0)
+            m_all, l_all, acc = merge_partials(m_all, l_all, acc, m_b, l_b, o_b)
+        out = acc / tl.where(todo, l_all, 1.0)[:, None]
+        tl.store(out_ptr + rows[:, None] * HEAD_DIM + d[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=todo[:, None])
 
 
-def merge_block(num_splits: int, head_dim: int, n_rows: int = 0, sms: int = 1) -> tuple[int, int]:
+def merge_block(num_splits: int, head_dim: int, n_rows: int = 0, sms: int = 1, marked: bool = False) -> tuple[int, int]:
     """Splits and rows a program of _merge_kernel loads at once, 8,192 values in all: rows enough for 4 programs an
-    SM at most (up to 16; many rows, as a recompute's lead has, make too many programs of one row otherwise), then
-    as many of the splits as that leaves room for (all of them where they fit: one memory round trip)."""
-    rows = max(1, min(16, n_rows // (4 * sms)))
+    SM at most (up to 16; many rows, as a recompute's lead has, make too many programs of one row otherwise; up to
+    8 where most rows are marked done: the few others then spread over more programs), then as many of the splits
+    as that leaves room for (all of them where they fit: one memory round trip)."""
+    rows = max(1, min(8 if marked else 16, n_rows // (4 * sms)))
     block_r = 1 << (rows.bit_length() - 1)  # a power of two
     block_s = min(triton.next_power_of_2(num_splits), max(1, 8192 // (head_dim * block_r)))
-    return block_s, max(block_r, min(16, 8192 // (head_dim * block_s)))
+    return block_s, max(block_r, min(8 if marked else 16, 8192 // (head_dim * block_s)))
 
 
 def launch_merge(part: torch.Tensor, out: torch.Tensor, num_splits: int, n_rows: int, head_dim: int,
-                 options: KernelOptions) -> None:
-    """_merge_kernel: the rows of out [n_rows, D] from their partials in part (store_rows' layout)."""
-    block_s, block_r = merge_block(num_splits, head_dim, n_rows, num_sms(out.device))
-    launch(_merge_kernel, (triton.cdiv(n_rows, block_r),), (part, out, num_splits, n_rows, head_dim, block_s, block_r),
-           ("merge", out.device.index, out.dtype, head_dim, block_s, block_r), options, num_warps=4)
+                 options: KernelOptions, marked: bool = False) -> None:
+    """_merge_kernel: the rows of out [n_rows, D] from their partials in part (store_rows' layout); marked: rows
+    marked done (store_done) are left as the attention stored them."""
+    block_s, block_r = merge_block(num_splits, head_dim, n_rows, num_sms(out.device), marked)
+    launch(_merge_kernel, (triton.cdiv(n_rows, block_r),),
+           (part, out, num_splits, n_rows, head_dim, block_s, block_r, marked),
+           ("merge", out.device.index, out.dtype, head_dim, block_s, block_r, marked), options, num_warps=4)
 
 
 def row_tile(num_q: int, group: int) -> int:
@@ -247,7 +251,7 @@ def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, tota
     [Nq], the context keys each query sees (None: all); floors (with limits): int64 [Nq, 3], each query's window
     (sink, floor, own floor: _attn_kernel's WINDOW)."""
     num_q, hq, head_dim = q.shape[1:]
-    assert floors is None or total_in_table, "windows (floors) come with a graph's table (lead_tile reads its total)"
+    assert floors is None or total_in_table, "windows (floors) come with a graph's table (seen_chunks reads its starts)"
     hkv = k_base.shape[-2]
     group = hq // hkv
     cfg = tuning(block_m, options, bool(packed.format), limits is not None, floors is not None)
@@ -262,4 +266,4 @@ def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, tota
     launch(_attn_kernel, (triton.cdiv(num_q * group, block_m), hkv, num_splits), args, key, options,
            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if split:
-        launch_merge(part, out, num_splits, num_q * hq, head_dim, options)
+        launch_merge(part, out, num_splits, num_q * hq, head_dim, options, marked=floors is not None)

@@ -36,6 +36,9 @@ def settings():
     yield "prefill FORMAT=0 LIMITED=True WINDOW=True", prefill._attn_kernel, dict(  # a windowed EPIC lead
         COMMON, BLOCK_M=64, SPLIT=True, TOTAL_IN_TABLE=True, FORMAT=0, LIMITED=True, WINDOW=True)
     yield "limited", limited._limited_kernel, dict(COMMON, BLOCK_M=64, SPLIT=True)
+    for marked in (False, True):  # the merge of a windowed lead's splits leaves the rows marked done
+        yield f"merge MARKED={marked}", prefill._merge_kernel, dict(HEAD_DIM=128, BLOCK_S=8, BLOCK_R=8, MARKED=marked,
+                                                                      PDL=True)
     for seen, window in ((False, False), (True, False), (True, True)):  # a graph's prefill, a lead's, a windowed one's
         yield f"rope_store SEEN={seen} WINDOW={window}", rotary._rope_store_kernel, dict(
             HQ=16, HKV=8, HEAD_DIM=128, HQ_P2=16, HKV_P2=8, Q_NORM=True, K_NORM=True, HAS_SCALES=True,

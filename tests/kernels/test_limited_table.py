@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import cascade_rag.kernels.chunk_attention as ca  # kernels.dispatch sets TRITON_INTERPRET=1 when there is no GPU
+from cascade_rag.kernels.chunk_attention.common import DONE
 from cascade_rag.kernels.kv_quant import quantize
 from cascade_rag.kernels.options import DEFAULT_KERNELS
 
@@ -104,28 +105,23 @@ def check_window(case, window, dtype, device, atol, windowed=False):
     assert (ref - ca.chunk_attention_ref(q.float(), keys, values, d ** -0.5, limits)).abs().max() > 10 * atol
     if windowed:  # some rows saw no key in some split: their partial sums were never written
         assert workspace.num_splits > 4 and workspace.part.isnan().any()
-        total = sum(k.shape[0] for k in keys)  # the context and the own chunk
-        assert leads_in_their_pieces(workspace, floors, limits, hq // own_k.shape[1], hq, d, total)
+        assert leads_done_whole(workspace, floors, hq // own_k.shape[1], hq, d)
 
 
-def leads_in_their_pieces(workspace, floors, limits, group, hq, d, total) -> bool:
-    """A tile of lead rows only (a sink each) reads its keys in its first splits, in pieces of the splits' length
-    (as many as a bound on its keys fills: level 0, its window, its own rows): its rows' maxima are -1e30 in the
-    splits after those. Whether a lead tile saw keys in more than one split."""
+def leads_done_whole(workspace, floors, group, hq, d) -> bool:
+    """A tile of lead rows only (a sink each) reads every key it sees in split 0, which marks its rows done (their
+    maximum there DONE); its other splits store nothing for them (their partials stay as filled: NaN). Every other
+    row has a finite maximum at split 0."""
     nq, splits, block_m = len(floors), workspace.num_splits, workspace.block_m
-    length = max(workspace.split_len, -(-total // splits))
     m = workspace.part[splits * nq * hq * d:][:splits * nq * hq].view(splits, nq, hq)
     tiles = [t.unique() for t in (torch.arange(nq * group, device=floors.device) // group).split(block_m)]
     leads = [t for t in tiles if (floors[t, 0] > 0).all()]
     assert leads  # the case has such a tile
-    several = False
-    for t in leads:
-        keys = int(floors[t, 0].max() + (limits[t].max() - floors[t, 1].min()).clamp(min=0)
-                   + (t.max() + 1 - floors[t, 2].min()).clamp(min=0))
-        pieces = max(1, -(-keys // length))
-        assert (m[pieces:, t] == -1e30).all() and (m[:pieces, t] > -1e30).any()
-        several |= bool((m[1:pieces, t] > -1e30).any())
-    return several
+    lead_rows = torch.cat(leads)
+    others = torch.ones(nq, dtype=torch.bool, device=floors.device)
+    others[lead_rows] = False
+    return bool((m[0, lead_rows] == DONE).all() and m[1:, lead_rows].isnan().all()
+                and (m[0, others].isfinite()).all())
 
 
 # dense contexts (a window comes with EPIC's dense rows), limits in position order; windows shorter than a chunk
@@ -226,3 +222,4 @@ def test_merges_of_many_rows_take_several_rows_a_program():
     assert merge_block(33, 128, 512, 132) == (64, 1)
     assert merge_block(33, 128, 16_896, 132) == (4, 16)
     assert merge_block(4, 64, 64, 4) == (4, 16)
+    assert merge_block(33, 128, 16_896, 132, marked=True) == (8, 8)  # most rows done: the rest over more programs
