@@ -123,6 +123,8 @@ class SelectiveRecompute:
         self.weights_device = model.embed_tokens.weight.device  # (a module attribute costs microseconds a look)
 
     def __call__(self, chunks: list[KVChunk], recompute: Recompute) -> list[KVChunk]:
+        if not chunks:
+            return []  # a generation after no chunks: nothing to recompute
         level0, documents, places = self._placed(chunks)
         if not documents:
             return [level0]
@@ -202,6 +204,8 @@ class SelectiveRecompute:
         """EPIC's recompute of each document's first `prefix` tokens laid out (see PrefixPlan); None when nothing is
         recomputed. turned: the stored rows after them turned to their places (a copy), else read in place; window:
         each token sees the document rows of the last `window` positions before it only (0: all of them)."""
+        if not chunks:
+            return None
         level0, documents, places = self._placed(chunks)
         counts = prefix_counts(chunks, prefix)
         if sum(counts) == 0:

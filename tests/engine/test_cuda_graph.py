@@ -101,9 +101,9 @@ def test_static_steps_read_packed_chunks_as_eager(kv_format, tmp_path, tokenizer
     assert all(d.kv_format == kv_format for d in docs)
     params = SamplingParams(max_new_tokens=4, ignore_eos=True)
     graphs, engine.graphs = engine.graphs or GraphDecoder(engine.model, engine.options, engine.dtype, device), None
-    eager = engine.generate(QUESTION, params, [level0] + docs).token_ids
+    eager = engine.generate(QUESTION, params, [level0] + docs, mode="cached").token_ids
     blend = engine.generate(QUESTION, params, [level0] + docs, mode="blend").token_ids
     engine.graphs = graphs
-    assert engine.generate(QUESTION, params, [level0] + docs).token_ids == eager
+    assert engine.generate(QUESTION, params, [level0] + docs, mode="cached").token_ids == eager
     assert engine.generate(QUESTION, params, [level0] + docs, mode="blend").token_ids == blend  # unpacked again
     assert {key[3] for key in graphs.graphs} == {0, {"fp8": 1, "int4": 2}[kv_format]}

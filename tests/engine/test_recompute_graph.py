@@ -104,9 +104,11 @@ def test_the_recompute_in_the_questions_prefill_answers_as_apart(engine):
 
 def test_a_blend_without_level_0_first_is_refused_before_its_lead(engine):
     documents = stored(engine, (20, 30))[1:]
-    for chunks in ([], documents):
-        with pytest.raises(ValueError, match="level-0 chunk first"):
-            engine.generate(QUESTION, SamplingParams(max_new_tokens=2), chunks, "blend")
+    with pytest.raises(ValueError, match="level-0 chunk first"):
+        engine.generate(QUESTION, SamplingParams(max_new_tokens=2), documents, "blend")
+    params = SamplingParams(max_new_tokens=2, ignore_eos=True)  # after no chunks at all, nothing to recompute
+    plain = engine.generate(QUESTION, params, [], "cached").token_ids
+    assert engine.generate(QUESTION, params, [], "blend").token_ids == plain
 
 
 def test_a_windowed_recompute_in_graphs_equals_the_masked_pass(engine):
