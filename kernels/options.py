@@ -67,10 +67,9 @@ class KernelOptions:
     per-query key limits (a selective recompute, alone or before the question), whose tiles see contexts of
     different lengths, the question's the whole of it: four times `prefill`'s programs an SM, so more splits, of
     1,024 keys at least (a short context's merge of many splits costs more than they save); `windowed_prefill`:
-    the same under a window as well (EPIC's lead within a window: a tile of its rows reads what it sees in its
-    first split, whole, the question's rows every key across the splits), whose splits are
-    counted as for the question's one row tile (programs_per_sm over the KV heads), so the question's tile is split
-    as finely as `cached`'s."""
+    the same under a window as well (EPIC's lead within a window: a tile of its rows reads all it sees in its first
+    split, the question's rows every key across the splits), whose splits are counted as for the question's one
+    row tile (programs_per_sm over the KV heads), so the question's tile is split as finely as `cached`'s."""
     pdl: bool = True
     cached_launch: bool = True
     attention: AttentionTuning = field(default_factory=AttentionTuning)

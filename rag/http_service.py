@@ -103,7 +103,7 @@ def http_app(serving: Serving, drain: Drain, tokens: TokenScopes | None, model_n
         if not text.strip():
             raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "messages: no user message with text (the last user "
                                                                 "message is the question)")
-        mode = MODE_TO_PROTO.get(body.mode, pb.MODE_UNSPECIFIED)
+        mode = pb.MODE_UNSPECIFIED if body.mode is None else MODE_TO_PROTO[body.mode]
         request = pb.QueryRequest(question=text, top_k=body.top_k, mode=mode,
                                   max_tokens=body.max_completion_tokens or body.max_tokens or 0,
                                   temperature=body.temperature or 0.0, top_p=body.top_p or 0.0, seed=body.seed)

@@ -203,7 +203,8 @@ def _merge_kernel(part_ptr, out_ptr, num_splits, n_rows, HEAD_DIM: tl.constexpr,
                  mask=todo[:, None])
 
 
-def merge_block(num_splits: int, head_dim: int, n_rows: int = 0, sms: int = 1, marked: bool = False) -> tuple[int, int]:
+def merge_block(num_splits: int, head_dim: int, n_rows: int = 0, sms: int = 1,
+                marked: bool = False) -> tuple[int, int]:
     """Splits and rows a program of _merge_kernel loads at once, 8,192 values in all: rows enough for 4 programs an
     SM at most (up to 16; many rows, as a recompute's lead has, make too many programs of one row otherwise; up to
     8 where most rows are marked done: the few others then spread over more programs), then as many of the splits

@@ -51,6 +51,8 @@ def test_a_query_naming_no_mode_gets_the_engines_default(client):
     assert unnamed == named and result.mode == MODE_TO_PROTO[DEFAULT_MODE]
     _, full = consume(client.query(question, top_k=2, max_tokens=2, mode="full"))
     assert full.mode == pb.MODE_FULL
+    with pytest.raises(ValueError, match="unknown mode 'fast'"):
+        client.query(question, mode="fast")
 
 
 def test_retrieve_list_and_info(client):
