@@ -83,7 +83,7 @@ def _attn_kernel(q_ptr, k_ptr, v_ptr, table_ptr, out_ptr, part_ptr, kq_ptr, vq_p
     if WINDOW:  # a tile of lead rows only (each with a sink) reads every key its rows see in split 0; its other
         # splits return at once
         sink, floor, own_floor, lead = lead_tile(floors_ptr, qi, row_ok)
-        go = (split == 0) | (tl.min(tl.where(row_ok, sink, 1), 0) <= 0)
+        go = (split == 0) | ~lead
     if go:
         first, last, total_len, lo, hi, f_start, f_end, f_k, f_v, f_ks, f_vs = split_prologue(
             table_ptr, num_chunks, split, tl.num_programs(2), split_len, total_len, CHUNKS_P2, TOTAL_IN_TABLE, 0,
