@@ -12,7 +12,7 @@ from .answer_format import format_sources
 from .ingest import Document
 from .proto_gen import cascade_rag_pb2 as pb
 from .proto_gen import cascade_rag_pb2_grpc as pb_grpc
-from .wire import MAX_MESSAGE_BYTES, MODE_TO_PROTO, PROTO_TO_MODE
+from .wire import MAX_MESSAGE_BYTES, PROTO_TO_MODE, proto_mode
 
 
 class Client:
@@ -41,13 +41,10 @@ class Client:
               top_p: float = 0.0, seed: int | None = None, mode: str | None = None, timeout: float | None = None,
               collection: str = "", where: dict[str, str | list[str]] | None = None):
         """The response stream (iterate for QueryResponse messages; .cancel() stops it). `where`: metadata key to
-        the value required, or to a list of accepted values (all keys must match); mode None: the server's default.
-        ValueError for a mode that is none of MODE_TO_PROTO's."""
-        if mode is not None and mode not in MODE_TO_PROTO:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODE_TO_PROTO)}, or None for the "
-                             "server's default")
+        the value required, or to a list of accepted values (all keys must match); mode None: the server's default
+        (wire.proto_mode: ValueError for an unknown one)."""
         request = pb.QueryRequest(question=question, top_k=top_k, max_tokens=max_tokens, temperature=temperature,
-                                  top_p=top_p, seed=seed, mode=MODE_TO_PROTO.get(mode, pb.MODE_UNSPECIFIED),
+                                  top_p=top_p, seed=seed, mode=proto_mode(mode),
                                   collection=collection, filter=metadata_filter(where))
         return self.answer.Query(request, timeout=timeout, metadata=self.metadata)
 

@@ -24,7 +24,7 @@ from .openai_api import ChatRequest, Completion, source_json
 from .proto_gen import cascade_rag_pb2 as pb
 from .serving import Question, ServedAnswer, Serving
 from .token_scopes import TokenScopes, authorization_of
-from .wire import MODE_TO_PROTO
+from .wire import proto_mode
 
 log = logging.getLogger("cascade_rag")
 METHODS = {"/v1/chat/completions": "ChatCompletions", "/v1/models": "Models"}
@@ -103,8 +103,7 @@ def http_app(serving: Serving, drain: Drain, tokens: TokenScopes | None, model_n
         if not text.strip():
             raise StatusError(grpc.StatusCode.INVALID_ARGUMENT, "messages: no user message with text (the last user "
                                                                 "message is the question)")
-        mode = pb.MODE_UNSPECIFIED if body.mode is None else MODE_TO_PROTO[body.mode]
-        request = pb.QueryRequest(question=text, top_k=body.top_k, mode=mode,
+        request = pb.QueryRequest(question=text, top_k=body.top_k, mode=proto_mode(body.mode),
                                   max_tokens=body.max_completion_tokens or body.max_tokens or 0,
                                   temperature=body.temperature or 0.0, top_p=body.top_p or 0.0, seed=body.seed)
         top_k = check_question(context, text, body.top_k)
