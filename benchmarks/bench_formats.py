@@ -1,6 +1,6 @@
 """`python -m cascade_rag.benchmarks.bench_formats`: KV formats (dtype, fp8, int4) on a GPU, for the Qwen3-0.6B and
 Llama-3-8B shapes (random weights): bytes per token; time to first token with the chunks in GPU memory, in pinned
-CPU memory, and from their files (streamed layer by layer with the question's prefill, engine.chunk_stream; the
+CPU memory, and from their files (streamed block by block with the question's prefill, engine.chunk_stream; the
 files in the page cache, and dropped from it with posix_fadvise), beside our own full prefill; each tier's
 effective GB/s (the chunks' bytes over the time the tier adds to the GPU tier's TTFT); the time of the disk tier's
 load alone (every layer on the GPU, no prefill); decode tokens/s. Every ratio compares figures of one run."""

@@ -1,11 +1,12 @@
 """`python -m cascade_rag.benchmarks.load_stages`: where the streamed disk tier's time goes. Chunk files of a model
-shape in a KV format are written to a folder (the page cache holds them), then cut into runs of --task-bytes, and
-each stage of the streamed load (engine.chunk_stream) runs over every run by 1, 2, ... threads: `read` (preadv from
-the file into the thread's pinned buffer), `hash` (XXH3 of a pinned buffer already read), `copy` (the pinned buffer
-to the device on the thread's own stream, then waiting for it), and all three in turn as the streamer does them
-(`read+hash+copy`); beside them `streamer`, ChunkStreamer's own load of the same files to the device, every layer
-settled. Each figure is the chunks' bytes over the median wall time, in GB/s: the stage that stops growing with the
-threads is the one that bounds the tier.
+shape in a KV format are written to a folder (the page cache holds them) in blocks of --block-bytes (their
+checksum's, which the streamer takes as its tasks), then cut into runs of as many bytes, and each stage of the
+streamed load (engine.chunk_stream) runs over every run by 1, 2, ... threads: `read` (preadv from the file into the
+thread's pinned buffer), `hash` (XXH3 of a pinned buffer already read), `copy` (the pinned buffer to the device on
+the thread's own stream, then waiting for it), and all three in turn as the streamer does them (`read+hash+copy`);
+beside them `streamer`, ChunkStreamer's own load of the same files to the device, every layer settled. Each figure
+is the chunks' bytes over the median wall time, in GB/s: the stage that stops growing with the threads is the one
+that bounds the tier.
 
     python -m cascade_rag.benchmarks.load_stages --shape qwen3-0.6b --tokens 1010 --chunks 4 --format int4 \\
         --threads 1,2,4,8 --json stages.json"""
@@ -21,8 +22,8 @@ import torch
 import xxhash
 
 from cascade_rag.engine import LEVEL_DOCUMENT, KV_FORMATS, KVChunk
-from cascade_rag.engine.chunk_format import save_file
-from cascade_rag.engine.chunk_stream import TASK_BYTES, ChunkStreamer
+from cascade_rag.engine.chunk_format import BLOCK_BYTES, save_file
+from cascade_rag.engine.chunk_stream import ChunkStreamer
 from cascade_rag.engine.file_io import FileSource
 
 from .bench import timed
@@ -31,8 +32,9 @@ from .checkpoints import SHAPES
 STAGES = ("read", "hash", "copy", "read+hash+copy", "streamer")
 
 
-def write_chunks(folder: Path, shape: str, tokens: int, count: int, kv_format: str) -> list[Path]:
-    """`count` chunk files of `tokens` random tokens each, in `kv_format`, of a SHAPES model shape (bf16 K/V)."""
+def write_chunks(folder: Path, shape: str, tokens: int, count: int, kv_format: str, block_bytes: int) -> list[Path]:
+    """`count` chunk files of `tokens` random tokens each, in `kv_format`, of a SHAPES model shape (bf16 K/V), checked
+    by blocks of `block_bytes`."""
     c = SHAPES[shape]
     size = (c["num_hidden_layers"], tokens, c["num_key_value_heads"], c["head_dim"])
     paths = []
@@ -40,7 +42,7 @@ def write_chunks(folder: Path, shape: str, tokens: int, count: int, kv_format: s
         keys, values = (torch.randn(size, dtype=torch.bfloat16) for _ in range(2))
         chunk = KVChunk(LEVEL_DOCUMENT, list(range(i, i + tokens)), 24, keys, values, "bench").packed(kv_format)
         paths.append(folder / f"{kv_format}-{i}.kv")
-        save_file(chunk, paths[-1])
+        save_file(chunk, paths[-1], block_bytes)
     return paths
 
 
@@ -105,7 +107,7 @@ def measure(paths: list[Path], kv_format: str, threads: list[int], task_bytes: i
             for stage in STAGES[:-1]:
                 run = stage_runner(stage, tasks, pool, task_bytes, device)
                 row["gb_per_s"][stage] = total / timed(run, str(device), repeat) / 1e9
-        streamer = ChunkStreamer(n, task_bytes)
+        streamer = ChunkStreamer(n)
 
         def load():
             for chunk in streamer.load([FileSource(p) for p in paths], "bench", device, kv_format):
@@ -125,18 +127,19 @@ def main(argv=None) -> int:
     p.add_argument("--chunks", type=int, default=4, help="chunk files (default %(default)s)")
     p.add_argument("--format", choices=KV_FORMATS, default="int4")
     p.add_argument("--threads", default="1,2,4,8", help="thread counts, comma-separated (default %(default)s)")
-    p.add_argument("--task-bytes", type=int, default=TASK_BYTES, help="bytes a task reads (default: the streamer's)")
+    p.add_argument("--block-bytes", type=int, default=BLOCK_BYTES,
+                   help="the files' checksum blocks: a task of the streamer and of the stages (default %(default)s)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     threads = [int(t) for t in args.threads.split(",")]
-    if args.tokens < 1 or args.chunks < 1 or min(threads) < 1 or args.task_bytes < 1:
-        p.error("--tokens, --chunks, --threads and --task-bytes must be at least 1")
+    if args.tokens < 1 or args.chunks < 1 or min(threads) < 1 or args.block_bytes < 1:
+        p.error("--tokens, --chunks, --threads and --block-bytes must be at least 1")
     device = torch.device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_chunks(Path(tmp), args.shape, args.tokens, args.chunks, args.format)
-        rows = measure(paths, args.format, threads, args.task_bytes, device, args.repeat)
+        paths = write_chunks(Path(tmp), args.shape, args.tokens, args.chunks, args.format, args.block_bytes)
+        rows = measure(paths, args.format, threads, args.block_bytes, device, args.repeat)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"\n{args.shape}, {args.chunks} chunks of {args.tokens} tokens in {args.format} "
           f"({rows[0]['bytes'] / 1e6:.0f} MB), {name}, GB/s:\n")
@@ -146,7 +149,7 @@ def main(argv=None) -> int:
         print(f"| {r['threads']} | " + " | ".join(f"{r['gb_per_s'][s]:.2f}" for s in STAGES) + " |")
     if args.json:
         args.json.write_text(json.dumps({"shape": args.shape, "format": args.format, "tokens": args.tokens,
-                                         "chunks": args.chunks, "task_bytes": args.task_bytes, "device": name,
+                                         "chunks": args.chunks, "block_bytes": args.block_bytes, "device": name,
                                          "rows": rows}, indent=2))
     return 0
 

@@ -1,9 +1,10 @@
 """The bytes of a stored KV chunk, apart from where they are kept: safetensors (tensors `keys` and `values`, and for a
 packed KV format their codes with `key_params` and `value_params`, kernels.kv_quant) whose metadata holds the
 level, the canonical start, the token ids, the fingerprint, the format version, the KV format and a checksum of
-data and metadata: one XXH3 of the metadata and one of each layer's tensors, so that a reader can verify the
-layers one by one as they arrive (engine.chunk_stream). `decode` refuses anything else with KVChunkError:
-truncated, corrupted, of another format version, another KV format or another model (FingerprintMismatch)."""
+data and metadata: one XXH3 of the metadata and one of each block of the tensors' bytes (BLOCK_BYTES, as they
+lie in the file), so that a reader can verify each block as it arrives, with one read, one hash and one copy
+(engine.chunk_stream). `decode` refuses anything else with KVChunkError: truncated, corrupted, of another format
+version, another KV format or another model (FingerprintMismatch)."""
 import hashlib
 import json
 import struct
@@ -23,6 +24,8 @@ from .kv_chunk import KV_FORMATS, FingerprintMismatch, KVChunk, KVChunkError
 FORMAT_VERSION = 1
 DTYPES = {"BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32, "U8": torch.uint8}
 LAYERS_CHECKSUM = "xxh3-layers"
+BLOCKS_CHECKSUM = "xxh3-blocks"
+BLOCK_BYTES = 4 << 20  # a block of a file's tensor bytes under one digest: a streamed load's task (read, hash, copy)
 PACKED_TENSORS = ("keys", "values", "key_params", "value_params")
 
 
@@ -54,10 +57,11 @@ def layers_checksum(chunk: KVChunk) -> str:
     return f"{LAYERS_CHECKSUM}:{','.join(digests)}"
 
 
-def checksum(chunk: KVChunk, algorithm: str = LAYERS_CHECKSUM) -> str:
-    """The checksum of the keys, values and metadata: layers_checksum. Files saved earlier carry "xxh3:" and one
-    64-bit XXH3 of everything, "crc32:" and their CRC-32, or the bare SHA-256 hex digest ("sha256"); all are
-    still verified, no longer written."""
+def checksum(chunk: KVChunk, algorithm: str) -> str:
+    """The checksum of the keys, values and metadata of files saved before the block checksum (BLOCKS_CHECKSUM,
+    which is over the file's bytes: blocks_checksum): "xxh3-layers:" (layers_checksum), "xxh3:" and one 64-bit
+    XXH3 of everything, "crc32:" and their CRC-32, or the bare SHA-256 hex digest ("sha256"); all are still
+    verified, no longer written."""
     if algorithm == LAYERS_CHECKSUM:
         return layers_checksum(chunk)
     parts = [t.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy() for t in tensors_of(chunk).values()]
@@ -73,15 +77,36 @@ def checksum(chunk: KVChunk, algorithm: str = LAYERS_CHECKSUM) -> str:
     return digest.hexdigest() if algorithm == "sha256" else f"xxh3:{digest.hexdigest()}"
 
 
-def encode(chunk: KVChunk) -> bytes:
-    """The chunk's file contents."""
+def blocks_checksum(metadata_hex: str, data: memoryview, block_bytes: int) -> str:
+    """"xxh3-blocks:", the block size, ":", then the metadata's digest and each block's of `data` (the file's bytes
+    after its header), comma-separated."""
+    digests = [xxhash.xxh3_64_hexdigest(data[at:at + block_bytes]) for at in range(0, len(data), block_bytes)]
+    return f"{BLOCKS_CHECKSUM}:{block_bytes}:{','.join([metadata_hex] + digests)}"
+
+
+def parse_blocks(stored: str, data_bytes: int) -> tuple[int, str, list[str]]:
+    """(block size, the metadata's digest, each block's digest) of a blocks checksum over `data_bytes` bytes of
+    tensors; ValueError where it is not one (or not of as many blocks)."""
+    algorithm, block_bytes, digests = stored.split(":", 2)
+    block_bytes, digests = int(block_bytes), digests.split(",")
+    if algorithm != BLOCKS_CHECKSUM or block_bytes < 1 or len(digests) != 1 + -(-data_bytes // block_bytes):
+        raise ValueError(f"a checksum of {len(digests) - 1} blocks of {block_bytes} bytes for {data_bytes} bytes")
+    return block_bytes, digests[0], digests[1:]
+
+
+def encode(chunk: KVChunk, block_bytes: int = BLOCK_BYTES) -> bytes:
+    """The chunk's file contents, its tensors' bytes checked by blocks of `block_bytes`."""
     chunk = chunk.to("cpu")
     metadata = {
         "format_version": str(FORMAT_VERSION), "level": str(chunk.level), "start": str(chunk.start),
         "token_ids": json.dumps(chunk.token_ids), "fingerprint": chunk.fingerprint, "kv_format": chunk.kv_format,
-        "checksum": checksum(chunk),
     }
-    return save_tensors({name: t.contiguous() for name, t in tensors_of(chunk).items()}, metadata=metadata)
+    tensors = {name: t.contiguous() for name, t in tensors_of(chunk).items()}
+    plain = memoryview(save_tensors(tensors, metadata=metadata))  # the tensors' bytes as the file holds them
+    metadata["checksum"] = blocks_checksum(
+        metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format),
+        plain[header_bytes(plain):], block_bytes)
+    return save_tensors(tensors, metadata=metadata)
 
 
 def layout(data, size: int) -> tuple[dict, dict[str, tuple[torch.dtype, list[int], int, int]]]:
@@ -164,7 +189,16 @@ def decode(data: bytes | bytearray | memoryview, fingerprint: str, device="cpu",
         raise KVChunkError(f"{name} is truncated or corrupted: {exc!r}") from None
     if version != FORMAT_VERSION:
         raise FingerprintMismatch(f"{name} has format version {version}, expected {FORMAT_VERSION}")
-    if checksum(chunk, stored.split(":")[0] if ":" in stored else "sha256") != stored:
+    if stored.startswith(f"{BLOCKS_CHECKSUM}:"):
+        data = view[header_bytes(view):]
+        try:
+            block_bytes, metadata_hex, _ = parse_blocks(stored, len(data))
+        except ValueError as exc:
+            raise KVChunkError(f"{name} is truncated or corrupted: {exc}") from None
+        expected = metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format)
+        if blocks_checksum(expected, data, block_bytes) != stored:
+            raise KVChunkError(f"{name} is corrupted: checksum mismatch")
+    elif checksum(chunk, stored.split(":")[0] if ":" in stored else "sha256") != stored:
         raise KVChunkError(f"{name} is corrupted: checksum mismatch")
     check_identity(metadata, {n: tuple(t.shape) for n, t in tensors.items()}, fingerprint, name, kv_format)
     if chunk.keys.shape != chunk.values.shape or chunk.keys.shape[1] != chunk.length:
@@ -176,9 +210,9 @@ def decode(data: bytes | bytearray | memoryview, fingerprint: str, device="cpu",
     return chunk
 
 
-def save_file(chunk: KVChunk, path: Path | str) -> None:
-    """The chunk in a file of its own, written atomically."""
-    write_atomic(Path(path), encode(chunk))
+def save_file(chunk: KVChunk, path: Path | str, block_bytes: int = BLOCK_BYTES) -> None:
+    """The chunk in a file of its own, written atomically (encode)."""
+    write_atomic(Path(path), encode(chunk, block_bytes))
 
 
 def load_file(path: Path | str, fingerprint: str, device="cpu", pin: bool = False) -> KVChunk:

@@ -1,29 +1,28 @@
-"""Stored chunks loaded layer by layer, in parallel, while the question's prefill runs (CacheBlend's pipelining).
+"""Stored chunks loaded block by block, in parallel, while the question's prefill runs (CacheBlend's pipelining).
 
 `ChunkStreamer.load` reads every chunk's header (in parallel threads), checks its identity and the metadata's
-digest, allocates its tensors on the device and returns the chunks at once, each with a `LayerArrival`. Threads
-then take runs of a chunk's layers (at least `task_bytes`, where the chunk has enough), in layer order: one read
-of each tensor's run straight from its source into a pinned staging slot, each layer's XXH3 checked (the file's
-per-layer checksum, engine.chunk_format), one copy of each tensor's run to the GPU on the thread's own CUDA stream.
-The decoder waits for a layer's arrival just before its attention (AttentionContext.arrive): the first layers
-compute while the later ones are still being read. A layer that fails its check raises KVChunkError from that wait
-(the request fails; its caller drops the chunk and computes it again). Files written before the per-layer
-checksum are read whole and decoded as before. On a CPU device, layers are read straight into the chunk's tensors."""
+digest, allocates one buffer on the device for the tensors' bytes (each tensor a view of its place in it, as in
+the file) and returns the chunks at once, each with a `LayerArrival`. Threads then take the files' blocks (the
+checksum's, engine.chunk_format.BLOCK_BYTES), those holding the first layers first: one read of a block into a
+pinned staging slot, its XXH3 checked, one copy to its place in the device buffer on the thread's own CUDA stream.
+A layer has arrived when every block holding some of its bytes has. The decoder waits for a layer's arrival just
+before its attention (AttentionContext.arrive): the first layers compute while the later ones are still being
+read. A block that fails its check fails the layers it holds, raising KVChunkError from their wait (the request
+fails; its caller drops the chunk and computes it again). Files written before the block checksum are read whole
+and decoded as before. On a CPU device, blocks are read straight into the chunk's buffer."""
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from queue import Queue
 from typing import Protocol
 
 import torch
 import xxhash
 
-from .chunk_format import (LAYERS_CHECKSUM, check_identity, chunk_of, decode, header_bytes, layout,
-                           metadata_digest)
+from .chunk_format import (BLOCKS_CHECKSUM, check_identity, chunk_of, decode, header_bytes, layout, metadata_digest,
+                           parse_blocks)
 from .kv_chunk import KVChunk, KVChunkError
 
 HEADER_GUESS = 64 << 10  # first read of a file: its header fits in this for chunks of up to ~10,000 tokens
-TASK_BYTES = 4 << 20  # a thread's run of layers reads at least this much (several layers of a small chunk)
 
 
 class ByteSource(Protocol):
@@ -59,8 +58,8 @@ class BufferSource:
 
 
 class LayerArrival:
-    """The per-layer readiness of one streamed chunk: wait(layer) blocks until its bytes are verified and copied,
-    and orders the current CUDA stream after the copy."""
+    """The per-layer readiness of one streamed chunk: wait(layer) blocks until every block holding its bytes is
+    verified and in place (on a GPU, its copy finished: work launched after the wait sees it on any stream)."""
 
     def __init__(self, layers: int, name: str):
         self.futures: list[Future] = [Future() for _ in range(layers)]
@@ -68,9 +67,7 @@ class LayerArrival:
 
     def wait(self, layer: int) -> None:
         while self.waited <= layer:
-            event = self.futures[self.waited].result()  # raises the layer's KVChunkError
-            if event is not None:
-                torch.cuda.current_stream().wait_event(event)
+            self.futures[self.waited].result()  # raises the layer's KVChunkError
             self.waited += 1
 
     def wait_all(self) -> None:
@@ -86,27 +83,70 @@ class LayerArrival:
         return any(f.done() and f.exception() is not None for f in self.futures)
 
 
-@dataclass
 class _Plan:
-    """One chunk being streamed: its source, tensors on the device, byte ranges of each and their layer digests."""
-    source: ByteSource
-    ranges: dict  # name -> (first byte, bytes a layer)
-    tensors: dict  # name -> device tensor [layers, ...]
-    digests: list[str]
-    arrival: LayerArrival
+    """One chunk being streamed: its source, where its tensors' bytes start in it, the device buffer they go to,
+    its blocks' size and digests, which layers each block holds, and the layers' arrival as blocks settle."""
+
+    def __init__(self, source: ByteSource, base: int, buffer: torch.Tensor, block_bytes: int, digests: list[str],
+                 spans: list[tuple[int, int, int]], layers: int):
+        self.source, self.base, self.buffer = source, base, buffer
+        self.block_bytes, self.digests = block_bytes, digests
+        self.arrival = LayerArrival(layers, source.name)
+        self.lock = threading.Lock()
+        self.failure: KVChunkError | None = None  # the first block's that failed: the chunk is not used
+        self.holds = [self._layers_in(b * block_bytes, min(buffer.numel(), (b + 1) * block_bytes), spans)
+                      for b in range(len(digests))]
+        self.missing = [0] * layers  # blocks of each layer not yet settled
+        for held in self.holds:
+            for layer in held:
+                self.missing[layer] += 1
+        for layer in range(layers):
+            if not self.missing[layer]:  # no bytes at all (a chunk of no tokens)
+                self.arrival.futures[layer].set_result(None)
+
+    @staticmethod
+    def _layers_in(lo: int, hi: int, spans: list[tuple[int, int, int]]) -> list[int]:
+        """The layers with bytes in [lo, hi) of the buffer; spans: each tensor's first and end byte in it and its
+        bytes a layer."""
+        held = set()
+        for begin, end, step in spans:
+            first, last = max(lo, begin), min(hi, end)
+            if last > first:
+                held.update(range((first - begin) // step, (last - 1 - begin) // step + 1))
+        return sorted(held)
+
+    def block(self, b: int) -> tuple[int, int]:
+        """Block b's first byte in the buffer and its length."""
+        at = b * self.block_bytes
+        return at, min(self.block_bytes, self.buffer.numel() - at)
+
+    def settle(self, b: int) -> None:
+        """Block b is verified and in place."""
+        with self.lock:
+            for layer in self.holds[b]:
+                self.missing[layer] -= 1
+                if self.missing[layer] == 0 and not self.arrival.futures[layer].done():
+                    self.arrival.futures[layer].set_result(None)
+
+    def fail(self, b: int, error: KVChunkError) -> None:
+        """Block b is unusable: every layer it holds fails with `error`."""
+        with self.lock:
+            self.failure = self.failure or error
+            for layer in self.holds[b]:
+                if not self.arrival.futures[layer].done():
+                    self.arrival.futures[layer].set_exception(error)
 
 
 class ChunkStreamer:
-    """Loads chunks through `workers` threads, each with its own CUDA stream, and 2 * workers pinned staging slots;
-    a thread's run of layers reads at least `task_bytes` where the chunk has them."""
+    """Loads chunks through `workers` threads, each with its own CUDA stream, and 2 * workers pinned staging slots
+    (grown to the largest block on first use)."""
 
-    def __init__(self, workers: int = 8, task_bytes: int = TASK_BYTES):
-        self.task_bytes = task_bytes
+    def __init__(self, workers: int = 8):
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="cascade-rag-chunks")
         self.local = threading.local()
         self.slots: Queue = Queue()
         for _ in range(2 * workers):
-            self.slots.put(None)  # pinned bytes, grown to the largest run on first use
+            self.slots.put(None)
 
     def load(self, sources: list[ByteSource], fingerprint: str, device, kv_format: str | None = None
              ) -> list[KVChunk | KVChunkError]:
@@ -115,36 +155,31 @@ class ChunkStreamer:
         device = torch.device(device)
         heads = list(self.pool.map(lambda s: self._head(s, fingerprint, kv_format), sources))
         ready = torch.cuda.Event() if device.type == "cuda" else None
-        results, plans = [], []
+        results, tasks = [], []  # tasks: (the first layer a block holds, plan, block)
         for source, head in zip(sources, heads):
             if isinstance(head, (KVChunk, KVChunkError)):  # an error, or an older file decoded whole
                 results.append(head.to(device) if isinstance(head, KVChunk) else head)
                 continue
-            metadata, entries, digests = head
-            tensors = {name: torch.empty(shape, dtype=dtype, device=device)
-                       for name, (dtype, shape, _, _) in entries.items()}
-            layers = len(digests)
-            ranges = {name: (begin, (end - begin) // layers) for name, (_, _, begin, end) in entries.items()}
-            plan = _Plan(source, ranges, tensors, digests, LayerArrival(layers, source.name))
+            metadata, entries, base, size, block_bytes, digests = head
+            buffer = torch.empty(size - base, dtype=torch.uint8, device=device)
+            tensors = {name: buffer[begin - base:end - base].view(dtype).view(shape)
+                       for name, (dtype, shape, begin, end) in entries.items()}
+            layers = tensors["keys"].shape[0]
+            spans = [(begin - base, end - base, (end - begin) // layers) for _, _, begin, end in entries.values()]
+            plan = _Plan(source, base, buffer, block_bytes, digests, spans, layers)
             chunk = chunk_of(metadata, tensors)
             chunk.arrival = plan.arrival
             results.append(chunk)
-            plans.append(plan)
+            tasks += [(held[0] if held else layers, plan, b) for b, held in enumerate(plan.holds)]
         if ready is not None:
-            ready.record()  # the tensors' memory is free for the copies' streams from here
-        tasks = []  # (first layer, plan, layers): in layer order, so that the first layers arrive first
-        for plan in plans:
-            layer_bytes = sum(step for _, step in plan.ranges.values())
-            group = max(1, min(len(plan.digests), self.task_bytes // max(1, layer_bytes)))
-            tasks += [(first, plan, range(first, min(first + group, len(plan.digests))))
-                      for first in range(0, len(plan.digests), group)]
-        for _, plan, layers in sorted(tasks, key=lambda t: t[0]):
-            self.pool.submit(self._layers, plan, layers, ready)
+            ready.record()  # the buffers' memory is free for the copies' streams from here
+        for _, plan, b in sorted(tasks, key=lambda t: t[0]):  # the first layers' blocks first
+            self.pool.submit(self._block, plan, b, ready)
         return results
 
     def _head(self, source: ByteSource, fingerprint: str, kv_format: str | None):
-        """(metadata, tensor entries, layer digests) of a streamable file; a KVChunk for an older file (decoded
-        whole); or the KVChunkError that refuses it."""
+        """(metadata, tensor entries, first byte of the tensors, size, block size, block digests) of a streamable
+        file; a KVChunk for an older file (decoded whole); or the KVChunkError that refuses it."""
         name = source.name
         try:
             size = source.size()
@@ -155,20 +190,21 @@ class ChunkStreamer:
                 first = bytearray(need)
                 source.read_into(0, memoryview(first))
             metadata, entries = layout(first, size)
-            algorithm, _, digests = metadata["checksum"].partition(":")
-            if algorithm != LAYERS_CHECKSUM:
+            stored = metadata["checksum"]
+            aligned = all((begin - need) % dtype.itemsize == 0 for dtype, _, begin, _ in entries.values())
+            if not stored.startswith(f"{BLOCKS_CHECKSUM}:") or not aligned:
                 data = bytearray(size)
                 source.read_into(0, memoryview(data))
                 return decode(data, fingerprint, name=name, kv_format=kv_format)
             check_identity(metadata, {n: e[1] for n, e in entries.items()}, fingerprint, name, kv_format)
-            source.will_need()  # the layers' reads that follow find them on their way, or in memory already
-            digests = digests.split(",")
+            source.will_need()  # the blocks' reads that follow find them on their way, or in memory already
+            block_bytes, metadata_hex, digests = parse_blocks(stored, size - need)
             chunk = chunk_of(metadata, {n: torch.empty(0) for n in entries})  # the metadata parse
             expected = metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format)
             layers = {shape[0] for _, shape, _, _ in entries.values()}
-            if digests[0] != expected or layers != {len(digests) - 1} or entries["keys"][1][1] != chunk.length:
+            if metadata_hex != expected or len(layers) != 1 or entries["keys"][1][1] != chunk.length:
                 raise KVChunkError(f"{name} is corrupted: checksum mismatch")
-            return metadata, entries, digests[1:]
+            return metadata, entries, need, size, block_bytes, digests
         except KVChunkError as exc:
             return exc
         except OSError as exc:
@@ -176,71 +212,62 @@ class ChunkStreamer:
         except Exception as exc:
             return KVChunkError(f"{name} is truncated or corrupted: {exc!r}")
 
-    def _layers(self, plan: _Plan, layers: range, ready) -> None:
-        """Reads, verifies and copies a run of one chunk's layers: one read of each tensor for all of them (a
-        tensor's layers are contiguous in the file and in memory), one XXH3 check a layer, then, on a GPU, one copy
-        of each tensor for the layers that passed and one CUDA event for them all. Each layer's future is settled
-        with that event (None on the CPU); a layer that fails its check fails itself and the run's later ones, a
-        read that fails fails the run."""
-        futures = plan.arrival.futures
+    def _block(self, plan: _Plan, b: int, ready) -> None:
+        """Reads, verifies and copies block b of a chunk (_copy), then settles the layers it completes, or fails
+        those it holds (a block of a chunk already failed is not read: the chunk is not used)."""
+        if plan.failure is not None:
+            plan.fail(b, plan.failure)
+            return
         try:
-            passed, event, failure = self._run(plan, layers, ready)
+            self._copy(plan, b, ready)
+        except KVChunkError as exc:
+            plan.fail(b, exc)
+        except OSError as exc:
+            plan.fail(b, KVChunkError(f"cannot read {plan.source.name}: {exc}"))
         except Exception as exc:
-            passed, event, failure = layers[:0], None, exc
-        if failure is not None and not isinstance(failure, KVChunkError):
-            failure = KVChunkError(f"cannot read {plan.source.name}: {failure}" if isinstance(failure, OSError) else
-                                   f"{plan.source.name} could not be loaded: {failure!r}")
-        for layer in passed:
-            futures[layer].set_result(event)
-        for layer in layers[len(passed):]:
-            futures[layer].set_exception(failure)
+            plan.fail(b, KVChunkError(f"{plan.source.name} could not be loaded: {exc!r}"))
+        else:
+            plan.settle(b)
 
-    def _run(self, plan: _Plan, layers: range, ready):
-        """(the layers that passed, the CUDA event after their copy or None, the first failure or None)."""
-        first, count = layers.start, len(layers)
-        if ready is None:  # CPU: straight into the chunk's tensors
-            staged = {name: plan.tensors[name][first:first + count].view(torch.uint8).reshape(-1)
-                      for name in plan.ranges}
-            passed, failure = self._read_and_check(plan, layers, staged)
-            return passed, None, failure
+    def _copy(self, plan: _Plan, b: int, ready) -> None:
+        """One read of block b, its XXH3 checked, then (on a GPU) one copy to its place in the chunk's buffer on this
+        thread's stream, waited for (the slot is free again, and the block in place for any stream); on the CPU,
+        read straight into the buffer."""
+        at, length = plan.block(b)
+        if ready is None:
+            self._read_and_check(plan, b, memoryview(plan.buffer.numpy())[at:at + length])
+            return
         stream = getattr(self.local, "stream", None)
         if stream is None:
-            stream = self.local.stream = torch.cuda.Stream(plan.tensors["keys"].device)
-        need = count * sum(step for _, step in plan.ranges.values())
+            stream = self.local.stream = torch.cuda.Stream(plan.buffer.device)
         slot = self.slots.get()
-        event = None
         try:
-            if slot is None or slot.numel() < need:
-                slot = torch.empty(need, dtype=torch.uint8, pin_memory=True)
-            staged, offset = {}, 0
-            for name, (_, step) in plan.ranges.items():
-                staged[name] = slot[offset:offset + count * step]
-                offset += count * step
-            passed, failure = self._read_and_check(plan, layers, staged)
-            if passed:
-                event = torch.cuda.Event()
-                with torch.cuda.stream(stream):
-                    stream.wait_event(ready)
-                    for name, (_, step) in plan.ranges.items():
-                        target = plan.tensors[name][first:first + len(passed)].view(torch.uint8).reshape(-1)
-                        target.copy_(staged[name][:len(passed) * step], non_blocking=True)
-                    event.record(stream)
-                event.synchronize()  # the slot is free again once its copy is done
-            return passed, event, failure
+            if slot is None or slot[0].numel() < length:
+                pinned = torch.empty(max(length, plan.block_bytes), dtype=torch.uint8, pin_memory=True)
+                slot = (pinned, memoryview(pinned.numpy()))
+            self._read_and_check(plan, b, slot[1][:length])
+            with torch.cuda.stream(stream):
+                stream.wait_event(ready)  # the buffer's memory is the chunk's from here
+                plan.buffer[at:at + length].copy_(slot[0][:length], non_blocking=True)
+            stream.synchronize()
         finally:
             self.slots.put(slot)
 
     @staticmethod
-    def _read_and_check(plan: _Plan, layers: range, staged: dict) -> tuple[range, Exception | None]:
-        """Reads each tensor's bytes of `layers` into staged[name] (uint8, those layers' bytes), then checks each
-        layer's XXH3: (the layers before the first that fails, its KVChunkError or None)."""
-        views = {name: memoryview(staged[name].numpy()) for name in plan.ranges}
-        for name, (begin, step) in plan.ranges.items():
-            plan.source.read_into(begin + layers.start * step, views[name])
-        for n, layer in enumerate(layers):
-            digest = xxhash.xxh3_64()
-            for name, (_, step) in plan.ranges.items():
-                digest.update(views[name][n * step:(n + 1) * step])
-            if digest.hexdigest() != plan.digests[layer]:
-                return layers[:n], KVChunkError(f"{plan.source.name} is corrupted: checksum mismatch in layer {layer}")
-        return layers, None
+    def _read_and_check(plan: _Plan, b: int, view: memoryview) -> None:
+        """Reads block b into `view` and checks its XXH3 (KVChunkError naming the block and its layers)."""
+        at = plan.block(b)[0]
+        plan.source.read_into(plan.base + at, view)
+        if xxhash.xxh3_64_hexdigest(view) != plan.digests[b]:
+            raise KVChunkError(f"{plan.source.name} is corrupted: checksum mismatch in block {b}{_named(plan.holds[b])}")
+
+
+def _named(layers: list[int]) -> str:
+    """" (layer 3)", " (layers 2-5)" or " (layers 0, 1, 27)" for the layers a block holds."""
+    if not layers:
+        return ""
+    if len(layers) == 1:
+        return f" (layer {layers[0]})"
+    if layers[-1] - layers[0] == len(layers) - 1:
+        return f" (layers {layers[0]}-{layers[-1]})"
+    return f" (layers {', '.join(map(str, layers))})"

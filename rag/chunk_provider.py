@@ -101,10 +101,10 @@ class ChunkProvider:
 
     def serve_streamed(self, passages: list[tuple[str, list[int], str, str]]) -> list[Served]:
         """serve() of several passages (key, token ids, label, collection), those in neither tier loaded from the
-        store together, streamed layer by layer to the device (engine.chunk_stream: the request's prefill starts
+        store together, streamed block by block to the device (engine.chunk_stream: the request's prefill starts
         while they arrive) and kept in the device tier; each checked to be its passage's own (chunk_identity) from
-        its header, before any of its layers is used. A layer that fails its check fails the request that waits for
-        it: `forget` the chunk, then serve it again (recomputed)."""
+        its header, before any of its layers is used. A block that fails its check fails the layers it holds and the
+        request that waits for them: `forget` the chunk, then serve it again (recomputed)."""
         m = self.model()
         with self.lock:
             served, misses = {}, []

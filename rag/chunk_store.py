@@ -47,7 +47,7 @@ class ChunkBackend(ABC):
         ...
 
     def source(self, key: str) -> ByteSource | None:
-        """The bytes under key read by range (for loads streamed layer by layer), or None when there are none. By
+        """The bytes under key read by range (for loads streamed block by block), or None when there are none. By
         default the whole of get(); a backend that can read ranges (a file) does better."""
         data = self.get(key)
         return None if data is None else BufferSource(data, f"KV chunk {key}")

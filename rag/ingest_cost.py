@@ -12,7 +12,7 @@ from .document_store import StoreError
 
 # a chunk file beyond its keys and values and the JSON of its token ids (counted exactly): the safetensors header's
 # length, the tensors' dtype, shape and offsets, the format version, level, start, fingerprint, KV format and
-# checksum (17 bytes a layer: a few layers' worth)
+# checksum (17 bytes a 4 MiB block of the tensors)
 CHUNK_HEADER_BYTES = 400
 # a passage's row beyond its text, token ids and vector: SQLite's own overhead; rows are counted twice (the WAL holds
 # each once more until a checkpoint), plus one vector more for the saved vector index

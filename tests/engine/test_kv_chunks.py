@@ -190,7 +190,7 @@ def test_bad_chunk_files_are_refused(chunk, tmp_path):
         load_file(tmp_path / "absent.safetensors", "fp-a")
 
 
-@pytest.mark.parametrize("algorithm", ["sha256", "crc32", "xxh3"])
+@pytest.mark.parametrize("algorithm", ["sha256", "crc32", "xxh3", "xxh3-layers"])
 def test_files_with_earlier_checksums_still_load(chunk, tmp_path, algorithm):
     path = tmp_path / "c.safetensors"
     metadata = {"format_version": "1", "level": str(chunk.level), "start": str(chunk.start),
@@ -205,9 +205,32 @@ def test_files_with_earlier_checksums_still_load(chunk, tmp_path, algorithm):
     with pytest.raises(KVChunkError, match="checksum"):
         load_file(path, "fp-a")
     save_file(chunk, path)
+    with safe_open(path, framework="pt") as f:  # one digest for the metadata, one a block of 4 MiB (here one)
+        assert f.metadata()["checksum"].startswith("xxh3-blocks:4194304:")
+        assert len(f.metadata()["checksum"].split(",")) == 2
+
+
+def test_every_block_of_a_file_is_checked(chunk, tmp_path):
+    """A file saved in blocks of 64 bytes: a flipped bit in any block, a file cut short or grown, and a block size
+    that does not match the digests are refused."""
+    path = tmp_path / "c.safetensors"
+    save_file(chunk, path, block_bytes=64)
+    data = path.read_bytes()
     with safe_open(path, framework="pt") as f:
-        assert f.metadata()["checksum"].startswith("xxh3-layers:")  # one digest for the metadata, one a layer
-        assert len(f.metadata()["checksum"].split(",")) == 1 + chunk.keys.shape[0]
+        stored = f.metadata()["checksum"]
+    base = 8 + int.from_bytes(data[:8], "little")
+    assert len(stored.split(",")) == 1 + -(-(len(data) - base) // 64)
+    assert torch.equal(load_file(path, "fp-a").keys.view(torch.int16), chunk.keys.view(torch.int16))
+    for offset in range(base, len(data), 64):
+        flipped = bytearray(data)
+        flipped[offset] ^= 0x01
+        path.write_bytes(bytes(flipped))
+        with pytest.raises(KVChunkError, match="checksum mismatch"):
+            load_file(path, "fp-a")
+    for broken in (data[:-1], data + b"\0"):
+        path.write_bytes(broken)
+        with pytest.raises(KVChunkError, match="truncated or corrupted"):
+            load_file(path, "fp-a")
 
 
 def fake_chunk(n_tokens: int) -> KVChunk:

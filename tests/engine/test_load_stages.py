@@ -10,7 +10,7 @@ from cascade_rag.benchmarks import load_stages
 def test_every_stage_is_timed_at_every_thread_count(tmp_path, capsys):
     out = tmp_path / "stages.json"
     assert load_stages.main(["--shape", "smollm2-135m", "--tokens", "40", "--chunks", "2", "--format", "fp8",
-                             "--threads", "1,2", "--task-bytes", str(64 << 10), "--device", "cpu", "--repeat", "1",
+                             "--threads", "1,2", "--block-bytes", str(64 << 10), "--device", "cpu", "--repeat", "1",
                              "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert [r["threads"] for r in result["rows"]] == [1, 2] and result["format"] == "fp8"

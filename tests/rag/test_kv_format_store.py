@@ -1,6 +1,7 @@
 """The KV format as a store concern: chosen at the first ingestion, recorded in the manifest, adopted by later
 processes; a process started with another format is refused (FAILED_PRECONDITION over gRPC, naming both)."""
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -64,8 +65,8 @@ def test_another_format_is_refused_naming_both(int4_dir, tiny_model):
         RAG(int4_dir, model=tiny_model, kv_format="int2")
 
 
-def test_a_layer_found_corrupt_while_streamed_is_recomputed(int4_dir, tiny_model, tmp_path):
-    """The question's prefill starts while the chunks arrive layer by layer; a layer failing its checksum fails
+def test_a_block_found_corrupt_while_streamed_is_recomputed(int4_dir, tiny_model, tmp_path):
+    """The question's prefill starts while the chunks arrive block by block; a block failing its checksum fails
     that attempt, and the answer is made over the chunk recomputed (with a warning), which is stored again."""
     data = tmp_path / "copy"
     shutil.copytree(int4_dir, data)
@@ -78,7 +79,8 @@ def test_a_layer_found_corrupt_while_streamed_is_recomputed(int4_dir, tiny_model
             corrupt[-3] ^= 0x40  # the last layer's value parameters
             f.write_bytes(bytes(corrupt))
         answer = rag.ask("Who built the lighthouse of Varn?", top_k=2).result()
-        assert any("checksum mismatch in layer 1; recomputing it" in w for w in answer.warnings), answer.warnings
+        assert any(re.search(r"checksum mismatch in block 0 \(layers 0-1\); recomputing it", w)
+                   for w in answer.warnings), answer.warnings
         assert answer.tiers == {"recomputed": 2} and answer.token_ids
         assert rag.check() == [] and len(key) == len(list((data / "chunks").glob("*.safetensors")))
         again = rag.ask("Who built the lighthouse of Varn?", top_k=2).result()
