@@ -58,7 +58,7 @@ class AttentionContext:
     arrivals: list = field(default_factory=list)  # context chunks' layers still arriving (engine.chunk_stream)
 
     def arrive(self, layer: int) -> None:
-        """Waits until every context chunk's `layer` is on the device (and orders the stream after it)."""
+        """Waits until every context chunk's `layer` is in place on the device."""
         for arrival in self.arrivals:
             arrival.wait(layer)
 

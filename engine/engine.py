@@ -58,8 +58,8 @@ class LLMEngine:
 
     def variant(self, **fields) -> "LLMEngine":
         """This engine, its model, tokenizer and graphs shared, with other composition options (fields of
-        EngineOptions: document_temperature, blend); for measuring settings side by side."""
-        unknown = set(fields) - {"document_temperature", "blend"}
+        EngineOptions: document_temperature, blend, stream_prefill); for measuring settings side by side."""
+        unknown = set(fields) - {"document_temperature", "blend", "stream_prefill"}
         if unknown:
             raise ValueError(f"a variant changes the composition only, not {', '.join(sorted(unknown))}")
         other = copy.copy(self)
@@ -146,6 +146,10 @@ class LLMEngine:
 
         At batch size 1 one generation runs at a time: starting another abandons the previous one."""
         began = time.perf_counter()
+        if not self.options.stream_prefill:  # every streamed layer first: the question's graph can then run
+            for chunk in chunks:
+                if chunk.arrival is not None:
+                    chunk.arrival.wait_all()
         sampler = Sampler(params, torch.device(self.device))
         stepper = self._lead_stepper(chunks, token_ids, params, sampler) if mode == "blend" else None
         if stepper is None:

@@ -91,6 +91,10 @@ class EngineOptions:
     - quantized_head: greedy graph steps read the LM head's int8 copy (kernels.lm_head; the token is the same).
     - document_temperature: divides the new tokens' scores over documents that share positions (`cached`).
     - blend: which document tokens `blend` recomputes (engine.selective; default CacheBlend's 15%).
+    - stream_prefill: with chunks still arriving (streamed from the store, engine.chunk_stream), the question's
+      prefill runs eagerly, each layer waiting for the chunks' layer (on: the first layers compute while the later
+      ones arrive), or waits for every layer, then replays the question's graph where it fits (off: no overlap,
+      no eager launches).
     - prefill_batch_tokens: passage tokens prefilled in one forward pass at ingestion (default by device).
     - kv_format: how the passage (level-1) chunks it prefills hold their keys and values, and so which variant of
       the chunk-attention kernels reads them: "dtype" (the model's), "fp8" or "int4" (kernels.kv_quant, read and
@@ -110,6 +114,7 @@ class EngineOptions:
     quantized_head: bool = True
     document_temperature: float = DOCUMENT_TEMPERATURE
     blend: Recompute = Recompute()
+    stream_prefill: bool = True
     prefill_batch_tokens: int | None = None
     kv_format: str = "dtype"
     kernels: KernelOptions = field(default_factory=lambda: DEFAULT_KERNELS)

@@ -42,6 +42,11 @@ def test_streamed_chunks_answer_as_loaded_ones(checkpoint, kv_format, block_byte
     streamed = streamer.load([FileSource(p) for p in paths], "fp", "cpu")
     assert engine.generate(QUESTION, params, [level0] + streamed, "blend").token_ids == \
         engine.generate(QUESTION, params, whole, "blend").token_ids
+    after_load = engine.variant(stream_prefill=False)  # every layer first, then the prefill as over loaded chunks
+    streamed = streamer.load([FileSource(p) for p in paths], "fp", "cpu", kv_format)
+    generation = after_load.stream(QUESTION, params, [level0] + streamed, "cached")
+    assert not any(c.arrival.pending for c in streamed)  # waited for before the prefill began
+    assert generation.result().token_ids == expected
 
 
 @pytest.mark.parametrize("block_bytes", [512, 4 << 20])  # blocks of a layer or less, one block of them all
