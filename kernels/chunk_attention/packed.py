@@ -166,15 +166,17 @@ def attend_packed_keys(q, k, v_t, k_scale, k_zero, v_scale, v_zero, visible, m_i
 @triton.jit
 def attend_packed_tile(q, k, v, k_scale, k_zero, v_scale, v_zero, visible, m_i, l_i, acc, qk_scale,
                        FORMAT: tl.constexpr, DOT_F32: tl.constexpr, PRECISION: tl.constexpr):
-    """attend_tile (query rows) over a packed tile: q [M, D], k and v [N, D] levels; acc [M, D]."""
-    qf = q.to(tl.float32)
-    scaled = qf * k_scale[None, :]
+    """attend_tile (query rows) over a packed tile: q [M, D], k and v [N, D] levels; acc [M, D]. The tile's keys are
+    dequantised (in float16, or fp32 with DOT_F32), not the queries scaled: a tile has fewer keys than query rows,
+    and the scores then need no sum of the queries against the zeros (a reduction across the row's threads)."""
     if DOT_F32:
-        k = k.to(tl.float32)
+        k = k.to(tl.float32) * k_scale[None, :] + k_zero[None, :]
+        q = q.to(tl.float32)
         v = v.to(tl.float32)
     else:
-        scaled = scaled.to(tl.float16)
-    s = tl.dot(scaled, tl.trans(k), input_precision=PRECISION) + tl.sum(qf * k_zero[None, :], 1)[:, None]
+        k = k * k_scale.to(tl.float16)[None, :] + k_zero.to(tl.float16)[None, :]
+        q = q.to(tl.float16)
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     s = tl.where(visible, s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)

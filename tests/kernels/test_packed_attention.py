@@ -119,3 +119,15 @@ def test_packed_prefills_take_their_own_settings():
     packed = ca.decode_workspace(32, 4, 64, 2, 100_000, "cpu", options=options, packed=True)
     assert not plain.decode and plain.block_m == packed.block_m == 64
     assert packed.num_splits == 4 * plain.num_splits  # 8 programs an SM against 2
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("fmt", ["fp8", "int4"])
+@pytest.mark.parametrize("case", CASES)
+def test_packed_attention_in_float16_as_on_a_gpu_interpreted(case, fmt, monkeypatch):
+    """The kernels' float16 arithmetic (DOT_F32 off: the prefill's dequantised keys, the decode's scaled queries),
+    which only a GPU runs otherwise, run by the interpreter over float16 queries."""
+    from cascade_rag.kernels.chunk_attention import decode, prefill
+    for module in (decode, prefill):
+        monkeypatch.setattr(module, "interpreted", lambda: False)
+    check(case, fmt, torch.float16, "cpu", 1e-2)
