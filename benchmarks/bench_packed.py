@@ -5,9 +5,10 @@ prefill, packed_prefill).
 
 The cases are bench_kernels' (Qwen3-0.6B: 16 q heads, 8 KV heads, head_dim 128; context chunks plus a bf16 own
 chunk), the context chunks quantised with kernels.kv_quant. Every format is timed over the same grid of launch
-settings (KV block, warps, pipeline depth, programs per SM), so that a ratio compares each format at its best; the
-default settings' time is printed beside it. GPU time as in bench_kernels (a CUDA graph of calls over copies of the
-inputs larger than L2). Effective GB/s counts the bytes each format stores (codes and parameters)."""
+settings (KV block, warps, pipeline depth, programs per SM, register cap: 0 for the compiler's choice), so that a
+ratio compares each format at its best; the default settings' time is printed beside it. GPU time as in
+bench_kernels (a CUDA graph of calls over copies of the inputs larger than L2). Effective GB/s counts the bytes each
+format stores (codes and parameters)."""
 import argparse
 import itertools
 import json
@@ -23,10 +24,12 @@ from cascade_rag.kernels.options import DEFAULT_KERNELS
 from .bench_kernels import CONTEXTS, D, SWEEP_BYTES, decode_case, gpu_s
 
 FORMATS = ("bf16", "fp8", "int4")
-GRID = list(itertools.product((16, 32), (2, 4), (3, 4), (2, 4)))  # block_n, warps, stages, programs/SM
-QUICK_GRID = list(itertools.product((16, 32), (2,), (3,), (2, 4)))  # --quick: the settings that won on the H100
-PREFILL_GRID = list(itertools.product((16, 32), (4, 8), (2, 3), (2, 4, 8)))  # a question's prefill
-QUICK_PREFILL_GRID = list(itertools.product((16, 32), (4,), (2, 3), (2, 4)))
+# block_n, warps, stages, programs/SM, max_registers (168: 6 programs of 2 warps or 3 of 4 fit an SM, where the
+# compiler takes 225-255 registers and so 4 or 2)
+GRID = list(itertools.product((16, 32), (2, 4), (3, 4), (2, 4), (0, 168)))
+QUICK_GRID = list(itertools.product((16, 32), (2,), (3,), (2, 4, 6), (0, 168)))  # --quick: around the H100's winners
+PREFILL_GRID = list(itertools.product((16, 32), (4, 8), (2, 3), (2, 4, 8), (0,)))  # a question's prefill
+QUICK_PREFILL_GRID = list(itertools.product((16, 32), (4,), (2, 3), (2, 3, 4), (0, 168)))
 
 
 def packed_case(total: int, chunks: int, fmt: str, seed: int, num_q: int = 1):
@@ -65,10 +68,11 @@ def error(inputs) -> float:
 
 def tuned(s: tuple, num_q: int):
     """The kernel options of grid setting s: the decode kernel's (one query) or the question prefill's."""
+    fields = dict(block_n=s[0], num_warps=s[1], num_stages=s[2], programs_per_sm=s[3], max_registers=s[4])
     if num_q == 1:
-        t = replace(DEFAULT_KERNELS.decode, block_n=s[0], num_warps=s[1], num_stages=s[2], programs_per_sm=s[3])
+        t = replace(DEFAULT_KERNELS.decode, **fields)
         return replace(DEFAULT_KERNELS, decode=t, packed_decode=t)
-    t = replace(DEFAULT_KERNELS.prefill, block_n=s[0], num_warps=s[1], num_stages=s[2], programs_per_sm=s[3])
+    t = replace(DEFAULT_KERNELS.prefill, **fields)
     return replace(DEFAULT_KERNELS, prefill=t, packed_prefill=t)
 
 
@@ -86,7 +90,7 @@ def bench(total: int, chunks: int, fmt: str, grid: list[tuple], num_q: int = 1) 
     best = min(timings, key=timings.get)
     top = sorted(timings, key=timings.get)[:5]
     return dict(context=total, format=fmt, queries=num_q, bytes=nbytes, default_us=default_us, best_us=timings[best],
-                best=dict(zip(("block_n", "num_warps", "num_stages", "programs_per_sm"), best)),
+                best=dict(zip(("block_n", "num_warps", "num_stages", "programs_per_sm", "max_registers"), best)),
                 gb_per_s=nbytes / timings[best] / 1e3, top5={str(s): round(timings[s], 1) for s in top},
                 max_abs_err=error(inputs))
 
@@ -113,7 +117,8 @@ def main() -> None:
         bf16 = next(x for x in rows if x["context"] == r["context"] and x["format"] == "bf16")
         b = r["best"]
         print(f"| {r['context']} | {r['format']} | {r['bytes'] / 1e6:.1f} MB | {r['default_us']:.1f} | "
-              f"{r['best_us']:.1f} | {b['block_n']}/{b['num_warps']}w/{b['num_stages']}s/{b['programs_per_sm']}p | "
+              f"{r['best_us']:.1f} | {b['block_n']}/{b['num_warps']}w/{b['num_stages']}s/{b['programs_per_sm']}p/"
+              f"{b['max_registers'] or '-'}r | "
               f"{r['gb_per_s']:.0f} | {bf16['best_us'] / r['best_us']:.2f}x |")
     if args.json:
         with open(args.json, "w") as f:

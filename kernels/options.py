@@ -8,12 +8,14 @@ from dataclasses import dataclass, field, fields, is_dataclass, replace
 @dataclass(frozen=True)
 class AttentionTuning:
     """Chunk attention with several query rows (_attn_kernel): KV block, warps, pipeline depth, programs per SM
-    to aim for, shortest split (in keys)."""
+    to aim for, shortest split (in keys), and the most registers a thread may hold (0: the compiler's choice; fewer
+    let more programs stay on an SM, at the cost of spills)."""
     block_n: int = 32
     num_warps: int = 2
     num_stages: int = 2
     programs_per_sm: int = 4
     min_split: int = 32
+    max_registers: int = 0
 
 
 @dataclass(frozen=True)
@@ -26,8 +28,15 @@ class DecodeTuning:
     num_stages: int = 3
     programs_per_sm: int = 2
     min_split: int = 32
+    max_registers: int = 0
     merge_elements: int = 8192
     piece_tiles: int = 8
+
+
+def compile_options(tuning: AttentionTuning | DecodeTuning) -> dict:
+    """The Triton launch options of a chunk-attention kernel's tuning: warps, stages and, where set, maxnreg."""
+    registers = {"maxnreg": tuning.max_registers} if tuning.max_registers else {}
+    return {"num_warps": tuning.num_warps, "num_stages": tuning.num_stages} | registers
 
 
 @dataclass(frozen=True)

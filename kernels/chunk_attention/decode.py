@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from ..dispatch import interpreted
-from ..options import DecodeTuning, KernelOptions
+from ..options import DecodeTuning, KernelOptions, compile_options
 from ..rope import RotaryInputs, cos_sin, normed_heads, rotated
 from .common import LOG2E, attend_keys, chunk_entry, chunk_shift, chunk_span, merge_partials, num_sms, split_prologue
 from .packed import NO_PACKED, NOT_PACKED_C, PackedBases, attend_packed_keys, packed_tile
@@ -241,5 +241,5 @@ def launch_decode(q, k_base, v_base, table, out, part, lock, num_chunks, num_spl
                   rotary is not None, qk_norm, cfg.block_n if pieces else 0, packed.format)
     args = pointers + (qk_eps, num_chunks, split_len, total, scale * LOG2E, q.stride(0)) + constexprs
     key = ("decode", q.device.index, tuple(p.dtype for p in pointers), tuple(p.data_ptr() % 16 == 0 for p in pointers),
-           constexprs, cfg.num_warps, cfg.num_stages)
-    launch(_decode_kernel, (hkv, num_splits), args, key, options, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+           constexprs, cfg.num_warps, cfg.num_stages, cfg.max_registers)
+    launch(_decode_kernel, (hkv, num_splits), args, key, options, **compile_options(cfg))

@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 
 from ..dispatch import implementation, interpreted
-from ..options import DEFAULT_KERNELS, KernelOptions
+from ..options import DEFAULT_KERNELS, KernelOptions, compile_options
 from .common import HEAD_DIMS, LOG2E, attend_tile, chunk_span, num_sms, split_prologue, store_rows
 from .prefill import launch_merge, row_tile, tuning
 from .tables import chunk_table
@@ -107,9 +107,8 @@ def _limited_triton(q, keys, values, scale, limits, num_splits, options: KernelO
             q.stride(0), hq, group, head_dim, block_m, cfg.block_n, triton.next_power_of_2(num_chunks + 1), split,
             aligned, interpreted(), precision)
     key = ("limited", device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:7])) + args[13:] + (
-        cfg.num_warps, cfg.num_stages)
-    launch(_limited_kernel, (m_tiles, hkv, num_splits), args, key, options, num_warps=cfg.num_warps,
-           num_stages=cfg.num_stages)
+        cfg.num_warps, cfg.num_stages, cfg.max_registers)
+    launch(_limited_kernel, (m_tiles, hkv, num_splits), args, key, options, **compile_options(cfg))
     if split:
         launch_merge(part, out, num_splits, num_q * hq, head_dim, options)
     return out

@@ -6,7 +6,7 @@ import triton
 import triton.language as tl
 
 from ..dispatch import interpreted
-from ..options import AttentionTuning, KernelOptions
+from ..options import AttentionTuning, KernelOptions, compile_options
 from ..windows import lead_tile, seen_chunks
 from .common import (DONE_C, LOG2E, attend_tile, chunk_span, merge_partials, num_sms, split_prologue, store_done,
                      store_rows)
@@ -263,8 +263,8 @@ def launch_attn(q, k_base, v_base, table, out, part, num_chunks, split_len, tota
         group, head_dim, block_m, cfg.block_n, triton.next_power_of_2(num_chunks + 1), split, aligned, interpreted(),
         precision, total_in_table, packed.format, limits is not None, floors is not None)
     key = ("attn", q.device.index, q.dtype, tuple(t.data_ptr() % 16 == 0 for t in args[:12])) + args[18:] + (
-        cfg.num_warps, cfg.num_stages)
+        cfg.num_warps, cfg.num_stages, cfg.max_registers)
     launch(_attn_kernel, (triton.cdiv(num_q * group, block_m), hkv, num_splits), args, key, options,
-           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+           **compile_options(cfg))
     if split:
         launch_merge(part, out, num_splits, num_q * hq, head_dim, options, marked=floors is not None)

@@ -6,7 +6,7 @@ import torch
 from dataclasses import replace
 
 import cascade_rag.kernels.chunk_attention as ca  # kernels.dispatch sets TRITON_INTERPRET=1 when there is no GPU
-from cascade_rag.kernels.options import DEFAULT_KERNELS, AttentionTuning, KernelOptions
+from cascade_rag.kernels.options import DEFAULT_KERNELS, AttentionTuning, DecodeTuning, KernelOptions, compile_options
 
 from .kernel_cases import make_chunks
 
@@ -65,15 +65,21 @@ def test_decode_merges_partials_in_several_passes():
 
 
 # launch settings other than the defaults, for the kernel each case reaches: several query rows (attention),
-# row tiles of 64 (prefill)
+# row tiles of 64 (prefill), one query (decode); a register cap passed to the launch
 TUNED = [(([60, 45, 30], 5, 4, 2, 64, None, ()), "attention",
           AttentionTuning(block_n=16, num_warps=4, num_stages=1, programs_per_sm=8, min_split=16)),
          (([60, 45, 30], 17, 8, 1, 128, None, ()), "prefill",
-          AttentionTuning(block_n=64, num_warps=2, num_stages=2, programs_per_sm=6, min_split=32))]
+          AttentionTuning(block_n=64, num_warps=2, num_stages=2, programs_per_sm=6, min_split=32, max_registers=168)),
+         (([150, 1, 200, 69], 1, 4, 2, 128, None, ()), "decode", DecodeTuning(programs_per_sm=6, max_registers=168))]
+
+
+def test_a_register_cap_is_a_launch_option():
+    assert compile_options(AttentionTuning()) == {"num_warps": 2, "num_stages": 2}
+    assert compile_options(DecodeTuning(max_registers=168)) == {"num_warps": 2, "num_stages": 3, "maxnreg": 168}
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("case,table,tuning", TUNED, ids=["attention", "prefill"])
+@pytest.mark.parametrize("case,table,tuning", TUNED, ids=["attention", "prefill", "decode"])
 def test_chunk_attention_under_other_tuning_interpreted(case, table, tuning):
     check_attention(case, torch.float32, "cpu", 1e-3, replace(DEFAULT_KERNELS, **{table: tuning}))
 

@@ -14,6 +14,6 @@ def test_chunk_attention_kernels_compile_for_sm90():
     done = subprocess.run([sys.executable, "-m", "tests.kernels.compile_targets"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
     lines = done.stdout.splitlines()
-    assert done.returncode == 0 and len(lines) == 19, done.stdout + done.stderr  # 6 decode, 7 prefill, limited,
-    # 2 merges, 3 rotary
+    assert done.returncode == 0 and len(lines) == 20, done.stdout + done.stderr  # 7 decode (one under a register
+    # cap), 7 prefill, limited, 2 merges, 3 rotary
     assert [line for line in lines if not line.endswith(": OK")] == []
