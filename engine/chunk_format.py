@@ -190,13 +190,13 @@ def decode(data: bytes | bytearray | memoryview, fingerprint: str, device="cpu",
     if version != FORMAT_VERSION:
         raise FingerprintMismatch(f"{name} has format version {version}, expected {FORMAT_VERSION}")
     if stored.startswith(f"{BLOCKS_CHECKSUM}:"):
-        data = view[header_bytes(view):]
+        tensor_bytes = view[header_bytes(view):]
         try:
-            block_bytes, metadata_hex, _ = parse_blocks(stored, len(data))
+            block_bytes, _, _ = parse_blocks(stored, len(tensor_bytes))
         except ValueError as exc:
             raise KVChunkError(f"{name} is truncated or corrupted: {exc}") from None
         expected = metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format)
-        if blocks_checksum(expected, data, block_bytes) != stored:
+        if blocks_checksum(expected, tensor_bytes, block_bytes) != stored:
             raise KVChunkError(f"{name} is corrupted: checksum mismatch")
     elif checksum(chunk, stored.split(":")[0] if ":" in stored else "sha256") != stored:
         raise KVChunkError(f"{name} is corrupted: checksum mismatch")
