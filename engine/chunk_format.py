@@ -1,8 +1,8 @@
 """The bytes of a stored KV chunk, apart from where they are kept: safetensors (tensors `keys` and `values`, and for a
 packed KV format their codes with `key_params` and `value_params`, kernels.kv_quant) whose metadata holds the
 level, the canonical start, the token ids, the fingerprint, the format version, the KV format and a checksum of
-data and metadata: one XXH3 of the metadata and one of each block of the tensors' bytes (BLOCK_BYTES, as they
-lie in the file), so that a reader can verify each block as it arrives, with one read, one hash and one copy
+data and metadata: one XXH3 of the metadata and one of each block of each tensor's bytes (BLOCK_BYTES from the
+tensor's start), so that a reader can verify each block as it arrives, with one read, one hash and one copy
 (engine.chunk_stream). `decode` refuses anything else with KVChunkError: truncated, corrupted, of another format
 version, another KV format or another model (FingerprintMismatch)."""
 import hashlib
@@ -58,8 +58,8 @@ def layers_checksum(chunk: KVChunk) -> str:
 
 
 def checksum(chunk: KVChunk, algorithm: str) -> str:
-    """The checksum of the keys, values and metadata of files saved before the block checksum (BLOCKS_CHECKSUM,
-    which is over the file's bytes: blocks_checksum): "xxh3-layers:" (layers_checksum), "xxh3:" and one 64-bit
+    """The checksum of the keys, values and metadata of files saved before the block checksum (BLOCKS_CHECKSUM:
+    blocks_checksum): "xxh3-layers:" (layers_checksum), "xxh3:" and one 64-bit
     XXH3 of everything, "crc32:" and their CRC-32, or the bare SHA-256 hex digest ("sha256"); all are still
     verified, no longer written."""
     if algorithm == LAYERS_CHECKSUM:
@@ -77,41 +77,54 @@ def checksum(chunk: KVChunk, algorithm: str) -> str:
     return digest.hexdigest() if algorithm == "sha256" else f"xxh3:{digest.hexdigest()}"
 
 
-def blocks_checksum(metadata_hex: str, data: memoryview, block_bytes: int) -> str:
-    """"xxh3-blocks:", the block size, ":", then the metadata's digest and each block's of `data` (the file's bytes
-    after its header), comma-separated."""
-    digests = [xxhash.xxh3_64_hexdigest(data[at:at + block_bytes]) for at in range(0, len(data), block_bytes)]
+def tensor_blocks(sizes: list[int], block_bytes: int) -> list[tuple[int, int, int]]:
+    """The checksum's blocks of tensors of these byte sizes (in the file's tensor order, tensors_of's): (tensor,
+    first byte in it, length), each tensor cut in blocks of `block_bytes` from its start (the last one shorter)."""
+    return [(t, at, min(block_bytes, size - at)) for t, size in enumerate(sizes) for at in range(0, size, block_bytes)]
+
+
+def blocks_checksum(metadata_hex: str, tensors: list, block_bytes: int) -> str:
+    """"xxh3-blocks:", the block size, ":", then the metadata's digest and each block's of the tensors (buffers of
+    their bytes, in tensors_of's order: tensor_blocks), comma-separated."""
+    views = [memoryview(t).cast("B") for t in tensors]
+    digests = [xxhash.xxh3_64_hexdigest(views[t][at:at + n])
+               for t, at, n in tensor_blocks([len(v) for v in views], block_bytes)]
     return f"{BLOCKS_CHECKSUM}:{block_bytes}:{','.join([metadata_hex] + digests)}"
 
 
-def parse_blocks(stored: str, data_bytes: int) -> tuple[int, str, list[str]]:
-    """(block size, the metadata's digest, each block's digest) of a blocks checksum over `data_bytes` bytes of
-    tensors; ValueError where it is not one (or not of as many blocks)."""
+def parse_blocks(stored: str, sizes: list[int]) -> tuple[int, str, list[str]]:
+    """(block size, the metadata's digest, each block's digest) of a blocks checksum over tensors of these byte
+    sizes; ValueError where it is not one (or not of as many blocks)."""
     algorithm, block_bytes, digests = stored.split(":", 2)
     block_bytes, digests = int(block_bytes), digests.split(",")
-    if algorithm != BLOCKS_CHECKSUM or block_bytes < 1 or len(digests) != 1 + -(-data_bytes // block_bytes):
-        raise ValueError(f"a checksum of {len(digests) - 1} blocks of {block_bytes} bytes for {data_bytes} bytes")
+    if algorithm != BLOCKS_CHECKSUM or block_bytes < 1 or len(digests) != 1 + len(tensor_blocks(sizes, block_bytes)):
+        raise ValueError(f"a checksum of {len(digests) - 1} blocks of {block_bytes} bytes for tensors of {sizes} bytes")
     return block_bytes, digests[0], digests[1:]
+
+
+def _bytes_of(tensors) -> list:
+    """Each CPU tensor's bytes, as a buffer (no copy where it is contiguous)."""
+    return [t.contiguous().view(torch.uint8).reshape(-1).numpy() for t in tensors]
 
 
 def encode(chunk: KVChunk, block_bytes: int = BLOCK_BYTES) -> bytes:
     """The chunk's file contents, its tensors' bytes checked by blocks of `block_bytes`."""
     chunk = chunk.to("cpu")
+    tensors = {name: t.contiguous() for name, t in tensors_of(chunk).items()}
     metadata = {
         "format_version": str(FORMAT_VERSION), "level": str(chunk.level), "start": str(chunk.start),
         "token_ids": json.dumps(chunk.token_ids), "fingerprint": chunk.fingerprint, "kv_format": chunk.kv_format,
+        "checksum": blocks_checksum(
+            metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format),
+            _bytes_of(tensors.values()), block_bytes),
     }
-    tensors = {name: t.contiguous() for name, t in tensors_of(chunk).items()}
-    plain = memoryview(save_tensors(tensors, metadata=metadata))  # the tensors' bytes as the file holds them
-    metadata["checksum"] = blocks_checksum(
-        metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format),
-        plain[header_bytes(plain):], block_bytes)
     return save_tensors(tensors, metadata=metadata)
 
 
 def layout(data, size: int) -> tuple[dict, dict[str, tuple[torch.dtype, list[int], int, int]]]:
     """(metadata, {name: (dtype, shape, first byte, end byte)}) of a safetensors file of `size` bytes from its
-    first bytes `data` (the 8-byte length and the header); ValueError where they are not whole."""
+    first bytes `data` (the 8-byte length and the header); ValueError where they are not whole, or where bytes follow
+    the last tensor."""
     (length,) = struct.unpack("<Q", bytes(data[:8]))
     if length > size - 8:
         raise ValueError(f"header of {length} bytes in {size}")
@@ -123,6 +136,8 @@ def layout(data, size: int) -> tuple[dict, dict[str, tuple[torch.dtype, list[int
         if begin < 0 or base + end > size or end - begin != torch.Size(entry["shape"]).numel() * dtype.itemsize:
             raise ValueError(f"tensor {name} out of bounds")
         entries[name] = (dtype, entry["shape"], base + begin, base + end)
+    if max(end for _, _, _, end in entries.values()) != size:
+        raise ValueError(f"{size} bytes where the tensors end at byte {max(e for _, _, _, e in entries.values())}")
     return metadata, entries
 
 
@@ -190,13 +205,13 @@ def decode(data: bytes | bytearray | memoryview, fingerprint: str, device="cpu",
     if version != FORMAT_VERSION:
         raise FingerprintMismatch(f"{name} has format version {version}, expected {FORMAT_VERSION}")
     if stored.startswith(f"{BLOCKS_CHECKSUM}:"):
-        tensor_bytes = view[header_bytes(view):]
+        parts = _bytes_of(tensors_of(chunk).values())
         try:
-            block_bytes, _, _ = parse_blocks(stored, len(tensor_bytes))
+            block_bytes, _, _ = parse_blocks(stored, [len(p) for p in parts])
         except ValueError as exc:
             raise KVChunkError(f"{name} is truncated or corrupted: {exc}") from None
         expected = metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format)
-        if blocks_checksum(expected, tensor_bytes, block_bytes) != stored:
+        if blocks_checksum(expected, parts, block_bytes) != stored:
             raise KVChunkError(f"{name} is corrupted: checksum mismatch")
     elif checksum(chunk, stored.split(":")[0] if ":" in stored else "sha256") != stored:
         raise KVChunkError(f"{name} is corrupted: checksum mismatch")

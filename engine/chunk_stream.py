@@ -3,13 +3,14 @@
 `ChunkStreamer.load` reads every chunk's header (in parallel threads), checks its identity and the metadata's
 digest, allocates one buffer on the device for the tensors' bytes (each tensor a view of its place in it, as in
 the file) and returns the chunks at once, each with a `LayerArrival`. Threads then take the files' blocks (the
-checksum's, engine.chunk_format.BLOCK_BYTES), those holding the first layers first: one read of a block into a
-pinned staging slot, its XXH3 checked, one copy to its place in the device buffer on the thread's own CUDA stream.
-A layer has arrived when every block holding some of its bytes has. The decoder waits for a layer's arrival just
-before its attention (AttentionContext.arrive): the first layers compute while the later ones are still being
-read. A block that fails its check fails the layers it holds, raising KVChunkError from their wait (the request
-fails; its caller drops the chunk and computes it again). Files written before the block checksum are read whole
-and decoded as before. On a CPU device, blocks are read straight into the chunk's buffer."""
+checksum's: engine.chunk_format.BLOCK_BYTES of a tensor from its start, so that a block holds a run of one
+tensor's layers), those holding the first layers first: one read of a block into a pinned staging slot, its XXH3
+checked, one copy to its place in the device buffer on the thread's own CUDA stream. A layer has arrived when every
+block holding some of its bytes has; the decoder waits for a layer's arrival just before its attention
+(AttentionContext.arrive): the first layers compute while the later ones are still being read. A block that fails
+its check fails the layers it holds, raising KVChunkError from their wait (the request fails; its caller drops the
+chunk and computes it again). Files written before the block checksum are read whole and decoded as before. On a
+CPU device, blocks are read straight into the chunk's buffer."""
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from queue import Queue
@@ -19,7 +20,7 @@ import torch
 import xxhash
 
 from .chunk_format import (BLOCKS_CHECKSUM, check_identity, chunk_of, decode, header_bytes, layout, metadata_digest,
-                           parse_blocks)
+                           parse_blocks, tensor_blocks)
 from .kv_chunk import KVChunk, KVChunkError
 
 HEADER_GUESS = 64 << 10  # first read of a file: its header fits in this for chunks of up to ~10,000 tokens
@@ -85,45 +86,31 @@ class LayerArrival:
 
 class _Plan:
     """One chunk being streamed: its source, where its tensors' bytes start in it, the device buffer they go to,
-    its blocks' size and digests, which layers each block holds, and the layers' arrival as blocks settle."""
+    its blocks (first byte in the buffer, length, the layers they hold) and their digests, and the layers' arrival
+    as blocks settle."""
 
     def __init__(self, source: ByteSource, base: int, buffer: torch.Tensor, block_bytes: int, digests: list[str],
                  spans: list[tuple[int, int, int]], layers: int):
-        self.source, self.base, self.buffer = source, base, buffer
-        self.block_bytes, self.digests = block_bytes, digests
+        """spans: each tensor's first byte in the buffer, its bytes and its bytes a layer, in tensors_of's order."""
+        self.source, self.base, self.buffer, self.digests = source, base, buffer, digests
+        self.block_bytes = block_bytes
         self.arrival = LayerArrival(layers, source.name)
         self.lock = threading.Lock()
         self.failure: KVChunkError | None = None  # the first block's that failed: the chunk is not used
-        self.holds = [self._layers_in(b * block_bytes, min(buffer.numel(), (b + 1) * block_bytes), spans)
-                      for b in range(len(digests))]
+        self.blocks = [(spans[t][0] + at, n, list(range(at // spans[t][2], (at + n - 1) // spans[t][2] + 1)))
+                       for t, at, n in tensor_blocks([size for _, size, _ in spans], block_bytes)]
         self.missing = [0] * layers  # blocks of each layer not yet settled
-        for held in self.holds:
+        for _, _, held in self.blocks:
             for layer in held:
                 self.missing[layer] += 1
         for layer in range(layers):
             if not self.missing[layer]:  # no bytes at all (a chunk of no tokens)
                 self.arrival.futures[layer].set_result(None)
 
-    @staticmethod
-    def _layers_in(lo: int, hi: int, spans: list[tuple[int, int, int]]) -> list[int]:
-        """The layers with bytes in [lo, hi) of the buffer; spans: each tensor's first and end byte in it and its
-        bytes a layer."""
-        held = set()
-        for begin, end, step in spans:
-            first, last = max(lo, begin), min(hi, end)
-            if last > first:
-                held.update(range((first - begin) // step, (last - 1 - begin) // step + 1))
-        return sorted(held)
-
-    def block(self, b: int) -> tuple[int, int]:
-        """Block b's first byte in the buffer and its length."""
-        at = b * self.block_bytes
-        return at, min(self.block_bytes, self.buffer.numel() - at)
-
     def settle(self, b: int) -> None:
         """Block b is verified and in place."""
         with self.lock:
-            for layer in self.holds[b]:
+            for layer in self.blocks[b][2]:
                 self.missing[layer] -= 1
                 if self.missing[layer] == 0 and not self.arrival.futures[layer].done():
                     self.arrival.futures[layer].set_result(None)
@@ -132,7 +119,7 @@ class _Plan:
         """Block b is unusable: every layer it holds fails with `error`."""
         with self.lock:
             self.failure = self.failure or error
-            for layer in self.holds[b]:
+            for layer in self.blocks[b][2]:
                 if not self.arrival.futures[layer].done():
                     self.arrival.futures[layer].set_exception(error)
 
@@ -165,12 +152,12 @@ class ChunkStreamer:
             tensors = {name: buffer[begin - base:end - base].view(dtype).view(shape)
                        for name, (dtype, shape, begin, end) in entries.items()}
             layers = tensors["keys"].shape[0]
-            spans = [(begin - base, end - base, (end - begin) // layers) for _, _, begin, end in entries.values()]
+            spans = [(begin - base, end - begin, (end - begin) // layers) for _, _, begin, end in entries.values()]
             plan = _Plan(source, base, buffer, block_bytes, digests, spans, layers)
             chunk = chunk_of(metadata, tensors)
             chunk.arrival = plan.arrival
             results.append(chunk)
-            tasks += [(held[0] if held else layers, plan, b) for b, held in enumerate(plan.holds)]
+            tasks += [(held[0], plan, b) for b, (_, _, held) in enumerate(plan.blocks)]
         if ready is not None:
             ready.record()  # the buffers' memory is free for the copies' streams from here
         for _, plan, b in sorted(tasks, key=lambda t: t[0]):  # the first layers' blocks first
@@ -198,7 +185,8 @@ class ChunkStreamer:
                 return decode(data, fingerprint, name=name, kv_format=kv_format)
             check_identity(metadata, {n: e[1] for n, e in entries.items()}, fingerprint, name, kv_format)
             source.will_need()  # the blocks' reads that follow find them on their way, or in memory already
-            block_bytes, metadata_hex, digests = parse_blocks(stored, size - need)
+            block_bytes, metadata_hex, digests = parse_blocks(stored, [end - begin for _, _, begin, end in
+                                                                       entries.values()])
             chunk = chunk_of(metadata, {n: torch.empty(0) for n in entries})  # the metadata parse
             expected = metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format)
             layers = {shape[0] for _, shape, _, _ in entries.values()}
@@ -233,7 +221,7 @@ class ChunkStreamer:
         """One read of block b, its XXH3 checked, then (on a GPU) one copy to its place in the chunk's buffer on this
         thread's stream, waited for (the slot is free again, and the block in place for any stream); on the CPU,
         read straight into the buffer."""
-        at, length = plan.block(b)
+        at, length, _ = plan.blocks[b]
         if ready is None:
             self._read_and_check(plan, b, memoryview(plan.buffer.numpy())[at:at + length])
             return
@@ -256,18 +244,12 @@ class ChunkStreamer:
     @staticmethod
     def _read_and_check(plan: _Plan, b: int, view: memoryview) -> None:
         """Reads block b into `view` and checks its XXH3 (KVChunkError naming the block and its layers)."""
-        at = plan.block(b)[0]
+        at, _, held = plan.blocks[b]
         plan.source.read_into(plan.base + at, view)
         if xxhash.xxh3_64_hexdigest(view) != plan.digests[b]:
-            raise KVChunkError(f"{plan.source.name} is corrupted: checksum mismatch in block {b}{_named(plan.holds[b])}")
+            raise KVChunkError(f"{plan.source.name} is corrupted: checksum mismatch in block {b}{_named(held)}")
 
 
 def _named(layers: list[int]) -> str:
-    """" (layer 3)", " (layers 2-5)" or " (layers 0, 1, 27)" for the layers a block holds."""
-    if not layers:
-        return ""
-    if len(layers) == 1:
-        return f" (layer {layers[0]})"
-    if layers[-1] - layers[0] == len(layers) - 1:
-        return f" (layers {layers[0]}-{layers[-1]})"
-    return f" (layers {', '.join(map(str, layers))})"
+    """" (layer 3)" or " (layers 2-5)" for the run of layers a block holds."""
+    return f" (layer {layers[0]})" if len(layers) == 1 else f" (layers {layers[0]}-{layers[-1]})"

@@ -49,7 +49,7 @@ def test_streamed_chunks_answer_as_loaded_ones(checkpoint, kv_format, block_byte
     assert generation.result().token_ids == expected
 
 
-@pytest.mark.parametrize("block_bytes", [512, 4 << 20])  # blocks of a layer or less, one block of them all
+@pytest.mark.parametrize("block_bytes", [512, 4 << 20])  # blocks of a layer or less, one block a tensor
 def test_every_block_is_checked_and_bad_sources_are_refused(checkpoint, tmp_path, block_bytes):
     engine = LLMEngine(checkpoint, device="cpu", dtype="fp32")
     level0 = engine.prefill_chunk(SYSTEM, [], LEVEL_SYSTEM, "fp")
@@ -67,7 +67,7 @@ def test_every_block_is_checked_and_bad_sources_are_refused(checkpoint, tmp_path
         bad.arrival.wait(0)
         failure = f"checksum mismatch in block \\d+ \\(layer {last}\\)"
     else:
-        failure = f"bad is corrupted: checksum mismatch in block 0 \\(layers 0-{last}\\)"
+        failure = f"bad is corrupted: checksum mismatch in block 1 \\(layers 0-{last}\\)"  # the values' one
     with pytest.raises(KVChunkError, match=failure):
         bad.arrival.wait_all()
     good.arrival.wait_all()

@@ -205,21 +205,21 @@ def test_files_with_earlier_checksums_still_load(chunk, tmp_path, algorithm):
     with pytest.raises(KVChunkError, match="checksum"):
         load_file(path, "fp-a")
     save_file(chunk, path)
-    with safe_open(path, framework="pt") as f:  # one digest for the metadata, one a block of 4 MiB (here one)
+    with safe_open(path, framework="pt") as f:  # one digest for the metadata, one a block of 4 MiB of each tensor
         assert f.metadata()["checksum"].startswith("xxh3-blocks:4194304:")
-        assert len(f.metadata()["checksum"].split(",")) == 2
+        assert len(f.metadata()["checksum"].split(",")) == 3  # (here the keys and the values in one block each)
 
 
 def test_every_block_of_a_file_is_checked(chunk, tmp_path):
-    """A file saved in blocks of 64 bytes: a flipped bit in any block, a file cut short or grown, and a block size
-    that does not match the digests are refused."""
+    """A file saved in blocks of 64 bytes of each tensor: a flipped bit in any block, and a file cut short or grown
+    are refused."""
     path = tmp_path / "c.safetensors"
     save_file(chunk, path, block_bytes=64)
     data = path.read_bytes()
     with safe_open(path, framework="pt") as f:
         stored = f.metadata()["checksum"]
     base = 8 + int.from_bytes(data[:8], "little")
-    assert len(stored.split(",")) == 1 + -(-(len(data) - base) // 64)
+    assert len(stored.split(",")) == 1 + 2 * -(-chunk.keys.nbytes // 64)  # keys and values
     assert torch.equal(load_file(path, "fp-a").keys.view(torch.int16), chunk.keys.view(torch.int16))
     for offset in range(base, len(data), 64):
         flipped = bytearray(data)

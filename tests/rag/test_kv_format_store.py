@@ -76,10 +76,10 @@ def test_a_block_found_corrupt_while_streamed_is_recomputed(int4_dir, tiny_model
         files = sorted((data / "chunks").glob("*.safetensors"))
         for f in files:
             corrupt = bytearray(f.read_bytes())
-            corrupt[-3] ^= 0x40  # the last layer's value parameters
+            corrupt[-3] ^= 0x40  # the file's last tensor, in its last layer
             f.write_bytes(bytes(corrupt))
         answer = rag.ask("Who built the lighthouse of Varn?", top_k=2).result()
-        assert any(re.search(r"checksum mismatch in block 0 \(layers 0-1\); recomputing it", w)
+        assert any(re.search(r"checksum mismatch in block \d+ \(layers 0-1\); recomputing it", w)
                    for w in answer.warnings), answer.warnings
         assert answer.tiers == {"recomputed": 2} and answer.token_ids
         assert rag.check() == [] and len(key) == len(list((data / "chunks").glob("*.safetensors")))
