@@ -190,7 +190,7 @@ class ChunkStreamer:
             chunk = chunk_of(metadata, {n: torch.empty(0) for n in entries})  # the metadata parse
             expected = metadata_digest(chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint, chunk.kv_format)
             layers = {shape[0] for _, shape, _, _ in entries.values()}
-            if metadata_hex != expected or len(layers) != 1 or entries["keys"][1][1] != chunk.length:
+            if metadata_hex != expected or len(layers) != 1 or 0 in layers or entries["keys"][1][1] != chunk.length:
                 raise KVChunkError(f"{name} is corrupted: checksum mismatch")
             return metadata, entries, need, size, block_bytes, digests
         except KVChunkError as exc:
