@@ -7,7 +7,9 @@ one run on one device (one new token, median of --repeat after a warm-up):
 The contexts are laid out as in `cascade-rag bench --contexts`: level 0, 4 to 16 passages, a 32-token question.
 `--profile N` adds each setting's GPU time and kernels a call (all of them; TTFT less that time is roughly the GPU
 waiting for the host) and its N costliest kernels (kernel_profile); `--tuning` runs the engine with other kernel
-launch settings (kernels.options.tuned: `--tuning windowed_prefill.min_split=256`)."""
+launch settings (kernels.options.tuned: `--tuning windowed_prefill.min_split=256`), and a setting ending in
+@KERNEL.FIELD=N (one or more) runs on an engine of its own with those as well, over the same chunks, so that
+launch settings compare in one run: `--settings blend:first64w1024,blend:first64w1024@windowed_prefill.block_n=64`."""
 import argparse
 import json
 import sys
@@ -35,23 +37,34 @@ def context_chunks(engine: LLMEngine, context: int, question_tokens: int):
     return [level0] + docs, tokens(engine, question_tokens, "question")
 
 
+def split_tuning(setting: str) -> tuple[str, tuple[str, ...]]:
+    """A setting's name and the kernel launch settings after its @s (none: the engine's own)."""
+    name, *tuning = setting.split("@")
+    return name, tuple(tuning)
+
+
 def run(engine: LLMEngine, contexts: list[int], settings: list[str], repeat: int, question_tokens: int = 32,
-        profile: int = 0):
+        profile: int = 0, tuned_engine=None):
+    """Each setting's TTFT at each context; a setting with @tunings runs on tuned_engine(tunings)."""
     one = SamplingParams(max_new_tokens=1)
-    parsed = [parse_setting(s) for s in ["full", "cached"] + [s for s in settings if s not in ("full", "cached")]]
+    named = ["full", "cached"] + [s for s in settings if s not in ("full", "cached")]
+    parsed = []
+    for text in named:
+        name, tuning = split_tuning(text)
+        parsed.append((text, parse_setting(name), tuned_engine(tuning) if tuning else engine))
     rows = []
     for context in contexts:
         chunks, question = context_chunks(engine, context, question_tokens)
         row = {"context_tokens": sum(c.length for c in chunks) + len(question), "passages": len(chunks) - 1,
                "ttft_ms": {}}
-        for setting in parsed:
-            variant = setting.engine(engine)
+        for text, setting, runner in parsed:
+            variant = setting.engine(runner)
 
             def call():
                 return variant.generate(question, one, chunks, setting.mode)
-            row["ttft_ms"][setting.name] = 1e3 * timed(call, engine.device, repeat)
+            row["ttft_ms"][text] = 1e3 * timed(call, engine.device, repeat)
             if profile:
-                row.setdefault("kernels_us", {})[setting.name] = kernel_times(call, engine.device, top=profile)
+                row.setdefault("kernels_us", {})[text] = kernel_times(call, engine.device, top=profile)
         full = row["ttft_ms"]["full"]
         row["full_over"] = {name: full / ms for name, ms in row["ttft_ms"].items()}
         rows.append(row)
@@ -81,16 +94,21 @@ def main(argv=None) -> int:
     p.add_argument("--device")
     p.add_argument("--dtype")
     p.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
-    p.add_argument("--settings", default="blend,blend:first16,blend:first64,blend:none", help="settings besides full and cached "
-                   "(rag.fidelity's names: blend, blend:0.3, blend:first16, ...)")
+    p.add_argument("--settings", default="blend,blend:first16,blend:first64,blend:none",
+                   help="settings besides full and cached (rag.fidelity's names: blend, blend:0.3, blend:first16, "
+                   "...), each perhaps with @KERNEL.FIELD=N launch settings of its own")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--profile", type=int, default=0, metavar="N", help="each setting's N costliest kernels")
     p.add_argument("--tuning", action="append", default=[], metavar="KERNEL.FIELD=N",
                    help="a kernel launch setting (kernels.options.tuned), comma-separated or repeated")
     p.add_argument("--json")
     args = p.parse_args(argv)
+    settings = args.settings.split(",")
     try:
         kernels = tuned(DEFAULT_KERNELS, [t for arg in args.tuning for t in arg.split(",") if t.strip()])
+        for name, tuning in map(split_tuning, settings):
+            parse_setting(name)
+            tuned(kernels, list(tuning))
     except ValueError as exc:
         p.error(str(exc))
     model = args.model
@@ -98,10 +116,17 @@ def main(argv=None) -> int:
         from cascade_rag.engine import embedded_model_path
         model = shape_checkpoint(args.shape, tempfile.mkdtemp(), args.tokenizer or embedded_model_path())
     device = args.device or default_device()
-    engine = LLMEngine(model, device=device, dtype=args.dtype or default_dtype(device),
-                       options=EngineOptions(kernels=kernels))
-    rows = run(engine, [int(c) for c in args.contexts.split(",")], args.settings.split(","), args.repeat,
-               profile=args.profile)
+    dtype = args.dtype or default_dtype(device)
+    engine = LLMEngine(model, device=device, dtype=dtype, options=EngineOptions(kernels=kernels))
+    engines = {}
+
+    def tuned_engine(tuning: tuple[str, ...]) -> LLMEngine:
+        if tuning not in engines:  # the same weights (same fingerprint), other kernel launch settings
+            engines[tuning] = LLMEngine(model, device=device, dtype=dtype,
+                                        options=EngineOptions(kernels=tuned(kernels, list(tuning))))
+        return engines[tuning]
+    rows = run(engine, [int(c) for c in args.contexts.split(",")], settings, args.repeat, profile=args.profile,
+               tuned_engine=tuned_engine)
     name = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     print_table(rows, f"{args.model or args.shape}, {engine.dtype}, {name}")
     for r in rows:
