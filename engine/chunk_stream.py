@@ -12,7 +12,7 @@ its check fails the layers it holds, raising KVChunkError from their wait (the r
 chunk and computes it again). Files written before the block checksum are read whole and decoded as before. On a
 CPU device, blocks are read straight into the chunk's buffer."""
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from queue import Queue
 from typing import Protocol
 
@@ -80,8 +80,13 @@ class LayerArrival:
 
     @property
     def failed(self) -> bool:
-        """Whether a layer failed its check (or its read)."""
+        """Whether a layer failed its check (or its read) by now."""
         return any(f.done() and f.exception() is not None for f in self.futures)
+
+    def settle(self) -> bool:
+        """Waits until every layer has arrived or failed, without raising: whether one failed."""
+        wait(self.futures)
+        return self.failed
 
 
 class _Plan:

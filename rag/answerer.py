@@ -84,8 +84,8 @@ class Answerer:
             except KVChunkError as exc:
                 if attempt:
                     raise
-                for passage, chunk in zip(passages, chunks[1:]):
-                    if chunk.arrival is not None and chunk.arrival.failed:
+                for passage, chunk in zip(passages, chunks[1:]):  # every streamed chunk settled first: another
+                    if chunk.arrival is not None and chunk.arrival.settle():  # may fail after the one that raised
                         self.provider.forget(passage.chunk_key)
                 answer.tiers.clear()
                 answer.warnings.append(f"{exc}; recomputing it")

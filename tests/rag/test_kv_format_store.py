@@ -3,14 +3,18 @@ processes; a process started with another format is refused (FAILED_PRECONDITION
 import json
 import re
 import shutil
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import grpc
 import pytest
 
 from cascade_rag.engine.chunk_format import decode, encode
+from cascade_rag.engine.file_io import FileSource
 from cascade_rag.engine.kv_chunk import KVChunkError
 from cascade_rag.rag.client import Client
+from cascade_rag.rag.local_backend import LocalDirectoryBackend
 from cascade_rag.rag.manifest import KVFormatMismatch
 from cascade_rag.rag.pipeline import RAG
 from cascade_rag.rag.server import RAGServer
@@ -85,6 +89,45 @@ def test_a_block_found_corrupt_while_streamed_is_recomputed(int4_dir, tiny_model
         assert rag.check() == [] and len(key) == len(list((data / "chunks").glob("*.safetensors")))
         again = rag.ask("Who built the lighthouse of Varn?", top_k=2).result()
         assert again.text == answer.text and not again.warnings and passage.doc_id == "varn"
+
+
+class LateBlocks(FileSource):
+    """A chunk file whose blocks (every read past its header) come late, as from a busy disk."""
+
+    def read_into(self, offset: int, out: memoryview) -> None:
+        if offset > 0:  # the header is read from byte 0
+            time.sleep(0.5)
+        super().read_into(offset, out)
+
+
+class OneLateChunk(LocalDirectoryBackend):
+    """The data directory's chunks, one of them read through LateBlocks."""
+
+    def __init__(self, folder: Path, late_key: str):
+        super().__init__(folder)
+        self.late_key = late_key
+
+    def source(self, key: str) -> FileSource | None:
+        source = super().source(key)
+        return LateBlocks(source.path) if source is not None and key == self.late_key else source
+
+
+def test_every_chunk_found_corrupt_is_recomputed_when_one_fails_later(int4_dir, tiny_model, tmp_path):
+    """Two corrupt chunks, the second one's blocks read late: the first one's failure stops the attempt, and the
+    retry runs over both recomputed (the answer waits for every streamed chunk to settle before it decides which
+    failed), not over the second one streamed again."""
+    data = tmp_path / "copy"
+    shutil.copytree(int4_dir, data)
+    for f in (data / "chunks").glob("*.safetensors"):
+        corrupt = bytearray(f.read_bytes())
+        corrupt[-3] ^= 0x40
+        f.write_bytes(bytes(corrupt))
+    question = "Who built the lighthouse of Varn?"
+    with RAG(data, model=tiny_model) as rag:
+        second = rag.retriever.search(question, 2)[1][1].chunk_key  # (source, passage) pairs, as an answer's
+    with RAG(data, model=tiny_model, chunk_backend=OneLateChunk(data / "chunks", second)) as rag:
+        answer = rag.ask(question, top_k=2).result()
+        assert answer.tiers == {"recomputed": 2} and answer.token_ids, answer.warnings
 
 
 def test_fp8_chunks_of_the_first_layout_are_refused_and_recomputed(tiny_model, tmp_path):
