@@ -57,6 +57,11 @@ def layers_checksum(chunk: KVChunk) -> str:
     return f"{LAYERS_CHECKSUM}:{','.join(digests)}"
 
 
+def _bytes_of(tensors) -> list:
+    """Each tensor's bytes on the CPU, as a buffer (no copy where it is a contiguous CPU tensor)."""
+    return [t.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy() for t in tensors]
+
+
 def checksum(chunk: KVChunk, algorithm: str) -> str:
     """The checksum of the keys, values and metadata of files saved before the block checksum (BLOCKS_CHECKSUM:
     blocks_checksum): "xxh3-layers:" (layers_checksum), "xxh3:" and one 64-bit
@@ -64,7 +69,7 @@ def checksum(chunk: KVChunk, algorithm: str) -> str:
     verified, no longer written."""
     if algorithm == LAYERS_CHECKSUM:
         return layers_checksum(chunk)
-    parts = [t.detach().contiguous().cpu().view(torch.uint8).reshape(-1).numpy() for t in tensors_of(chunk).values()]
+    parts = _bytes_of(tensors_of(chunk).values())
     parts.append(json.dumps([chunk.level, chunk.start, chunk.token_ids, chunk.fingerprint]).encode())
     if algorithm == "crc32":
         crc = 0
@@ -100,11 +105,6 @@ def parse_blocks(stored: str, sizes: list[int]) -> tuple[int, str, list[str]]:
     if algorithm != BLOCKS_CHECKSUM or block_bytes < 1 or len(digests) != 1 + len(tensor_blocks(sizes, block_bytes)):
         raise ValueError(f"a checksum of {len(digests) - 1} blocks of {block_bytes} bytes for tensors of {sizes} bytes")
     return block_bytes, digests[0], digests[1:]
-
-
-def _bytes_of(tensors) -> list:
-    """Each CPU tensor's bytes, as a buffer (no copy where it is contiguous)."""
-    return [t.contiguous().view(torch.uint8).reshape(-1).numpy() for t in tensors]
 
 
 def encode(chunk: KVChunk, block_bytes: int = BLOCK_BYTES) -> bytes:

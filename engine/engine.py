@@ -148,8 +148,7 @@ class LLMEngine:
         began = time.perf_counter()
         if not self.options.stream_prefill:  # every streamed layer first: the question's graph can then run
             for chunk in chunks:
-                if chunk.arrival is not None:
-                    chunk.arrival.wait_all()
+                chunk.wait_arrived()
         sampler = Sampler(params, torch.device(self.device))
         stepper = self._lead_stepper(chunks, token_ids, params, sampler) if mode == "blend" else None
         if stepper is None:

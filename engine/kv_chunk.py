@@ -38,6 +38,11 @@ class KVChunk:
     def length(self) -> int:
         return len(self.token_ids)
 
+    def wait_arrived(self) -> None:
+        """Waits until every layer streaming in (arrival) is there; KVChunkError where one failed its check."""
+        if self.arrival is not None:
+            self.arrival.wait_all()
+
     @property
     def nbytes(self) -> int:
         return self.keys.nbytes + self.values.nbytes

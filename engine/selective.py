@@ -146,8 +146,7 @@ class SelectiveRecompute:
             if place < chunk.start:
                 raise ValueError(f"a chunk at canonical position {chunk.start} cannot be placed before it")
         for chunk in documents:
-            if chunk.arrival is not None:
-                chunk.arrival.wait_all()
+            chunk.wait_arrived()
         return level0, documents, places
 
     def _run(self, token_ids, positions, slots, ctx, backend, measured=None, choose=None) -> None:

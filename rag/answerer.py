@@ -45,8 +45,7 @@ class Answerer:
         with self.provider.lock:
             chunks = [model.level0] + self._chunks([p for _, p in hits], answer)
         for chunk in chunks:
-            if chunk.arrival is not None:
-                chunk.arrival.wait_all()
+            chunk.wait_arrived()
         return chunks, model.template.query_ids(model.engine.tokenizer, question)
 
     def _chunks(self, passages: list[Passage], answer: Answer, recomputed: set[str] | None = None) -> list[KVChunk]:

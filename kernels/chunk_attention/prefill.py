@@ -209,10 +209,11 @@ def merge_block(num_splits: int, head_dim: int, n_rows: int = 0, sms: int = 1,
     SM at most (up to 16; many rows, as a recompute's lead has, make too many programs of one row otherwise; up to
     8 where most rows are marked done: the few others then spread over more programs), then as many of the splits
     as that leaves room for (all of them where they fit: one memory round trip)."""
-    rows = max(1, min(8 if marked else 16, n_rows // (4 * sms)))
+    most = 8 if marked else 16
+    rows = max(1, min(most, n_rows // (4 * sms)))
     block_r = 1 << (rows.bit_length() - 1)  # a power of two
     block_s = min(triton.next_power_of_2(num_splits), max(1, 8192 // (head_dim * block_r)))
-    return block_s, max(block_r, min(8 if marked else 16, 8192 // (head_dim * block_s)))
+    return block_s, max(block_r, min(most, 8192 // (head_dim * block_s)))
 
 
 def launch_merge(part: torch.Tensor, out: torch.Tensor, num_splits: int, n_rows: int, head_dim: int,
